@@ -1,0 +1,3 @@
+"""Tidings: a real-time notification server speaking STOMP over WebSocket."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,38 @@
+"""The one exception tree of Tidings.
+
+    TidingsError
+    ├── ProtocolError            the peer broke a protocol; answer with an error frame and close
+    │   └── StompProtocolError   STOMP frame or session rule broken (sent as an ERROR frame)
+    ├── AuthError                credentials missing, expired or invalid
+    ├── LimitExceeded            a configured bound was reached (also a ProtocolError for STOMP)
+    └── BrokerUnavailable        the broker cannot take or deliver messages right now
+"""
+
+
+class TidingsError(Exception):
+    """Root of every error Tidings raises on purpose."""
+
+
+class ProtocolError(TidingsError):
+    """The remote peer broke a protocol rule; the message is safe to show to that peer."""
+
+
+class StompProtocolError(ProtocolError):
+    """A STOMP rule was broken; ``str(err)`` becomes the ERROR frame's ``message`` header."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class StompLimitExceeded(StompProtocolError):
+    """A configured STOMP limit (frame size, header count, line length, subscriptions) was hit."""
+
+
+class AuthError(TidingsError):
+    """Credentials are missing, expired or invalid; the message is safe to show to the peer."""
+
+
+class BrokerUnavailable(TidingsError):
+    """The broker cannot take a publish or a subscription right now."""
