@@ -1,11 +1,11 @@
 """The one exception tree of Tidings.
 
-    TidingsError
-    ├── ProtocolError            the peer broke a protocol; answer with an error frame and close
-    │   └── StompProtocolError   STOMP frame or session rule broken (sent as an ERROR frame)
-    ├── AuthError                credentials missing, expired or invalid
-    ├── LimitExceeded            a configured bound was reached (also a ProtocolError for STOMP)
-    └── BrokerUnavailable        the broker cannot take or deliver messages right now
+TidingsError
+├── ProtocolError            the peer broke a protocol; answer with an error frame and close
+│   └── StompProtocolError   STOMP frame or session rule broken (sent as an ERROR frame)
+├── AuthError                credentials missing, expired or invalid
+├── LimitExceeded            a configured bound was reached (also a ProtocolError for STOMP)
+└── BrokerUnavailable        the broker cannot take or deliver messages right now
 """
 
 

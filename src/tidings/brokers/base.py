@@ -1,0 +1,36 @@
+"""The broker interface: how nodes hand messages to each other (DESIGN.md §4).
+
+Six methods, as in encode/broadcaster, with the push model of centrifuge: the broker
+calls the node's handler for every message on a channel the node subscribed to.
+A broker that cannot take a publish raises BrokerUnavailable; it never accepts and
+drops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+MessageHandler = Callable[[str, bytes], None]
+"""Called with (channel, payload) for each message received on a subscribed channel."""
+
+
+class Broker(Protocol):
+    async def start(self, handler: MessageHandler) -> None:
+        """Connect and begin delivering messages of subscribed channels to ``handler``."""
+
+    async def close(self) -> None:
+        """Disconnect; no handler calls after this returns."""
+
+    async def subscribe(self, channel: str) -> None:
+        """Receive this channel's messages from now on (idempotent)."""
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop receiving this channel's messages (idempotent)."""
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        """Hand a message to every node subscribed to ``channel``; BrokerUnavailable if not."""
+
+    @property
+    def ready(self) -> bool:
+        """True while publishes and subscriptions can succeed."""

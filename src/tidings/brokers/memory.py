@@ -1,0 +1,42 @@
+"""The embedded default broker: one process, no setup (``memory://``)."""
+
+from __future__ import annotations
+
+from tidings.brokers.base import MessageHandler
+from tidings.errors import BrokerUnavailable
+
+
+class MemoryBroker:
+    """In-process broker: a publish reaches the handler synchronously, in order."""
+
+    def __init__(self) -> None:
+        self._handler: MessageHandler | None = None
+        self._channels: set[str] = set()
+
+    async def start(self, handler: MessageHandler) -> None:
+        self._handler = handler
+
+    async def close(self) -> None:
+        self._handler = None
+        self._channels.clear()
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        if self._handler is None:
+            raise BrokerUnavailable("memory broker is not running")
+        if channel in self._channels:
+            self._handler(channel, payload)
+
+    @property
+    def ready(self) -> bool:
+        return self._handler is not None
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """Channels currently subscribed (for tests and metrics)."""
+        return frozenset(self._channels)

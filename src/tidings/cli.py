@@ -1,0 +1,225 @@
+"""``tidings serve``: every option is a flag and a ``TIDINGS_<NAME>`` environment variable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from tidings import __version__
+from tidings.config import DEFAULT_ENDPOINTS, Config
+from tidings.server.app import create_app
+from tidings.stomp.frames import Limits
+
+_ENV_PREFIX = "TIDINGS_"
+
+
+def _env(dest: str) -> str | None:
+    return os.environ.get(_ENV_PREFIX + dest.upper())
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, help_: str, **kwargs: object) -> None:
+    """Add ``flag`` whose default comes from TIDINGS_<FLAG> when that is set."""
+    dest = flag.lstrip("-").replace("-", "_")
+    env_name = _ENV_PREFIX + dest.upper()
+    env_value = _env(dest)
+    if env_value is not None:
+        if kwargs.get("action") == "store_true":
+            kwargs["default"] = env_value.lower() in ("1", "true", "yes", "on")
+        elif kwargs.get("action") == "append":
+            kwargs["default"] = [item for item in env_value.split(",") if item]
+        else:
+            kwargs["default"] = env_value
+    default = kwargs.get("default")
+    shown = "" if default in (None, [], ()) else f" (default: {default})"
+    parser.add_argument(flag, dest=dest, help=f"{help_}{shown} [env {env_name}]", **kwargs)  # type: ignore[arg-type]
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        first, second = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected two integers like 10000,10000, got {text!r}"
+        ) from None
+    if first < 0 or second < 0:
+        raise argparse.ArgumentTypeError("heart-beat values must not be negative")
+    return first, second
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tidings",
+        description="Tidings: real-time notifications over STOMP/WebSocket.",
+    )
+    parser.add_argument("--version", action="version", version=f"tidings {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run a node",
+        description="Run a Tidings node: STOMP over WebSocket on each endpoint, the publish "
+        "API under /api/v1 and /pushToOneTest, a demo page at /.",
+    )
+    limits = Limits()
+    defaults = Config()
+    _add(serve, "--host", "interface to listen on", default=defaults.host)
+    _add(serve, "--port", "TCP port", type=int, default=defaults.port)
+    _add(
+        serve, "--broker", "broker URL: memory:// (embedded, one process)", default=defaults.broker
+    )
+    _add(serve, "--node-id", "name of this node in logs and metrics (default: random)", default="")
+    _add(
+        serve,
+        "--endpoint",
+        "STOMP WebSocket endpoint path, repeatable; each is also served at <path>/websocket "
+        f"(default: {','.join(DEFAULT_ENDPOINTS)})",
+        action="append",
+    )
+    _add(
+        serve,
+        "--auth",
+        "identity: 'none' trusts the CONNECT login header; 'jwt' requires a token",
+        choices=["none", "jwt"],
+        default=defaults.auth,
+    )
+    _add(serve, "--jwt-secret", "HS256 secret for --auth jwt")
+    _add(serve, "--jwt-public-key", "PEM file with the RS256/ES256 public key for --auth jwt")
+    _add(
+        serve,
+        "--api-key",
+        "require 'Authorization: Bearer <key>' on the publish API; without it only loopback "
+        "callers may publish",
+    )
+    _add(
+        serve,
+        "--send-allow",
+        "destination glob clients may SEND to, repeatable ('*' one segment, '**' any depth); "
+        "none by default",
+        action="append",
+    )
+    _add(
+        serve,
+        "--heartbeat",
+        "STOMP heart-beat the server offers: send-every-ms,expect-every-ms",
+        type=_pair,
+        default="10000,10000",
+    )
+    _add(
+        serve,
+        "--heartbeat-grace",
+        "a client silent for this many expected heart-beat intervals is closed",
+        type=float,
+        default=defaults.heartbeat_grace,
+    )
+    _add(
+        serve,
+        "--max-frame-bytes",
+        "largest STOMP frame a client may send",
+        type=int,
+        default=limits.max_frame_bytes,
+    )
+    _add(
+        serve,
+        "--max-headers",
+        "most headers in one client frame",
+        type=int,
+        default=limits.max_headers,
+    )
+    _add(
+        serve,
+        "--max-header-line",
+        "longest header line, bytes",
+        type=int,
+        default=limits.max_header_line,
+    )
+    _add(
+        serve,
+        "--max-subscriptions",
+        "most subscriptions per session",
+        type=int,
+        default=limits.max_subscriptions,
+    )
+    _add(
+        serve,
+        "--max-outbound-bytes",
+        "bytes waiting to be sent to one client before it is disconnected as a slow consumer",
+        type=int,
+        default=defaults.max_outbound_bytes,
+    )
+    _add(
+        serve,
+        "--max-message-bytes",
+        "largest published message body",
+        type=int,
+        default=defaults.max_message_bytes,
+    )
+    _add(serve, "--log-level", "debug, info, warning or error", default="info")
+    _add(serve, "--access-log", "log every HTTP request", action="store_true")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    heartbeat = args.heartbeat if isinstance(args.heartbeat, tuple) else _pair(args.heartbeat)
+    public_key = Path(args.jwt_public_key).read_text() if args.jwt_public_key else None
+    return Config(
+        host=args.host,
+        port=int(args.port),
+        broker=args.broker,
+        node_id=args.node_id,
+        endpoints=tuple(args.endpoint) if args.endpoint else DEFAULT_ENDPOINTS,
+        auth=args.auth,
+        jwt_secret=args.jwt_secret,
+        jwt_public_key=public_key,
+        api_key=args.api_key or None,
+        send_allow=tuple(args.send_allow or ()),
+        heartbeat=heartbeat,
+        heartbeat_grace=float(args.heartbeat_grace),
+        stomp_limits=Limits(
+            max_frame_bytes=int(args.max_frame_bytes),
+            max_headers=int(args.max_headers),
+            max_header_line=int(args.max_header_line),
+            max_subscriptions=int(args.max_subscriptions),
+        ),
+        max_outbound_bytes=int(args.max_outbound_bytes),
+        max_message_bytes=int(args.max_message_bytes),
+        access_log=bool(args.access_log),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.auth == "jwt" and not (args.jwt_secret or args.jwt_public_key):
+        parser.error("--auth jwt needs --jwt-secret (HS256) or --jwt-public-key (RS256/ES256)")
+    try:
+        config = config_from_args(args)
+    except (OSError, argparse.ArgumentTypeError, ValueError) as exc:
+        parser.error(str(exc))
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve(config)
+
+
+def serve(config: Config) -> None:
+    """Run one node until SIGINT/SIGTERM, then close every session with a reason and exit 0."""
+    loop = uvloop.new_event_loop()
+    try:
+        app = create_app(config)
+    except ValueError as exc:
+        sys.exit(f"tidings: {exc}")
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.shutdown_grace_s,
+        print=lambda text: print(text, flush=True),
+        access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
+        loop=loop,
+    )

@@ -1,0 +1,137 @@
+"""The local registry of a node: which sessions subscribe to what (centrifuge's hub).
+
+Subscriptions are indexed by broker channel, then by the key messages match on, so a
+message from the broker finds its local subscribers in two dict lookups. The parts of a
+MESSAGE frame common to all subscribers are encoded once per message (DESIGN.md §3);
+each subscriber adds only its own ``destination``, ``subscription`` and ``message-id``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tidings.destinations import Route
+from tidings.message import Message
+from tidings.stomp.frames import escape_header
+from tidings.wsframe import OP_BINARY, OP_TEXT
+
+
+class Subscriber(Protocol):
+    """What the hub needs of a session."""
+
+    id: str
+    version: str
+
+    def next_message_id(self) -> str: ...
+
+    def send_frame(self, frame: bytes, opcode: int = OP_TEXT) -> bool: ...
+
+
+@dataclass(eq=False, slots=True)
+class LocalSubscription:
+    """One STOMP subscription of one local session (identity semantics: eq is ``is``)."""
+
+    session: Subscriber
+    id: str
+    destination: str
+    route: Route
+    ack: str = "auto"
+    prefix: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        version = self.session.version
+        self.prefix = (
+            f"MESSAGE\ndestination:{escape_header(self.destination, version)}\n"
+            f"subscription:{escape_header(self.id, version)}\nmessage-id:"
+        ).encode()
+
+
+def encode_tail(message: Message, version: str) -> bytes:
+    """The frame after ``message-id``: content headers, custom headers, body, NUL (§MESSAGE)."""
+    lines = [f"\ncontent-type:{escape_header(message.content_type, version)}"]
+    lines.append(f"\ncontent-length:{len(message.body)}")
+    lines.extend(
+        f"\n{escape_header(name, version)}:{escape_header(value, version)}"
+        for name, value in message.headers
+    )
+    lines.append("\n\n")
+    return "".join(lines).encode() + message.body + b"\0"
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._by_channel: dict[str, dict[str, set[LocalSubscription]]] = {}
+        self._by_session: defaultdict[str, set[LocalSubscription]] = defaultdict(set)
+
+    def add(self, sub: LocalSubscription) -> bool:
+        """Register; True when this is the channel's first local subscription."""
+        keys = self._by_channel.get(sub.route.channel)
+        first = keys is None
+        if keys is None:
+            keys = self._by_channel[sub.route.channel] = {}
+        keys.setdefault(sub.route.key, set()).add(sub)
+        self._by_session[sub.session.id].add(sub)
+        return first
+
+    def remove(self, sub: LocalSubscription) -> bool:
+        """Unregister; True when the channel has no local subscription left."""
+        session_subs = self._by_session.get(sub.session.id)
+        if session_subs is not None:
+            session_subs.discard(sub)
+            if not session_subs:
+                del self._by_session[sub.session.id]
+        keys = self._by_channel.get(sub.route.channel)
+        if keys is None:
+            return False
+        subs = keys.get(sub.route.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del keys[sub.route.key]
+        if keys:
+            return False
+        del self._by_channel[sub.route.channel]
+        return True
+
+    def subscriptions_of(self, session_id: str) -> list[LocalSubscription]:
+        return list(self._by_session.get(session_id, ()))
+
+    def has_channel(self, channel: str) -> bool:
+        return channel in self._by_channel
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self._by_channel)
+
+    @property
+    def subscription_count(self) -> int:
+        return sum(len(subs) for subs in self._by_session.values())
+
+    def deliver(self, message: Message) -> int:
+        """Send a MESSAGE frame to every local match; returns the number of frames queued."""
+        keys = self._by_channel.get(message.channel)
+        subs = keys.get(message.destination) if keys else None
+        if not subs:
+            return 0
+        opcode = OP_TEXT if _is_utf8(message.body) else OP_BINARY
+        tails: dict[str, bytes] = {}
+        delivered = 0
+        for sub in tuple(subs):
+            session = sub.session
+            tail = tails.get(session.version)
+            if tail is None:
+                tail = tails[session.version] = encode_tail(message, session.version)
+            frame = sub.prefix + session.next_message_id().encode() + tail
+            if session.send_frame(frame, opcode):
+                delivered += 1
+        return delivered
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -1,0 +1,64 @@
+"""What travels through the broker: one published message, addressed to a channel.
+
+A channel is the routing unit of DESIGN.md §4: ``u:<user>`` for everything sent to one
+user, ``t:<topic>`` for one topic. Nodes subscribe to a channel only while they hold a
+local subscriber for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+TEXT_PLAIN = "text/plain;charset=UTF-8"
+APPLICATION_JSON = "application/json;charset=UTF-8"
+
+
+def user_channel(user: str) -> str:
+    return f"u:{user}"
+
+
+def topic_channel(topic: str) -> str:
+    return f"t:{topic}"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message as published; ``destination`` is what subscriptions are matched on.
+
+    For a user channel it is the user-relative destination (``/message`` for a
+    subscription to ``/user/42/message`` or ``/user/message``); for a topic channel it is
+    the full ``/topic/...`` destination.
+    """
+
+    id: str
+    channel: str
+    destination: str
+    body: bytes
+    content_type: str = TEXT_PLAIN
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            [
+                self.id,
+                self.channel,
+                self.destination,
+                self.body.decode("utf-8", "surrogateescape"),
+                self.content_type,
+                self.headers,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, payload: bytes) -> Message:
+        id_, channel, destination, body, content_type, headers = orjson.loads(payload)
+        return cls(
+            id=id_,
+            channel=channel,
+            destination=destination,
+            body=body.encode("utf-8", "surrogateescape"),
+            content_type=content_type,
+            headers=tuple((str(k), str(v)) for k, v in headers),
+        )

@@ -1,0 +1,203 @@
+"""The publish API: JSON in, JSON out, and a clear 4xx for everything wrong.
+
+Errors are ``{"error": <machine code>, "message": <human text>}`` (see openapi.py).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+
+from tidings.auth import bearer_token
+from tidings.destinations import user_destination
+from tidings.errors import BrokerUnavailable
+from tidings.message import APPLICATION_JSON, TEXT_PLAIN, Message, topic_channel, user_channel
+from tidings.server.openapi import LEGACY_ANSWER, RESERVED_HEADERS
+
+if TYPE_CHECKING:
+    from tidings.server.app import Server
+
+_HEADER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_BAD_VALUE_CHARS = re.compile(r"[\r\n\0]")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure of an API handler into a JSON error body."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message)
+    except BrokerUnavailable as exc:
+        return error_response(503, "broker_unavailable", f"broker unavailable: {exc}")
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, "too_large", exc.text or "request body too large")
+
+
+class PublishApi:
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/pushToOneTest", self.push_to_one_test),
+            web.post("/api/v1/users/{user}/messages", self.publish_to_user),
+            web.post("/api/v1/topics/{topic:[^{}]+}/messages", self.publish_to_topic),
+        ]
+
+    async def push_to_one_test(self, request: web.Request) -> web.Response:
+        """The seed's contract: ``{code, form, to, content}``; ``content`` to /user/{to}/message."""
+        data = await self._read_object(request)
+        to = data.get("to")
+        if isinstance(to, int) and not isinstance(to, bool):
+            to = str(to)
+        if not isinstance(to, str) or not _valid_name(to):
+            raise ApiError(400, "invalid_field", "'to' must be a non-empty user id string")
+        if "content" not in data:
+            raise ApiError(400, "missing_field", "'content' is required")
+        await self._publish(user_channel(to), "/message", data["content"], {})
+        return web.Response(text=LEGACY_ANSWER, content_type="text/plain", charset="utf-8")
+
+    async def publish_to_user(self, request: web.Request) -> web.Response:
+        data = await self._read_object(request)
+        user = request.match_info["user"]
+        if not _valid_name(user):
+            raise ApiError(400, "invalid_field", "user id must be non-empty printable text")
+        destination = data.get("destination", "/message")
+        if not isinstance(destination, str):
+            raise ApiError(400, "invalid_field", "'destination' must be a string like /message")
+        try:
+            destination = user_destination(destination)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_field", f"'destination': {exc}") from None
+        message_id = await self._publish(
+            user_channel(user), destination, _body(data), _headers(data)
+        )
+        return web.json_response({"id": message_id}, status=202)
+
+    async def publish_to_topic(self, request: web.Request) -> web.Response:
+        data = await self._read_object(request)
+        topic = request.match_info["topic"]
+        if not _valid_name(topic) or "//" in topic or topic.endswith("/"):
+            raise ApiError(400, "invalid_field", "topic must be a name like 'public' or 'a/b'")
+        message_id = await self._publish(
+            topic_channel(topic), f"/topic/{topic}", _body(data), _headers(data)
+        )
+        return web.json_response({"id": message_id}, status=202)
+
+    async def _publish(
+        self, channel: str, destination: str, body: object, headers: dict[str, str]
+    ) -> str:
+        encoded, content_type = _encode_body(body)
+        if len(encoded) > self.server.config.max_message_bytes:
+            raise ApiError(
+                413,
+                "too_large",
+                f"message body is {len(encoded)} bytes; "
+                f"the limit is {self.server.config.max_message_bytes}",
+            )
+        content_type = headers.pop("content-type", content_type)
+        node = self.server.node
+        message = Message(
+            id=node.new_message_id(),
+            channel=channel,
+            destination=destination,
+            body=encoded,
+            content_type=content_type,
+            headers=tuple(headers.items()),
+        )
+        await node.publish(message)
+        return message.id
+
+    async def _read_object(self, request: web.Request) -> dict[str, object]:
+        self._check_caller(request)
+        raw = await request.read()
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_json", "request body must be a JSON object")
+        return data
+
+    def _check_caller(self, request: web.Request) -> None:
+        """``--api-key`` set: require it as a bearer token; else accept loopback callers only."""
+        api_key = self.server.config.api_key
+        if api_key:
+            given = bearer_token(request.headers.get("Authorization"))
+            if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
+                raise ApiError(
+                    401, "unauthorized", "missing or wrong 'Authorization: Bearer <api key>'"
+                )
+            return
+        if not _is_loopback(request.remote):
+            raise ApiError(
+                403, "forbidden", "no --api-key is configured: only loopback callers may publish"
+            )
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and name.isprintable() and not name.isspace()
+
+
+def _body(data: dict[str, object]) -> object:
+    if "body" not in data:
+        raise ApiError(400, "missing_field", "'body' is required (a string or any JSON value)")
+    return data["body"]
+
+
+def _encode_body(body: object) -> tuple[bytes, str]:
+    """A string goes out as text; any other JSON value as JSON (openapi.py says the same)."""
+    if isinstance(body, str):
+        return body.encode(), TEXT_PLAIN
+    return orjson.dumps(body), APPLICATION_JSON
+
+
+def _headers(data: dict[str, object]) -> dict[str, str]:
+    headers = data.get("headers", {})
+    if not isinstance(headers, dict):
+        raise ApiError(400, "invalid_field", "'headers' must be an object of strings")
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ApiError(
+                400, "invalid_field", f"header name {name!r} must match [A-Za-z0-9_.-]{{1,64}}"
+            )
+        lowered = name.lower()
+        if lowered in RESERVED_HEADERS:
+            raise ApiError(400, "invalid_field", f"header {name!r} is set by the server")
+        if not isinstance(value, str) or _BAD_VALUE_CHARS.search(value):
+            raise ApiError(
+                400, "invalid_field", f"header {name!r} must be a string without CR, LF or NUL"
+            )
+        checked[lowered if lowered == "content-type" else name] = value
+    return checked
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if remote is None:
+        return False
+    try:
+        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,167 @@
+"""The aiohttp application of one node: STOMP WebSocket endpoints, publish API, health.
+
+``Server`` holds what the request handlers share; ``create_app`` wires it into aiohttp.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from aiohttp import web
+
+from tidings import __version__
+from tidings.auth import JwtVerifier, bearer_token
+from tidings.brokers import broker_from_url
+from tidings.config import Config
+from tidings.destinations import Route, compile_globs
+from tidings.errors import AuthError
+from tidings.node import Node
+from tidings.server.api import PublishApi, error_response, json_errors
+from tidings.server.openapi import openapi_document
+from tidings.server.session import CLOSE_GOING_AWAY, StompSession
+from tidings.stomp.connection import ConnectRequested
+
+log = logging.getLogger(__name__)
+
+STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
+STATIC_DIR = Path(__file__).parent / "static"
+# Browser libraries are installed from npm by `./run setup`, never committed.
+VENDOR_FILES = {"stomp.umd.min.js": "@stomp/stompjs/bundles/stomp.umd.min.js"}
+
+
+def node_modules_dir() -> Path:
+    configured = os.environ.get("TIDINGS_NODE_MODULES")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[3] / "node_modules"
+
+
+class Server:
+    """State shared by every handler of one node."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.node = Node(broker_from_url(config.broker), node_id=config.node_id)
+        self.sessions: set[StompSession] = set()
+        self.shutting_down = False
+        self.verifier: JwtVerifier | None = None
+        if config.auth == "jwt":
+            self.verifier = JwtVerifier(
+                secret=config.jwt_secret, public_key_pem=config.jwt_public_key
+            )
+        self._send_allow = compile_globs(config.send_allow)
+
+    # -- identity and permissions ----------------------------------------------------------
+    def identify(self, event: ConnectRequested, access_token: str | None) -> str | None:
+        """The session's user: the CONNECT login (``--auth none``) or a verified token's sub."""
+        if self.verifier is None:
+            return event.login or None
+        token = (
+            bearer_token(event.frame.get("Authorization") or event.frame.get("authorization"))
+            or event.passcode
+            or access_token
+        )
+        if not token:
+            raise AuthError(
+                "authentication failed: no token (send 'Authorization: Bearer <jwt>' on CONNECT)"
+            )
+        try:
+            return self.verifier.verify(token)
+        except AuthError as exc:
+            raise AuthError(f"authentication failed: {exc}") from None
+
+    def authorize_subscription(self, user: str | None, target: Route) -> None:
+        """With ``--auth jwt`` a session may read only its own user's destinations."""
+        if self.verifier is not None and target.user is not None and target.user != user:
+            raise AuthError(f"user {user} may not subscribe to messages of user {target.user}")
+
+    def send_allowed(self, destination: str) -> bool:
+        return self._send_allow is not None and self._send_allow.fullmatch(destination) is not None
+
+    # -- handlers ------------------------------------------------------------------------
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        if self.shutting_down:
+            return error_response(503, "shutting_down", "the server is shutting down")
+        limits = self.config.stomp_limits
+        ws = web.WebSocketResponse(
+            protocols=STOMP_SUBPROTOCOLS,
+            compress=False,
+            autoping=True,
+            decode_text=False,
+            # Frames may span messages and messages may hold several frames: the STOMP
+            # parser enforces the frame limits; this only bounds one WebSocket message.
+            max_msg_size=4 * limits.max_frame_bytes,
+        )
+        if not ws.can_prepare(request).ok:
+            return error_response(
+                400, "websocket_required", "this is a STOMP endpoint: open a WebSocket here"
+            )
+        await ws.prepare(request)
+        session = StompSession(self, ws, request)
+        self.sessions.add(session)
+        await session.run()
+        return ws
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.shutting_down:
+            return web.json_response({"status": "not_ready", "reason": "shutting down"}, status=503)
+        if not self.node.ready:
+            return web.json_response(
+                {"status": "not_ready", "reason": "broker unavailable"}, status=503
+            )
+        return web.json_response({"status": "ready"})
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document(version=__version__))
+
+    async def index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC_DIR / "index.html")
+
+    async def vendor(self, request: web.Request) -> web.StreamResponse:
+        relative = VENDOR_FILES.get(request.match_info["name"])
+        path = node_modules_dir() / relative if relative else None
+        if path is None or not path.is_file():
+            return error_response(404, "not_found", "client library not installed: run ./run setup")
+        return web.FileResponse(path)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def on_startup(self, app: web.Application) -> None:
+        await self.node.start()
+        log.info("node %s ready on %s:%d", self.node.id, self.config.host, self.config.port)
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        self.shutting_down = True
+        for session in list(self.sessions):
+            session.fail("server shutting down", "reconnect later", CLOSE_GOING_AWAY)
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        await self.node.stop()
+
+
+SERVER_KEY = web.AppKey("server", Server)
+
+
+def create_app(config: Config) -> web.Application:
+    server = Server(config)
+    app = web.Application(
+        middlewares=[json_errors], client_max_size=2 * config.max_message_bytes + 64 * 1024
+    )
+    app[SERVER_KEY] = server
+    for endpoint in config.endpoints:
+        app.router.add_get(endpoint, server.websocket)
+        app.router.add_get(f"{endpoint}/websocket", server.websocket)
+    app.router.add_get("/healthz", server.healthz)
+    app.router.add_get("/readyz", server.readyz)
+    app.router.add_get("/api/v1/openapi.json", server.openapi)
+    app.router.add_get("/", server.index)
+    app.router.add_get("/vendor/{name}", server.vendor)
+    app.router.add_routes(PublishApi(server).routes())
+    app.on_startup.append(server.on_startup)
+    app.on_shutdown.append(server.on_shutdown)
+    app.on_cleanup.append(server.on_cleanup)
+    return app

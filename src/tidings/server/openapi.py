@@ -1,0 +1,320 @@
+"""The OpenAPI 3.1 description of the Tidings HTTP API, served at ``/api/v1/openapi.json``.
+
+Written against OpenAPI 3.1.0 (https://spec.openapis.org/oas/v3.1.0), whose schemas are
+JSON Schema 2020-12. The STOMP-over-WebSocket endpoint ``/stomp`` is not an HTTP
+operation and is only mentioned in ``info.description``.
+"""
+
+from typing import Any
+
+__all__ = ["OPENAPI_VERSION", "openapi_document"]
+
+OPENAPI_VERSION = "3.1.0"
+
+Json = dict[str, Any]
+
+RESERVED_HEADERS = ("destination", "subscription", "message-id", "content-length", "ack", "receipt")
+ERROR_CODES = (
+    "invalid_json",
+    "missing_field",
+    "invalid_field",
+    "unauthorized",
+    "forbidden",
+    "too_large",
+    "broker_unavailable",
+)
+LEGACY_ANSWER = "发送成功"  # the Spring seed's exact 200 body ("sent successfully")
+
+_DESCRIPTION = """\
+Real-time notifications over STOMP 1.2 on WebSocket (`/stomp`). These HTTP endpoints
+publish messages to connected STOMP subscribers. Bodies are JSON in, JSON out (except
+the legacy `/pushToOneTest` answer, kept byte-for-byte from the Spring seed)."""
+
+_SECURITY_DESCRIPTION = """\
+The API key configured on the server, sent as `Authorization: Bearer <key>`.
+When an API key is configured it is required from every caller (401 otherwise).
+When none is configured, publishing is allowed from loopback addresses only
+(127.0.0.0/8, ::1) and answered 403 for any other caller."""
+
+_BODY_DESCRIPTION = """\
+The message body. A JSON string is delivered as-is with content-type
+`text/plain;charset=UTF-8`; any other JSON value is serialized and delivered with
+content-type `application/json;charset=UTF-8`."""
+
+_ERRORS = {
+    "400": ("BadRequest", "Invalid JSON, or a missing or invalid field."),
+    "401": ("Unauthorized", "An API key is configured and the bearer key is missing or wrong."),
+    "403": ("Forbidden", "No API key is configured and the caller is not on loopback."),
+    "413": ("TooLarge", "The request body or the message body exceeds the configured size limit."),
+    "503": ("BrokerUnavailable", "The broker cannot take the message right now."),
+}
+
+
+def openapi_document(*, version: str) -> dict[str, object]:
+    """Return a fresh OpenAPI 3.1 document; ``version`` is the Tidings version (``info``)."""
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {"title": "Tidings", "version": version, "description": _DESCRIPTION},
+        "tags": [
+            {"name": "messages", "description": "Publish to STOMP subscribers."},
+            {"name": "legacy", "description": "The Spring seed's contract, kept as-is."},
+            {"name": "operations", "description": "Probes and this document."},
+        ],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "responses": _error_responses(),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": _SECURITY_DESCRIPTION}
+            },
+        },
+    }
+
+
+# --- paths ------------------------------------------------------------------------
+
+
+def _paths() -> Json:
+    return {
+        "/pushToOneTest": {"post": _legacy_push()},
+        "/api/v1/users/{user}/messages": {"post": _user_publish()},
+        "/api/v1/topics/{topic}/messages": {"post": _topic_publish()},
+        "/healthz": {"get": _healthz()},
+        "/readyz": {"get": _readyz()},
+        "/api/v1/openapi.json": {"get": _openapi_json()},
+    }
+
+
+def _legacy_push() -> Json:
+    return _publish_operation(
+        operation_id="pushToOneTest",
+        tag="legacy",
+        summary="Send content to one user (legacy Spring seed contract)",
+        description="Delivers `content` to the STOMP destination `/user/{to}/message`.",
+        request_schema="LegacyPushRequest",
+        success={
+            "200": {
+                "description": "Delivered to the broker; the body is the seed's exact answer.",
+                "content": {
+                    "text/plain": {
+                        "schema": {"type": "string", "const": LEGACY_ANSWER},
+                        "example": LEGACY_ANSWER,
+                    }
+                },
+            }
+        },
+    )
+
+
+def _user_publish() -> Json:
+    operation = _publish_operation(
+        operation_id="publishToUser",
+        tag="messages",
+        summary="Publish a message to one user",
+        description=(
+            "Delivers to the user's STOMP subscriptions of `/user/{user}<destination>` and,"
+            " principal style, `/user<destination>`."
+        ),
+        request_schema="UserMessageRequest",
+        success=_accepted(),
+    )
+    operation["parameters"] = [_path_parameter("user", "The recipient's user id.")]
+    return operation
+
+
+def _topic_publish() -> Json:
+    operation = _publish_operation(
+        operation_id="publishToTopic",
+        tag="messages",
+        summary="Broadcast a message on a topic",
+        description="Delivers to every STOMP subscriber of `/topic/{topic}`.",
+        request_schema="TopicMessageRequest",
+        success=_accepted(),
+    )
+    operation["parameters"] = [
+        _path_parameter("topic", "The topic name; `/` separates segments (`a/b`), none empty.")
+    ]
+    return operation
+
+
+def _publish_operation(
+    *,
+    operation_id: str,
+    tag: str,
+    summary: str,
+    description: str,
+    request_schema: str,
+    success: Json,
+) -> Json:
+    """A POST taking JSON: bearer key or loopback, and the shared error answers."""
+    return {
+        "operationId": operation_id,
+        "tags": [tag],
+        "summary": summary,
+        "description": description,
+        "security": [{"bearer": []}, {}],
+        "requestBody": {"required": True, "content": _json_content(request_schema)},
+        "responses": success
+        | {status: _ref("responses", name) for status, (name, _) in _ERRORS.items()},
+    }
+
+
+def _accepted() -> Json:
+    return {"202": {"description": "Accepted for delivery.", "content": _json_content("Accepted")}}
+
+
+def _healthz() -> Json:
+    return _probe("healthz", "Liveness: the process serves HTTP", {"200": ("Alive.", "Health")})
+
+
+def _readyz() -> Json:
+    return _probe(
+        "readyz",
+        "Readiness: the broker is reachable and the node takes traffic",
+        {"200": ("Ready.", "Ready"), "503": ("Not ready; `reason` says why.", "NotReady")},
+    )
+
+
+def _probe(operation_id: str, summary: str, answers: dict[str, tuple[str, str]]) -> Json:
+    return {
+        "operationId": operation_id,
+        "tags": ["operations"],
+        "summary": summary,
+        "security": [],
+        "responses": {
+            status: {"description": text, "content": _json_content(schema)}
+            for status, (text, schema) in answers.items()
+        },
+    }
+
+
+def _openapi_json() -> Json:
+    return {
+        "operationId": "openapiDocument",
+        "tags": ["operations"],
+        "summary": "This OpenAPI 3.1 document",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The OpenAPI document.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    }
+
+
+# --- components -------------------------------------------------------------------
+
+
+def _schemas() -> Json:
+    return {
+        "MessageBody": {"description": _BODY_DESCRIPTION},
+        "StompHeaders": _stomp_headers(),
+        "LegacyPushRequest": _object(
+            {
+                "code": {
+                    "type": "string",
+                    "description": "Seed contract field; not used for routing.",
+                },
+                "form": {
+                    "type": "string",
+                    "description": "Seed contract field (the sender); not used for routing.",
+                },
+                "to": {
+                    "type": ["string", "integer"],
+                    "minLength": 1,
+                    "description": "Recipient user id (an integer is taken as its decimal text).",
+                },
+                "content": _ref("schemas", "MessageBody"),
+            },
+            required=["to", "content"],
+        ),
+        "UserMessageRequest": _object(
+            {
+                "body": _ref("schemas", "MessageBody"),
+                "destination": {
+                    "type": "string",
+                    "pattern": "^(?!.*//)/.+$",
+                    "default": "/message",
+                    "description": "User-relative destination: starts with `/`, no empty segment.",
+                },
+                "headers": _ref("schemas", "StompHeaders"),
+            },
+            required=["body"],
+        ),
+        "TopicMessageRequest": _object(
+            {"body": _ref("schemas", "MessageBody"), "headers": _ref("schemas", "StompHeaders")},
+            required=["body"],
+        ),
+        "Accepted": _object(
+            {"id": {"type": "string", "description": "The message id (STOMP `message-id`)."}},
+            required=["id"],
+        ),
+        "Error": _object(
+            {
+                "error": {
+                    "type": "string",
+                    "description": "Machine code.",
+                    "examples": list(ERROR_CODES),
+                },
+                "message": {"type": "string", "description": "Human-readable explanation."},
+            },
+            required=["error", "message"],
+        ),
+        "Health": _object({"status": {"const": "ok"}}, required=["status"]),
+        "Ready": _object({"status": {"const": "ready"}}, required=["status"]),
+        "NotReady": _object(
+            {"status": {"const": "not_ready"}, "reason": {"type": "string"}},
+            required=["status", "reason"],
+        ),
+    }
+
+
+def _stomp_headers() -> Json:
+    """Extra STOMP MESSAGE headers (STOMP 1.2 §Augmenting, §Value Encoding)."""
+    return {
+        "type": "object",
+        "description": (
+            "Extra headers for the STOMP MESSAGE frame. Reserved names (compared"
+            " case-insensitively) may not be used: "
+            + ", ".join(RESERVED_HEADERS)
+            + ". `content-type` (any case) may be given to override the body's default."
+        ),
+        "propertyNames": {
+            "pattern": "^[A-Za-z0-9_.-]{1,64}$",
+            "not": {"enum": list(RESERVED_HEADERS)},
+        },
+        "additionalProperties": {"type": "string", "pattern": "^[^\\r\\n\\u0000]*$"},
+    }
+
+
+def _error_responses() -> Json:
+    return {
+        name: {"description": text, "content": _json_content("Error")}
+        for name, text in _ERRORS.values()
+    }
+
+
+# --- helpers ----------------------------------------------------------------------
+
+
+def _object(properties: Json, *, required: list[str]) -> Json:
+    return {"type": "object", "properties": properties, "required": required}
+
+
+def _json_content(schema: str) -> Json:
+    return {"application/json": {"schema": _ref("schemas", schema)}}
+
+
+def _path_parameter(name: str, description: str) -> Json:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": {"type": "string", "minLength": 1},
+    }
+
+
+def _ref(section: str, name: str) -> Json:
+    return {"$ref": f"#/components/{section}/{name}"}
