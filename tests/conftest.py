@@ -1,0 +1,181 @@
+"""Shared fixtures: real Tidings server processes and real npm STOMP clients.
+
+Example::
+
+    async def test_echo(tidings_server, js_client):
+        server = await tidings_server("--auth", "none")
+        client = await js_client("stompjs7", server.ws_url())
+        await client.connect()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .jsclient import JsClient
+
+HEALTH_TIMEOUT = 15.0
+HEALTH_POLL_INTERVAL = 0.05
+STOP_GRACE = 5.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def http_status(port: int, path: str) -> int | None:
+    """Status code of `GET path` on 127.0.0.1:port, or None if nothing answers in 1 s."""
+    try:
+        async with asyncio.timeout(1.0):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(
+                    f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
+                await writer.drain()
+                status_line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return None
+    parts = status_line.split()
+    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+
+
+class TidingsServer:
+    """One `python -m tidings serve` process, started by the `tidings_server` fixture."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, log_path: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.log_path = log_path
+        self.http_url = f"http://127.0.0.1:{port}"
+
+    def __repr__(self) -> str:
+        return f"<TidingsServer pid={self.proc.pid} port={self.port}>"
+
+    def ws_url(self, path: str = "/stomp") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def log(self) -> str:
+        """Everything the server wrote to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    @property
+    def running(self) -> bool:
+        return self.proc.returncode is None
+
+    async def stop(self, *, grace: float = STOP_GRACE) -> int:
+        """SIGTERM, then SIGKILL after `grace` seconds; return the exit code."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+        return await self.proc.wait()
+
+    async def wait_healthy(self, within: float = HEALTH_TIMEOUT) -> None:
+        """Return once GET /healthz answers 200; fail the test if it exits or never does."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            if self.proc.returncode is not None:
+                pytest.fail(
+                    f"{self!r} exited with {self.proc.returncode} before /healthz answered; "
+                    f"log tail:\n{self.log_tail()}"
+                )
+            if await http_status(self.port, "/healthz") == 200:
+                return
+            if loop.time() >= deadline:
+                pytest.fail(
+                    f"{self!r}: /healthz did not answer 200 within {within}s; "
+                    f"log tail:\n{self.log_tail()}"
+                )
+            await asyncio.sleep(HEALTH_POLL_INTERVAL)
+
+
+StartServer = Callable[..., Awaitable[TidingsServer]]
+
+
+@pytest.fixture
+async def tidings_server(tmp_path: Path) -> AsyncIterator[StartServer]:
+    """Factory: `server = await tidings_server(*extra_args, env=None, port=None)`.
+
+    Runs `sys.executable -m tidings serve --host 127.0.0.1 --port <port> *extra_args`
+    with `env` added to this process's environment, logging to a file in tmp_path,
+    and returns once GET /healthz answers 200. Every server it started is stopped
+    (SIGTERM, SIGKILL after 5 s) at teardown. Pass `port=` to restart on the same port.
+    """
+    servers: list[TidingsServer] = []
+
+    async def start_server(
+        *extra_args: str, env: Mapping[str, str] | None = None, port: int | None = None
+    ) -> TidingsServer:
+        port = port or free_port()
+        log_path = tmp_path / f"tidings-{port}-{len(servers)}.log"
+        args = [sys.executable, "-m", "tidings", "serve", "--host", "127.0.0.1"]
+        args += ["--port", str(port), *extra_args]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with log_path.open("wb") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+            )
+        server = TidingsServer(proc, port, log_path)
+        servers.append(server)
+        await server.wait_healthy()
+        return server
+
+    yield start_server
+
+    for server in servers:
+        await server.stop()
+
+
+JsClientFactory = Callable[..., Awaitable[JsClient]]
+
+
+@pytest.fixture
+async def js_client() -> AsyncIterator[JsClientFactory]:
+    """Factory: `client = await js_client("stompjs7" | "legacy", url, **start_kwargs)`.
+
+    Starts a tests/js/agent.mjs process (see tests/jsclient.py); all are closed at teardown.
+    """
+    clients: list[JsClient] = []
+
+    async def start(lib: str, url: str, **kwargs: Any) -> JsClient:
+        client = await JsClient.start(lib, url, **kwargs)
+        clients.append(client)
+        return client
+
+    yield start
+
+    for client in clients:
+        await client.close()
