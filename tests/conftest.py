@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from .jsclient import JsClient
+from .nginx_fixture import nginx_proxy  # noqa: F401
+from .redis_fixture import redis_server  # noqa: F401
 
 HEALTH_TIMEOUT = 15.0
 HEALTH_POLL_INTERVAL = 0.05

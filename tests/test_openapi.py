@@ -14,6 +14,9 @@ OPERATIONS = {
     ("/pushToOneTest", "post"): {"200"} | POST_ERRORS,
     ("/api/v1/users/{user}/messages", "post"): {"202"} | POST_ERRORS,
     ("/api/v1/topics/{topic}/messages", "post"): {"202"} | POST_ERRORS,
+    ("/api/v1/users/{user}/presence", "get"): {"200", "401", "403", "503"},
+    ("/api/v1/presence/query", "post"): {"200"} | POST_ERRORS,
+    ("/metrics", "get"): {"200"},
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
     ("/api/v1/openapi.json", "get"): {"200"},
@@ -148,10 +151,10 @@ def test_bearer_scheme_describes_the_loopback_rule(doc: dict[str, Any]) -> None:
     assert "loopback" in scheme["description"]
 
 
-def test_posts_take_the_bearer_key_or_loopback(doc: dict[str, Any]) -> None:
+def test_api_operations_take_the_bearer_key_or_loopback(doc: dict[str, Any]) -> None:
     for path, method in OPERATIONS:
         security = operation(doc, path, method)["security"]
-        if method == "post":
+        if method == "post" or path.endswith("/presence"):
             assert {"bearer": []} in security and {} in security
         else:
             assert security == []

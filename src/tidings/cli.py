@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
+import secrets
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import uvloop
 from aiohttp import web
@@ -159,6 +163,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults.max_message_bytes,
     )
+    _add(
+        serve,
+        "--legacy-channel",
+        "also deliver the seed's {code, form, to, content} JSON published on this Redis "
+        "channel (e.g. webSocketMsgPush), as /pushToOneTest does; needs a redis:// broker",
+    )
+    _add(
+        serve,
+        "--presence-ttl",
+        "seconds after which the sessions of a node that stopped refreshing count as offline",
+        type=float,
+        default=defaults.presence_ttl_s,
+    )
+    _add(
+        serve,
+        "--workers",
+        "node processes sharing the port (SO_REUSEPORT) and the broker; needs redis://",
+        type=int,
+        default=defaults.workers,
+    )
     _add(serve, "--log-level", "debug, info, warning or error", default="info")
     _add(serve, "--access-log", "log every HTTP request", action="store_true")
     return parser
@@ -189,6 +213,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_outbound_bytes=int(args.max_outbound_bytes),
         max_message_bytes=int(args.max_message_bytes),
         access_log=bool(args.access_log),
+        legacy_channel=args.legacy_channel or None,
+        presence_ttl_s=float(args.presence_ttl),
+        workers=int(args.workers),
     )
 
 
@@ -201,10 +228,65 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = config_from_args(args)
     except (OSError, argparse.ArgumentTypeError, ValueError) as exc:
         parser.error(str(exc))
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if config.workers < 1:
+        parser.error("--workers must be at least 1")
+    if config.workers > 1 and urlsplit(config.broker).scheme not in ("redis", "rediss"):
+        parser.error(
+            "--workers N needs a shared broker (--broker redis://...): with memory:// each "
+            "worker would be a separate island and messages would not cross between them"
+        )
+    if config.legacy_channel and urlsplit(config.broker).scheme not in ("redis", "rediss"):
+        parser.error("--legacy-channel needs a redis:// broker")
+    _configure_logging(args.log_level)
+    if config.workers > 1:
+        sys.exit(run_workers(config, args.log_level))
     serve(config)
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _worker(config: Config, log_level: str) -> None:
+    _configure_logging(log_level)
+    serve(config)
+
+
+def run_workers(config: Config, log_level: str = "info") -> int:
+    """Start ``config.workers`` node processes on one port; forward SIGINT/SIGTERM to them.
+
+    Each worker is a full node with its own id (``<node-id>-w<i>``) bound with
+    SO_REUSEPORT, so the kernel spreads connections over them; they meet through the broker.
+    Returns 0 when every worker exited cleanly.
+    """
+    base_id = config.node_id or secrets.token_hex(4)
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(
+            target=_worker,
+            args=(
+                config.replace(node_id=f"{base_id}-w{index}", workers=1, reuse_port=True),
+                log_level,
+            ),
+            name=f"tidings-worker-{index}",
+        )
+        for index in range(config.workers)
+    ]
+    for worker in workers:
+        worker.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.pid is not None and worker.exitcode is None:
+                os.kill(worker.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for worker in workers:
+        worker.join()
+    return 0 if all(worker.exitcode == 0 for worker in workers) else 1
 
 
 def serve(config: Config) -> None:
@@ -221,5 +303,6 @@ def serve(config: Config) -> None:
         shutdown_timeout=config.shutdown_grace_s,
         print=lambda text: print(text, flush=True),
         access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
+        reuse_port=config.reuse_port or None,
         loop=loop,
     )

@@ -35,6 +35,11 @@ class Config:
     max_message_bytes: int = 64 * 1024  # body of one published message
     shutdown_grace_s: float = 5.0
     access_log: bool = False  # one log line per HTTP request
+    # Also deliver the seed's {code, form, to, content} JSON published on this Redis channel.
+    legacy_channel: str | None = None
+    presence_ttl_s: float = 15.0
+    workers: int = 1
+    reuse_port: bool = False
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

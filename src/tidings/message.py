@@ -62,3 +62,10 @@ class Message:
             content_type=content_type,
             headers=tuple((str(k), str(v)) for k, v in headers),
         )
+
+
+def encode_body(body: object) -> tuple[bytes, str]:
+    """A string goes out as text; any other JSON value as JSON (see server/openapi.py)."""
+    if isinstance(body, str):
+        return body.encode(), TEXT_PLAIN
+    return orjson.dumps(body), APPLICATION_JSON

@@ -11,32 +11,46 @@ import asyncio
 import itertools
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import orjson
 
 from tidings.brokers.base import Broker
 from tidings.errors import BrokerUnavailable
 from tidings.hub import Hub, LocalSubscription
-from tidings.message import Message
+from tidings.message import Message, encode_body, user_channel
+from tidings.presence import MemoryPresence, Presence
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class Counters:
-    """Monotonic counters, exported by /metrics later."""
+    """Monotonic counters, exported by /metrics."""
 
     published: int = 0
-    received: int = 0
+    received: dict[str, int] = field(default_factory=lambda: {"user": 0, "topic": 0, "legacy": 0})
     delivered: int = 0
     slow_consumers: int = 0
 
 
+_CHANNEL_KINDS = {"u": "user", "t": "topic"}
+
+
 class Node:
     def __init__(
-        self, broker: Broker, *, node_id: str = "", unsubscribe_delay_s: float = 2.0
+        self,
+        broker: Broker,
+        presence: Presence | None = None,
+        *,
+        node_id: str = "",
+        unsubscribe_delay_s: float = 2.0,
+        legacy_channel: str | None = None,
     ) -> None:
         self.broker = broker
         self.id = node_id or secrets.token_hex(4)
+        self.presence = presence if presence is not None else MemoryPresence(self.id)
+        self.legacy_channel = legacy_channel
         self.hub = Hub()
         self.counters = Counters()
         self.unsubscribe_delay_s = unsubscribe_delay_s
@@ -48,6 +62,7 @@ class Node:
 
     async def start(self) -> None:
         await self.broker.start(self._on_broker_message)
+        await self.presence.start()
         self._started = True
 
     async def stop(self) -> None:
@@ -55,6 +70,7 @@ class Node:
         for handle in self._pending_unsubscribe.values():
             handle.cancel()
         self._pending_unsubscribe.clear()
+        await self.presence.close()
         await self.broker.close()
 
     @property
@@ -117,13 +133,35 @@ class Node:
         self.counters.published += 1
 
     def _on_broker_message(self, channel: str, payload: bytes) -> None:
-        self.counters.received += 1
+        if channel == self.legacy_channel:
+            self.counters.received["legacy"] += 1
+            decode = self._decode_legacy
+        else:
+            self.counters.received[_CHANNEL_KINDS.get(channel[:1], "user")] += 1
+            decode = Message.decode
         try:
-            message = Message.decode(payload)
-        except (ValueError, TypeError, UnicodeError):
-            log.warning("dropping undecodable broker message on %s", channel)
+            message = decode(payload)
+        except (ValueError, TypeError, KeyError, UnicodeError) as exc:
+            log.warning("ignoring an undecodable message on %s: %s", channel, exc)
             return
         self.counters.delivered += self.hub.deliver(message)
+
+    def _decode_legacy(self, payload: bytes) -> Message:
+        """The seed's ``{code, form, to, content}`` JSON, delivered as /pushToOneTest does."""
+        data = orjson.loads(payload)
+        if isinstance(data, str):  # a JSON string holding the JSON (double-encoded by a template)
+            data = orjson.loads(data)
+        to = data["to"]
+        if not isinstance(to, str | int) or isinstance(to, bool) or not str(to):
+            raise ValueError("'to' must be a user id")
+        body, content_type = encode_body(data["content"])
+        return Message(
+            id=self.new_message_id(),
+            channel=user_channel(str(to)),
+            destination="/message",
+            body=body,
+            content_type=content_type,
+        )
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -1,4 +1,4 @@
-"""Brokers, chosen by URL scheme: ``memory://`` (default); ``redis://`` comes next."""
+"""Brokers, chosen by URL scheme: ``memory://`` (default), ``redis://`` and ``rediss://``."""
 
 from __future__ import annotations
 
@@ -15,4 +15,11 @@ def broker_from_url(url: str) -> Broker:
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         return MemoryBroker()
-    raise ValueError(f"unsupported broker URL {url!r}: supported schemes are memory://")
+    if scheme in ("redis", "rediss"):
+        # Imported here so that redis-py loads only when a Redis URL is configured.
+        from tidings.brokers.redis import RedisBroker  # noqa: PLC0415
+
+        return RedisBroker(url)
+    raise ValueError(
+        f"unsupported broker URL {url!r}: supported schemes are memory://, redis://, rediss://"
+    )

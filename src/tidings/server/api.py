@@ -17,7 +17,7 @@ from aiohttp import web
 from tidings.auth import bearer_token
 from tidings.destinations import user_destination
 from tidings.errors import BrokerUnavailable
-from tidings.message import APPLICATION_JSON, TEXT_PLAIN, Message, topic_channel, user_channel
+from tidings.message import Message, encode_body, topic_channel, user_channel
 from tidings.server.openapi import LEGACY_ANSWER, RESERVED_HEADERS
 
 if TYPE_CHECKING:
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\0]")
+
+MAX_PRESENCE_QUERY = 10_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -63,7 +65,30 @@ class PublishApi:
             web.post("/pushToOneTest", self.push_to_one_test),
             web.post("/api/v1/users/{user}/messages", self.publish_to_user),
             web.post("/api/v1/topics/{topic:[^{}]+}/messages", self.publish_to_topic),
+            web.get("/api/v1/users/{user}/presence", self.user_presence),
+            web.post("/api/v1/presence/query", self.presence_query),
         ]
+
+    async def user_presence(self, request: web.Request) -> web.Response:
+        """``{"online", "sessions", "nodes"}`` for one user, cluster-wide."""
+        self._check_caller(request)
+        presence = await self.server.node.presence.get(request.match_info["user"])
+        return web.json_response(
+            {"online": presence.online, "sessions": presence.sessions, "nodes": presence.nodes}
+        )
+
+    async def presence_query(self, request: web.Request) -> web.Response:
+        """``{"users": [...]}`` → ``{"users": {user: online}}`` in one broker round trip."""
+        data = await self._read_object(request)
+        users = data.get("users")
+        if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
+            raise ApiError(400, "invalid_field", "'users' must be a list of user id strings")
+        if len(users) > MAX_PRESENCE_QUERY:
+            raise ApiError(
+                400, "invalid_field", f"ask for at most {MAX_PRESENCE_QUERY} users at a time"
+            )
+        online = await self.server.node.presence.query(users)
+        return web.json_response({"users": online})
 
     async def push_to_one_test(self, request: web.Request) -> web.Response:
         """The seed's contract: ``{code, form, to, content}``; ``content`` to /user/{to}/message."""
@@ -108,7 +133,7 @@ class PublishApi:
     async def _publish(
         self, channel: str, destination: str, body: object, headers: dict[str, str]
     ) -> str:
-        encoded, content_type = _encode_body(body)
+        encoded, content_type = encode_body(body)
         if len(encoded) > self.server.config.max_message_bytes:
             raise ApiError(
                 413,
@@ -150,7 +175,7 @@ class PublishApi:
                     401, "unauthorized", "missing or wrong 'Authorization: Bearer <api key>'"
                 )
             return
-        if not _is_loopback(request.remote):
+        if not _is_loopback(caller_address(request)):
             raise ApiError(
                 403, "forbidden", "no --api-key is configured: only loopback callers may publish"
             )
@@ -164,13 +189,6 @@ def _body(data: dict[str, object]) -> object:
     if "body" not in data:
         raise ApiError(400, "missing_field", "'body' is required (a string or any JSON value)")
     return data["body"]
-
-
-def _encode_body(body: object) -> tuple[bytes, str]:
-    """A string goes out as text; any other JSON value as JSON (openapi.py says the same)."""
-    if isinstance(body, str):
-        return body.encode(), TEXT_PLAIN
-    return orjson.dumps(body), APPLICATION_JSON
 
 
 def _headers(data: dict[str, object]) -> dict[str, str]:
@@ -192,6 +210,20 @@ def _headers(data: dict[str, object]) -> dict[str, str]:
             )
         checked[lowered if lowered == "content-type" else name] = value
     return checked
+
+
+def caller_address(request: web.Request) -> str | None:
+    """The peer, or for a request relayed by a local proxy, the client the proxy names.
+
+    nginx's ``$proxy_add_x_forwarded_for`` appends the address it saw, so the rightmost
+    X-Forwarded-For entry is the one a client cannot forge. Without this, every request
+    through a proxy on the same machine would pass the loopback rule.
+    """
+    peer = request.remote
+    forwarded = request.headers.get("X-Forwarded-For")
+    if forwarded and _is_loopback(peer):
+        return forwarded.split(",")[-1].strip()
+    return peer
 
 
 def _is_loopback(remote: str | None) -> bool:

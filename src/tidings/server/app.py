@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -18,10 +20,11 @@ from tidings.config import Config
 from tidings.destinations import Route, compile_globs
 from tidings.errors import AuthError
 from tidings.node import Node
+from tidings.presence import Presence
 from tidings.server.api import PublishApi, error_response, json_errors
 from tidings.server.openapi import openapi_document
 from tidings.server.session import CLOSE_GOING_AWAY, StompSession
-from tidings.stomp.connection import ConnectRequested
+from tidings.stomp.connection import ConnectRequested, State
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +41,31 @@ def node_modules_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "node_modules"
 
 
+def build_node(config: Config) -> Node:
+    """The node and its broker and presence, as the broker URL's scheme says."""
+    node_id = config.node_id or secrets.token_hex(4)
+    scheme = urlsplit(config.broker).scheme
+    if scheme in ("redis", "rediss"):
+        from tidings.brokers.redis import RedisBroker  # noqa: PLC0415 - optional dependency
+        from tidings.brokers.redis_presence import RedisPresence  # noqa: PLC0415
+
+        raw = (config.legacy_channel,) if config.legacy_channel else ()
+        broker = RedisBroker(config.broker, raw_channels=raw)
+        presence: Presence = RedisPresence(broker.redis, node_id, ttl_s=config.presence_ttl_s)
+        return Node(broker, presence, node_id=node_id, legacy_channel=config.legacy_channel)
+    if config.legacy_channel:
+        raise ValueError("--legacy-channel needs a redis:// broker")
+    return Node(broker_from_url(config.broker), node_id=node_id)
+
+
 class Server:
     """State shared by every handler of one node."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.node = Node(broker_from_url(config.broker), node_id=config.node_id)
+        self.node = build_node(config)
+        # STOMP 1.2 §CONNECTED: server = name/version *(comment); the comment names the node.
+        self.server_header = f"Tidings/{__version__} (node {self.node.id})"
         self.sessions: set[StompSession] = set()
         self.shutting_down = False
         self.verifier: JwtVerifier | None = None
@@ -116,6 +138,75 @@ class Server:
             )
         return web.json_response({"status": "ready"})
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text exposition format 0.0.4."""
+        node = self.node
+        counters = node.counters
+        connected = sum(1 for s in self.sessions if s.conn.state is State.CONNECTED)
+        samples: list[tuple[str, str, str, list[tuple[str, float]]]] = [
+            ("connections", "gauge", "Open WebSocket connections", [("", len(self.sessions))]),
+            ("sessions", "gauge", "Connected STOMP sessions", [("", connected)]),
+            (
+                "subscriptions",
+                "gauge",
+                "Live STOMP subscriptions",
+                [("", node.hub.subscription_count)],
+            ),
+            (
+                "broker_channels",
+                "gauge",
+                "Broker channels this node subscribes to",
+                [("", len(node.hub.channels))],
+            ),
+            (
+                "broker_ready",
+                "gauge",
+                "1 while the broker takes publishes",
+                [("", int(node.ready))],
+            ),
+            (
+                "messages_published_total",
+                "counter",
+                "Messages this node handed to the broker",
+                [("", counters.published)],
+            ),
+            (
+                "broker_messages_received_total",
+                "counter",
+                "Messages this node received from the broker, by channel kind",
+                [(f',kind="{kind}"', count) for kind, count in counters.received.items()],
+            ),
+            (
+                "frames_delivered_total",
+                "counter",
+                "MESSAGE frames queued to clients",
+                [("", counters.delivered)],
+            ),
+            (
+                "slow_consumer_disconnects_total",
+                "counter",
+                "Clients disconnected for not reading",
+                [("", counters.slow_consumers)],
+            ),
+            (
+                "broker_reconnects_total",
+                "counter",
+                "Broker subscriber reconnections",
+                [("", getattr(node.broker, "reconnects", 0))],
+            ),
+        ]
+        node_label = 'node="{}"'.format(node.id.replace("\\", "\\\\").replace('"', '\\"'))
+        lines = []
+        for name, kind, help_text, values in samples:
+            lines.append(f"# HELP tidings_{name} {help_text}")
+            lines.append(f"# TYPE tidings_{name} {kind}")
+            lines.extend(
+                f"tidings_{name}{{{node_label}{extra}}} {value}" for extra, value in values
+            )
+        return web.Response(
+            text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8"
+        )
+
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document(version=__version__))
 
@@ -157,6 +248,7 @@ def create_app(config: Config) -> web.Application:
         app.router.add_get(f"{endpoint}/websocket", server.websocket)
     app.router.add_get("/healthz", server.healthz)
     app.router.add_get("/readyz", server.readyz)
+    app.router.add_get("/metrics", server.metrics)
     app.router.add_get("/api/v1/openapi.json", server.openapi)
     app.router.add_get("/", server.index)
     app.router.add_get("/vendor/{name}", server.vendor)

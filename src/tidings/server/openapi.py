@@ -58,6 +58,7 @@ def openapi_document(*, version: str) -> dict[str, object]:
         "tags": [
             {"name": "messages", "description": "Publish to STOMP subscribers."},
             {"name": "legacy", "description": "The Spring seed's contract, kept as-is."},
+            {"name": "presence", "description": "Who is online, across every node."},
             {"name": "operations", "description": "Probes and this document."},
         ],
         "paths": _paths(),
@@ -79,9 +80,58 @@ def _paths() -> Json:
         "/pushToOneTest": {"post": _legacy_push()},
         "/api/v1/users/{user}/messages": {"post": _user_publish()},
         "/api/v1/topics/{topic}/messages": {"post": _topic_publish()},
+        "/api/v1/users/{user}/presence": {"get": _user_presence()},
+        "/api/v1/presence/query": {"post": _presence_query()},
         "/healthz": {"get": _healthz()},
         "/readyz": {"get": _readyz()},
+        "/metrics": {"get": _metrics()},
         "/api/v1/openapi.json": {"get": _openapi_json()},
+    }
+
+
+def _user_presence() -> Json:
+    return {
+        "operationId": "userPresence",
+        "tags": ["presence"],
+        "summary": "Is one user online, on how many sessions and which nodes (cluster-wide)",
+        "security": [{"bearer": []}, {}],
+        "parameters": [_path_parameter("user", "The user id.")],
+        "responses": {
+            "200": {"description": "The user's presence.", "content": _json_content("Presence")}
+        }
+        | {status: _ref("responses", _ERRORS[status][0]) for status in ("401", "403", "503")},
+    }
+
+
+def _presence_query() -> Json:
+    return {
+        "operationId": "presenceQuery",
+        "tags": ["presence"],
+        "summary": "Which of these users are online (one broker round trip)",
+        "security": [{"bearer": []}, {}],
+        "requestBody": {"required": True, "content": _json_content("PresenceQueryRequest")},
+        "responses": {
+            "200": {
+                "description": "Online flag per user.",
+                "content": _json_content("PresenceQueryResult"),
+            }
+        }
+        | {status: _ref("responses", name) for status, (name, _) in _ERRORS.items()},
+    }
+
+
+def _metrics() -> Json:
+    return {
+        "operationId": "metrics",
+        "tags": ["operations"],
+        "summary": "Prometheus metrics of this node (text exposition format 0.0.4)",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "Counters and gauges, each labelled with the node id.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
     }
 
 
@@ -260,6 +310,28 @@ def _schemas() -> Json:
                 "message": {"type": "string", "description": "Human-readable explanation."},
             },
             required=["error", "message"],
+        ),
+        "Presence": _object(
+            {
+                "online": {"type": "boolean"},
+                "sessions": {"type": "integer", "minimum": 0},
+                "nodes": {"type": "array", "items": {"type": "string"}},
+            },
+            required=["online", "sessions", "nodes"],
+        ),
+        "PresenceQueryRequest": _object(
+            {
+                "users": {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "maxItems": 10000,
+                }
+            },
+            required=["users"],
+        ),
+        "PresenceQueryResult": _object(
+            {"users": {"type": "object", "additionalProperties": {"type": "boolean"}}},
+            required=["users"],
         ),
         "Health": _object({"status": {"const": "ok"}}, required=["status"]),
         "Ready": _object({"status": {"const": "ready"}}, required=["status"]),

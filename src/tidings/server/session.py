@@ -57,7 +57,11 @@ class StompSession:
         self.version = "1.2"
         self.access_token = request.query.get("access_token")
         config = server.config
-        self.conn = ServerConnection(limits=config.stomp_limits, server_heartbeat=config.heartbeat)
+        self.conn = ServerConnection(
+            limits=config.stomp_limits,
+            server_heartbeat=config.heartbeat,
+            server_name=server.server_header,
+        )
         self.outbound = Outbound(
             transport, limit=config.max_outbound_bytes, on_overflow=self._on_slow_consumer
         )
@@ -101,7 +105,7 @@ class StompSession:
     async def _handle(self, event: object) -> None:
         match event:
             case ConnectRequested():
-                self._connect(event)
+                await self._connect(event)
             case SubscribeRequested():
                 await self._subscribe(event)
             case UnsubscribeRequested():
@@ -115,9 +119,11 @@ class StompSession:
                 self._receipt(event.receipt)
                 self.close(1000, "client disconnected")
 
-    def _connect(self, event: ConnectRequested) -> None:
+    async def _connect(self, event: ConnectRequested) -> None:
         self.user = self.server.identify(event, self.access_token)
         self.version = event.version
+        if self.user is not None:
+            await self.server.node.presence.add(self.user, self.id)
         self.outbound.send(self.conn.accept(session_id=self.id, user_name=self.user))
         self._start_heartbeats()
 
@@ -237,4 +243,7 @@ class StompSession:
         for sub in self._subscriptions.values():
             self.server.node.unsubscribe(sub)
         self._subscriptions.clear()
-        self.server.sessions.discard(self)
+        if self in self.server.sessions:
+            self.server.sessions.discard(self)
+            if self.user is not None:
+                self.server.node.presence.remove(self.user, self.id)

@@ -1,0 +1,374 @@
+"""The Redis broker (``redis://``, ``rediss://``): nodes on several machines share one Redis.
+
+Two connections, as in centrifuge's Redis engine (DESIGN.md §4):
+
+* the *command* client (``self.redis``, a small bounded pool) runs ``PUBLISH`` and is
+  reused by the node for presence keys;
+* one *subscriber* connection, owned by a single reader task, carries ``SUBSCRIBE`` and
+  the messages. It speaks RESP2 so that messages and subscription replies arrive as
+  plain ``[kind, channel, data]`` arrays in order.
+
+Faults are handled here, not by the node: when the subscriber connection breaks (Redis
+restarted, ``CLIENT KILL TYPE pubsub``) or goes deaf (the probe stops coming back), the
+reader reconnects with capped, jittered exponential backoff and resubscribes every
+channel it still wants, so live delivery resumes on its own. ``ready`` is False meanwhile
+and publishes that Redis does not take raise BrokerUnavailable; nothing is accepted and
+dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+from collections import deque
+from typing import Any
+
+import redis.asyncio
+from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from tidings.brokers.base import MessageHandler
+from tidings.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 1.0
+"""TCP connect + handshake bound: a dead Redis is noticed within a second."""
+SOCKET_TIMEOUT_S = 2.0
+"""Bound on one command's reply (and on waiting for a free pooled connection)."""
+SUBSCRIBE_TIMEOUT_S = 3.0
+"""How long ``subscribe()`` waits for Redis to confirm before giving up."""
+START_TIMEOUT_S = 5.0
+"""How long ``start()`` waits for the first subscriber connection before returning not-ready."""
+POOL_SIZE = 32
+"""Command connections at most; publishers beyond that wait up to SOCKET_TIMEOUT_S."""
+SUBSCRIBE_BATCH = 1000
+"""Channels per SUBSCRIBE command when resubscribing after a reconnect."""
+
+
+class _Deaf(Exception):
+    """The subscriber connection stopped returning our probes: treat it as lost."""
+
+
+class RedisBroker:
+    """Broker on Redis pub/sub: one Redis channel per logical channel, ``prefix + name``.
+
+    ``raw_channels`` (e.g. the legacy Spring channel ``webSocketMsgPush``) are subscribed
+    verbatim for the broker's whole life and reach the handler under their raw name.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "tidings:",
+        raw_channels: tuple[str, ...] = (),
+        probe_interval_s: float = 1.0,
+        probe_timeout_s: float = 3.0,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 1.0,
+    ) -> None:
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_keepalive=True,
+            # No silent retries: a publish Redis did not take must surface as an error.
+            retry=Retry(NoBackoff(), 0),
+        )
+        self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
+        """The command client; also for the node's own keys (presence)."""
+        self.reconnects = 0
+        """Times the subscriber connection was re-established after a loss."""
+        self.received = 0
+        """Messages handed to the handler."""
+
+        self._prefix = prefix.encode()
+        self._probe_key = self._prefix + b"probe:" + secrets.token_hex(8).encode()
+        self._raw_keys = {name.encode(): name for name in raw_channels}
+        self._probe_interval_s = probe_interval_s
+        self._probe_timeout_s = probe_timeout_s
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+
+        # Redis channel -> name given to the handler, for everything we want delivered:
+        # the raw channels and every logical channel subscribed and not unsubscribed.
+        self._routes: dict[bytes, str] = dict(self._raw_keys)
+        # One future per SUBSCRIBE sent by subscribe(), in sending order per channel;
+        # Redis confirms in the same order. Resolved True on confirmation, False if lost.
+        self._waiters: dict[bytes, deque[asyncio.Future[bool]]] = {}
+        self._handler: MessageHandler | None = None
+        self._conn: AbstractConnection | None = None
+        self._ready = False
+        self._ever_ready = False
+        self._became_ready = asyncio.Event()
+        self._deaf_at: asyncio.Timeout | None = None  # pushed forward by each probe
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- Broker interface ------------------------------------------------------------
+
+    async def start(self, handler: MessageHandler) -> None:
+        """Start the reader and the probe; wait (bounded) for the first subscription.
+
+        If Redis cannot be reached within START_TIMEOUT_S this returns anyway, not
+        ready, and keeps reconnecting in the background.
+        """
+        if self._closed:
+            raise BrokerUnavailable("redis broker is closed")
+        if self._tasks:
+            return
+        self._handler = handler
+        self._tasks = [
+            asyncio.create_task(self._run_subscriber(), name="tidings-redis-subscriber"),
+            asyncio.create_task(self._run_probe(), name="tidings-redis-probe"),
+        ]
+        try:
+            await asyncio.wait_for(self._became_ready.wait(), START_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("redis broker not ready after %.1fs; still reconnecting", START_TIMEOUT_S)
+
+    async def close(self) -> None:
+        """Stop both tasks, close both connections; no handler call after this returns."""
+        if self._closed:
+            return
+        self._closed = True
+        self._handler = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        conn = self._conn
+        self._lost()
+        self._became_ready.set()  # lets a start() that is still waiting return
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+        await self.redis.aclose()
+
+    async def subscribe(self, channel: str) -> None:
+        """Return once Redis has confirmed the subscription (idempotent).
+
+        BrokerUnavailable if the subscriber connection is down or Redis does not
+        confirm within SUBSCRIBE_TIMEOUT_S; the channel is then not wanted any more.
+        """
+        key = self._key(channel)
+        if key in self._routes:
+            waiters = self._waiters.get(key)
+            if not waiters:
+                if not self._ready:
+                    raise BrokerUnavailable("redis unavailable: subscriber not connected")
+                return  # confirmed on the current connection
+            waiter = waiters[-1]
+        else:
+            conn = self._live_conn()
+            waiter = asyncio.get_running_loop().create_future()
+            waiters = self._waiters.setdefault(key, deque())
+            waiters.append(waiter)
+            self._routes[key] = channel
+            try:
+                async with asyncio.timeout(SOCKET_TIMEOUT_S):
+                    await conn.send_command("SUBSCRIBE", key, check_health=False)
+            except Exception as exc:  # redis-py closed it; the reader task will reconnect
+                self._routes.pop(key, None)
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+                waiter.set_result(False)  # fail concurrent callers of the same channel now
+                raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+        try:
+            confirmed = await asyncio.wait_for(asyncio.shield(waiter), SUBSCRIBE_TIMEOUT_S)
+        except TimeoutError:
+            confirmed = False
+        if not confirmed:
+            await self._forget(key)
+            raise BrokerUnavailable(f"redis unavailable: subscription to {channel!r} not confirmed")
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel`` at once; tell Redis if connected (never raises)."""
+        key = self._key(channel)
+        if key not in self._raw_keys:
+            await self._forget(key)
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        """PUBLISH on the command connection; BrokerUnavailable unless Redis took it."""
+        if self._closed or self._handler is None:
+            raise BrokerUnavailable("redis broker is not running")
+        try:
+            await self.redis.publish(self._key(channel), payload)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+
+    @property
+    def ready(self) -> bool:
+        """True while the subscriber connection is up, subscribed and hearing its probes."""
+        return self._ready
+
+    # -- subscriber connection -------------------------------------------------------
+
+    def _key(self, channel: str) -> bytes:
+        return self._prefix + channel.encode()
+
+    def _live_conn(self) -> AbstractConnection:
+        """The subscriber connection if it can take a command now, else BrokerUnavailable.
+
+        Check this right before ``send_command`` with no await in between: redis-py
+        silently reconnects a closed connection, and that new one would lack our
+        subscriptions.
+        """
+        conn = self._conn
+        if not self._ready or conn is None or not conn.is_connected:
+            raise BrokerUnavailable("redis unavailable: subscriber not connected")
+        return conn
+
+    async def _forget(self, key: bytes) -> None:
+        """Stop delivering ``key`` and, best effort, unsubscribe it on Redis."""
+        if self._routes.pop(key, None) is None:
+            return
+        conn = self._conn
+        if conn is None or not conn.is_connected:
+            return  # a reconnect will not resubscribe it
+        try:
+            async with asyncio.timeout(SOCKET_TIMEOUT_S):
+                await conn.send_command("UNSUBSCRIBE", key, check_health=False)
+        except Exception as exc:
+            log.debug("redis unsubscribe of %r failed: %s", key, exc)
+
+    async def _run_subscriber(self) -> None:
+        """Own the subscriber connection: connect, read, and on loss reconnect, forever."""
+        failures = 0
+        while True:
+            conn = self._new_connection()
+            try:
+                await self._connect(conn)
+                await self._read(conn)
+            except (RedisError, OSError, TimeoutError, _Deaf) as exc:
+                if self._ready or failures == 0:
+                    log.warning("redis subscriber connection lost: %s", exc)
+                else:
+                    log.debug("redis reconnect failed: %s", exc)
+            except Exception:
+                log.exception("redis subscriber failed unexpectedly")
+            finally:
+                if self._ready:
+                    failures = 0
+                self._lost()
+                await conn.disconnect(nowait=True)
+            failures += 1
+            await asyncio.sleep(self._backoff(failures))
+
+    def _new_connection(self) -> AbstractConnection:
+        """A connection outside the command pool, with the pool's settings but RESP2.
+
+        No socket timeout: it may rightly be silent for long. Its reads are bounded by
+        the probe deadline and its writes by explicit timeouts instead.
+        """
+        pool = self.redis.connection_pool
+        kwargs = {
+            **pool.connection_kwargs,
+            "protocol": 2,
+            "socket_timeout": None,
+            "client_name": "tidings-pubsub",
+        }
+        conn: AbstractConnection = pool.connection_class(**kwargs)
+        return conn
+
+    async def _connect(self, conn: AbstractConnection) -> None:
+        """Connect and subscribe the probe, the raw channels and every wanted channel.
+
+        A PING follows the SUBSCRIBE commands; its reply, read by ``_read``, proves all
+        of them confirmed and makes the broker ready.
+        """
+        async with asyncio.timeout(CONNECT_TIMEOUT_S + SOCKET_TIMEOUT_S):
+            await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
+            self._conn = conn
+            keys = [self._probe_key, *self._routes]
+            for start in range(0, len(keys), SUBSCRIBE_BATCH):
+                batch = keys[start : start + SUBSCRIBE_BATCH]
+                await conn.send_command("SUBSCRIBE", *batch, check_health=False)
+            await conn.send_command("PING", check_health=False)
+
+    async def _read(self, conn: AbstractConnection) -> None:
+        """Hand each reply to ``_dispatch`` until the connection fails or goes deaf.
+
+        One deadline covers the whole session, pushed forward by each probe that comes
+        back; a timer per read would cost three quarters of the reader's throughput.
+        """
+        deadline = asyncio.get_running_loop().time() + self._probe_timeout_s
+        try:
+            async with asyncio.timeout_at(deadline) as self._deaf_at:
+                while True:
+                    self._dispatch(await conn.read_response(push_request=True))
+        except TimeoutError:
+            raise _Deaf(f"no probe came back for {self._probe_timeout_s}s") from None
+        finally:
+            self._deaf_at = None
+
+    def _dispatch(self, reply: Any) -> None:
+        """Act on one RESP2 pub/sub reply: a message, a confirmation, or our PING's pong."""
+        kind = reply[0]
+        if kind == b"message":
+            key: bytes = reply[1]
+            if key == self._probe_key:
+                if self._deaf_at is not None:
+                    now = asyncio.get_running_loop().time()
+                    self._deaf_at.reschedule(now + self._probe_timeout_s)
+                return
+            channel = self._routes.get(key)
+            handler = self._handler
+            if channel is None or handler is None:
+                return  # unsubscribed meanwhile, or closing
+            self.received += 1
+            try:
+                handler(channel, reply[2])
+            except Exception:
+                log.exception("broker message handler failed on %s", channel)
+        elif kind == b"subscribe":
+            waiters = self._waiters.get(reply[1])
+            if waiters:
+                waiter = waiters.popleft()
+                if not waiters:
+                    del self._waiters[reply[1]]
+                if not waiter.done():
+                    waiter.set_result(True)
+        elif kind == b"pong" and not self._ready:
+            self._ready = True
+            self._became_ready.set()
+            if self._ever_ready:
+                self.reconnects += 1
+                log.info("redis subscriber reconnected (%d reconnects)", self.reconnects)
+            self._ever_ready = True
+
+    def _lost(self) -> None:
+        """Forget the subscriber connection: not ready, pending subscribes fail."""
+        self._ready = False
+        self._became_ready.clear()
+        self._conn = None
+        waiters, self._waiters = self._waiters, {}
+        for queue in waiters.values():
+            for waiter in queue:
+                if not waiter.done():
+                    waiter.set_result(False)
+
+    def _backoff(self, failures: int) -> float:
+        """Capped exponential delay before reconnect attempt ``failures``, with jitter."""
+        delay = min(self._backoff_max_s, self._backoff_initial_s * 2.0 ** (failures - 1))
+        return delay * random.uniform(0.5, 1.0)
+
+    # -- probe -----------------------------------------------------------------------
+
+    async def _run_probe(self) -> None:
+        """Publish to our private probe channel; ``_read`` notices if nothing comes back."""
+        while True:
+            await asyncio.sleep(self._probe_interval_s)
+            try:
+                await self.redis.publish(self._probe_key, b"probe")
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.debug("redis probe publish failed: %s", exc)

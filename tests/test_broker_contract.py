@@ -1,0 +1,429 @@
+"""The broker contract, run unchanged against every broker, then Redis faults.
+
+``TestContract`` is what the node relies on from any broker (DESIGN.md §4, as in
+centrifuge's per-engine tests). ``TestRedis`` covers what only a networked broker has:
+several nodes on one Redis, Redis stopped and restarted, subscriber connections killed
+or silently dead, and the legacy raw channel. Every Redis test runs its own redis-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidings.brokers import MemoryBroker, MessageHandler, broker_from_url
+from tidings.brokers.redis import RedisBroker
+from tidings.errors import BrokerUnavailable
+
+from .redis_fixture import RedisServer
+
+Condition = Callable[[], bool]
+
+
+async def eventually(condition: Condition, within: float = 5.0, what: str = "") -> float:
+    """Poll ``condition`` until true; return the seconds it took, fail after ``within``."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not condition():
+        if loop.time() - start > within:
+            pytest.fail(f"not true within {within}s: {what or condition}")
+        await asyncio.sleep(0.005)
+    return loop.time() - start
+
+
+@dataclass
+class Recorder:
+    """A message handler that keeps what it was given."""
+
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def __call__(self, channel: str, payload: bytes) -> None:
+        self.messages.append((channel, payload))
+
+    def on(self, channel: str) -> list[bytes]:
+        return [payload for name, payload in self.messages if name == channel]
+
+
+@dataclass
+class Subject:
+    """A broker under test (not started) and the recorder to start it with."""
+
+    broker: MemoryBroker | RedisBroker
+    got: Recorder
+
+    async def start(self) -> None:
+        await self.broker.start(self.got)
+
+    async def barrier(self, channel: str) -> None:
+        """Publish a marker on ``channel`` (subscribed) and wait for it: what was
+        published before it has arrived too, since each channel keeps its order."""
+        marker = b"barrier-" + os.urandom(4).hex().encode()
+        await self.broker.publish(channel, marker)
+        await eventually(lambda: marker in self.got.on(channel), what=f"barrier on {channel}")
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Subject]:
+    server: RedisServer | None = None
+    broker: MemoryBroker | RedisBroker
+    if request.param == "memory":
+        broker = MemoryBroker()
+    else:
+        server = RedisServer(tmp_path)
+        await server.start()
+        broker = RedisBroker(server.url)
+    try:
+        yield Subject(broker, Recorder())
+    finally:
+        await broker.close()
+        if server is not None:
+            await server.stop()
+
+
+class TestContract:
+    async def test_start_makes_ready(self, subject: Subject) -> None:
+        assert not subject.broker.ready
+        await subject.start()
+        assert subject.broker.ready
+
+    async def test_delivers_exactly_once_with_bytes_intact(self, subject: Subject) -> None:
+        await subject.start()
+        await subject.broker.subscribe("u:42")
+        payloads = [
+            b"hello",
+            b"",
+            bytes(range(256)),
+            b"\xff\xfe\x00\r\n\x80 not utf-8",
+            os.urandom(100 * 1024),
+        ]
+        for payload in payloads:
+            await subject.broker.publish("u:42", payload)
+        await subject.barrier("u:42")
+        assert subject.got.messages[:-1] == [("u:42", p) for p in payloads]
+
+    async def test_unsubscribed_channel_gets_nothing(self, subject: Subject) -> None:
+        await subject.start()
+        await subject.broker.subscribe("t:public")
+        await subject.broker.publish("u:7", b"nobody listens")
+        await subject.barrier("t:public")
+        assert subject.got.on("u:7") == []
+        assert len(subject.got.messages) == 1
+
+    async def test_unsubscribe_stops_delivery(self, subject: Subject) -> None:
+        await subject.start()
+        await subject.broker.subscribe("u:1")
+        await subject.broker.subscribe("u:2")
+        await subject.broker.publish("u:1", b"before")
+        await subject.barrier("u:1")
+        await subject.broker.unsubscribe("u:1")
+        await subject.broker.unsubscribe("u:1")  # idempotent
+        await subject.broker.unsubscribe("never-subscribed")
+        await subject.broker.publish("u:1", b"after")
+        await subject.barrier("u:2")
+        assert subject.got.on("u:1")[0] == b"before"
+        assert b"after" not in subject.got.on("u:1")
+
+    async def test_subscribe_twice_delivers_once(self, subject: Subject) -> None:
+        await subject.start()
+        await subject.broker.subscribe("t:news")
+        await subject.broker.subscribe("t:news")
+        await asyncio.gather(*(subject.broker.subscribe("t:news") for _ in range(5)))
+        await subject.broker.publish("t:news", b"once")
+        await subject.barrier("t:news")
+        assert subject.got.on("t:news")[:-1] == [b"once"]
+
+    async def test_resubscribe_after_unsubscribe(self, subject: Subject) -> None:
+        await subject.start()
+        await subject.broker.subscribe("u:3")
+        await subject.broker.unsubscribe("u:3")
+        await subject.broker.subscribe("u:3")
+        await subject.broker.publish("u:3", b"back")
+        await subject.barrier("u:3")
+        assert subject.got.on("u:3")[:-1] == [b"back"]
+
+    async def test_order_preserved_for_1000_messages(self, subject: Subject) -> None:
+        await subject.start()
+        await subject.broker.subscribe("u:9")
+        sent = [f"m{i}".encode() for i in range(1000)]
+        for payload in sent:
+            await subject.broker.publish("u:9", payload)
+        await eventually(lambda: len(subject.got.messages) >= 1000, what="1000 messages")
+        await subject.barrier("u:9")
+        assert subject.got.on("u:9")[:-1] == sent
+
+    async def test_publish_after_close_is_refused(self, subject: Subject) -> None:
+        await subject.start()
+        await subject.broker.subscribe("u:5")
+        await subject.broker.close()
+        assert not subject.broker.ready
+        with pytest.raises(BrokerUnavailable):
+            await subject.broker.publish("u:5", b"too late")
+        await subject.broker.close()  # idempotent
+        assert subject.got.messages == []
+
+
+# -- Redis only ----------------------------------------------------------------------
+
+Harness = Callable[..., Awaitable[tuple[RedisBroker, Recorder]]]
+
+
+@pytest.fixture
+async def redis_broker(redis_server: RedisServer) -> AsyncIterator[Harness]:
+    """Factory: ``broker, got = await redis_broker(url="", handler=None, **kwargs)``,
+    started on ``redis_server`` (or ``url``) with a Recorder (or ``handler``); every
+    broker is closed at teardown."""
+    brokers: list[RedisBroker] = []
+
+    async def make(
+        url: str = "", handler: MessageHandler | None = None, **kwargs: Any
+    ) -> tuple[RedisBroker, Recorder]:
+        broker = RedisBroker(url or redis_server.url, **kwargs)
+        brokers.append(broker)
+        got = Recorder()
+        await broker.start(handler or got)
+        return broker, got
+
+    yield make
+    for broker in brokers:
+        await broker.close()
+
+
+class FreezingProxy:
+    """TCP proxy to Redis whose open connections can be frozen: bytes stop flowing both
+    ways but the sockets stay open, like a peer behind a dead NAT entry. Connections
+    made after ``freeze()`` work normally."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._frozen: list[asyncio.Event] = []  # one "flowing" flag per connection
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def freeze(self) -> None:
+        for flowing in self._frozen:
+            flowing.clear()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for writer in self._writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers += [writer, up_writer]
+        flowing = asyncio.Event()
+        flowing.set()
+        self._frozen.append(flowing)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pump(src, dst, flowing))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _pump(
+        src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await src.read(65536):
+                await flowing.wait()
+                dst.write(data)
+                await dst.drain()
+        await flowing.wait()  # a frozen link does not pass the close on either
+        dst.close()
+
+
+class TestRedis:
+    async def test_only_the_subscribed_node_receives(self, redis_broker: Harness) -> None:
+        node_a, got_a = await redis_broker()
+        node_b, got_b = await redis_broker()
+        await node_a.subscribe("u:1")
+        await node_b.subscribe("u:2")
+        await node_b.publish("u:1", b"for a")
+        await eventually(lambda: got_a.on("u:1") == [b"for a"])
+        await node_a.publish("u:2", b"for b")
+        await eventually(lambda: got_b.on("u:2") == [b"for b"])
+        assert got_b.on("u:1") == []
+        assert got_a.on("u:2") == []
+        assert (node_a.received, node_b.received) == (1, 1)
+
+    async def test_prefix_on_redis_and_stripped_for_handler(
+        self, redis_server: RedisServer, redis_broker: Harness
+    ) -> None:
+        broker, got = await redis_broker(prefix="app1:")
+        await broker.subscribe("u:42")
+        assert await redis_server.publish("app1:u:42", b"hi") == 1
+        assert await redis_server.publish("u:42", b"unprefixed") == 0
+        await eventually(lambda: got.messages == [("u:42", b"hi")])
+
+    async def test_handler_exception_does_not_stop_delivery(self, redis_broker: Harness) -> None:
+        delivered: list[bytes] = []
+
+        def flaky(channel: str, payload: bytes) -> None:
+            if payload == b"boom":
+                raise RuntimeError("handler bug")
+            delivered.append(payload)
+
+        broker, _ = await redis_broker(handler=flaky)
+        await broker.subscribe("u:1")
+        await broker.publish("u:1", b"boom")
+        await broker.publish("u:1", b"fine")
+        await eventually(lambda: delivered == [b"fine"])
+        assert broker.ready
+
+    async def test_redis_stop_and_restart(
+        self, redis_server: RedisServer, redis_broker: Harness
+    ) -> None:
+        broker, got = await redis_broker(raw_channels=("webSocketMsgPush",))
+        await broker.subscribe("u:42")
+        await broker.publish("u:42", b"before")
+        await eventually(lambda: got.on("u:42") == [b"before"])
+
+        await redis_server.stop()
+        await eventually(lambda: not broker.ready, within=2, what="not ready after stop")
+        with pytest.raises(BrokerUnavailable, match="redis unavailable"):
+            await broker.publish("u:42", b"lost")
+        with pytest.raises(BrokerUnavailable):
+            await broker.subscribe("u:43")
+        await broker.unsubscribe("u:44")  # never raises for a lost connection
+        await asyncio.sleep(2)  # the outage's length, long enough for the backoff to hit its cap
+
+        await redis_server.start()
+        took = await eventually(lambda: broker.ready, within=2, what="ready after restart")
+        print(f"\nredis restart -> ready: {took:.3f}s")
+        assert broker.reconnects == 1
+        await broker.publish("u:42", b"after")  # subscribed before the outage only
+        await redis_server.publish("webSocketMsgPush", b"raw after")
+        await eventually(lambda: got.on("u:42") == [b"before", b"after"])
+        await eventually(lambda: got.on("webSocketMsgPush") == [b"raw after"])
+        assert got.on("u:43") == []
+
+    async def test_start_while_redis_down_then_up(
+        self, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("tidings.brokers.redis.START_TIMEOUT_S", 0.2)
+        await redis_server.stop()
+        broker = RedisBroker(redis_server.url)
+        try:
+            await broker.start(Recorder())
+            assert not broker.ready
+            with pytest.raises(BrokerUnavailable):
+                await broker.subscribe("u:1")
+            await redis_server.start()
+            await eventually(lambda: broker.ready, within=2)
+            assert broker.reconnects == 0  # the first connection is not a reconnect
+        finally:
+            await broker.close()
+
+    async def test_pubsub_kill_resumes_delivery(
+        self, redis_server: RedisServer, redis_broker: Harness
+    ) -> None:
+        broker, got = await redis_broker(raw_channels=("webSocketMsgPush",))
+        await broker.subscribe("u:42")
+        await broker.subscribe("t:public")
+
+        loop = asyncio.get_running_loop()
+        killed_at = loop.time()
+        assert await redis_server.kill_pubsub_clients() == 1
+        await eventually(lambda: broker.reconnects == 1 and broker.ready, within=5)
+        ready_after = loop.time() - killed_at
+        await broker.publish("u:42", b"after kill")
+        await eventually(lambda: got.on("u:42") == [b"after kill"], within=5)
+        delivered_after = loop.time() - killed_at
+        print(f"\npubsub kill -> ready {ready_after:.3f}s, -> delivered {delivered_after:.3f}s")
+        assert delivered_after < 5
+        await broker.publish("t:public", b"topic")
+        await redis_server.publish("webSocketMsgPush", b"raw")
+        await eventually(lambda: got.on("t:public") == [b"topic"])
+        await eventually(lambda: got.on("webSocketMsgPush") == [b"raw"])
+
+    async def test_probe_detects_a_silently_dead_subscriber(
+        self, redis_server: RedisServer, redis_broker: Harness
+    ) -> None:
+        proxy = FreezingProxy(redis_server.port)
+        await proxy.start()
+        broker, got = await redis_broker(proxy.url, probe_interval_s=0.1, probe_timeout_s=0.5)
+        try:
+            await broker.subscribe("u:42")
+            assert await redis_server.publish("tidings:u:42", b"before") == 1
+            await eventually(lambda: got.on("u:42") == [b"before"])
+
+            loop = asyncio.get_running_loop()
+            frozen_at = loop.time()
+            proxy.freeze()  # Redis still counts the old subscriber; it just never hears back
+            await eventually(lambda: not broker.ready, within=3, what="deaf noticed")
+            noticed = loop.time() - frozen_at
+            await eventually(lambda: broker.ready and broker.reconnects >= 1, within=5)
+            # The frozen connection is still subscribed on Redis, so count the new one.
+            assert await redis_server.publish("tidings:u:42", b"after") == 2
+            await eventually(lambda: got.on("u:42") == [b"before", b"after"], within=5)
+            resumed = loop.time() - frozen_at
+            print(f"\nfrozen subscriber -> not ready {noticed:.3f}s, delivering {resumed:.3f}s")
+        finally:
+            await broker.close()
+            await proxy.close()
+
+    async def test_raw_channel_delivered_verbatim(
+        self, redis_server: RedisServer, redis_broker: Harness
+    ) -> None:
+        broker, got = await redis_broker(raw_channels=("webSocketMsgPush",))
+        body = b'{"code":1,"form":"a","to":"42","content":"\xc3\xa9t\xc3\xa9"}'
+        assert await redis_server.publish("webSocketMsgPush", body) == 1
+        await eventually(lambda: got.messages == [("webSocketMsgPush", body)])
+        await broker.unsubscribe("webSocketMsgPush")  # logical name: the raw one stays
+        await redis_server.publish("webSocketMsgPush", b"still")
+        await eventually(lambda: got.on("webSocketMsgPush")[-1:] == [b"still"])
+        probes = [name for name, _ in got.messages if "probe" in name]
+        assert probes == []
+
+    async def test_subscribe_not_confirmed_raises(
+        self, redis_broker: Harness, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("tidings.brokers.redis.SUBSCRIBE_TIMEOUT_S", 0.2)
+        broker, got = await redis_broker()
+        conn = broker._conn
+        assert conn is not None
+
+        async def swallow(*args: Any, **kwargs: Any) -> None:
+            """Pretend to send: Redis never sees the SUBSCRIBE, so never confirms."""
+
+        monkeypatch.setattr(conn, "send_command", swallow)
+        with pytest.raises(BrokerUnavailable, match="not confirmed"):
+            await broker.subscribe("u:1")
+        monkeypatch.undo()
+        await broker.subscribe("u:2")
+        await broker.publish("u:1", b"not wanted")
+        await broker.publish("u:2", b"wanted")
+        await eventually(lambda: got.messages == [("u:2", b"wanted")])
+
+
+def test_broker_from_url_schemes() -> None:
+    assert isinstance(broker_from_url("memory://"), MemoryBroker)
+    for url in ("redis://127.0.0.1:1/0", "rediss://:pw@127.0.0.1:1/2"):
+        assert isinstance(broker_from_url(url), RedisBroker)  # no connection made yet
+    with pytest.raises(ValueError, match=r"memory://, redis://, rediss://"):
+        broker_from_url("nats://localhost")
