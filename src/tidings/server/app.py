@@ -24,6 +24,7 @@ from tidings.presence import Presence
 from tidings.server.api import PublishApi, error_response, json_errors
 from tidings.server.openapi import openapi_document
 from tidings.server.session import CLOSE_GOING_AWAY, StompSession
+from tidings.server.websocket import serve_websocket
 from tidings.stomp.connection import ConnectRequested, State
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,8 @@ class Server:
                 400, "websocket_required", "this is a STOMP endpoint: open a WebSocket here"
             )
         await ws.prepare(request)
-        session = StompSession(self, ws, request)
-        self.sessions.add(session)
-        await session.run()
+        session = StompSession(self, request.query.get("access_token"))
+        await serve_websocket(ws, request, session, limit=self.config.max_outbound_bytes)
         return ws
 
     async def healthz(self, request: web.Request) -> web.Response:

@@ -1,7 +1,8 @@
-"""One STOMP session over one WebSocket: the thin asyncio edge around ServerConnection.
+"""One STOMP session: the thin asyncio edge around the sans-I/O ServerConnection.
 
-Reading goes through aiohttp; writing goes through Outbound (raw frames, one write per
-loop turn). Every protocol error ends the session with an ERROR frame and a close
+The session does not know how bytes travel: a ``FrameTransport`` (a raw WebSocket
+today, a SockJS session next) feeds it with ``receive()`` and carries the frames it
+sends. Every protocol error ends the session with an ERROR frame and a close
 (STOMP 1.2 §ERROR), and never touches another session.
 """
 
@@ -11,15 +12,12 @@ import asyncio
 import itertools
 import logging
 import secrets
-from typing import TYPE_CHECKING
-
-from aiohttp import WSMsgType, web
+from typing import TYPE_CHECKING, Protocol
 
 from tidings.destinations import route
 from tidings.errors import AuthError, BrokerUnavailable, StompProtocolError
 from tidings.hub import LocalSubscription
 from tidings.message import TEXT_PLAIN, Message
-from tidings.outbound import Outbound
 from tidings.stomp.connection import (
     AckReceived,
     ConnectRequested,
@@ -31,7 +29,7 @@ from tidings.stomp.connection import (
     SubscribeRequested,
     UnsubscribeRequested,
 )
-from tidings.wsframe import OP_TEXT, encode_close, encode_frame
+from tidings.wsframe import OP_TEXT
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -41,31 +39,44 @@ log = logging.getLogger(__name__)
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_POLICY_VIOLATION = 1008
-ABORT_AFTER_S = 2.0  # a peer that does not answer our close frame is cut off after this
+
+
+class FrameTransport(Protocol):
+    """How a session's frames reach its client (RFC 6455 WebSocket, or SockJS)."""
+
+    @property
+    def last_write(self) -> float:
+        """Loop time of the last write to the client, for heart-beat scheduling."""
+
+    def send(self, frame: bytes, opcode: int = OP_TEXT) -> bool:
+        """Queue one STOMP frame within the outbound bound; False once over it."""
+
+    def send_now(self, frame: bytes) -> None:
+        """Send a frame ahead of the bound (ERROR before a close)."""
+
+    def send_heartbeat(self) -> None:
+        """Send a STOMP heart-beat EOL (STOMP 1.2 §Heart-beating)."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Flush, close with this code and reason; the session is already released."""
 
 
 class StompSession:
     """A connected client; implements the hub's Subscriber protocol."""
 
-    def __init__(self, server: Server, ws: web.WebSocketResponse, request: web.Request) -> None:
-        transport = request.transport
-        assert transport is not None, "prepare() gave a WebSocket without a transport"
+    def __init__(self, server: Server, access_token: str | None = None) -> None:
         self.server = server
-        self.ws = ws
         self.id = secrets.token_hex(8)
         self.user: str | None = None
         self.version = "1.2"
-        self.access_token = request.query.get("access_token")
+        self.access_token = access_token
+        self.transport: FrameTransport | None = None
         config = server.config
         self.conn = ServerConnection(
             limits=config.stomp_limits,
             server_heartbeat=config.heartbeat,
             server_name=server.server_header,
         )
-        self.outbound = Outbound(
-            transport, limit=config.max_outbound_bytes, on_overflow=self._on_slow_consumer
-        )
-        self._transport = transport
         self._message_ids = itertools.count(1)
         self._subscriptions: dict[str, LocalSubscription] = {}
         self._beat_timer: asyncio.TimerHandle | None = None
@@ -78,29 +89,36 @@ class StompSession:
         return f"{self.id}-{next(self._message_ids)}"
 
     def send_frame(self, frame: bytes, opcode: int = OP_TEXT) -> bool:
-        return self.outbound.send(frame, opcode)
+        assert self.transport is not None
+        return self.transport.send(frame, opcode)
 
     # -- reading ------------------------------------------------------------------------
-    async def run(self) -> None:
-        """Serve the session until the client leaves or breaks a rule."""
+    def attach(self, transport: FrameTransport) -> None:
+        """Give the session its way to the client; call before the first ``receive``."""
+        self.transport = transport
+        self.server.sessions.add(self)
+
+    async def receive(self, data: bytes) -> None:
+        """Act on bytes from the client, in order; the transport must not call concurrently."""
+        if self.closed:
+            return
+        self._last_read = asyncio.get_running_loop().time()
         try:
-            async for msg in self.ws:
-                if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    break
-                self._last_read = asyncio.get_running_loop().time()
-                events = self.conn.receive_data(msg.data)
-                for event in events:
-                    await self._handle(event)
-                    if self.closed:
-                        return
+            for event in self.conn.receive_data(data):
+                await self._handle(event)
+                if self.closed:
+                    return
         except StompProtocolError as exc:
             self.fail(exc.message, exc.detail, CLOSE_PROTOCOL_ERROR)
         except AuthError as exc:
             self.fail(f"authentication failed: {exc}", "", CLOSE_POLICY_VIOLATION)
         except BrokerUnavailable as exc:
             self.fail("broker unavailable", str(exc), CLOSE_GOING_AWAY)
-        finally:
-            self._release()
+
+    def transport_closed(self) -> None:
+        """The client went away (or the transport gave up on it): drop everything."""
+        self.closed = True
+        self._release()
 
     async def _handle(self, event: object) -> None:
         match event:
@@ -124,7 +142,7 @@ class StompSession:
         self.version = event.version
         if self.user is not None:
             await self.server.node.presence.add(self.user, self.id)
-        self.outbound.send(self.conn.accept(session_id=self.id, user_name=self.user))
+        self.send_frame(self.conn.accept(session_id=self.id, user_name=self.user))
         self._start_heartbeats()
 
     async def _subscribe(self, event: SubscribeRequested) -> None:
@@ -163,7 +181,7 @@ class StompSession:
 
     def _receipt(self, receipt: str | None) -> None:
         if receipt is not None:
-            self.outbound.send(self.conn.receipt(receipt))
+            self.send_frame(self.conn.receipt(receipt))
 
     # -- heart-beats (STOMP 1.2 §Heart-beating) -------------------------------------------
     def _start_heartbeats(self) -> None:
@@ -177,13 +195,13 @@ class StompSession:
         return self.conn.expect_heartbeat_ms / 1000 * self.server.config.heartbeat_grace
 
     def _beat(self) -> None:
-        if self.closed:
+        if self.closed or self.transport is None:
             return
         loop = asyncio.get_running_loop()
         interval = self.conn.send_heartbeat_ms / 1000
-        idle = loop.time() - self.outbound.last_write
+        idle = loop.time() - self.transport.last_write
         if idle >= interval * 0.95:
-            self.outbound.send_raw(encode_frame(b"\n"))
+            self.transport.send_heartbeat()
             idle = 0.0
         self._beat_timer = loop.call_later(interval - idle, self._beat)
 
@@ -206,30 +224,25 @@ class StompSession:
     # -- ending ---------------------------------------------------------------------------
     def fail(self, message: str, detail: str, code: int) -> None:
         """Send an ERROR frame (STOMP 1.2 §ERROR) and close the WebSocket."""
-        if self.closed:
+        if self.closed or self.transport is None:
             return
-        frame = self.conn.error(message, detail=detail)
-        self.outbound.send_raw(encode_frame(frame))
+        self.transport.send_now(self.conn.error(message, detail=detail))
         self.close(code, message)
 
     def close(self, code: int, reason: str) -> None:
-        """Close the WebSocket with ``code``; cut the TCP connection if the peer stays silent."""
+        """Release the session, then close its transport with ``code`` and ``reason``."""
         if self.closed:
             return
         self.closed = True
         self._release()
-        self.outbound.send_raw(encode_close(code, reason))
-        self._transport.close()
-        loop = asyncio.get_running_loop()
-        loop.call_later(ABORT_AFTER_S, self._transport.abort)
+        if self.transport is not None:
+            self.transport.close(code, reason)
 
-    def _on_slow_consumer(self) -> None:
+    def on_slow_consumer(self, limit: int) -> None:
+        """The transport's bound was crossed: end the session, telling the client why."""
         self.server.node.counters.slow_consumers += 1
-        limit = self.outbound.limit
         log.info("session %s: slow consumer, over %d bytes pending", self.id, limit)
-        # Called from inside a delivery loop: end the session on the next loop turn.
-        asyncio.get_running_loop().call_soon(
-            self.fail,
+        self.fail(
             "slow consumer",
             f"more than {limit} bytes were waiting to be sent to this client",
             CLOSE_POLICY_VIOLATION,
