@@ -14,30 +14,23 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from .jsclient import JsClient
 from .nginx_fixture import nginx_proxy  # noqa: F401
+from .ports import free_port
 from .redis_fixture import redis_server  # noqa: F401
 
 HEALTH_TIMEOUT = 15.0
 HEALTH_POLL_INTERVAL = 0.05
 STOP_GRACE = 5.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def http_status(port: int, path: str) -> int | None:
@@ -70,6 +63,7 @@ class TidingsServer:
         self.port = port
         self.log_path = log_path
         self.http_url = f"http://127.0.0.1:{port}"
+        self.multiprocess = False
 
     def __repr__(self) -> str:
         return f"<TidingsServer pid={self.proc.pid} port={self.port}>"
@@ -100,6 +94,18 @@ class TidingsServer:
                     self.proc.kill()
         return await self.proc.wait()
 
+    async def _check_it_is_ours(self) -> None:
+        """Fail if another process answered on our port (a free-port race with a stranger)."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{self.http_url}/healthz") as reply,
+        ):
+            pid = (await reply.json()).get("pid")
+        if self.multiprocess:
+            return  # a worker process answers, not the parent
+        if pid != self.proc.pid:
+            pytest.fail(f"{self!r}: port {self.port} is served by pid {pid}, not by this server")
+
     async def wait_healthy(self, within: float = HEALTH_TIMEOUT) -> None:
         """Return once GET /healthz answers 200; fail the test if it exits or never does."""
         loop = asyncio.get_running_loop()
@@ -111,6 +117,7 @@ class TidingsServer:
                     f"log tail:\n{self.log_tail()}"
                 )
             if await http_status(self.port, "/healthz") == 200:
+                await self._check_it_is_ours()
                 return
             if loop.time() >= deadline:
                 pytest.fail(
@@ -151,6 +158,7 @@ async def tidings_server(tmp_path: Path) -> AsyncIterator[StartServer]:
                 env=full_env,
             )
         server = TidingsServer(proc, port, log_path)
+        server.multiprocess = "--workers" in extra_args
         servers.append(server)
         await server.wait_healthy()
         return server

@@ -73,13 +73,16 @@ class JsClient:
         url: str,
         *,
         protocols: Collection[str] | None = None,
+        transport: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float = 10.0,  # noqa: ASYNC109
     ) -> JsClient:
         """Spawn the agent and wait for its `ready` event.
 
         `protocols` overrides the WebSocket subprotocols it offers (by default those of
-        the STOMP versions it accepts). Set TIDINGS_AGENT_DEBUG=1 in `env` (or in the
+        the STOMP versions it accepts). `transport` makes it speak STOMP over SockJS
+        (sockjs-client with only that transport; `url` is then the http:// endpoint).
+        Set TIDINGS_AGENT_DEBUG=1 in `env` (or in the
         environment) to get the library's frame log on the agent's stderr, which is
         quoted in every failed expectation.
         """
@@ -89,6 +92,8 @@ class JsClient:
         args = [node, str(AGENT), "--lib", lib, "--url", url]
         if protocols is not None:
             args += ["--protocols", ",".join(protocols)]
+        if transport is not None:
+            args += ["--transport", transport]
         proc = await asyncio.create_subprocess_exec(
             *args,
             stdin=asyncio.subprocess.PIPE,

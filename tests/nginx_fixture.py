@@ -24,13 +24,14 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .ports import free_port
 
 DEPLOY_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
 START_TIMEOUT = 10.0
@@ -54,14 +55,6 @@ _LISTEN = re.compile(r"(?m)^([ \t]*)listen\b[^;]*;[^\n]*\n")
 _UPSTREAM = re.compile(r"(?ms)^([ \t]*upstream\s+\S+\s*\{)(.*?)(^[ \t]*\})")
 _SERVER = re.compile(r"(?m)^([ \t]*)server\s[^;]*;[^\n]*\n")
 _HTTP = re.compile(r"(?m)^http\s*\{[^\n]*\n")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def nginx_binary() -> str:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,16 +24,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
+from .ports import free_port
+
 START_TIMEOUT = 10.0
 STOP_GRACE = 5.0
 POLL_INTERVAL = 0.02
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _answers_ping(port: int) -> bool:
@@ -59,7 +53,7 @@ class RedisServer:
     """One redis-server process; ``stop()`` and ``start()`` keep the same port."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = workdir
         self.log_path = workdir / f"redis-{self.port}.log"

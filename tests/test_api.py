@@ -121,7 +121,9 @@ async def test_without_api_key_only_loopback_may_publish(tidings_server: StartSe
 async def test_health_ready_and_openapi(server: TidingsServer) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{server.http_url}/healthz") as r:
-            assert r.status == 200 and (await r.json()) == {"status": "ok"}
+            health = await r.json()
+            assert r.status == 200 and health["status"] == "ok"
+            assert health["pid"] == server.proc.pid and health["node"]
         async with http.get(f"{server.http_url}/readyz") as r:
             assert r.status == 200 and (await r.json()) == {"status": "ready"}
         async with http.get(f"{server.http_url}/api/v1/openapi.json") as r:

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from tidings import __version__
 from tidings.config import DEFAULT_ENDPOINTS, Config
+from tidings.inbox.base import InboxLimits
 from tidings.server.app import create_app
 from tidings.stomp.frames import Limits
 
@@ -176,12 +177,81 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.presence_ttl_s,
     )
+    inbox = defaults.inbox
+    _add(
+        serve,
+        "--inbox-max-messages",
+        "messages kept per user inbox (oldest trimmed first)",
+        type=int,
+        default=inbox.max_messages,
+    )
+    _add(
+        serve,
+        "--inbox-max-age",
+        "seconds a message stays in an inbox or topic history",
+        type=float,
+        default=inbox.max_age_s,
+    )
+    _add(
+        serve,
+        "--topic-history",
+        "messages kept per topic for resume",
+        type=int,
+        default=inbox.topic_history,
+    )
     _add(
         serve,
         "--workers",
         "node processes sharing the port (SO_REUSEPORT) and the broker; needs redis://",
         type=int,
         default=defaults.workers,
+    )
+    _add(
+        serve,
+        "--sockjs-allowed-origin",
+        "Origin allowed on SockJS requests, repeatable, '*' wildcards "
+        "(e.g. https://*.example.com); same-origin requests always pass (default: *)",
+        action="append",
+    )
+    _add(
+        serve,
+        "--sockjs-disable-transport",
+        "SockJS transport to turn off, repeatable: websocket, xhr-streaming, xhr-polling, "
+        "eventsource, htmlfile, jsonp-polling, iframe",
+        action="append",
+    )
+    _add(
+        serve,
+        "--sockjs-heartbeat",
+        "seconds between SockJS 'h' frames on an idle receiving request",
+        type=float,
+        default=defaults.sockjs_heartbeat_s,
+    )
+    _add(
+        serve,
+        "--sockjs-session-timeout",
+        "seconds a SockJS HTTP session lives after its last receiving request",
+        type=float,
+        default=defaults.sockjs_session_timeout_s,
+    )
+    _add(
+        serve,
+        "--sockjs-client-url",
+        "sockjs-client script the SockJS iframe page loads",
+        default=defaults.sockjs_client_url,
+    )
+    _add(
+        serve,
+        "--sockjs-cookie-needed",
+        "set a JSESSIONID cookie on SockJS requests, for balancers that stick on it",
+        action="store_true",
+    )
+    _add(
+        serve,
+        "--sockjs-stream-limit",
+        "bytes one SockJS streaming response carries before the client must open another",
+        type=int,
+        default=defaults.sockjs_stream_limit,
     )
     _add(serve, "--log-level", "debug, info, warning or error", default="info")
     _add(serve, "--access-log", "log every HTTP request", action="store_true")
@@ -215,7 +285,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
         access_log=bool(args.access_log),
         legacy_channel=args.legacy_channel or None,
         presence_ttl_s=float(args.presence_ttl),
+        inbox=InboxLimits(
+            max_messages=int(args.inbox_max_messages),
+            max_age_s=float(args.inbox_max_age),
+            topic_history=int(args.topic_history),
+        ),
         workers=int(args.workers),
+        sockjs_allowed_origins=tuple(args.sockjs_allowed_origin or ("*",)),
+        sockjs_disabled_transports=tuple(args.sockjs_disable_transport or ()),
+        sockjs_heartbeat_s=float(args.sockjs_heartbeat),
+        sockjs_session_timeout_s=float(args.sockjs_session_timeout),
+        sockjs_client_url=args.sockjs_client_url,
+        sockjs_cookie_needed=bool(args.sockjs_cookie_needed),
+        sockjs_stream_limit=int(args.sockjs_stream_limit),
     )
 
 

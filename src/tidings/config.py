@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from tidings.inbox.base import InboxLimits
 from tidings.stomp.frames import Limits
 
 DEFAULT_ENDPOINTS = ("/publicServer", "/privateServer", "/stomp")
@@ -38,8 +39,18 @@ class Config:
     # Also deliver the seed's {code, form, to, content} JSON published on this Redis channel.
     legacy_channel: str | None = None
     presence_ttl_s: float = 15.0
+    inbox: InboxLimits = field(default_factory=InboxLimits)
     workers: int = 1
     reuse_port: bool = False
+    # SockJS (docs/sockjs.md): Origin patterns allowed on SockJS requests ("*": any).
+    sockjs_allowed_origins: tuple[str, ...] = ("*",)
+    # Transports turned off, by sockjs-client's names (websocket, xhr-streaming, ...).
+    sockjs_disabled_transports: tuple[str, ...] = ()
+    sockjs_heartbeat_s: float = 25.0  # an idle receiving request gets an "h" frame this often
+    sockjs_session_timeout_s: float = 5.0  # a session dies this long after its last receiver
+    sockjs_client_url: str = "/vendor/sockjs.min.js"  # loaded by the iframe page
+    sockjs_cookie_needed: bool = False  # set JSESSIONID, for balancers that stick on it
+    sockjs_stream_limit: int = 128 * 1024  # bytes one streaming response carries, then ends
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -28,6 +28,9 @@ class Subscriber(Protocol):
 
     def send_frame(self, frame: bytes, opcode: int = OP_TEXT) -> bool: ...
 
+    def expect_ack(self, message_id: str, sub: LocalSubscription, message: Message) -> None:
+        """Remember a message sent on a ``client``/``client-individual`` subscription."""
+
 
 @dataclass(eq=False, slots=True)
 class LocalSubscription:
@@ -39,6 +42,11 @@ class LocalSubscription:
     route: Route
     ack: str = "auto"
     prefix: bytes = field(init=False)
+    # Stored messages (those with an inbox id) arrive here, not to the client, while the
+    # session replays history for this subscription (DESIGN.md §5, hand-over on resume).
+    replay_buffer: list[Message] | None = None
+    # Order key of the last stored message sent: nothing at or before it is sent again.
+    last_order: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         version = self.session.version
@@ -52,6 +60,8 @@ def encode_tail(message: Message, version: str) -> bytes:
     """The frame after ``message-id``: content headers, custom headers, body, NUL (§MESSAGE)."""
     lines = [f"\ncontent-type:{escape_header(message.content_type, version)}"]
     lines.append(f"\ncontent-length:{len(message.body)}")
+    if message.order is not None:
+        lines.append(f"\ntidings-id:{message.id}")
     lines.extend(
         f"\n{escape_header(name, version)}:{escape_header(value, version)}"
         for name, value in message.headers
@@ -115,18 +125,43 @@ class Hub:
         subs = keys.get(message.destination) if keys else None
         if not subs:
             return 0
-        opcode = OP_TEXT if _is_utf8(message.body) else OP_BINARY
+        opcode = opcode_for(message)
+        order = message.order
         tails: dict[str, bytes] = {}
         delivered = 0
         for sub in tuple(subs):
-            session = sub.session
-            tail = tails.get(session.version)
+            if order is not None:
+                if sub.replay_buffer is not None:
+                    sub.replay_buffer.append(message)
+                    continue
+                if order <= sub.last_order:
+                    continue  # already sent by a replay
+                sub.last_order = order
+            version = sub.session.version
+            tail = tails.get(version)
             if tail is None:
-                tail = tails[session.version] = encode_tail(message, session.version)
-            frame = sub.prefix + session.next_message_id().encode() + tail
-            if session.send_frame(frame, opcode):
+                tail = tails[version] = encode_tail(message, version)
+            if send_message(sub, message, tail, opcode):
                 delivered += 1
         return delivered
+
+
+def opcode_for(message: Message) -> int:
+    """WebSocket opcode of a MESSAGE frame: text unless the body is not UTF-8 (RFC 6455 §5.6)."""
+    return OP_TEXT if _is_utf8(message.body) else OP_BINARY
+
+
+def send_message(sub: LocalSubscription, message: Message, tail: bytes, opcode: int) -> bool:
+    """Queue one MESSAGE frame to ``sub``; in an ack mode, with ``ack`` and tracked."""
+    session = sub.session
+    message_id = session.next_message_id()
+    if sub.ack == "auto":
+        frame = sub.prefix + message_id.encode() + tail
+    else:
+        # STOMP 1.2 §ACK: the client ACKs with id = the MESSAGE's ack header.
+        frame = sub.prefix + f"{message_id}\nack:{message_id}".encode() + tail
+        session.expect_ack(message_id, sub, message)
+    return session.send_frame(frame, opcode)
 
 
 def _is_utf8(data: bytes) -> bool:

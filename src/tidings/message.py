@@ -7,12 +7,26 @@ local subscriber for it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import orjson
 
 TEXT_PLAIN = "text/plain;charset=UTF-8"
 APPLICATION_JSON = "application/json;charset=UTF-8"
+
+
+_ID_LIMIT = 2**64  # Redis Streams ids are two unsigned 64-bit integers
+
+
+def id_key(inbox_id: str) -> tuple[int, int]:
+    """Sort key of an inbox id ``"<ms>-<seq>"``; ``"0"`` sorts first; ValueError if malformed."""
+    ms, _, seq = inbox_id.partition("-")
+    key = int(ms), int(seq or 0)
+    digits = ms.isdigit() and (not seq or seq.isdigit())
+    if not (digits and key[0] < _ID_LIMIT and key[1] < _ID_LIMIT):
+        raise ValueError(f"not an inbox id: {inbox_id!r}")
+    return key
 
 
 def user_channel(user: str) -> str:
@@ -38,6 +52,12 @@ class Message:
     body: bytes
     content_type: str = TEXT_PLAIN
     headers: tuple[tuple[str, str], ...] = ()
+    # Set when ``id`` is an inbox id (the message is stored): its sort key, see inbox.id_key.
+    order: tuple[int, int] | None = None
+
+    def stored_as(self, inbox_id: str) -> Message:
+        """This message as stored under ``inbox_id``."""
+        return dataclasses.replace(self, id=inbox_id, order=id_key(inbox_id))
 
     def encode(self) -> bytes:
         return orjson.dumps(

@@ -11,14 +11,18 @@ import asyncio
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
 
 from tidings.brokers.base import Broker
+from tidings.brokers.memory import MemoryBroker
 from tidings.errors import BrokerUnavailable
 from tidings.hub import Hub, LocalSubscription
-from tidings.message import Message, encode_body, user_channel
+from tidings.inbox.base import Inbox, InboxLimits, split_announcement
+from tidings.inbox.memory import MemoryInbox
+from tidings.message import APPLICATION_JSON, Message, encode_body, user_channel
 from tidings.presence import MemoryPresence, Presence
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,7 @@ class Counters:
 
 
 _CHANNEL_KINDS = {"u": "user", "t": "topic"}
+INBOX_STATE_DESTINATION = "/queue/inbox-state"
 
 
 class Node:
@@ -42,6 +47,7 @@ class Node:
         self,
         broker: Broker,
         presence: Presence | None = None,
+        inbox: Inbox | None = None,
         *,
         node_id: str = "",
         unsubscribe_delay_s: float = 2.0,
@@ -50,6 +56,11 @@ class Node:
         self.broker = broker
         self.id = node_id or secrets.token_hex(4)
         self.presence = presence if presence is not None else MemoryPresence(self.id)
+        if inbox is None:
+            if not isinstance(broker, MemoryBroker):
+                raise TypeError("a node on a shared broker needs that broker's inbox")
+            inbox = MemoryInbox(broker, InboxLimits())
+        self.inbox = inbox
         self.legacy_channel = legacy_channel
         self.hub = Hub()
         self.counters = Counters()
@@ -62,6 +73,7 @@ class Node:
 
     async def start(self) -> None:
         await self.broker.start(self._on_broker_message)
+        await self.inbox.start()
         await self.presence.start()
         self._started = True
 
@@ -71,6 +83,7 @@ class Node:
             handle.cancel()
         self._pending_unsubscribe.clear()
         await self.presence.close()
+        await self.inbox.close()
         await self.broker.close()
 
     @property
@@ -125,20 +138,61 @@ class Node:
         task = asyncio.ensure_future(self.broker.unsubscribe(channel))
         task.add_done_callback(_log_failure)
 
-    async def publish(self, message: Message) -> None:
-        """Hand ``message`` to the broker; BrokerUnavailable if it cannot take it."""
+    async def publish(self, message: Message, *, idempotency_key: str | None = None) -> str:
+        """Store ``message`` and announce it (DESIGN.md §5); returns its inbox id.
+
+        BrokerUnavailable if it could not be stored: a return means stored and announced.
+        """
+        if not self._started:
+            raise BrokerUnavailable("node is not running")
+        inbox_id = await self.inbox.publish(message, idempotency_key=idempotency_key)
+        self.counters.published += 1
+        return inbox_id
+
+    async def mark_read(self, user: str, *, ids: list[str], up_to: str | None) -> int:
+        """Record read state and tell every session of ``user``; returns the unread count.
+
+        The event goes to ``/user/queue/inbox-state`` (and ``/user/<id>/queue/inbox-state``)
+        so that badges agree on every device (issue 4).
+        """
+        unread = await self.inbox.mark_read(user, ids=ids, up_to=up_to)
+        event = {"unread": unread, "read": ids, "up_to": up_to}
+        await self.publish_event(
+            Message(
+                id=self.new_message_id(),
+                channel=user_channel(user),
+                destination=INBOX_STATE_DESTINATION,
+                body=orjson.dumps(event),
+                content_type=APPLICATION_JSON,
+            )
+        )
+        return unread
+
+    async def publish_event(self, message: Message) -> None:
+        """Announce ``message`` live without storing it (state events, not notifications)."""
         if not self._started:
             raise BrokerUnavailable("node is not running")
         await self.broker.publish(message.channel, message.encode())
-        self.counters.published += 1
+
+    # -- messages addressed to this node (SockJS relay, server/sockjs_relay.py) -----------
+    _node_handler: Callable[[bytes], None] | None = None
+
+    def on_node_message(self, handler: Callable[[bytes], None] | None) -> str:
+        """Hand what other nodes send to this one to ``handler``; returns the channel
+        (``n:<node id>``) the caller must subscribe the broker to."""
+        self._node_handler = handler
+        return f"n:{self.id}"
 
     def _on_broker_message(self, channel: str, payload: bytes) -> None:
+        if channel.startswith("n:") and self._node_handler is not None:
+            self._node_handler(payload)
+            return
         if channel == self.legacy_channel:
             self.counters.received["legacy"] += 1
             decode = self._decode_legacy
         else:
             self.counters.received[_CHANNEL_KINDS.get(channel[:1], "user")] += 1
-            decode = Message.decode
+            decode = _decode_announcement
         try:
             message = decode(payload)
         except (ValueError, TypeError, KeyError, UnicodeError) as exc:
@@ -162,6 +216,12 @@ class Node:
             body=body,
             content_type=content_type,
         )
+
+
+def _decode_announcement(payload: bytes) -> Message:
+    inbox_id, encoded = split_announcement(payload)
+    message = Message.decode(encoded)
+    return message if inbox_id is None else message.stored_as(inbox_id)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -3,6 +3,12 @@
 //
 //   node tests/js/agent.mjs --lib stompjs7|legacy --url ws://127.0.0.1:N/stomp
 //                           [--protocols v12.stomp,v11.stomp]
+//   node tests/js/agent.mjs --lib stompjs7|legacy --url http://127.0.0.1:N/stomp
+//                           --transport websocket|xhr-streaming|xhr-polling|eventsource
+//
+// With --transport the client speaks STOMP over SockJS: sockjs-client 1.6's
+// `new SockJS(url, null, {transports: [transport]})` instead of a WebSocket, and the
+// `connected` event also names the SockJS transport in use.
 //
 // stdin: one JSON command per line; stdout: one JSON event per line and nothing else.
 // Debug output goes to stderr, and only when TIDINGS_AGENT_DEBUG=1.
@@ -71,11 +77,13 @@ const { values: opts } = parseArgs({
     lib: { type: 'string' },
     url: { type: 'string' },
     protocols: { type: 'string' },
+    transport: { type: 'string' },
   },
 });
 if (!['stompjs7', 'legacy'].includes(opts.lib) || !opts.url) {
   process.stderr.write(
-    'usage: agent.mjs --lib stompjs7|legacy --url ws://host:port/path [--protocols a,b]\n',
+    'usage: agent.mjs --lib stompjs7|legacy --url ws://host:port/path [--protocols a,b]\n' +
+      '       agent.mjs --lib stompjs7|legacy --url http://host:port/path --transport NAME\n',
   );
   process.exit(2);
 }
@@ -89,6 +97,7 @@ function protocolsFor(versions) {
 
 /** Opens the WebSocket and reports its one `closed` event, whatever the library does. */
 function openSocket(versions) {
+  if (opts.transport) return openSockJS();
   const protocols = protocolsFor(versions);
   debug('opening', opts.url, 'protocols', protocols.join(','));
   const ws = new WebSocket(opts.url, protocols);
@@ -104,6 +113,25 @@ function openSocket(versions) {
     session = null;
   });
   return ws;
+}
+
+/** A SockJS connection (sockjs-client 1.6) restricted to one transport; same events. */
+function openSockJS() {
+  const SockJS = require('sockjs-client');
+  debug('opening SockJS', opts.url, 'transport', opts.transport);
+  const sock = new SockJS(opts.url, null, { transports: [opts.transport] });
+  sock.addEventListener('close', event => {
+    emit({ event: 'closed', code: event.code ?? null, reason: event.reason ?? '' });
+    session = null;
+  });
+  return sock;
+}
+
+/** Cut the connection without a goodbye: a WebSocket is terminated, SockJS closed. */
+function terminate(socket) {
+  if (!socket) return;
+  if (typeof socket.terminate === 'function') socket.terminate();
+  else socket.close();
 }
 
 function plainHeaders(headers) {
@@ -130,6 +158,7 @@ class StompJs7Session {
           event: 'connected',
           headers: plainHeaders(frame.headers),
           protocol: this.ws?.protocol ?? null,
+          transport: this.ws?.transport ?? null,
           version: this.client.connectedVersion ?? null,
         }),
       onStompError: frame =>
@@ -188,7 +217,7 @@ class StompJs7Session {
   }
 
   drop() {
-    this.ws?.terminate();
+    terminate(this.ws);
   }
 }
 
@@ -236,6 +265,7 @@ class LegacySession {
           event: 'connected',
           headers: plainHeaders(frame.headers),
           protocol: this.ws.protocol || null,
+          transport: this.ws.transport ?? null,
           version: frame.headers.version ?? null,
         }),
       frameOrMessage => {
@@ -295,7 +325,7 @@ class LegacySession {
   }
 
   drop() {
-    this.ws.terminate();
+    terminate(this.ws);
   }
 }
 
@@ -354,7 +384,7 @@ function handle(cmd) {
 
 function shutdown(code) {
   try {
-    session?.ws?.terminate();
+    terminate(session?.ws);
   } catch (err) {
     debug('terminate on exit:', err);
   }

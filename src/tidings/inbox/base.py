@@ -22,7 +22,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tidings.message import Message
+from tidings.message import Message, id_key
+
+__all__ = [
+    "History",
+    "Inbox",
+    "InboxLimits",
+    "Stored",
+    "compare_ids",
+    "id_key",
+    "split_announcement",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +59,6 @@ class History:
 
     messages: list[Stored]
     gap: bool
-
-
-def id_key(message_id: str) -> tuple[int, int]:
-    """Sort key of an inbox id ``"<ms>-<seq>"``; ``"0"`` sorts first; ValueError if malformed."""
-    ms, _, seq = message_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def compare_ids(a: str, b: str) -> int:

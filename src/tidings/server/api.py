@@ -17,7 +17,9 @@ from aiohttp import web
 from tidings.auth import bearer_token
 from tidings.destinations import user_destination
 from tidings.errors import BrokerUnavailable
-from tidings.message import Message, encode_body, topic_channel, user_channel
+from tidings.inbox.base import Stored
+from tidings.inbox.read_state import parse_read_request
+from tidings.message import Message, encode_body, id_key, topic_channel, user_channel
 from tidings.server.openapi import LEGACY_ANSWER, RESERVED_HEADERS
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\0]")
 
 MAX_PRESENCE_QUERY = 10_000
+MAX_INBOX_PAGE = 1000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -66,8 +69,44 @@ class PublishApi:
             web.post("/api/v1/users/{user}/messages", self.publish_to_user),
             web.post("/api/v1/topics/{topic:[^{}]+}/messages", self.publish_to_topic),
             web.get("/api/v1/users/{user}/presence", self.user_presence),
+            web.get("/api/v1/users/{user}/inbox", self.inbox_listing),
+            web.get("/api/v1/users/{user}/inbox/unread", self.inbox_unread),
+            web.post("/api/v1/users/{user}/inbox/read", self.inbox_mark_read),
             web.post("/api/v1/presence/query", self.presence_query),
         ]
+
+    async def inbox_listing(self, request: web.Request) -> web.Response:
+        """The user's retained messages after ``after``, with ids and read flags."""
+        self._check_caller(request)
+        user = request.match_info["user"]
+        after = request.query.get("after", "0")
+        try:
+            id_key(after)
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            raise ApiError(
+                400, "invalid_field", "'after' must be an inbox id (or 0), 'limit' an integer"
+            ) from None
+        if not 1 <= limit <= MAX_INBOX_PAGE:
+            raise ApiError(400, "invalid_field", f"'limit' must be 1..{MAX_INBOX_PAGE}")
+        stored = await self.server.node.inbox.listing(user, after, limit=limit)
+        return web.json_response({"messages": [_stored_json(s) for s in stored]})
+
+    async def inbox_unread(self, request: web.Request) -> web.Response:
+        self._check_caller(request)
+        unread = await self.server.node.inbox.unread(request.match_info["user"])
+        return web.json_response({"unread": unread})
+
+    async def inbox_mark_read(self, request: web.Request) -> web.Response:
+        """``{"ids": [...]}`` or ``{"up_to": id}``; the user's sessions get an inbox-state event."""
+        data = await self._read_object(request)
+        try:
+            ids, up_to = parse_read_request(data)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_field", str(exc)) from None
+        user = request.match_info["user"]
+        unread = await self.server.node.mark_read(user, ids=ids, up_to=up_to)
+        return web.json_response({"unread": unread})
 
     async def user_presence(self, request: web.Request) -> web.Response:
         """``{"online", "sessions", "nodes"}`` for one user, cluster-wide."""
@@ -116,7 +155,11 @@ class PublishApi:
         except ValueError as exc:
             raise ApiError(400, "invalid_field", f"'destination': {exc}") from None
         message_id = await self._publish(
-            user_channel(user), destination, _body(data), _headers(data)
+            user_channel(user),
+            destination,
+            _body(data),
+            _headers(data),
+            _idempotency(request, data),
         )
         return web.json_response({"id": message_id}, status=202)
 
@@ -126,13 +169,23 @@ class PublishApi:
         if not _valid_name(topic) or "//" in topic or topic.endswith("/"):
             raise ApiError(400, "invalid_field", "topic must be a name like 'public' or 'a/b'")
         message_id = await self._publish(
-            topic_channel(topic), f"/topic/{topic}", _body(data), _headers(data)
+            topic_channel(topic),
+            f"/topic/{topic}",
+            _body(data),
+            _headers(data),
+            _idempotency(request, data),
         )
         return web.json_response({"id": message_id}, status=202)
 
     async def _publish(
-        self, channel: str, destination: str, body: object, headers: dict[str, str]
+        self,
+        channel: str,
+        destination: str,
+        body: object,
+        headers: dict[str, str],
+        idempotency_key: str | None = None,
     ) -> str:
+        """Store and announce; returns the inbox id once the message is durably stored."""
         encoded, content_type = encode_body(body)
         if len(encoded) > self.server.config.max_message_bytes:
             raise ApiError(
@@ -151,8 +204,7 @@ class PublishApi:
             content_type=content_type,
             headers=tuple(headers.items()),
         )
-        await node.publish(message)
-        return message.id
+        return await node.publish(message, idempotency_key=idempotency_key)
 
     async def _read_object(self, request: web.Request) -> dict[str, object]:
         self._check_caller(request)
@@ -179,6 +231,31 @@ class PublishApi:
             raise ApiError(
                 403, "forbidden", "no --api-key is configured: only loopback callers may publish"
             )
+
+
+def _idempotency(request: web.Request, data: dict[str, object]) -> str | None:
+    """The ``Idempotency-Key`` header, or the body's ``id`` field (issue 4)."""
+    key = request.headers.get("Idempotency-Key", data.get("id"))
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 1 <= len(key) <= 200 or not key.isprintable():
+        raise ApiError(400, "invalid_field", "the idempotency key must be 1-200 printable chars")
+    return key
+
+
+def _stored_json(stored: Stored) -> dict[str, object]:
+    message = stored.message
+    body: object = message.body.decode("utf-8", "replace")
+    if message.content_type.startswith("application/json"):
+        body = orjson.loads(message.body)
+    return {
+        "id": message.id,
+        "destination": message.destination,
+        "content_type": message.content_type,
+        "headers": dict(message.headers),
+        "body": body,
+        "read": stored.read,
+    }
 
 
 def _valid_name(name: str) -> bool:

@@ -15,15 +15,17 @@ from aiohttp import web
 
 from tidings import __version__
 from tidings.auth import JwtVerifier, bearer_token
-from tidings.brokers import broker_from_url
+from tidings.brokers import MemoryBroker, broker_from_url
 from tidings.config import Config
 from tidings.destinations import Route, compile_globs
 from tidings.errors import AuthError
+from tidings.inbox.memory import MemoryInbox
 from tidings.node import Node
-from tidings.presence import Presence
+from tidings.presence import MemoryPresence, Presence
 from tidings.server.api import PublishApi, error_response, json_errors
 from tidings.server.openapi import openapi_document
 from tidings.server.session import CLOSE_GOING_AWAY, StompSession
+from tidings.server.sockjs import add_sockjs_routes, greeting_response
 from tidings.server.websocket import serve_websocket
 from tidings.stomp.connection import ConnectRequested, State
 
@@ -32,7 +34,10 @@ log = logging.getLogger(__name__)
 STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
 STATIC_DIR = Path(__file__).parent / "static"
 # Browser libraries are installed from npm by `./run setup`, never committed.
-VENDOR_FILES = {"stomp.umd.min.js": "@stomp/stompjs/bundles/stomp.umd.min.js"}
+VENDOR_FILES = {
+    "stomp.umd.min.js": "@stomp/stompjs/bundles/stomp.umd.min.js",
+    "sockjs.min.js": "sockjs-client/dist/sockjs.min.js",
+}
 
 
 def node_modules_dir() -> Path:
@@ -49,14 +54,18 @@ def build_node(config: Config) -> Node:
     if scheme in ("redis", "rediss"):
         from tidings.brokers.redis import RedisBroker  # noqa: PLC0415 - optional dependency
         from tidings.brokers.redis_presence import RedisPresence  # noqa: PLC0415
+        from tidings.inbox.redis import RedisInbox  # noqa: PLC0415
 
         raw = (config.legacy_channel,) if config.legacy_channel else ()
         broker = RedisBroker(config.broker, raw_channels=raw)
         presence: Presence = RedisPresence(broker.redis, node_id, ttl_s=config.presence_ttl_s)
-        return Node(broker, presence, node_id=node_id, legacy_channel=config.legacy_channel)
+        inbox = RedisInbox(broker, config.inbox)
+        return Node(broker, presence, inbox, node_id=node_id, legacy_channel=config.legacy_channel)
     if config.legacy_channel:
         raise ValueError("--legacy-channel needs a redis:// broker")
-    return Node(broker_from_url(config.broker), node_id=node_id)
+    memory = broker_from_url(config.broker)  # ValueError naming the supported schemes
+    assert isinstance(memory, MemoryBroker)
+    return Node(memory, MemoryPresence(node_id), MemoryInbox(memory, config.inbox), node_id=node_id)
 
 
 class Server:
@@ -118,6 +127,8 @@ class Server:
             max_msg_size=4 * limits.max_frame_bytes,
         )
         if not ws.can_prepare(request).ok:
+            if request.path in self.config.endpoints:
+                return greeting_response()  # SockJS 0.3: GET <endpoint> greets
             return error_response(
                 400, "websocket_required", "this is a STOMP endpoint: open a WebSocket here"
             )
@@ -127,7 +138,7 @@ class Server:
         return ws
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        return web.json_response({"status": "ok", "node": self.node.id, "pid": os.getpid()})
 
     async def readyz(self, request: web.Request) -> web.Response:
         if self.shutting_down:
@@ -256,4 +267,6 @@ def create_app(config: Config) -> web.Application:
     app.on_startup.append(server.on_startup)
     app.on_shutdown.append(server.on_shutdown)
     app.on_cleanup.append(server.on_cleanup)
+    # Last: its startup needs the node started, its shutdown runs after the sessions'.
+    add_sockjs_routes(app, server)
     return app

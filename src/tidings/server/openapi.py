@@ -41,6 +41,14 @@ The message body. A JSON string is delivered as-is with content-type
 `text/plain;charset=UTF-8`; any other JSON value is serialized and delivered with
 content-type `application/json;charset=UTF-8`."""
 
+_IDEMPOTENCY_FIELD = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 200,
+    "description": "Idempotency key (as the Idempotency-Key header): a retried publish with the"
+    " same key within 24 h is stored once and answers the first id.",
+}
+
 _ERRORS = {
     "400": ("BadRequest", "Invalid JSON, or a missing or invalid field."),
     "401": ("Unauthorized", "An API key is configured and the bearer key is missing or wrong."),
@@ -59,6 +67,7 @@ def openapi_document(*, version: str) -> dict[str, object]:
             {"name": "messages", "description": "Publish to STOMP subscribers."},
             {"name": "legacy", "description": "The Spring seed's contract, kept as-is."},
             {"name": "presence", "description": "Who is online, across every node."},
+            {"name": "inbox", "description": "Each user's durable inbox and read state."},
             {"name": "operations", "description": "Probes and this document."},
         ],
         "paths": _paths(),
@@ -80,6 +89,9 @@ def _paths() -> Json:
         "/pushToOneTest": {"post": _legacy_push()},
         "/api/v1/users/{user}/messages": {"post": _user_publish()},
         "/api/v1/topics/{topic}/messages": {"post": _topic_publish()},
+        "/api/v1/users/{user}/inbox": {"get": _inbox_listing()},
+        "/api/v1/users/{user}/inbox/unread": {"get": _inbox_unread()},
+        "/api/v1/users/{user}/inbox/read": {"post": _inbox_read()},
         "/api/v1/users/{user}/presence": {"get": _user_presence()},
         "/api/v1/presence/query": {"post": _presence_query()},
         "/healthz": {"get": _healthz()},
@@ -87,6 +99,69 @@ def _paths() -> Json:
         "/metrics": {"get": _metrics()},
         "/api/v1/openapi.json": {"get": _openapi_json()},
     }
+
+
+def _api_get(operation_id: str, summary: str, schema: str, *, statuses: tuple[str, ...]) -> Json:
+    """A GET under the API's rules (bearer key or loopback) for one user."""
+    return {
+        "operationId": operation_id,
+        "tags": ["inbox"],
+        "summary": summary,
+        "security": [{"bearer": []}, {}],
+        "parameters": [_path_parameter("user", "The user id.")],
+        "responses": {"200": {"description": summary, "content": _json_content(schema)}}
+        | {status: _ref("responses", _ERRORS[status][0]) for status in statuses},
+    }
+
+
+def _inbox_listing() -> Json:
+    operation = _api_get(
+        "inboxListing",
+        "The user's retained messages after an id, with read flags",
+        "InboxPage",
+        statuses=("400", "401", "403", "503"),
+    )
+    operation["parameters"] += [
+        {
+            "name": "after",
+            "in": "query",
+            "description": "Inbox id to list after; `0` (default) lists from the oldest.",
+            "schema": {"type": "string", "default": "0"},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        },
+    ]
+    return operation
+
+
+def _inbox_unread() -> Json:
+    return _api_get(
+        "inboxUnread",
+        "How many retained messages the user has not read",
+        "Unread",
+        statuses=("401", "403", "503"),
+    )
+
+
+def _inbox_read() -> Json:
+    operation = _publish_operation(
+        operation_id="inboxMarkRead",
+        tag="inbox",
+        summary="Mark messages read (by id, or everything up to an id)",
+        description=(
+            "Read state belongs to the user: every session of the user receives an event on"
+            " `/user/queue/inbox-state` with the new unread count."
+        ),
+        request_schema="ReadRequest",
+        success={
+            "200": {"description": "The unread count after.", "content": _json_content("Unread")}
+        },
+    )
+    operation["parameters"] = [_path_parameter("user", "The user id.")]
+    return operation
 
 
 def _user_presence() -> Json:
@@ -156,6 +231,16 @@ def _legacy_push() -> Json:
     )
 
 
+def _idempotency_header() -> Json:
+    return {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+        "description": _IDEMPOTENCY_FIELD["description"],
+    }
+
+
 def _user_publish() -> Json:
     operation = _publish_operation(
         operation_id="publishToUser",
@@ -168,7 +253,10 @@ def _user_publish() -> Json:
         request_schema="UserMessageRequest",
         success=_accepted(),
     )
-    operation["parameters"] = [_path_parameter("user", "The recipient's user id.")]
+    operation["parameters"] = [
+        _path_parameter("user", "The recipient's user id."),
+        _idempotency_header(),
+    ]
     return operation
 
 
@@ -182,7 +270,8 @@ def _topic_publish() -> Json:
         success=_accepted(),
     )
     operation["parameters"] = [
-        _path_parameter("topic", "The topic name; `/` separates segments (`a/b`), none empty.")
+        _path_parameter("topic", "The topic name; `/` separates segments (`a/b`), none empty."),
+        _idempotency_header(),
     ]
     return operation
 
@@ -289,15 +378,20 @@ def _schemas() -> Json:
                     "description": "User-relative destination: starts with `/`, no empty segment.",
                 },
                 "headers": _ref("schemas", "StompHeaders"),
+                "id": _IDEMPOTENCY_FIELD,
             },
             required=["body"],
         ),
         "TopicMessageRequest": _object(
-            {"body": _ref("schemas", "MessageBody"), "headers": _ref("schemas", "StompHeaders")},
+            {
+                "body": _ref("schemas", "MessageBody"),
+                "headers": _ref("schemas", "StompHeaders"),
+                "id": _IDEMPOTENCY_FIELD,
+            },
             required=["body"],
         ),
         "Accepted": _object(
-            {"id": {"type": "string", "description": "The message id (STOMP `message-id`)."}},
+            {"id": {"type": "string", "description": "The inbox id (STOMP `tidings-id`)."}},
             required=["id"],
         ),
         "Error": _object(
@@ -311,6 +405,33 @@ def _schemas() -> Json:
             },
             required=["error", "message"],
         ),
+        "InboxMessage": _object(
+            {
+                "id": {
+                    "type": "string",
+                    "description": "Inbox id, `<ms>-<seq>`, in publish order.",
+                },
+                "destination": {"type": "string"},
+                "content_type": {"type": "string"},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "body": {"description": "Text, or the JSON value for a JSON message."},
+                "read": {"type": "boolean"},
+            },
+            required=["id", "destination", "content_type", "headers", "body", "read"],
+        ),
+        "InboxPage": _object(
+            {"messages": {"type": "array", "items": _ref("schemas", "InboxMessage")}},
+            required=["messages"],
+        ),
+        "Unread": _object({"unread": {"type": "integer", "minimum": 0}}, required=["unread"]),
+        "ReadRequest": {
+            "type": "object",
+            "properties": {
+                "ids": {"type": "array", "items": {"type": "string"}},
+                "up_to": {"type": "string", "description": "Everything up to this id is read."},
+            },
+            "anyOf": [{"required": ["ids"]}, {"required": ["up_to"]}],
+        },
         "Presence": _object(
             {
                 "online": {"type": "boolean"},
@@ -333,7 +454,14 @@ def _schemas() -> Json:
             {"users": {"type": "object", "additionalProperties": {"type": "boolean"}}},
             required=["users"],
         ),
-        "Health": _object({"status": {"const": "ok"}}, required=["status"]),
+        "Health": _object(
+            {
+                "status": {"const": "ok"},
+                "node": {"type": "string", "description": "This node's id."},
+                "pid": {"type": "integer", "description": "The serving process."},
+            },
+            required=["status", "node", "pid"],
+        ),
         "Ready": _object({"status": {"const": "ready"}}, required=["status"]),
         "NotReady": _object(
             {"status": {"const": "not_ready"}, "reason": {"type": "string"}},

@@ -9,15 +9,19 @@ sends. Every protocol error ends the session with an ERROR frame and a close
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import secrets
 from typing import TYPE_CHECKING, Protocol
 
+import orjson
+
 from tidings.destinations import route
 from tidings.errors import AuthError, BrokerUnavailable, StompProtocolError
-from tidings.hub import LocalSubscription
-from tidings.message import TEXT_PLAIN, Message
+from tidings.hub import LocalSubscription, encode_tail, opcode_for, send_message
+from tidings.inbox.read_state import parse_read_request
+from tidings.message import TEXT_PLAIN, Message, id_key
 from tidings.stomp.connection import (
     AckReceived,
     ConnectRequested,
@@ -29,12 +33,20 @@ from tidings.stomp.connection import (
     SubscribeRequested,
     UnsubscribeRequested,
 )
+from tidings.stomp.frames import Frame, serialize
 from tidings.wsframe import OP_TEXT
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
 
 log = logging.getLogger(__name__)
+
+RESUME_HEADER = "tidings-resume-after"
+GAP_HEADER = "tidings-gap"
+READ_DESTINATION = "/app/inbox/read"
+REPLAY_PAGE = 500
+MAX_REPLAY_BUFFER = 10_000  # live messages held while one subscription replays history
+MAX_PENDING_ACKS = 10_000  # unacknowledged MESSAGEs one session may have outstanding
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
@@ -79,6 +91,8 @@ class StompSession:
         )
         self._message_ids = itertools.count(1)
         self._subscriptions: dict[str, LocalSubscription] = {}
+        # message-id -> what was sent, for MESSAGEs awaiting ACK/NACK (delivery order).
+        self._pending_acks: dict[str, tuple[LocalSubscription, Message]] = {}
         self._beat_timer: asyncio.TimerHandle | None = None
         self._alive_timer: asyncio.TimerHandle | None = None
         self._last_read = asyncio.get_running_loop().time()
@@ -131,7 +145,9 @@ class StompSession:
                 self._receipt(event.receipt)
             case SendRequested():
                 await self._send(event)
-            case AckReceived() | NackReceived() | ReceiptDue():
+            case AckReceived() | NackReceived():
+                await self._acknowledge(event)
+            case ReceiptDue():
                 self._receipt(event.receipt)
             case DisconnectRequested():
                 self._receipt(event.receipt)
@@ -148,13 +164,122 @@ class StompSession:
     async def _subscribe(self, event: SubscribeRequested) -> None:
         target = route(event.destination, self.user)
         self.server.authorize_subscription(self.user, target)
+        resume_after = event.frame.get(RESUME_HEADER)
+        if resume_after is not None:
+            _check_inbox_id(resume_after, RESUME_HEADER)
+        # An ack-mode subscription to a user's destination first receives what that user
+        # has not acknowledged: offline delivery (issue 4).
+        offline = event.ack != "auto" and target.user is not None and resume_after is None
         sub = LocalSubscription(self, event.subscription_id, event.destination, target, event.ack)
+        if resume_after is not None or offline:
+            sub.replay_buffer = []  # live messages wait here until the replay is sent
         try:
             await self.server.node.subscribe(sub)
         except BrokerUnavailable:
             self.conn.remove_subscription(event.subscription_id)
             raise
         self._subscriptions[sub.id] = sub
+        if sub.replay_buffer is None:
+            self._receipt(event.receipt)
+        elif resume_after is not None:
+            await self._replay_history(sub, resume_after, event.receipt)
+        else:
+            await self._replay_unacked(sub, event.receipt)
+
+    async def _replay_history(
+        self, sub: LocalSubscription, after: str, receipt: str | None
+    ) -> None:
+        """Send what was stored after ``after``, then what arrived live meanwhile (§5)."""
+        inbox = self.server.node.inbox
+        first_page = True
+        while not self.closed:
+            page = await inbox.history(sub.route.channel, after, limit=REPLAY_PAGE)
+            mine = [s.message for s in page.messages if s.message.destination == sub.route.key]
+            if first_page:
+                first_page = False
+                self._receipt(receipt, gap=page.gap)
+                if page.gap and mine:
+                    mine[0] = dataclasses.replace(
+                        mine[0], headers=(*mine[0].headers, (GAP_HEADER, "true"))
+                    )
+            self._send_replayed(sub, mine)
+            if len(page.messages) < REPLAY_PAGE:
+                break
+            after = page.messages[-1].message.id
+        self._go_live(sub)
+
+    async def _replay_unacked(self, sub: LocalSubscription, receipt: str | None) -> None:
+        assert sub.route.user is not None
+        inbox = self.server.node.inbox
+        stored = await inbox.unacked(sub.route.user, sub.route.key, limit=MAX_PENDING_ACKS)
+        self._receipt(receipt)
+        self._send_replayed(sub, [s.message for s in stored])
+        self._go_live(sub)
+
+    def _send_replayed(self, sub: LocalSubscription, messages: list[Message]) -> None:
+        for message in messages:
+            if self.closed:
+                return
+            assert message.order is not None
+            if message.order > sub.last_order:
+                sub.last_order = message.order
+                send_message(sub, message, encode_tail(message, self.version), opcode_for(message))
+        if sub.replay_buffer is not None and len(sub.replay_buffer) > MAX_REPLAY_BUFFER:
+            self.on_slow_consumer(MAX_REPLAY_BUFFER)
+
+    def _go_live(self, sub: LocalSubscription) -> None:
+        """Hand over to live delivery: buffered messages newer than the replay, then live."""
+        buffered, sub.replay_buffer = sub.replay_buffer or [], None
+        self._send_replayed(sub, buffered)
+
+    # -- acknowledgements (STOMP 1.2 §ACK, §NACK; issue 4) --------------------------------
+    def expect_ack(self, message_id: str, sub: LocalSubscription, message: Message) -> None:
+        if len(self._pending_acks) >= MAX_PENDING_ACKS:
+            asyncio.get_running_loop().call_soon(
+                self.fail,
+                "too many unacknowledged messages",
+                f"ACK or NACK messages: at most {MAX_PENDING_ACKS} may be outstanding",
+                CLOSE_POLICY_VIOLATION,
+            )
+        self._pending_acks[message_id] = (sub, message)
+
+    async def _acknowledge(self, event: AckReceived | NackReceived) -> None:
+        """ACK: the user's inbox records it; NACK: send it again now. Unknown ids: ignored."""
+        entry = self._pending_acks.get(event.id)
+        if entry is None:
+            self._receipt(event.receipt)
+            return
+        sub, message = entry
+        if isinstance(event, NackReceived):
+            del self._pending_acks[event.id]
+            send_message(sub, message, encode_tail(message, self.version), opcode_for(message))
+            self._receipt(event.receipt)
+            return
+        acked = [event.id]
+        if sub.ack == "client":  # cumulative: everything sent earlier on this subscription
+            for message_id, (other, _) in self._pending_acks.items():
+                if message_id == event.id:
+                    break
+                if other is sub:
+                    acked.append(message_id)
+        popped = [self._pending_acks.pop(message_id)[1] for message_id in acked]
+        ids = [m.id for m in popped if m.order is not None]  # only stored ones are durable
+        if sub.route.user is not None and ids:
+            await self.server.node.inbox.ack(sub.route.user, ids)
+        self._receipt(event.receipt)
+
+    async def _mark_read(self, event: SendRequested) -> None:
+        """SEND to /app/inbox/read with ``{"ids": [...]}`` or ``{"up_to": id}`` (issue 4)."""
+        if self.user is None:
+            raise StompProtocolError(
+                f"{READ_DESTINATION} needs an authenticated user",
+                "Send a login header on CONNECT (or a token with --auth jwt).",
+            )
+        try:
+            ids, up_to = parse_read_request(orjson.loads(event.body))
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            raise StompProtocolError(f"bad {READ_DESTINATION} body", str(exc)) from None
+        await self.server.node.mark_read(self.user, ids=ids, up_to=up_to)
         self._receipt(event.receipt)
 
     def _unsubscribe(self, subscription_id: str) -> None:
@@ -163,6 +288,9 @@ class StompSession:
             self.server.node.unsubscribe(sub)
 
     async def _send(self, event: SendRequested) -> None:
+        if event.destination == READ_DESTINATION:
+            await self._mark_read(event)
+            return
         if not self.server.send_allowed(event.destination):
             raise StompProtocolError(
                 f"SEND to {event.destination} is not allowed",
@@ -179,8 +307,13 @@ class StompSession:
         await self.server.node.publish(message)
         self._receipt(event.receipt)
 
-    def _receipt(self, receipt: str | None) -> None:
-        if receipt is not None:
+    def _receipt(self, receipt: str | None, *, gap: bool = False) -> None:
+        if receipt is None:
+            return
+        if gap:  # the resume id is older than what is retained: say so (issue 4)
+            frame = Frame("RECEIPT", (("receipt-id", receipt), (GAP_HEADER, "true")))
+            self.send_frame(serialize(frame, self.version))
+        else:
             self.send_frame(self.conn.receipt(receipt))
 
     # -- heart-beats (STOMP 1.2 §Heart-beating) -------------------------------------------
@@ -260,3 +393,13 @@ class StompSession:
             self.server.sessions.discard(self)
             if self.user is not None:
                 self.server.node.presence.remove(self.user, self.id)
+
+
+def _check_inbox_id(value: str, header: str) -> None:
+    try:
+        id_key(value)
+    except ValueError:
+        raise StompProtocolError(
+            f"bad {header} header",
+            f"expected an inbox id like 1700000000000-0, or 0; got {value!r}",
+        ) from None

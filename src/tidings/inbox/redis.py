@@ -1,0 +1,418 @@
+"""The inbox on Redis Streams, paired with the Redis broker (DESIGN.md §5). Redis >= 7.0.
+
+Keys, with the broker's prefix ``P`` (default ``tidings:``):
+
+* ``P inbox:<channel>``: a stream per channel (``u:<user>``, ``t:<topic>``); entry fields
+  ``n`` (ordinal: the previous entry's + 1), ``p`` (the previous entry's id), ``d``
+  (destination) and ``m`` (the encoded message with an empty id; readers put the entry id
+  in). Trimmed exactly by count and by age on publish, and by age before every read, so
+  nothing older than ``max_age_s`` is ever returned. Redis records trimmed ids nowhere
+  (``max-deleted-entry-id`` counts XDEL only), so ``gap`` uses ``p`` of the oldest
+  retained entry: the greatest trimmed id (or, for an emptied stream, its last id).
+* ``P acked:<user>``, ``P read:<user>``: sorted sets of ids scored by the id's ms, holding
+  only retained ids (trimming removes the rest); ``read`` only ids above
+  ``P readfloor:<user>``, the ``up_to`` floor, which only moves forward. So the unread
+  count is "entries after the floor" (a difference of two ordinals) minus ``ZCARD read``,
+  without walking the inbox.
+* ``P ackcursor:<user>``: per destination, an id before which everything of that
+  destination is acked: where the next ``unacked`` scan starts.
+* ``P idem:<len(channel)>:<channel>:<key>``: the id first stored under an idempotency key.
+
+Every operation is one Lua script (EVALSHA), so each is atomic: a publish stores, trims
+and announces (``PUBLISH P<channel> "<id> <message with id>"``) in one step, and no node
+sees a live message whose id is not stored yet. Keys expire ``max_age_s`` (plus a
+second) after their last write: abandoned users' data goes away. What an expired stream
+held is unknown: it reports ``gap`` for any resume but ``"0"``, and so does a new stream
+for a resume from before its first id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+
+from tidings.brokers.redis import RedisBroker
+from tidings.errors import BrokerUnavailable, TidingsError
+from tidings.inbox.base import History, InboxLimits, Stored
+from tidings.inbox.memory import TTL_MARGIN_S, canonical_id, check_limits, known_ids, user_of
+from tidings.message import Message
+
+log = logging.getLogger(__name__)
+
+# Shared by every script below. Ids reach the scripts canonical ("<ms>-<seq>", no leading
+# zeros) and are compared exactly as digit strings (Lua numbers are doubles).
+_PRELUDE = """
+local function num_lt(a, b) return #a < #b or (#a == #b and a < b) end
+local function id_lt(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if am ~= bm then return num_lt(am, bm) end
+  return num_lt(as, bs)
+end
+
+-- Remove from id set `zset` the ids before `id` (and `id` itself if `incl`).
+local function drop_until(zset, id, incl)
+  local ms = string.match(id, '^(%d+)-')
+  redis.call('ZREMRANGEBYSCORE', zset, '-inf', '(' .. ms)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', zset, ms, ms)) do
+    if id_lt(member, id) or (incl and member == id) then redis.call('ZREM', zset, member) end
+  end
+end
+
+-- Trim `stream` to `max_len` entries (if given) and by age; if anything went, or
+-- `forget`, the id sets `zsets` forget every id before the oldest retained one.
+local function trim(stream, max_len, max_age_ms, zsets, forget)
+  local n = 0
+  if max_len then n = redis.call('XTRIM', stream, 'MAXLEN', max_len) end
+  local t = redis.call('TIME')
+  local min_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - max_age_ms
+  if min_ms > 0 then
+    n = n + redis.call('XTRIM', stream, 'MINID', string.format('%.0f', min_ms))
+  end
+  if #zsets == 0 or (n == 0 and not forget) or redis.call('EXISTS', unpack(zsets)) == 0 then
+    return
+  end
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  for _, zset in ipairs(zsets) do
+    if first then drop_until(zset, first[1], false) else redis.call('DEL', zset) end
+  end
+end
+
+-- A field of XINFO STREAM (cheap on the empty streams it is used on).
+local function stream_info(stream, name)
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == name then return info[i + 1] end
+  end
+end
+
+-- The id sets of KEYS (acked, read) for a user inbox; none for a topic.
+local function user_sets()
+  if KEYS[2] == '' then return {} end
+  return {KEYS[2], KEYS[3]}
+end
+
+-- Entry fields are {'n', n, 'p', previous id, 'd', destination, 'm', message}:
+-- e[2][2] is the ordinal, e[2][4] the previous id, e[2][6] the destination, e[2][8] the message.
+
+-- The newest entry with an id <= `id`, or nil. Checked against the first entry, since
+-- an XREVRANGE from below it walks the whole stream (Redis 7.0).
+local function entry_at(stream, id)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  if not first or id_lt(id, first[1]) then return nil end
+  return redis.call('XREVRANGE', stream, id, '-', 'COUNT', 1)[1]
+end
+
+-- Retained entries after `floor` minus the read ids (all retained and above the floor).
+local function unread(stream, read, floor)
+  local after = redis.call('XLEN', stream)
+  local at = entry_at(stream, floor)
+  if at then
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+    after = tonumber(last[2][2]) - tonumber(at[2][2])
+  end
+  return after - redis.call('ZCARD', read)
+end
+"""
+
+# KEYS: stream, acked, read (both '' for a topic), idempotency key or ''
+# ARGV: message encoded with id "", destination, max_len, max_age_ms, ttl_ms,
+#       idempotency ttl_ms, live channel
+_PUBLISH = """
+if KEYS[4] ~= '' then
+  local first = redis.call('GET', KEYS[4])
+  if first then return first end
+end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+local n, prev = 1, ''  -- prev '': a new stream, what came before its first id is unknown
+if last then
+  n, prev = tonumber(last[2][2]) + 1, last[1]
+elseif redis.call('EXISTS', KEYS[1]) == 1 then
+  prev = stream_info(KEYS[1], 'last-generated-id')  -- emptied by age
+end
+local id = redis.call('XADD', KEYS[1], '*', 'n', n, 'p', prev, 'd', ARGV[2], 'm', ARGV[1])
+-- a new stream: the user's id sets may still name ids of one that expired
+trim(KEYS[1], ARGV[3], tonumber(ARGV[4]), user_sets(), not last)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if KEYS[4] ~= '' then redis.call('SET', KEYS[4], id, 'PX', ARGV[6]) end
+-- announce the message with its id: '["",...' becomes '["<id>",...'
+redis.call('PUBLISH', ARGV[7], id .. ' ["' .. id .. '"' .. string.sub(ARGV[1], 4))
+return id
+"""
+
+# KEYS: stream, acked, read ('' '' for a topic). ARGV: after ('0-0': all), limit, max_age_ms
+# Returns {gap, id, message, id, message, ...}.
+_HISTORY = """
+trim(KEYS[1], false, tonumber(ARGV[3]), user_sets(), false)
+-- gap: an id > after was trimmed, i.e. after < the greatest trimmed id (`below`)
+local out = {0}
+if ARGV[1] ~= '0-0' then
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  local below
+  if first then
+    below = first[2][4]
+    if below == '' then below = first[1] end  -- first of a new stream: unknown before it
+  elseif redis.call('EXISTS', KEYS[1]) == 1 then
+    below = stream_info(KEYS[1], 'last-generated-id')  -- all trimmed
+  end
+  if not below or id_lt(ARGV[1], below) then out[1] = 1 end  -- no stream: unknown
+end
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])) do
+  out[#out + 1] = e[1]
+  out[#out + 1] = e[2][8]
+end
+return out
+"""
+
+# KEYS: stream, acked, read, readfloor. ARGV: after, limit, max_age_ms
+# Returns {id, message, read (0/1), ...}.
+_LISTING = """
+trim(KEYS[1], false, tonumber(ARGV[3]), user_sets(), false)
+local floor = redis.call('GET', KEYS[4]) or '0-0'
+local out = {}
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])) do
+  local read = not id_lt(floor, e[1]) or redis.call('ZSCORE', KEYS[3], e[1])
+  out[#out + 1] = e[1]
+  out[#out + 1] = e[2][8]
+  out[#out + 1] = read and 1 or 0
+end
+return out
+"""
+
+# KEYS: stream, acked, read, readfloor. ARGV: max_age_ms. Returns the unread count.
+_UNREAD = """
+trim(KEYS[1], false, tonumber(ARGV[1]), user_sets(), false)
+return unread(KEYS[1], KEYS[3], redis.call('GET', KEYS[4]) or '0-0')
+"""
+
+# KEYS: stream, acked, read, readfloor. ARGV: max_age_ms, ttl_ms, up_to or '', ids...
+# Returns the unread count after.
+_MARK_READ = """
+trim(KEYS[1], false, tonumber(ARGV[1]), user_sets(), false)
+local floor = redis.call('GET', KEYS[4]) or '0-0'
+if ARGV[3] ~= '' then
+  -- the floor moves to the newest retained id <= up_to, and only forward
+  local at = entry_at(KEYS[1], ARGV[3])
+  if at and id_lt(floor, at[1]) then
+    floor = at[1]
+    redis.call('SET', KEYS[4], floor)
+    drop_until(KEYS[3], floor, true)
+  end
+end
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if id_lt(floor, id) and redis.call('XRANGE', KEYS[1], id, id)[1] then
+    redis.call('ZADD', KEYS[3], string.match(id, '^(%d+)-'), id)
+  end
+end
+redis.call('PEXPIRE', KEYS[3], ARGV[2])
+redis.call('PEXPIRE', KEYS[4], ARGV[2])
+return unread(KEYS[1], KEYS[3], floor)
+"""
+
+# KEYS: stream, acked, read. ARGV: max_age_ms, ttl_ms, ids...
+_ACK = """
+trim(KEYS[1], false, tonumber(ARGV[1]), user_sets(), false)
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if redis.call('XRANGE', KEYS[1], id, id)[1] then
+    redis.call('ZADD', KEYS[2], string.match(id, '^(%d+)-'), id)
+  end
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 0
+"""
+
+# KEYS: stream, acked, read, ackcursor. ARGV: max_age_ms, destination, limit, ttl_ms
+# Returns {id, message, ...}: the oldest `limit` entries for `destination` not acked.
+# The scan starts after the destination's cursor in the hash `ackcursor`, the last entry
+# before its oldest unacked one (entries only ever become acked), and moves it forward:
+# a device that acks what it gets is not walked through the whole inbox again.
+_UNACKED = """
+trim(KEYS[1], false, tonumber(ARGV[1]), user_sets(), false)
+local out, limit, dest = {}, tonumber(ARGV[3]), ARGV[2]
+local cursor = redis.call('HGET', KEYS[4], dest)
+local start, passed, full = cursor and '(' .. cursor or '-', nil, false
+while not full do
+  local batch = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 100)
+  for _, e in ipairs(batch) do
+    if e[2][6] == dest and not redis.call('ZSCORE', KEYS[2], e[1]) then
+      out[#out + 1] = e[1]
+      out[#out + 1] = e[2][8]
+      full = #out >= 2 * limit
+      if full then break end
+    elseif #out == 0 then
+      passed = e[1]  -- everything up to here is acked or another destination's
+    end
+  end
+  if #batch < 100 then break end
+  start = '(' .. batch[#batch][1]
+end
+if passed then
+  redis.call('HSET', KEYS[4], dest, passed)
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+end
+return out
+"""
+
+MIN_REDIS_VERSION = (7, 0)
+"""``XINFO STREAM``'s ``max-deleted-entry-id`` (gap detection) came with Redis 7.0."""
+
+
+class RedisInbox:
+    """User inboxes and topic histories on the Redis of ``broker``; see the module docstring."""
+
+    def __init__(
+        self, broker: RedisBroker, limits: InboxLimits, *, prefix: str = "tidings:"
+    ) -> None:
+        check_limits(limits)
+        self._redis = broker.redis
+        self._limits = limits
+        self._prefix = prefix
+        self._max_age_ms = int(limits.max_age_s * 1000)
+        self._ttl_ms = self._max_age_ms + int(TTL_MARGIN_S * 1000)
+        self._idempotency_ttl_ms = max(1, int(limits.idempotency_ttl_s * 1000))
+        self._closed = False
+        register = self._redis.register_script
+        self._publish = register(_PRELUDE + _PUBLISH)
+        self._history = register(_PRELUDE + _HISTORY)
+        self._listing = register(_PRELUDE + _LISTING)
+        self._unread = register(_PRELUDE + _UNREAD)
+        self._mark_read = register(_PRELUDE + _MARK_READ)
+        self._ack = register(_PRELUDE + _ACK)
+        self._unacked = register(_PRELUDE + _UNACKED)
+
+    async def start(self) -> None:
+        """Check the Redis version; if Redis is unreachable now, only log (as the broker)."""
+        self._closed = False
+        try:
+            info = await self._redis.info("server")
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("redis inbox: cannot check the redis version now: %s", exc)
+            return
+        version = str(info.get("redis_version", "0"))
+        if tuple(int(part) for part in version.split(".")[:2]) < MIN_REDIS_VERSION:
+            raise TidingsError(f"the inbox needs redis >= 7.0, this one is {version}")
+
+    async def close(self) -> None:
+        """Stop taking calls; the broker owns (and closes) the connections."""
+        self._closed = True
+
+    async def publish(self, message: Message, *, idempotency_key: str | None = None) -> str:
+        channel = message.channel
+        user = user_of(channel)
+        encoded = dataclasses.replace(message, id="").encode()
+        idem = ""
+        if idempotency_key is not None:
+            idem = f"{self._prefix}idem:{len(channel)}:{channel}:{idempotency_key}"
+        limit = self._limits.max_messages if user is not None else self._limits.topic_history
+        inbox_id = await self._run(
+            self._publish,
+            [self._stream(channel), *self._sets(user), idem],
+            [
+                encoded,
+                message.destination,
+                limit,
+                self._max_age_ms,
+                self._ttl_ms,
+                self._idempotency_ttl_ms,
+                self._prefix + channel,
+            ],
+        )
+        return _text(inbox_id)
+
+    async def history(self, channel: str, after: str, *, limit: int) -> History:
+        after = canonical_id(after)
+        keys = [self._stream(channel), *self._sets(user_of(channel))]
+        count = max(limit, 1)  # the gap is wanted even for no messages; COUNT 0 is no limit
+        reply = await self._run(self._history, keys, [after, count, self._max_age_ms])
+        pairs = list(zip(reply[1::2], reply[2::2], strict=True))[: max(limit, 0)]
+        return History([Stored(_decode(i, m)) for i, m in pairs], gap=bool(reply[0]))
+
+    async def unacked(self, user: str, destination: str, *, limit: int) -> list[Stored]:
+        if limit <= 0:
+            self._check_open()
+            return []
+        keys = [*self._user_keys(user)[:3], f"{self._prefix}ackcursor:{user}"]
+        args = [self._max_age_ms, destination, limit, self._ttl_ms]
+        reply = await self._run(self._unacked, keys, args)
+        return [Stored(_decode(i, m)) for i, m in zip(reply[::2], reply[1::2], strict=True)]
+
+    async def ack(self, user: str, ids: Sequence[str]) -> None:
+        known = _canonical(ids)
+        if not known:
+            self._check_open()
+            return
+        keys = self._user_keys(user)[:3]
+        await self._run(self._ack, keys, [self._max_age_ms, self._ttl_ms, *known])
+
+    async def listing(self, user: str, after: str, *, limit: int) -> list[Stored]:
+        after = canonical_id(after)
+        if limit <= 0:
+            self._check_open()
+            return []
+        reply = await self._run(
+            self._listing, self._user_keys(user), [after, limit, self._max_age_ms]
+        )
+        return [
+            Stored(_decode(i, m), read=bool(r))
+            for i, m, r in zip(reply[::3], reply[1::3], reply[2::3], strict=True)
+        ]
+
+    async def unread(self, user: str) -> int:
+        return int(await self._run(self._unread, self._user_keys(user), [self._max_age_ms]))
+
+    async def mark_read(
+        self, user: str, *, ids: Sequence[str] = (), up_to: str | None = None
+    ) -> int:
+        floor = canonical_id(up_to) if up_to is not None else ""
+        args = [self._max_age_ms, self._ttl_ms, floor, *_canonical(ids)]
+        return int(await self._run(self._mark_read, self._user_keys(user), args))
+
+    # -- internals -------------------------------------------------------------------
+
+    def _stream(self, channel: str) -> str:
+        return f"{self._prefix}inbox:{channel}"
+
+    def _sets(self, user: str | None) -> list[str]:
+        """The user's acked and read sets; two empty names (no sets) for a topic."""
+        if user is None:
+            return ["", ""]
+        return [f"{self._prefix}acked:{user}", f"{self._prefix}read:{user}"]
+
+    def _user_keys(self, user: str) -> list[str]:
+        """stream, acked, read, readfloor of ``user``."""
+        return [
+            self._stream(f"u:{user}"),
+            *self._sets(user),
+            f"{self._prefix}readfloor:{user}",
+        ]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable("inbox is closed")
+
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        self._check_open()
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+
+
+def _canonical(ids: Sequence[str]) -> list[str]:
+    """The well-formed ids, canonical; malformed ones are unknown ids, so ignored."""
+    return [f"{ms}-{seq}" for ms, seq in known_ids(ids)]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("ascii") if isinstance(value, bytes) else value
+
+
+def _decode(inbox_id: bytes, encoded: bytes) -> Message:
+    return Message.decode(encoded).stored_as(inbox_id.decode("ascii"))

@@ -1,0 +1,554 @@
+"""The inbox contract (DESIGN.md §5, tidings/inbox/base.py), run unchanged on both inboxes.
+
+Each subject is an inbox on its own started broker whose handler records what was
+announced, plus ``other``: for Redis a second ``RedisInbox`` on a second connection to
+the same Redis (another node, another device), for memory the same inbox. Read and ack
+state is written on one and checked on the other: every device agrees. Every Redis test
+runs its own redis-server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tidings.brokers import MemoryBroker
+from tidings.brokers.redis import RedisBroker
+from tidings.errors import BrokerUnavailable
+from tidings.inbox.base import Inbox, InboxLimits, compare_ids, split_announcement
+from tidings.inbox.memory import MemoryInbox
+from tidings.inbox.redis import RedisInbox
+from tidings.message import Message
+
+from .redis_fixture import RedisServer
+
+ID = re.compile(r"^[1-9][0-9]*-[0-9]+$")
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool] | bool], within: float = 5.0, what: str = ""
+) -> float:
+    """Poll ``condition`` (sync or async) until true; return the seconds it took."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return loop.time() - start
+        if loop.time() - start > within:
+            pytest.fail(f"not true within {within}s: {what or condition}")
+        await asyncio.sleep(0.01)
+
+
+@dataclass
+class Recorder:
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def __call__(self, channel: str, payload: bytes) -> None:
+        self.messages.append((channel, payload))
+
+    def on(self, channel: str) -> list[bytes]:
+        return [payload for name, payload in self.messages if name == channel]
+
+
+@dataclass
+class Subject:
+    kind: str
+    inbox: Inbox
+    other: Inbox
+    broker: MemoryBroker | RedisBroker
+    got: Recorder
+    server: RedisServer | None
+
+    async def announced(self, channel: str) -> list[bytes]:
+        """Everything announced on ``channel`` (subscribed) so far: a marker published
+        after them comes back last, since each channel keeps its order."""
+        marker = b"barrier-" + os.urandom(4).hex().encode()
+        await self.broker.publish(channel, marker)
+        await eventually(lambda: marker in self.got.on(channel), what=f"barrier on {channel}")
+        payloads = self.got.on(channel)
+        return [p for p in payloads if not p.startswith(b"barrier-")]
+
+
+Make = Callable[..., Awaitable[Subject]]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
+    """Factory: ``subject = await make(**InboxLimits fields)``; all closed at teardown."""
+    server: RedisServer | None = None
+    if request.param == "redis":
+        server = RedisServer(tmp_path)
+        await server.start()
+    brokers: list[MemoryBroker | RedisBroker] = []
+
+    async def build(**limits: Any) -> Subject:
+        inbox_limits = InboxLimits(**limits)
+        got = Recorder()
+        broker: MemoryBroker | RedisBroker
+        inbox: Inbox
+        other: Inbox
+        if server is None:
+            broker = MemoryBroker()
+            await broker.start(got)
+            inbox = other = MemoryInbox(broker, inbox_limits)
+        else:
+            broker = RedisBroker(server.url)
+            second = RedisBroker(server.url)
+            brokers.append(second)
+            await broker.start(got)
+            await second.start(Recorder())
+            inbox = RedisInbox(broker, inbox_limits)
+            other = RedisInbox(second, inbox_limits)
+        brokers.append(broker)
+        await inbox.start()
+        await other.start()
+        return Subject(request.param, inbox, other, broker, got, server)
+
+    yield build
+    for broker in brokers:
+        await broker.close()
+    if server is not None:
+        await server.stop()
+
+
+def msg(channel: str, body: str = "hi", destination: str = "/message") -> Message:
+    return Message(id="", channel=channel, destination=destination, body=body.encode())
+
+
+async def publish_n(inbox: Inbox, channel: str, n: int, destination: str = "/message") -> list[str]:
+    return [await inbox.publish(msg(channel, f"m{i}", destination)) for i in range(n)]
+
+
+async def not_stored(s: Subject, channel: str) -> bool:
+    """True once ``channel``'s inbox is gone, looked at without trimming it."""
+    if s.server is None:
+        assert isinstance(s.inbox, MemoryInbox)
+        return s.inbox._streams.get(channel) is None
+    client = s.server.client()
+    try:
+        return await client.exists(f"tidings:inbox:{channel}") == 0
+    finally:
+        await client.aclose()
+
+
+def id_of(announcement: bytes) -> str:
+    inbox_id, _ = split_announcement(announcement)
+    assert inbox_id is not None
+    return inbox_id
+
+
+def ids_of(stored: list[Any]) -> list[str]:
+    return [s.message.id for s in stored]
+
+
+class TestPublish:
+    async def test_ids_increase_and_each_is_announced_once(self, make: Make) -> None:
+        s = await make()
+        await s.broker.subscribe("u:42")
+        sent = [
+            Message("x1", "u:42", "/message", "héllo ✓".encode(), headers=(("k", "v"),)),
+            Message("x2", "u:42", "/queue/a", b'{"n":1}', "application/json;charset=UTF-8"),
+            Message("x3", "u:42", "/message", b""),
+        ]
+        ids = [await s.inbox.publish(m) for m in sent]
+        assert all(ID.match(i) for i in ids), ids
+        assert [compare_ids(a, b) for a, b in itertools.pairwise(ids)] == [-1, -1]
+        expected = [
+            i.encode() + b" " + m.stored_as(i).encode() for i, m in zip(ids, sent, strict=True)
+        ]
+        assert await s.announced("u:42") == expected
+        for payload, m, i in zip(expected, sent, ids, strict=True):
+            got_id, encoded = split_announcement(payload)
+            assert got_id == i
+            assert Message.decode(encoded).stored_as(i) == m.stored_as(i)
+
+    async def test_history_returns_what_was_published(self, make: Make) -> None:
+        s = await make()
+        sent = Message("x", "u:1", "/queue/q", "ünïcode".encode(), "text/x", (("a", "b"),))
+        inbox_id = await s.inbox.publish(sent)
+        history = await s.other.history("u:1", "0", limit=10)
+        assert history.gap is False
+        assert [m.message for m in history.messages] == [sent.stored_as(inbox_id)]
+        assert history.messages[0].message.order is not None
+        assert not history.messages[0].read
+
+    async def test_only_inbox_channels(self, make: Make) -> None:
+        s = await make()
+        with pytest.raises(ValueError, match="not an inbox channel"):
+            await s.inbox.publish(msg("x:1"))
+        with pytest.raises(ValueError):
+            await s.inbox.history("nope", "0", limit=1)
+
+    async def test_2000_concurrent_publishes_keep_order(self, make: Make) -> None:
+        s = await make(max_messages=5000)
+        await s.broker.subscribe("u:9")
+
+        async def publisher(task: int) -> list[str]:
+            return [await s.inbox.publish(msg("u:9", f"{task}-{i}")) for i in range(100)]
+
+        returned = await asyncio.gather(*(publisher(t) for t in range(20)))
+        await eventually(lambda: len(s.got.on("u:9")) >= 2000, within=20, what="2000 announced")
+        announced = [id_of(p) for p in await s.announced("u:9")]
+        assert len(announced) == 2000
+        assert all(compare_ids(a, b) < 0 for a, b in itertools.pairwise(announced))
+        history = await s.inbox.history("u:9", "0", limit=5000)
+        assert ids_of(history.messages) == announced
+        assert sorted(i for ids in returned for i in ids) == sorted(announced)
+        bodies = {m.message.body for m in history.messages}
+        assert len(bodies) == 2000  # none lost, none doubled
+
+
+class TestHistory:
+    async def test_after_and_limit(self, make: Make) -> None:
+        s = await make()
+        ids = await publish_n(s.inbox, "t:news", 5)
+        assert ids_of((await s.inbox.history("t:news", "0", limit=10)).messages) == ids
+        assert ids_of((await s.inbox.history("t:news", "0-0", limit=10)).messages) == ids
+        assert ids_of((await s.inbox.history("t:news", ids[1], limit=10)).messages) == ids[2:]
+        assert ids_of((await s.inbox.history("t:news", "0", limit=2)).messages) == ids[:2]
+        assert ids_of((await s.inbox.history("t:news", ids[0], limit=2)).messages) == ids[1:3]
+        end = await s.inbox.history("t:news", ids[-1], limit=10)
+        assert end.messages == [] and end.gap is False
+        none = await s.inbox.history("t:news", "0", limit=0)
+        assert none.messages == [] and none.gap is False
+        assert (await s.inbox.history("t:empty", "0", limit=10)).messages == []
+        with pytest.raises(ValueError):
+            await s.inbox.history("t:news", "yesterday", limit=10)
+
+    async def test_trim_by_count_reports_gaps(self, make: Make) -> None:
+        s = await make(max_messages=3)
+        ids = await publish_n(s.inbox, "u:5", 5)
+        assert ids_of((await s.inbox.history("u:5", "0", limit=10)).messages) == ids[2:]
+        assert (await s.inbox.history("u:5", "0", limit=10)).gap is False  # all retained
+        trimmed = await s.other.history("u:5", ids[0], limit=10)
+        assert trimmed.gap is True  # ids[1] was after it and is gone
+        assert ids_of(trimmed.messages) == ids[2:]
+        # ids[1] itself is gone, but nothing after it: a complete resume.
+        assert (await s.other.history("u:5", ids[1], limit=10)).gap is False
+        assert (await s.other.history("u:5", ids[2], limit=10)).gap is False
+        assert (await s.other.history("u:5", ids[2], limit=0)).gap is False
+        assert (await s.other.history("u:5", ids[0], limit=0)).gap is True
+
+    async def test_topic_history_is_shorter(self, make: Make) -> None:
+        s = await make(max_messages=10, topic_history=2)
+        topic = await publish_n(s.inbox, "t:a", 4)
+        user = await publish_n(s.inbox, "u:a", 4)
+        assert ids_of((await s.inbox.history("t:a", "0", limit=10)).messages) == topic[2:]
+        assert ids_of((await s.inbox.history("u:a", "0", limit=10)).messages) == user
+
+    async def test_trim_by_age(self, make: Make) -> None:
+        s = await make(max_age_s=0.4)
+        old = await publish_n(s.inbox, "u:3", 2)
+        await s.other.mark_read("3", ids=[old[0]])
+        await s.other.ack("3", [old[1]])
+
+        async def aged_out() -> bool:
+            return (await s.other.history("u:3", "0", limit=10)).messages == []
+
+        took = await eventually(aged_out, within=5, what="old messages trimmed by age")
+        assert took >= 0.2  # not trimmed early
+        assert await s.other.unread("3") == 0
+        assert (await s.other.history("u:3", old[0], limit=10)).gap is True
+        assert (await s.other.history("u:3", old[1], limit=10)).gap is False
+        new = await s.inbox.publish(msg("u:3", "new"))
+        after_old = await s.other.history("u:3", old[0], limit=10)
+        assert (ids_of(after_old.messages), after_old.gap) == ([new], True)
+        assert (await s.other.history("u:3", old[1], limit=10)).gap is False
+        assert await s.other.unread("3") == 1
+        assert ids_of(await s.other.unacked("3", "/message", limit=10)) == [new]
+
+    async def test_expired_inbox_reports_a_gap(self, make: Make) -> None:
+        s = await make(max_age_s=0.2)
+        old = await s.inbox.publish(msg("u:8"))
+        assert (await s.inbox.history("u:8", old, limit=10)).gap is False
+
+        async def forgotten() -> bool:
+            return (await s.inbox.history("u:8", old, limit=10)).gap
+
+        # The key (and with it what came before) goes max_age_s + 1 s after the write.
+        await eventually(forgotten, within=5, what="inbox expired")
+        assert (await s.inbox.history("u:8", "0", limit=10)).gap is False
+        new = await s.inbox.publish(msg("u:8"))
+        assert compare_ids(old, new) < 0
+        assert (await s.inbox.history("u:8", old, limit=10)).gap is True
+        assert (await s.inbox.history("u:8", new, limit=10)).gap is False
+
+
+class TestIdempotency:
+    async def test_same_key_stores_and_announces_once(self, make: Make) -> None:
+        s = await make()
+        await s.broker.subscribe("u:1")
+        first = await s.inbox.publish(msg("u:1", "a"), idempotency_key="k1")
+        again = await s.inbox.publish(msg("u:1", "a"), idempotency_key="k1")
+        on_other = await s.other.publish(msg("u:1", "a"), idempotency_key="k1")
+        assert first == again == on_other
+        assert ids_of((await s.inbox.history("u:1", "0", limit=10)).messages) == [first]
+        announced = await s.announced("u:1")
+        assert [id_of(p) for p in announced] == [first]
+
+    async def test_keys_are_per_channel(self, make: Make) -> None:
+        s = await make()
+        a = await s.inbox.publish(msg("u:1"), idempotency_key="k")
+        b = await s.inbox.publish(msg("u:2"), idempotency_key="k")
+        c = await s.inbox.publish(msg("t:1"), idempotency_key="k")
+        # "u:a:b" + "c" and "u:a" + "b:c" must not be the same key
+        d = await s.inbox.publish(msg("u:a:b"), idempotency_key="c")
+        e = await s.inbox.publish(msg("u:a"), idempotency_key="b:c")
+        for channel, inbox_id in [("u:1", a), ("u:2", b), ("t:1", c), ("u:a:b", d), ("u:a", e)]:
+            stored = await s.inbox.history(channel, "0", limit=10)
+            assert ids_of(stored.messages) == [inbox_id]
+        plain = await s.inbox.publish(msg("u:1"))
+        assert plain != a
+
+    async def test_key_expires(self, make: Make) -> None:
+        s = await make(idempotency_ttl_s=0.3)
+        first = await s.inbox.publish(msg("u:1"), idempotency_key="k")
+        ids = {first}
+
+        async def stored_anew() -> bool:
+            ids.add(await s.inbox.publish(msg("u:1"), idempotency_key="k"))
+            return len(ids) == 2
+
+        took = await eventually(stored_anew, within=5, what="idempotency key expired")
+        assert took >= 0.2
+        assert len((await s.inbox.history("u:1", "0", limit=10)).messages) == 2
+
+
+class TestAcks:
+    async def test_unacked_per_destination(self, make: Make) -> None:
+        s = await make()
+        a = await publish_n(s.inbox, "u:1", 4, "/queue/a")
+        b = await publish_n(s.inbox, "u:1", 2, "/queue/b")
+        await publish_n(s.inbox, "u:2", 2, "/queue/a")
+        assert ids_of(await s.other.unacked("1", "/queue/a", limit=10)) == a  # never delivered
+        await s.inbox.ack("1", [a[0], a[2]])
+        assert ids_of(await s.other.unacked("1", "/queue/a", limit=10)) == [a[1], a[3]]
+        assert ids_of(await s.other.unacked("1", "/queue/a", limit=1)) == [a[1]]
+        assert await s.other.unacked("1", "/queue/a", limit=0) == []
+        assert ids_of(await s.other.unacked("1", "/queue/b", limit=10)) == b
+        assert await s.other.unacked("1", "/queue/none", limit=10) == []
+        assert len(await s.other.unacked("2", "/queue/a", limit=10)) == 2  # other user untouched
+        unacked = await s.other.unacked("1", "/queue/a", limit=10)
+        assert unacked[0].message == msg("u:1", "m1", "/queue/a").stored_as(a[1])
+
+    async def test_acks_in_any_order(self, make: Make) -> None:
+        s = await make()
+        dests = ["/a", "/b", "/a", "/a", "/b", "/a"]
+        ids = [await s.inbox.publish(msg("u:1", f"m{i}", d)) for i, d in enumerate(dests)]
+        a0, b0, a1, a2, b1, a3 = ids
+
+        async def unacked(destination: str = "/a", limit: int = 10) -> list[str]:
+            return ids_of(await s.other.unacked("1", destination, limit=limit))
+
+        assert await unacked() == [a0, a1, a2, a3]
+        await s.inbox.ack("1", [a1])
+        assert await unacked() == [a0, a2, a3]
+        await s.inbox.ack("1", [a0])
+        assert await unacked(limit=1) == [a2]
+        assert await unacked() == [a2, a3]
+        await s.inbox.ack("1", [a3])
+        assert await unacked() == [a2]
+        await s.inbox.ack("1", [a2])
+        assert await unacked() == []
+        assert await unacked() == []
+        a4 = await s.inbox.publish(msg("u:1", "m6", "/a"))
+        assert await unacked() == [a4]
+        assert await unacked("/b") == [b0, b1]
+        await s.inbox.ack("1", [b1])
+        assert await unacked("/b") == [b0]
+
+    async def test_ack_of_unknown_ids_is_harmless(self, make: Make) -> None:
+        s = await make()
+        ids = await publish_n(s.inbox, "u:1", 2)
+        await s.inbox.publish(msg("u:2"))
+        await s.inbox.ack("1", ["99999999999999-0", "1-1", "garbage", "", "1-"])
+        await s.inbox.ack("nobody", ids)
+        await s.inbox.ack("1", [])
+        assert ids_of(await s.other.unacked("1", "/message", limit=10)) == ids
+        await s.inbox.ack("1", [ids[0], ids[0]])
+        assert ids_of(await s.other.unacked("1", "/message", limit=10)) == ids[1:]
+
+    async def test_acks_forget_trimmed_ids(self, make: Make) -> None:
+        s = await make(max_messages=2)
+        old = await publish_n(s.inbox, "u:1", 2)
+        await s.inbox.ack("1", old)
+        new = await publish_n(s.inbox, "u:1", 2)
+        assert ids_of(await s.other.unacked("1", "/message", limit=10)) == new
+        if s.server is not None:
+            client = s.server.client()
+            try:
+                assert await client.zcard("tidings:acked:1") == 0
+            finally:
+                await client.aclose()
+
+
+class TestReadState:
+    async def test_mark_read_ids_and_up_to(self, make: Make) -> None:
+        s = await make()
+        ids = await publish_n(s.inbox, "u:7", 5)
+        assert await s.other.unread("7") == 5
+        assert await s.inbox.mark_read("7", ids=[ids[1], ids[3]]) == 3
+        assert await s.other.unread("7") == 3
+        assert await s.inbox.mark_read("7", ids=[ids[1]]) == 3  # again: no change
+        flags = [m.read for m in await s.other.listing("7", "0", limit=10)]
+        assert flags == [False, True, False, True, False]
+        assert await s.inbox.mark_read("7", up_to=ids[2]) == 1
+        flags = [m.read for m in await s.other.listing("7", "0", limit=10)]
+        assert flags == [True, True, True, True, False]
+        assert await s.inbox.mark_read("7", up_to=ids[0]) == 1  # the floor never goes back
+        listing = await s.other.listing("7", ids[2], limit=1)
+        assert [(m.message.id, m.read) for m in listing] == [(ids[3], True)]
+        assert listing[0].message == msg("u:7", "m3").stored_as(ids[3])
+        assert await s.other.mark_read("7", ids=[ids[4]], up_to=ids[1]) == 0
+        assert await s.inbox.unread("7") == 0
+        assert all(m.read for m in await s.other.listing("7", "0", limit=10))
+
+    async def test_unknown_ids_and_future_floor(self, make: Make) -> None:
+        s = await make()
+        ids = await publish_n(s.inbox, "u:7", 2)
+        await s.inbox.publish(msg("u:8"))
+        assert await s.inbox.mark_read("7", ids=["99999999999999-0", "1-1", "junk"]) == 2
+        assert await s.inbox.mark_read("7") == 2
+        assert await s.inbox.mark_read("nobody", ids=ids, up_to=ids[1]) == 0
+        assert await s.other.unread("8") == 1
+        # up_to beyond the newest covers what exists, not what comes later
+        assert await s.inbox.mark_read("7", up_to="99999999999999-0") == 0
+        later = await s.inbox.publish(msg("u:7"))
+        assert await s.other.unread("7") == 1
+        assert [m.read for m in await s.other.listing("7", ids[1], limit=10)] == [False]
+        assert await s.inbox.mark_read("7", ids=[later]) == 0
+        with pytest.raises(ValueError):
+            await s.inbox.mark_read("7", up_to="junk")
+
+    async def test_read_state_forgets_trimmed_ids(self, make: Make) -> None:
+        s = await make(max_messages=3)
+        old = await publish_n(s.inbox, "u:4", 3)
+        assert await s.inbox.mark_read("4", ids=old[1:]) == 1
+        new = await publish_n(s.inbox, "u:4", 2)  # old[0] and old[1] trimmed
+        assert await s.other.unread("4") == 2
+        assert await s.other.mark_read("4", up_to=old[1]) == 2  # nothing retained up to it
+        listing = await s.other.listing("4", "0", limit=10)
+        assert [(m.message.id, m.read) for m in listing] == [
+            (old[2], True),
+            (new[0], False),
+            (new[1], False),
+        ]
+        await publish_n(s.inbox, "u:4", 3)  # everything read is gone
+        assert await s.other.unread("4") == 3
+        if s.server is not None:
+            client = s.server.client()
+            try:
+                assert await client.zcard("tidings:read:4") == 0
+            finally:
+                await client.aclose()
+
+    async def test_read_ids_of_an_expired_inbox_do_not_count(self, make: Make) -> None:
+        s = await make(max_age_s=0.3)
+        old = await publish_n(s.inbox, "u:6", 2)
+        await asyncio.sleep(0.15)  # the clock: the read state must outlive the inbox
+        assert await s.inbox.mark_read("6", ids=[old[1]]) == 1
+        # Untouched (every call would trim it by age), the inbox expires before the read
+        # ids do; watch it without calling the inbox.
+        await eventually(lambda: not_stored(s, "u:6"), within=5, what="inbox expired")
+        await publish_n(s.inbox, "u:6", 2)
+        assert await s.other.unread("6") == 2
+
+
+class TestFailure:
+    async def test_storage_failure_raises_broker_unavailable(self, make: Make) -> None:
+        s = await make()
+        ids = await publish_n(s.inbox, "u:1", 1)
+        if s.server is not None:
+            await s.server.stop()
+        else:
+            await s.broker.close()
+        with pytest.raises(BrokerUnavailable):
+            await s.inbox.publish(msg("u:1", "lost"))
+        if s.server is None:
+            stored = await s.inbox.history("u:1", "0", limit=10)
+            assert ids_of(stored.messages) == ids  # nothing stored when it cannot announce
+            return
+        calls: list[Awaitable[Any]] = [
+            s.inbox.publish(msg("u:1"), idempotency_key="k"),
+            s.inbox.history("u:1", "0", limit=10),
+            s.inbox.unacked("1", "/message", limit=10),
+            s.inbox.ack("1", ids),
+            s.inbox.listing("1", "0", limit=10),
+            s.inbox.unread("1"),
+            s.inbox.mark_read("1", ids=ids),
+        ]
+        for call in calls:
+            with pytest.raises(BrokerUnavailable, match="redis unavailable"):
+                await call
+
+    async def test_closed_inbox_refuses(self, make: Make) -> None:
+        s = await make()
+        await s.inbox.close()
+        with pytest.raises(BrokerUnavailable):
+            await s.inbox.publish(msg("u:1"))
+        with pytest.raises(BrokerUnavailable):
+            await s.inbox.unread("1")
+        with pytest.raises(BrokerUnavailable):
+            await s.inbox.ack("1", ["1-0"])
+
+
+# -- one inbox only ------------------------------------------------------------------
+
+
+async def test_memory_ids_never_go_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    broker = MemoryBroker()
+    await broker.start(Recorder())
+    inbox = MemoryInbox(broker, InboxLimits())
+    clock = [5_000_000]
+    monkeypatch.setattr("tidings.inbox.memory._wall_ms", lambda: clock[0])
+    a = await inbox.publish(msg("u:1"))
+    clock[0] -= 1000  # the clock steps back
+    b = await inbox.publish(msg("u:1"))
+    c = await inbox.publish(msg("u:1"))
+    clock[0] += 5000
+    d = await inbox.publish(msg("u:1"))
+    assert [a, b, c, d] == ["5000000-0", "5000000-1", "5000000-2", "5004000-0"]
+    assert await inbox.publish(msg("u:2")) == "5004000-0"  # one sequence per channel
+
+
+async def test_redis_keys_and_ttls(redis_server: RedisServer) -> None:
+    broker = RedisBroker(redis_server.url)
+    await broker.start(Recorder())
+    inbox = RedisInbox(broker, InboxLimits(max_age_s=60))
+    client = redis_server.client()
+    try:
+        inbox_id = await inbox.publish(msg("u:42"), idempotency_key="k")
+        await inbox.publish(msg("t:news"))
+        await inbox.ack("42", [inbox_id])
+        await inbox.mark_read("42", ids=[inbox_id], up_to=inbox_id)
+        await inbox.mark_read("42", ids=[await inbox.publish(msg("u:42"))])
+        assert len(await inbox.unacked("42", "/message", limit=10)) == 1
+        names = await client.keys("tidings:*")
+        keys = sorted(k.decode() if isinstance(k, bytes) else k for k in names)
+        assert keys == [
+            "tidings:ackcursor:42",
+            "tidings:acked:42",
+            "tidings:idem:4:u:42:k",
+            "tidings:inbox:t:news",
+            "tidings:inbox:u:42",
+            "tidings:read:42",
+            "tidings:readfloor:42",
+        ]
+        for key in keys:
+            ttl = await client.pttl(key)
+            limit = 24 * 3600 * 1000 if "idem" in key else 61_000
+            assert 0 < ttl <= limit, key
+    finally:
+        await client.aclose()
+        await broker.close()

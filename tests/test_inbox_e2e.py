@@ -1,0 +1,362 @@
+"""The durable inbox end to end (issue 4), on the memory broker and on Redis.
+
+Load scenarios drive many sessions with the byte-level aiohttp client (tests/stompws.py);
+ack and read-state scenarios use the real @stomp/stompjs client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tidings.message import id_key
+
+from .conftest import JsClientFactory, StartServer, TidingsServer
+from .stompws import Closed, StompWs
+
+BROKERS = ["memory", "redis"]
+
+
+async def start_nodes(
+    kind: str, count: int, tidings_server: StartServer, redis_server: Any, *args: str
+) -> list[TidingsServer]:
+    if kind == "memory":
+        return [await tidings_server(*args)]  # one process holds everything
+    return list(
+        await asyncio.gather(
+            *(
+                tidings_server("--broker", redis_server.url, "--node-id", f"N{n}", *args)
+                for n in range(count)
+            )
+        )
+    )
+
+
+@pytest.fixture
+async def http() -> Any:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=50)) as session:
+        yield session
+
+
+async def publish(http: aiohttp.ClientSession, server: TidingsServer, user: str, body: str) -> str:
+    async with http.post(
+        f"{server.http_url}/api/v1/users/{user}/messages", json={"body": body}
+    ) as reply:
+        assert reply.status == 202, await reply.text()
+        inbox_id: str = (await reply.json())["id"]
+        return inbox_id
+
+
+@dataclass
+class Reader:
+    """One user's session that keeps reconnecting with tidings-resume-after."""
+
+    user: str
+    node: int
+    received: list[tuple[str, bytes]] = field(default_factory=list)
+    client: StompWs | None = None
+    reconnects: int = 0
+    target: int | None = None
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def last_id(self) -> str:
+        return self.received[-1][0] if self.received else "0"
+
+    def check_complete(self) -> None:
+        if self.target is not None and len(self.received) >= self.target:
+            self.complete.set()
+
+    async def run(self, nodes: list[TidingsServer]) -> None:
+        while True:
+            try:
+                client = self.client = await StompWs.open(nodes[self.node].ws_url())
+            except aiohttp.ClientError:  # that node is gone: try the other one
+                self.node = (self.node + 1) % len(nodes)
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                await client.connect(login=self.user)
+                await client.subscribe(
+                    "s", f"/user/{self.user}/message", **{"tidings-resume-after": self.last_id}
+                )
+                while True:
+                    item = await client.next(timeout=3600)
+                    if isinstance(item, Closed):
+                        break
+                    if isinstance(item, str):
+                        continue
+                    assert item.command == "MESSAGE", item
+                    inbox_id = item.get("tidings-id")
+                    assert inbox_id is not None, item
+                    self.received.append((inbox_id, item.body))
+                    self.check_complete()
+            except (AssertionError, aiohttp.ClientError, ConnectionError, TimeoutError):
+                if self.client is not client:
+                    raise
+            finally:
+                await client.close()
+            self.reconnects += 1
+            self.node = (self.node + 1) % len(nodes)  # come back through the other node
+
+    async def drop(self) -> None:
+        if self.client is not None:
+            await self.client.ws.close()
+
+
+async def run_resume_scenario(
+    nodes: list[TidingsServer],
+    http: aiohttp.ClientSession,
+    *,
+    users: int,
+    messages: int,
+    kill_node: bool = False,
+) -> dict[str, Reader]:
+    readers = {f"u{n}": Reader(f"u{n}", n % len(nodes)) for n in range(users)}
+    tasks = [asyncio.create_task(r.run(nodes)) for r in readers.values()]
+    published: dict[str, list[str]] = defaultdict(list)
+    rng = random.Random(4)
+    alive = list(nodes)
+
+    async def publisher(worker: int) -> None:
+        for n in range(worker, messages, 20):
+            user = f"u{rng.randrange(users)}"
+            node = alive[n % len(alive)]
+            try:
+                published[user].append(await publish(http, node, user, f"{user}:{n}"))
+            except (AssertionError, aiohttp.ClientError):
+                assert node not in alive, "a live node refused a publish"
+
+    async def chaos() -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            await rng.choice(list(readers.values())).drop()
+
+    async def killer() -> None:
+        await asyncio.sleep(1.0)
+        victim = nodes[0]
+        alive.remove(victim)
+        victim.proc.kill()
+
+    chaos_task = asyncio.create_task(chaos())
+    killer_task = asyncio.create_task(killer()) if kill_node else None
+    try:
+        await asyncio.gather(*(publisher(w) for w in range(20)))
+    finally:
+        chaos_task.cancel()
+        if killer_task is not None:
+            await killer_task
+    try:
+        for user, reader in readers.items():
+            reader.target = len(published[user])
+            reader.check_complete()
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(r.complete.wait() for r in readers.values()))
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    for user, reader in readers.items():
+        ids = [inbox_id for inbox_id, _ in reader.received]
+        keys = [id_key(inbox_id) for inbox_id in ids]
+        assert keys == sorted(set(keys)), f"{user}: a duplicate or out of order"
+        assert all(body.startswith(f"{user}:".encode()) for _, body in reader.received)
+        if kill_node:
+            # Every 2xx arrived; a publish cut off with the node may have been stored
+            # without its 2xx reaching us, and then arrives too (at least once).
+            assert set(published[user]) <= set(ids), f"{user}: an accepted message is missing"
+        else:
+            assert ids == sorted(published[user], key=id_key), f"{user}: not exactly once"
+    assert sum(len(ids) for ids in published.values()) > 0
+    return readers
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_resume_under_load_loses_and_repeats_nothing(
+    kind: str, tidings_server: StartServer, redis_server: Any, http: aiohttp.ClientSession
+) -> None:
+    nodes = await start_nodes(kind, 2, tidings_server, redis_server)
+    readers = await run_resume_scenario(nodes, http, users=200, messages=20_000)
+    assert sum(r.reconnects for r in readers.values()) >= 50, "the scenario dropped too few"
+
+
+async def test_killed_node_loses_nothing_that_was_accepted(
+    tidings_server: StartServer, redis_server: Any, http: aiohttp.ClientSession
+) -> None:
+    nodes = await start_nodes("redis", 2, tidings_server, redis_server)
+    await run_resume_scenario(nodes, http, users=50, messages=4_000, kill_node=True)
+
+
+async def ack_client(js_client: JsClientFactory, node: TidingsServer, user: str) -> Any:
+    client = await js_client("stompjs7", node.ws_url())
+    await client.connect(login=user)
+    await client.subscribe("inbox", f"/user/{user}/message", ack="client-individual")
+    return client
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_offline_messages_wait_for_ack(
+    kind: str,
+    tidings_server: StartServer,
+    redis_server: Any,
+    js_client: JsClientFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    nodes = await start_nodes(kind, 2, tidings_server, redis_server)
+    # Published while user 42 has no session at all.
+    ids = [await publish(http, nodes[0], "42", f"offline-{n}") for n in range(5)]
+    first = await ack_client(js_client, nodes[-1], "42")
+    got = [await first.expect("message") for _ in ids]
+    assert [m["body"] for m in got] == [f"offline-{n}" for n in range(5)]
+    assert [m["headers"]["tidings-id"] for m in got] == ids
+    for message in got[:3]:  # acknowledge three of five
+        await first.command(
+            "ack",
+            message=message["headers"]["ack"],
+            subscription="inbox",
+            headers={"receipt": f"ack-{message['body']}"},
+        )
+        await first.expect("receipt", id=f"ack-{message['body']}")
+    await first.disconnect()
+
+    # Any node, any device: the two unacknowledged ones come again, and only they.
+    second = await ack_client(js_client, nodes[0], "42")
+    again = [await second.expect("message") for _ in range(2)]
+    assert [m["body"] for m in again] == ["offline-3", "offline-4"]
+    # Then live: a new message arrives after them, and nothing else came in between.
+    await publish(http, nodes[0], "42", "live")
+    assert (await second.expect("message"))["body"] == "live"
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_read_state_is_shared_by_every_device(
+    kind: str,
+    tidings_server: StartServer,
+    redis_server: Any,
+    js_client: JsClientFactory,
+    http: aiohttp.ClientSession,
+) -> None:
+    nodes = await start_nodes(kind, 2, tidings_server, redis_server)
+    phone = await js_client("stompjs7", nodes[0].ws_url())
+    laptop = await js_client("stompjs7", nodes[-1].ws_url())
+    for device in (phone, laptop):
+        await device.connect(login="42")
+        await device.subscribe("state", "/user/queue/inbox-state")
+    ids = [await publish(http, nodes[0], "42", f"n{n}") for n in range(6)]
+    api = nodes[-1].http_url + "/api/v1/users/42/inbox"
+    async with http.get(api + "/unread") as reply:
+        assert await reply.json() == {"unread": 6}
+
+    # The phone marks two read over STOMP: both devices hear the new count.
+    await phone.send("/app/inbox/read", orjson.dumps({"ids": ids[:2]}).decode(), receipt="read")
+    await phone.expect("receipt", id="read")
+    for device in (phone, laptop):
+        event = await device.expect("message", subscription="state")
+        assert orjson.loads(event["body"])["unread"] == 4
+    # Then everything up to the fourth over HTTP.
+    async with http.post(api + "/read", json={"up_to": ids[3]}) as reply:
+        assert await reply.json() == {"unread": 2}
+    for device in (phone, laptop):
+        event = await device.expect("message", subscription="state")
+        assert orjson.loads(event["body"])["unread"] == 2
+    async with http.get(api, params={"after": "0", "limit": "10"}) as reply:
+        listing = (await reply.json())["messages"]
+    assert [(m["id"], m["read"]) for m in listing] == [
+        (inbox_id, n < 4) for n, inbox_id in enumerate(ids)
+    ]
+    assert [m["body"] for m in listing] == [f"n{n}" for n in range(6)]
+    async with http.get(api, params={"after": ids[4]}) as reply:
+        assert [m["id"] for m in (await reply.json())["messages"]] == [ids[5]]
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_idempotent_publish_stores_once(
+    kind: str, tidings_server: StartServer, redis_server: Any, http: aiohttp.ClientSession
+) -> None:
+    (node, *_) = await start_nodes(kind, 1, tidings_server, redis_server)
+    url = f"{node.http_url}/api/v1/users/42/messages"
+    answers = []
+    for _ in range(3):
+        async with http.post(url, json={"body": "once"}, headers={"Idempotency-Key": "k1"}) as r:
+            assert r.status == 202
+            answers.append((await r.json())["id"])
+    async with http.post(url, json={"body": "field", "id": "k2"}) as r:
+        answers.append((await r.json())["id"])
+    async with http.post(url, json={"body": "field", "id": "k2"}) as r:
+        answers.append((await r.json())["id"])
+    assert answers[0] == answers[1] == answers[2] and answers[3] == answers[4]
+    async with http.get(f"{node.http_url}/api/v1/users/42/inbox") as reply:
+        stored = (await reply.json())["messages"]
+    assert [m["body"] for m in stored] == ["once", "field"]
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_retention_trims_and_reports_a_resume_gap(
+    kind: str, tidings_server: StartServer, redis_server: Any, http: aiohttp.ClientSession
+) -> None:
+    (node, *_) = await start_nodes(
+        kind, 1, tidings_server, redis_server, "--inbox-max-messages", "5"
+    )
+    ids = [await publish(http, node, "42", f"m{n}") for n in range(10)]
+    async with http.get(f"{node.http_url}/api/v1/users/42/inbox") as reply:
+        assert [m["id"] for m in (await reply.json())["messages"]] == ids[5:]
+    # Resuming after the second message: the next three were trimmed. The client is told.
+    client = await StompWs.open(node.ws_url())
+    try:
+        await client.connect(login="42")
+        await client.send_frame(
+            "SUBSCRIBE",
+            {
+                "id": "s",
+                "destination": "/user/42/message",
+                "receipt": "r",
+                "tidings-resume-after": ids[1],
+            },
+        )
+        receipt = await client.expect("RECEIPT", **{"receipt-id": "r"})
+        assert receipt.get("tidings-gap") == "true"
+        first = await client.expect("MESSAGE", **{"tidings-id": ids[5]})
+        assert first.get("tidings-gap") == "true"
+        for inbox_id in ids[6:]:
+            message = await client.expect("MESSAGE", **{"tidings-id": inbox_id})
+            assert message.get("tidings-gap") is None
+        # A resume from a retained id has no gap.
+        await client.send_frame(
+            "SUBSCRIBE",
+            {
+                "id": "t",
+                "destination": "/user/42/message",
+                "receipt": "r2",
+                "tidings-resume-after": ids[7],
+            },
+        )
+        receipt = await client.expect("RECEIPT", **{"receipt-id": "r2"})
+        assert receipt.get("tidings-gap") is None
+        assert (await client.expect("MESSAGE", subscription="t")).get("tidings-id") == ids[8]
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("value", ["abc", "1-x", "99999999999999999999999-0", " 1-0"])
+async def test_a_malformed_resume_id_is_refused(tidings_server: StartServer, value: str) -> None:
+    node = await tidings_server()
+    client = await StompWs.open(node.ws_url())
+    try:
+        await client.connect(login="42")
+        await client.send_frame(
+            "SUBSCRIBE",
+            {"id": "s", "destination": "/user/42/message", "tidings-resume-after": value},
+        )
+        await client.expect_error_and_close("bad tidings-resume-after header", 1002)
+    finally:
+        await client.close()
