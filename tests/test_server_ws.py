@@ -241,3 +241,17 @@ async def test_disconnect_with_receipt(server: TidingsServer) -> None:
         assert isinstance(closed, Closed) and closed.code == 1000
     finally:
         await client.close()
+
+
+async def test_connect_and_disconnect_in_one_message(server: TidingsServer) -> None:
+    client = await StompWs.open(server.ws_url())
+    try:
+        await client.send_raw(
+            b"CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0DISCONNECT\nreceipt:bye\n\n\0"
+        )
+        await client.expect("CONNECTED")
+        await client.expect("RECEIPT", **{"receipt-id": "bye"})
+        closed = await client.next()
+        assert isinstance(closed, Closed) and closed.code == 1000
+    finally:
+        await client.close()

@@ -187,16 +187,29 @@ def test_second_connect(command: str) -> None:
         conn.receive_data(wire(command, "accept-version:1.2"))
 
 
-def test_frames_pipelined_after_connect_use_the_negotiated_version() -> None:
+def test_frames_pipelined_after_connect_wait_for_accept_then_use_the_version() -> None:
     conn = ServerConnection()
     data = wire("CONNECT", "accept-version:1.2") + wire(
         "SUBSCRIBE", "id:0", "destination:/topic/a\\cb"
     )
-    connect, subscribe = conn.receive_data(data)
+    (connect,) = conn.receive_data(data)  # the SUBSCRIBE waits: the CONNECT may be refused
     assert isinstance(connect, ConnectRequested)
+    assert conn.state is State.CONNECTING
+    assert conn.receive_data(b"") == []
+    conn.accept(session_id="s", user_name=None)
+    (subscribe,) = conn.receive_data(b"")
     assert isinstance(subscribe, SubscribeRequested)
     assert subscribe.destination == "/topic/a:b"  # unescaped as 1.2
-    assert conn.state is State.CONNECTING
+
+
+def test_connect_then_disconnect_in_one_chunk() -> None:
+    conn = ServerConnection()
+    data = wire("CONNECT", "accept-version:1.2") + wire("DISCONNECT", "receipt:bye")
+    (connect,) = conn.receive_data(data)
+    assert isinstance(connect, ConnectRequested)
+    conn.accept(session_id="s", user_name=None)
+    (disconnect,) = conn.receive_data(b"")
+    assert isinstance(disconnect, DisconnectRequested) and disconnect.receipt == "bye"
 
 
 def test_heartbeats_are_counted() -> None:
@@ -211,6 +224,8 @@ def test_split_input() -> None:
     events = []
     for i in range(len(data)):
         events += conn.receive_data(data[i : i + 1])
+        if conn.state is State.CONNECTING:
+            conn.accept(session_id="s", user_name=None)
     assert [type(e) for e in events] == [ConnectRequested, SendRequested]
 
 

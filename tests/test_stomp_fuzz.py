@@ -152,6 +152,7 @@ def test_connection_yields_events_or_protocol_errors(
                     conn.receipt(receipt)  # every surfaced receipt can be answered
             if conn.state is State.CONNECTING:
                 conn.accept(session_id="s", user_name="u")
+                conn.receive_data(b"")  # the frames that waited behind the CONNECT
             assert len(conn.subscriptions) <= limits.max_subscriptions
     except StompProtocolError as exc:
         assert conn.state is State.CLOSED

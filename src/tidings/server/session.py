@@ -118,10 +118,14 @@ class StompSession:
             return
         self._last_read = asyncio.get_running_loop().time()
         try:
-            for event in self.conn.receive_data(data):
-                await self._handle(event)
-                if self.closed:
-                    return
+            events = self.conn.receive_data(data)
+            while events:
+                for event in events:
+                    await self._handle(event)
+                    if self.closed:
+                        return
+                # Frames behind a CONNECT wait until it is accepted: take them now.
+                events = self.conn.receive_data(b"")
         except StompProtocolError as exc:
             self.fail(exc.message, exc.detail, CLOSE_PROTOCOL_ERROR)
         except AuthError as exc:

@@ -270,8 +270,14 @@ class ServerConnection:
             raise
 
     def _handle_frames(self) -> list[Event]:
+        """Apply buffered frames; stop after a CONNECT until ``accept()`` (or ``error()``).
+
+        Frames behind a CONNECT wait in the parser: they are not applied before the edge
+        has accepted the CONNECT (the credentials may be refused). The edge calls
+        ``receive_data(b"")`` after ``accept()`` to get them.
+        """
         events: list[Event] = []
-        while self.state is not State.CLOSED:
+        while self.state not in (State.CLOSED, State.CONNECTING):
             self._error_receipt = None
             frame = self._parser.next_frame()
             if frame is None:
