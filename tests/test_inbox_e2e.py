@@ -360,3 +360,40 @@ async def test_a_malformed_resume_id_is_refused(tidings_server: StartServer, val
         await client.expect_error_and_close("bad tidings-resume-after header", 1002)
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_nack_redelivers_and_client_ack_is_cumulative(
+    kind: str, tidings_server: StartServer, redis_server: Any, http: aiohttp.ClientSession
+) -> None:
+    (node, *_) = await start_nodes(kind, 1, tidings_server, redis_server)
+    for n in range(4):
+        await publish(http, node, "42", f"m{n}")
+    client = await StompWs.open(node.ws_url())
+    try:
+        await client.connect(login="42")
+        await client.subscribe("s", "/user/42/message", ack="client")
+        got = [await client.expect("MESSAGE") for _ in range(4)]
+        assert [m.body for m in got] == [b"m0", b"m1", b"m2", b"m3"]
+        # NACK m1: it comes again at once, under a new ack id.
+        await client.send_frame("NACK", {"id": got[1].get("ack") or "", "receipt": "n"})
+        again = await client.expect("MESSAGE")
+        await client.expect("RECEIPT", **{"receipt-id": "n"})
+        assert again.body == b"m1" and again.get("ack") != got[1].get("ack")
+        # ACK m2 in client mode: m0 and m2 (sent before it on this subscription) are acked;
+        # m3 was not, and the redelivered m1 was sent after m2, so it is not either.
+        await client.send_frame("ACK", {"id": got[2].get("ack") or "", "receipt": "a"})
+        await client.expect("RECEIPT", **{"receipt-id": "a"})
+    finally:
+        await client.close()
+    # A new session gets exactly what is still unacknowledged.
+    client = await StompWs.open(node.ws_url())
+    try:
+        await client.connect(login="42")
+        await client.subscribe("s", "/user/42/message", ack="client-individual")
+        bodies = [(await client.expect("MESSAGE")).body for _ in range(2)]
+        assert bodies == [b"m1", b"m3"]
+        await publish(http, node, "42", "end")  # and nothing else came before it
+        assert (await client.expect("MESSAGE")).body == b"end"
+    finally:
+        await client.close()
