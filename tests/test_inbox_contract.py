@@ -26,7 +26,7 @@ from tidings.errors import BrokerUnavailable
 from tidings.inbox.base import Inbox, InboxLimits, compare_ids, split_announcement
 from tidings.inbox.memory import MemoryInbox
 from tidings.inbox.redis import RedisInbox
-from tidings.message import Message
+from tidings.message import Message, id_key
 
 from .redis_fixture import RedisServer
 
@@ -549,6 +549,35 @@ async def test_redis_keys_and_ttls(redis_server: RedisServer) -> None:
             ttl = await client.pttl(key)
             limit = 24 * 3600 * 1000 if "idem" in key else 61_000
             assert 0 < ttl <= limit, key
+    finally:
+        await client.aclose()
+        await broker.close()
+
+
+async def test_redis_publishes_share_round_trips_and_survive_a_script_flush(
+    redis_server: RedisServer,
+) -> None:
+    broker = RedisBroker(redis_server.url)
+    got = Recorder()
+    await broker.start(got)
+    await broker.subscribe("u:7")
+    inbox = RedisInbox(broker, InboxLimits())
+    client = redis_server.client()
+    try:
+        # 200 concurrent publishes: pipelined, yet each caller gets its own, distinct id.
+        ids = await asyncio.gather(*(inbox.publish(msg("u:7", f"m{n}")) for n in range(200)))
+        assert len(set(ids)) == 200
+        history = await inbox.history("u:7", "0", limit=1000)
+        assert sorted(ids_of(history.messages), key=id_key) == ids_of(history.messages)
+        assert sorted(ids, key=id_key) == ids_of(history.messages)
+        # Redis forgets its scripts (as after a restart): the next publishes load it again.
+        await client.script_flush()
+        again = await asyncio.gather(*(inbox.publish(msg("u:7", f"x{n}")) for n in range(5)))
+        assert len(set(again)) == 5
+        newest = max(ids, key=id_key)
+        assert ids_of((await inbox.history("u:7", newest, limit=10)).messages) == sorted(
+            again, key=id_key
+        )
     finally:
         await client.aclose()
         await broker.close()
