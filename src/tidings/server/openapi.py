@@ -101,11 +101,13 @@ def _paths() -> Json:
     }
 
 
-def _api_get(operation_id: str, summary: str, schema: str, *, statuses: tuple[str, ...]) -> Json:
+def _api_get(
+    operation_id: str, summary: str, schema: str, *, statuses: tuple[str, ...], tag: str = "inbox"
+) -> Json:
     """A GET under the API's rules (bearer key or loopback) for one user."""
     return {
         "operationId": operation_id,
-        "tags": ["inbox"],
+        "tags": [tag],
         "summary": summary,
         "security": [{"bearer": []}, {}],
         "parameters": [_path_parameter("user", "The user id.")],
@@ -165,17 +167,13 @@ def _inbox_read() -> Json:
 
 
 def _user_presence() -> Json:
-    return {
-        "operationId": "userPresence",
-        "tags": ["presence"],
-        "summary": "Is one user online, on how many sessions and which nodes (cluster-wide)",
-        "security": [{"bearer": []}, {}],
-        "parameters": [_path_parameter("user", "The user id.")],
-        "responses": {
-            "200": {"description": "The user's presence.", "content": _json_content("Presence")}
-        }
-        | {status: _ref("responses", _ERRORS[status][0]) for status in ("401", "403", "503")},
-    }
+    return _api_get(
+        "userPresence",
+        "Is one user online, on how many sessions and which nodes (cluster-wide)",
+        "Presence",
+        statuses=("401", "403", "503"),
+        tag="presence",
+    )
 
 
 def _presence_query() -> Json:
