@@ -1,0 +1,1 @@
+"""Tidings' benchmark suite: ``./run bench`` (see bench/README.md)."""

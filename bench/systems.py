@@ -1,0 +1,282 @@
+"""The systems under test: how to start N nodes of each and how clients reach them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.procs import (
+    SERVER_CORE,
+    BenchError,
+    Proc,
+    RabbitCluster,
+    Registry,
+    free_port,
+    wait_http_ok,
+    wait_port,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+
+
+@dataclass
+class Context:
+    """What every deployment needs: the process registry, Redis, where to write logs."""
+
+    reg: Registry
+    log_dir: Path
+    work_dir: Path
+    redis_url: str
+    redis_pid: int
+    tidings_env: dict[str, str] = field(default_factory=dict)
+    python: str = sys.executable
+
+
+@dataclass
+class Deployment:
+    system: str
+    servers: list[Proc]
+    proto: str  # "stomp" or "sio"
+    flavor: str | None
+    targets: list[dict[str, Any]]
+    topic_dest: str
+    user_dest: str
+    publisher: dict[str, Any]
+    uses_redis: bool
+    stop: Callable[[], None]
+
+    def client_spec(self, destination: str, **extra: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "proto": self.proto,
+            "flavor": self.flavor,
+            "targets": self.targets,
+            "destination": destination,
+        }
+        spec.update(extra)
+        return spec
+
+    def meter_pids(self, ctx: Context) -> dict[str, int]:
+        pids = {f"server-{i + 1}": proc.pid for i, proc in enumerate(self.servers)}
+        if self.uses_redis:
+            pids["redis"] = ctx.redis_pid
+        return pids
+
+
+@dataclass(frozen=True)
+class System:
+    key: str
+    label: str
+    describe: str
+    deploy: Callable[[Context, int], Deployment]
+
+
+def _start_nodes(
+    ctx: Context,
+    nodes: int,
+    start: Callable[[int, int], Proc],
+    ready: Callable[[Proc, int], None],
+) -> tuple[list[Proc], list[int]]:
+    """Start ``nodes`` processes on free ports and wait for each; stop them all on failure."""
+    procs: list[Proc] = []
+    ports: list[int] = []
+    try:
+        for index in range(nodes):
+            port = free_port()
+            procs.append(start(index, port))
+            ports.append(port)
+        for proc, port in zip(procs, ports, strict=True):
+            ready(proc, port)
+    except BaseException:
+        for proc in procs:
+            ctx.reg.stop(proc)
+        raise
+    return procs, ports
+
+
+def _stopper(ctx: Context, procs: list[Proc]) -> Callable[[], None]:
+    def stop() -> None:
+        for proc in procs:
+            ctx.reg.stop(proc)
+
+    return stop
+
+
+def _tidings(broker: str) -> Callable[[Context, int], Deployment]:
+    def deploy(ctx: Context, nodes: int) -> Deployment:
+        url = ctx.redis_url if broker == "redis" else "memory://"
+
+        def start(index: int, port: int) -> Proc:
+            argv = [ctx.python, "-m", "tidings", "serve", "--host", "127.0.0.1"]
+            argv += ["--port", str(port), "--broker", url, "--node-id", f"bench-{index + 1}"]
+            argv += ["--log-level", "warning"]
+            return ctx.reg.start(
+                f"tidings-{broker}-{index + 1}-{port}",
+                argv,
+                core=SERVER_CORE,
+                log_dir=ctx.log_dir,
+                env={"PYTHONUNBUFFERED": "1", **ctx.tidings_env},
+                cwd=ctx.work_dir,
+            )
+
+        def ready(proc: Proc, port: int) -> None:
+            wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc)
+
+        procs, ports = _start_nodes(ctx, nodes, start, ready)
+        return Deployment(
+            system=f"tidings-{broker}",
+            servers=procs,
+            proto="stomp",
+            flavor="tidings",
+            targets=[{"port": port, "path": "/stomp"} for port in ports],
+            topic_dest="/topic/bench",
+            user_dest="/user/{u}/message",
+            publisher={
+                "kind": "http",
+                "targets": [{"port": port} for port in ports],
+                "topicPath": "/api/v1/topics/bench/messages",
+                "userPath": "/api/v1/users/{u}/messages",
+                "poolSize": 16,
+            },
+            uses_redis=broker == "redis",
+            stop=_stopper(ctx, procs),
+        )
+
+    return deploy
+
+
+def _socketio_node(ctx: Context, nodes: int) -> Deployment:
+    def start(index: int, port: int) -> Proc:
+        return ctx.reg.start(
+            f"socketio-node-{index + 1}-{port}",
+            ["node", str(BENCH_DIR / "peers" / "socketio_node.mjs"), str(port), ctx.redis_url],
+            core=SERVER_CORE,
+            log_dir=ctx.log_dir,
+            cwd=BENCH_DIR,
+        )
+
+    procs, ports = _start_nodes(ctx, nodes, start, lambda proc, port: wait_port(port, proc))
+    return Deployment(
+        system="socketio-node",
+        servers=procs,
+        proto="sio",
+        flavor=None,
+        targets=[{"port": port} for port in ports],
+        topic_dest="bench",
+        user_dest="u{u}",
+        publisher={
+            "kind": "sioemit",
+            "redis": ctx.redis_url,
+            "topicRoom": "bench",
+            "userRoom": "u{u}",
+        },
+        uses_redis=True,
+        stop=_stopper(ctx, procs),
+    )
+
+
+def _python_socketio(ctx: Context, nodes: int) -> Deployment:
+    def start(index: int, port: int) -> Proc:
+        return ctx.reg.start(
+            f"python-socketio-{index + 1}-{port}",
+            [ctx.python, str(BENCH_DIR / "peers" / "socketio_py.py"), str(port), ctx.redis_url],
+            core=SERVER_CORE,
+            log_dir=ctx.log_dir,
+            cwd=BENCH_DIR,
+        )
+
+    procs, ports = _start_nodes(ctx, nodes, start, lambda proc, port: wait_port(port, proc))
+    return Deployment(
+        system="python-socketio",
+        servers=procs,
+        proto="sio",
+        flavor=None,
+        targets=[{"port": port} for port in ports],
+        topic_dest="bench",
+        user_dest="u{u}",
+        publisher={
+            "kind": "pysio",
+            "python": ctx.python,
+            "script": str(BENCH_DIR / "peers" / "pysio_publisher.py"),
+            "redis": ctx.redis_url,
+            "topicRoom": "bench",
+            "userRoom": "u{u}",
+        },
+        uses_redis=True,
+        stop=_stopper(ctx, procs),
+    )
+
+
+def _rabbitmq(ctx: Context, nodes: int) -> Deployment:
+    if not RabbitCluster.available():
+        raise BenchError("rabbitmq-server is not installed")
+    # A boot can fail on a port taken between free_port() and the node's bind: retry once.
+    for attempt in (1, 2):
+        cluster = RabbitCluster(ctx.reg, ctx.work_dir / f"rabbit-{free_port()}", ctx.log_dir)
+        try:
+            started = cluster.start(nodes)
+            break
+        except BenchError:
+            cluster.stop()
+            if attempt == 2:
+                raise
+        except BaseException:
+            cluster.stop()
+            raise
+    targets = [{"port": node.web_stomp_port, "path": "/ws"} for node in started]
+    return Deployment(
+        system="rabbitmq",
+        servers=[node.proc for node in started if node.proc is not None],
+        proto="stomp",
+        flavor="rabbit",
+        targets=targets,
+        topic_dest="/topic/bench",
+        user_dest="/topic/user.{u}",
+        publisher={
+            "kind": "stomp",
+            "flavor": "rabbit",
+            "targets": targets[:1],
+            "topicDest": "/topic/bench",
+            "userDest": "/topic/user.{u}",
+        },
+        uses_redis=False,
+        stop=cluster.stop,
+    )
+
+
+TIDINGS = System(
+    "tidings",
+    "Tidings (Redis broker)",
+    "python -m tidings serve --broker redis://…; publishes: POST /api/v1/… (HTTP keep-alive)",
+    _tidings("redis"),
+)
+TIDINGS_MEMORY = System(
+    "tidings-memory",
+    "Tidings (memory broker)",
+    "python -m tidings serve (embedded broker, one process); publishes: HTTP API",
+    _tidings("memory"),
+)
+SOCKETIO_NODE = System(
+    "socketio-node",
+    "Node socket.io 4 + Redis adapter",
+    "socket.io 4 with @socket.io/redis-adapter; publishes: @socket.io/redis-emitter",
+    _socketio_node,
+)
+PYTHON_SOCKETIO = System(
+    "python-socketio",
+    "python-socketio + AsyncRedisManager",
+    "python-socketio AsyncServer on aiohttp+uvloop with AsyncRedisManager; publishes: "
+    "write-only AsyncRedisManager",
+    _python_socketio,
+)
+RABBITMQ = System(
+    "rabbitmq",
+    "RabbitMQ Web-STOMP",
+    "rabbitmq-server with rabbitmq_web_stomp, STOMP clients straight to it; publishes: "
+    "STOMP SEND from a back-end connection",
+    _rabbitmq,
+)
+
+ALL = {s.key: s for s in (TIDINGS, TIDINGS_MEMORY, SOCKETIO_NODE, PYTHON_SOCKETIO, RABBITMQ)}
