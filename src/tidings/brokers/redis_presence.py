@@ -45,6 +45,8 @@ class RedisPresence(LocalSessions):
         self.ttl_s = ttl_s
         self._refresher: asyncio.Task[None] | None = None
         self._writes: set[asyncio.Future[object]] = set()
+        self._adds: dict[str, set[str]] = {}  # waiting for this loop turn's pipeline
+        self._adds_written: asyncio.Future[None] | None = None
 
     def _key(self, user: str) -> str:
         return self._prefix + user
@@ -69,11 +71,34 @@ class RedisPresence(LocalSessions):
         self.by_user.clear()
 
     async def add(self, user: str, session_id: str) -> None:
+        """Written with the other adds of this loop turn, in one pipeline (a CONNECT storm
+        sends one round trip per turn, not one per session); returns once it is stored."""
         self.add_local(user, session_id)
+        self._adds.setdefault(user, set()).add(session_id)
+        if self._adds_written is None:
+            loop = asyncio.get_running_loop()
+            self._adds_written = loop.create_future()
+            loop.call_soon(self._write_adds)
+        await asyncio.shield(self._adds_written)
+
+    def _write_adds(self) -> None:
+        adds, self._adds = self._adds, {}
+        written, self._adds_written = self._adds_written, None
+        assert written is not None
+        self._background(self._write_chunks(list(adds.items()), written))
+
+    async def _write_chunks(
+        self, users: list[tuple[str, set[str]]], written: asyncio.Future[None] | None = None
+    ) -> None:
+        """Write in chunks of REFRESH_CHUNK users; a failure is logged, the refresh retries."""
         try:
-            await self._write({user: {session_id}})
+            for start in range(0, len(users), REFRESH_CHUNK):
+                await self._write(dict(users[start : start + REFRESH_CHUNK]))
         except (RedisError, OSError) as exc:
             log.warning("presence write failed (the next refresh retries): %s", exc)
+        finally:
+            if written is not None:
+                written.set_result(None)
 
     def remove(self, user: str, session_id: str) -> None:
         super().remove(user, session_id)
@@ -102,16 +127,12 @@ class RedisPresence(LocalSessions):
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self.ttl_s / 3)
-            users = list(self.by_user.items())
             # In chunks: one pipeline for 1,000 users held the event loop for ~20 ms
-            # (deliveries waited); 100 at a time keep each stall near 2 ms.
-            for start in range(0, len(users), REFRESH_CHUNK):
-                chunk = {u: set(s) for u, s in users[start : start + REFRESH_CHUNK]}
-                try:
-                    await self._write(chunk)
-                except Exception as exc:  # Redis down: entries expire, we retry next round
-                    log.warning("presence refresh failed: %s", exc)
-                    break
+            # (deliveries waited); 100 at a time keep each stall near 3 ms.
+            try:
+                await self._write_chunks([(u, set(s)) for u, s in self.by_user.items()])
+            except Exception:  # never let the refresher die: entries would expire
+                log.exception("presence refresh failed")
 
     async def get(self, user: str) -> UserPresence:
         with _redis_errors():
