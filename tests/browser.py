@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from .processes import exit_agent
 
 DRIVER = Path(__file__).resolve().parent / "js" / "browser.mjs"
 CHROMIUM = "/usr/bin/chromium"
@@ -150,18 +151,7 @@ class Browser:
 
     async def close(self) -> None:
         """Close Chromium (idempotent), killing the driver if it lingers."""
-        stdin = self.proc.stdin
-        if self.proc.returncode is None and stdin is not None and not stdin.is_closing():
-            with contextlib.suppress(OSError):
-                stdin.write(b'{"op":"exit"}\n')
-                await stdin.drain()
-            stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10.0)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
+        await exit_agent(self.proc, 10.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

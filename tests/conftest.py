@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -26,6 +25,7 @@ import pytest
 from .jsclient import JsClient
 from .nginx_fixture import nginx_proxy  # noqa: F401
 from .ports import free_port
+from .processes import terminate
 from .redis_fixture import redis_server  # noqa: F401
 
 HEALTH_TIMEOUT = 15.0
@@ -84,15 +84,7 @@ class TidingsServer:
 
     async def stop(self, *, grace: float = STOP_GRACE) -> int:
         """SIGTERM, then SIGKILL after `grace` seconds; return the exit code."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-        return await self.proc.wait()
+        return await terminate(self.proc, grace)
 
     async def _check_it_is_ours(self) -> None:
         """Fail if another process answered on our port (a free-port race with a stranger)."""

@@ -27,6 +27,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from .processes import exit_agent
+
 AGENT = Path(__file__).resolve().parent / "js" / "agent.mjs"
 JS_LIBS = ("stompjs7", "legacy")
 """The client libraries agent.mjs drives: @stomp/stompjs 7 and stompjs 2.3.3."""
@@ -325,18 +327,7 @@ class JsClient:
 
     async def close(self) -> None:
         """Stop the agent (idempotent): `exit`, then SIGKILL if it lingers."""
-        stdin = self.proc.stdin
-        if self.proc.returncode is None and stdin is not None and not stdin.is_closing():
-            with contextlib.suppress(OSError):
-                stdin.write(b'{"op":"exit"}\n')
-                await stdin.drain()
-            stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 3.0)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            await self.proc.wait()
+        await exit_agent(self.proc, 3.0)
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, 1.0)

@@ -23,7 +23,6 @@ import contextlib
 import json
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import pytest
 
 from .ports import free_port
+from .processes import terminate
 
 DEPLOY_CONF = Path(__file__).resolve().parent.parent / "deploy" / "nginx.conf"
 START_TIMEOUT = 10.0
@@ -195,15 +195,7 @@ class NginxProxy:
 
     async def stop(self, *, grace: float = STOP_GRACE) -> int:
         """SIGTERM (nginx's fast shutdown), SIGKILL after `grace` seconds; the exit code."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-        return await self.proc.wait()
+        return await terminate(self.proc, grace)
 
 
 StartNginx = Callable[[Sequence[int]], Awaitable[NginxProxy]]
