@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import secrets
@@ -234,6 +235,11 @@ class Server:
     # -- lifecycle -----------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
         await self.node.start()
+        # Modules, classes and the app live as long as the process: keep them out of every
+        # later full collection (56k objects here, 18 ms per gen-2 pass that stalls delivery;
+        # docs/benchmarks.md found gen-2 pauses behind the S1 tail latency).
+        gc.collect()
+        gc.freeze()
         log.info("node %s ready on %s:%d", self.node.id, self.config.host, self.config.port)
 
     async def on_shutdown(self, app: web.Application) -> None:
