@@ -397,3 +397,24 @@ async def test_nack_redelivers_and_client_ack_is_cumulative(
         assert (await client.expect("MESSAGE")).body == b"end"
     finally:
         await client.close()
+
+
+async def test_listing_shows_a_mislabelled_json_body_as_text(
+    tidings_server: StartServer, http: aiohttp.ClientSession
+) -> None:
+    node = await tidings_server("--send-allow", "/user/*/message")
+    client = await StompWs.open(node.ws_url())
+    try:
+        await client.connect(login="7")
+        await client.send_frame(
+            "SEND",
+            {"destination": "/user/42/message", "content-type": "application/json", "receipt": "r"},
+            b"{not json",
+        )
+        await client.expect("RECEIPT", **{"receipt-id": "r"})
+    finally:
+        await client.close()
+    async with http.get(f"{node.http_url}/api/v1/users/42/inbox") as reply:
+        assert reply.status == 200
+        (stored,) = (await reply.json())["messages"]
+    assert stored["body"] == "{not json" and stored["content_type"] == "application/json"

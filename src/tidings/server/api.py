@@ -5,6 +5,7 @@ Errors are ``{"error": <machine code>, "message": <human text>}`` (see openapi.p
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import re
@@ -247,7 +248,9 @@ def _stored_json(stored: Stored) -> dict[str, object]:
     message = stored.message
     body: object = message.body.decode("utf-8", "replace")
     if message.content_type.startswith("application/json"):
-        body = orjson.loads(message.body)
+        # A client SEND may label any bytes JSON: show those as text rather than fail.
+        with contextlib.suppress(orjson.JSONDecodeError):
+            body = orjson.loads(message.body)
     return {
         "id": message.id,
         "destination": message.destination,
