@@ -198,7 +198,7 @@ class PublishApi:
         content_type = headers.pop("content-type", content_type)
         node = self.server.node
         message = Message(
-            id=node.new_message_id(),
+            id="",  # the inbox assigns it when it stores the message
             channel=channel,
             destination=destination,
             body=encoded,

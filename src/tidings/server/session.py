@@ -302,7 +302,7 @@ class StompSession:
             )
         target = route(event.destination, self.user)
         message = Message(
-            id=self.server.node.new_message_id(),
+            id="",  # the inbox assigns it when it stores the message
             channel=target.channel,
             destination=target.key,
             body=event.body,
