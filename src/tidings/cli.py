@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -19,7 +20,8 @@ from aiohttp import web
 from tidings import __version__
 from tidings.config import DEFAULT_ENDPOINTS, Config
 from tidings.inbox.base import InboxLimits
-from tidings.server.app import create_app
+from tidings.server.app import SERVER_KEY, create_app
+from tidings.server.edge import EdgeSite
 from tidings.stomp.frames import Limits
 
 _ENV_PREFIX = "TIDINGS_"
@@ -374,17 +376,32 @@ def run_workers(config: Config, log_level: str = "info") -> int:
 def serve(config: Config) -> None:
     """Run one node until SIGINT/SIGTERM, then close every session with a reason and exit 0."""
     loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
         app = create_app(config)
     except ValueError as exc:
         sys.exit(f"tidings: {exc}")
-    web.run_app(
+    runner = web.AppRunner(
         app,
-        host=config.host,
-        port=config.port,
-        shutdown_timeout=config.shutdown_grace_s,
-        print=lambda text: print(text, flush=True),
+        handle_signals=True,  # SIGINT/SIGTERM raise GracefulExit out of the loop
         access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
-        reuse_port=config.reuse_port or None,
-        loop=loop,
+        shutdown_timeout=config.shutdown_grace_s,
     )
+    try:
+        loop.run_until_complete(_start(runner, config))
+        print(f"======== Running on http://{config.host}:{config.port} ========", flush=True)
+        loop.run_forever()
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        loop.run_until_complete(runner.cleanup())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+async def _start(runner: web.AppRunner, config: Config) -> None:
+    await runner.setup()
+    site = EdgeSite(
+        runner, runner.app[SERVER_KEY], config.host, config.port, reuse_port=config.reuse_port
+    )
+    await site.start()

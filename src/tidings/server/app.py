@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -24,15 +25,15 @@ from tidings.inbox.memory import MemoryInbox
 from tidings.node import Node
 from tidings.presence import MemoryPresence, Presence
 from tidings.server.api import PublishApi, error_response, json_errors
+from tidings.server.edge import STOMP_SUBPROTOCOLS, start_websocket
 from tidings.server.openapi import openapi_document
 from tidings.server.session import CLOSE_GOING_AWAY, StompSession
 from tidings.server.sockjs import add_sockjs_routes, greeting_response
-from tidings.server.websocket import serve_websocket
 from tidings.stomp.connection import ConnectRequested, State
+from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
 
 log = logging.getLogger(__name__)
 
-STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
 STATIC_DIR = Path(__file__).parent / "static"
 # Browser libraries are installed from npm by `./run setup`, never committed.
 VENDOR_FILES = {
@@ -115,28 +116,38 @@ class Server:
 
     # -- handlers ------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
-        if self.shutting_down:
-            return error_response(503, "shutting_down", "the server is shutting down")
-        limits = self.config.stomp_limits
-        ws = web.WebSocketResponse(
-            protocols=STOMP_SUBPROTOCOLS,
-            compress=False,
-            autoping=True,
-            decode_text=False,
-            # Frames may span messages and messages may hold several frames: the STOMP
-            # parser enforces the frame limits; this only bounds one WebSocket message.
-            max_msg_size=4 * limits.max_frame_bytes,
-        )
-        if not ws.can_prepare(request).ok:
+        """A STOMP endpoint reached through aiohttp: a plain GET, a refused handshake, or an
+        upgrade on a kept-alive connection (fresh connections are upgraded by the edge)."""
+        if not is_websocket_upgrade(request.headers):
             if request.path in self.config.endpoints:
                 return greeting_response()  # SockJS 0.3: GET <endpoint> greets
             return error_response(
                 400, "websocket_required", "this is a STOMP endpoint: open a WebSocket here"
             )
-        await ws.prepare(request)
-        session = StompSession(self, request.query.get("access_token"))
-        await serve_websocket(ws, request, session, limit=self.config.max_outbound_bytes)
-        return ws
+        if self.shutting_down:
+            return error_response(503, "shutting_down", "the server is shutting down")
+        version = f"HTTP/{request.version.major}.{request.version.minor}"
+        try:
+            handshake = accept_handshake(
+                request.method, version, request.headers, STOMP_SUBPROTOCOLS
+            )
+        except HandshakeError as exc:
+            return error_response(exc.status, "bad_handshake", exc.message, exc.headers)
+        transport = request.transport
+        assert transport is not None, "a request being handled has a transport"
+        # The connection leaves aiohttp: its handler learns of the end when ours does.
+        http_protocol = transport.get_protocol()
+        ended = asyncio.get_running_loop().create_future()
+
+        def on_lost(exc: BaseException | None) -> None:
+            http_protocol.connection_lost(exc if isinstance(exc, Exception) else None)
+            if not ended.done():
+                ended.set_result(None)
+
+        transport.write(handshake.response)
+        start_websocket(self, transport, request.query.get("access_token"), on_lost=on_lost)
+        await ended
+        return web.Response()  # not sent: the connection is gone; aiohttp wants a response
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": self.node.id, "pid": os.getpid()})

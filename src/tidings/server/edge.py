@@ -1,0 +1,183 @@
+"""The first reader of every connection: STOMP WebSocket upgrades here, the rest to aiohttp.
+
+A request that is a valid WebSocket handshake (RFC 6455 §4.2.1) for a STOMP endpoint is
+answered here and the connection becomes a ``StompWebSocket``: no aiohttp object lives
+on per session, which is most of an idle session's memory and of a handshake's CPU
+(docs/decisions.md). Anything else - other requests, malformed or refused handshakes,
+slow heads - goes unread to aiohttp's request handler, which answers it as before (the
+same route also upgrades a kept-alive connection, e.g. one nginx reuses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+from urllib.parse import parse_qs
+
+from aiohttp import web
+
+from tidings.server.session import StompSession
+from tidings.server.websocket import StompWebSocket
+from tidings.wshandshake import (
+    HandshakeError,
+    accept_handshake,
+    is_websocket_upgrade,
+    parse_request_head,
+)
+
+if TYPE_CHECKING:
+    from tidings.server.app import Server
+
+MAX_HEAD_BYTES = 16 * 1024  # a longer head is aiohttp's to judge (it answers 4xx)
+HEAD_TIMEOUT_S = 5.0  # a connection still without a full head then is aiohttp's
+_GET = b"GET "
+
+
+class Edge:
+    """What the edge protocol of every connection shares."""
+
+    def __init__(self, server: Server, http_protocol: Callable[[], asyncio.Protocol]) -> None:
+        self.server = server
+        self.http_protocol = http_protocol  # aiohttp's RequestHandler factory
+        self.paths = frozenset(
+            path
+            for endpoint in server.config.endpoints
+            for path in (endpoint, f"{endpoint}/websocket")
+        )
+
+    def protocol(self) -> EdgeProtocol:
+        return EdgeProtocol(self)
+
+
+class EdgeProtocol(asyncio.Protocol):
+    """Reads a connection's first request head and decides who serves the connection."""
+
+    __slots__ = ("_edge", "_head", "_timer", "_transport")
+
+    def __init__(self, edge: Edge) -> None:
+        self._edge = edge
+        self._head = b""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
+        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, self._hand_over)
+
+    def data_received(self, data: bytes) -> None:
+        head = self._head + data if self._head else data
+        if not head.startswith(_GET):
+            if not _GET.startswith(head):
+                self._hand_over(head)
+                return
+            self._head = head
+            return
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) > MAX_HEAD_BYTES:
+                self._hand_over(head)
+            else:
+                self._head = head
+            return
+        if not self._upgrade(head[:end], head[end + 4 :]):
+            self._hand_over(head)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _upgrade(self, head: bytes, rest: bytes) -> bool:
+        """Become a STOMP WebSocket if ``head`` is a handshake we accept; False if not ours."""
+        request = parse_request_head(head)
+        edge = self._edge
+        server = edge.server
+        if (
+            request is None
+            or request.path not in edge.paths
+            or not is_websocket_upgrade(request.headers)
+            or server.shutting_down
+        ):
+            return False
+        try:
+            handshake = accept_handshake(
+                request.method, request.version, request.headers, STOMP_SUBPROTOCOLS
+            )
+        except HandshakeError:
+            return False  # aiohttp's route answers with the reason
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        token = parse_qs(request.query).get("access_token")
+        transport = self._transport
+        transport.write(handshake.response)
+        start_websocket(server, transport, token[0] if token else None, rest)
+        return True
+
+    def _hand_over(self, data: bytes = b"") -> None:
+        """Give the connection, and what was read of it, to aiohttp."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._transport.is_closing():
+            return
+        protocol = self._edge.http_protocol()
+        self._transport.set_protocol(protocol)
+        protocol.connection_made(self._transport)
+        data = data or self._head
+        if data:
+            protocol.data_received(data)
+
+
+STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")
+
+
+def start_websocket(
+    server: Server,
+    transport: asyncio.Transport,
+    access_token: str | None,
+    rest: bytes = b"",
+    on_lost: Callable[[BaseException | None], None] | None = None,
+) -> StompWebSocket:
+    """Make ``transport`` (handshake answered) a STOMP session's WebSocket."""
+    session = StompSession(server, access_token)
+    protocol = StompWebSocket(
+        session, max_payload=4 * server.config.stomp_limits.max_frame_bytes, on_lost=on_lost
+    )
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if rest:
+        protocol.data_received(rest)
+    return protocol
+
+
+class EdgeSite(web.BaseSite):
+    """An aiohttp site whose connections start with the edge protocol."""
+
+    __slots__ = ("_edge", "_host", "_port", "_reuse_port")
+
+    def __init__(
+        self, runner: web.AppRunner, server: Server, host: str, port: int, *, reuse_port: bool
+    ) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._reuse_port = reuse_port
+        http = runner.server
+        assert http is not None, "set the runner up first"
+        self._edge = Edge(server, http)
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._edge.protocol,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+            reuse_port=self._reuse_port or None,
+        )
