@@ -106,7 +106,10 @@ def accept_handshake(
         raise HandshakeError(
             400, "a WebSocket handshake needs Upgrade: websocket and Connection: Upgrade"
         )
-    if headers.get("sec-websocket-version", "").strip() != "13":
+    version = headers.get("sec-websocket-version")
+    if version is None:
+        raise HandshakeError(400, "a WebSocket handshake needs Sec-WebSocket-Version: 13")
+    if version.strip() != "13":
         raise HandshakeError(
             426,
             "unsupported Sec-WebSocket-Version: this server speaks 13 (RFC 6455)",
