@@ -9,6 +9,7 @@ each subscriber adds only its own ``destination``, ``subscription`` and ``messag
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -18,15 +19,20 @@ from tidings.stomp.frames import escape_header
 from tidings.wsframe import OP_BINARY, OP_TEXT
 
 
+class SendFrame(Protocol):
+    """Queue one STOMP frame to a client; False when it was not taken (slow or closed)."""
+
+    def __call__(self, frame: bytes, opcode: int = OP_TEXT, /) -> bool: ...
+
+
 class Subscriber(Protocol):
     """What the hub needs of a session."""
 
     id: str
     version: str
+    send_frame: SendFrame
 
     def next_message_id(self) -> str: ...
-
-    def send_frame(self, frame: bytes, opcode: int = OP_TEXT) -> bool: ...
 
     def expect_ack(self, message_id: str, sub: LocalSubscription, message: Message) -> None:
         """Remember a message sent on a ``client``/``client-individual`` subscription."""
@@ -48,12 +54,16 @@ class LocalSubscription:
     # Order key of the last stored message sent: nothing at or before it is sent again.
     last_order: tuple[int, int] = (0, 0)
 
+    # (version, prefix): subscriptions with equal keys get byte-identical auto-ack frames.
+    frame_key: tuple[str, bytes] = field(init=False)
+
     def __post_init__(self) -> None:
         version = self.session.version
         self.prefix = (
             f"MESSAGE\ndestination:{escape_header(self.destination, version)}\n"
             f"subscription:{escape_header(self.id, version)}\nmessage-id:"
         ).encode()
+        self.frame_key = (version, self.prefix)
 
 
 def encode_tail(message: Message, version: str) -> bytes:
@@ -71,7 +81,8 @@ def encode_tail(message: Message, version: str) -> bytes:
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, new_message_id: Callable[[], str]) -> None:
+        self._new_message_id = new_message_id
         self._by_channel: dict[str, dict[str, set[LocalSubscription]]] = {}
         self._by_session: defaultdict[str, set[LocalSubscription]] = defaultdict(set)
 
@@ -120,14 +131,22 @@ class Hub:
         return sum(len(subs) for subs in self._by_session.values())
 
     def deliver(self, message: Message) -> int:
-        """Send a MESSAGE frame to every local match; returns the number of frames queued."""
+        """Send a MESSAGE frame to every local match; returns the number of frames queued.
+
+        An ``auto`` subscription's frame has no per-session part: its ``message-id`` is
+        minted once per message on this node (unique, as STOMP 1.2 §MESSAGE asks), so
+        subscriptions alike in version, destination and id (every @stomp/stompjs client's
+        first one is ``sub-0``) share one encoded frame (DESIGN.md §3).
+        """
         keys = self._by_channel.get(message.channel)
         subs = keys.get(message.destination) if keys else None
         if not subs:
             return 0
         opcode = opcode_for(message)
         order = message.order
+        message_id = self._new_message_id().encode()
         tails: dict[str, bytes] = {}
+        frames: dict[tuple[str, bytes], bytes] = {}
         delivered = 0
         for sub in tuple(subs):
             if order is not None:
@@ -137,6 +156,17 @@ class Hub:
                 if order <= sub.last_order:
                     continue  # already sent by a replay
                 sub.last_order = order
+            if sub.ack == "auto":
+                frame = frames.get(sub.frame_key)
+                if frame is None:
+                    version = sub.session.version
+                    tail = tails.get(version)
+                    if tail is None:
+                        tail = tails[version] = encode_tail(message, version)
+                    frame = frames[sub.frame_key] = sub.prefix + message_id + tail
+                if sub.session.send_frame(frame, opcode):
+                    delivered += 1
+                continue
             version = sub.session.version
             tail = tails.get(version)
             if tail is None:

@@ -62,7 +62,7 @@ class Node:
             inbox = MemoryInbox(broker, InboxLimits())
         self.inbox = inbox
         self.legacy_channel = legacy_channel
-        self.hub = Hub()
+        self.hub = Hub(self.new_message_id)
         self.counters = Counters()
         self.unsubscribe_delay_s = unsubscribe_delay_s
         self._ids = itertools.count(1)

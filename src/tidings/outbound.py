@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from tidings.wsframe import OP_TEXT, frame_header
+from tidings.wsframe import HEADER_CACHE, OP_TEXT, frame_header
 
 
 class Outbound:
@@ -21,7 +21,7 @@ class Outbound:
     __slots__ = (
         "_buffer",
         "_buffered",
-        "_flush_scheduled",
+        "_held",
         "_loop",
         "_on_overflow",
         "_transport",
@@ -40,8 +40,8 @@ class Outbound:
         self._transport = transport
         self._loop = asyncio.get_running_loop()
         self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._flush_scheduled = False
+        self._buffered = 0  # payload bytes in _buffer
+        self._held = 0  # bytes the transport held unsent when this loop turn's first frame came
         self._on_overflow = on_overflow
         self.limit = limit
         self.overflowed = False
@@ -55,23 +55,26 @@ class Outbound:
     def send(self, payload: bytes, opcode: int = OP_TEXT) -> bool:
         """Queue one STOMP frame as one WebSocket message; False once the bound was crossed.
 
-        ``opcode`` is OP_TEXT unless the frame is not valid UTF-8 (RFC 6455 §5.6).
+        ``opcode`` is OP_TEXT unless the frame is not valid UTF-8 (RFC 6455 §5.6). The
+        transport's backlog is read once per loop turn, at the turn's first frame.
         """
-        if self.overflowed or self._transport.is_closing():
-            return False
+        buffer = self._buffer
+        if not buffer:
+            if self.overflowed or self._transport.is_closing():
+                return False
+            self._held = self._transport.get_write_buffer_size()
+            self._loop.call_soon(self.flush)
         size = len(payload)
-        if self.pending_bytes + size > self.limit:
+        buffered = self._buffered + size
+        if self._held + buffered > self.limit:
             self.overflowed = True
-            self._buffer.clear()
+            buffer.clear()
             self._buffered = 0
             self._on_overflow()
             return False
-        self._buffer.append(frame_header(size, opcode))
-        self._buffer.append(payload)
-        self._buffered += size
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+        buffer.append(HEADER_CACHE.get(opcode << 16 | size) or frame_header(size, opcode))
+        buffer.append(payload)
+        self._buffered = buffered
         return True
 
     def send_raw(self, data: bytes) -> None:
@@ -82,11 +85,11 @@ class Outbound:
             self.last_write = self._loop.time()
 
     def flush(self) -> None:
-        self._flush_scheduled = False
-        if not self._buffer:
+        buffer = self._buffer
+        if not buffer:
             return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
+        data = b"".join(buffer)
+        buffer.clear()
         self._buffered = 0
         if not self._transport.is_closing():
             self._transport.write(data)

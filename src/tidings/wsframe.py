@@ -38,14 +38,22 @@ class WebSocketError(Exception):
         self.reason = reason
 
 
+# Frame headers by opcode << 16 | length, for lengths below 64 KiB: built once each.
+HEADER_CACHE: dict[int, bytes] = {}
+
+
 def frame_header(length: int, opcode: int = OP_TEXT) -> bytes:
     """Header of one final, unmasked frame carrying ``length`` payload bytes (§5.2)."""
-    first = _FIN | opcode
-    if length < 126:
-        return bytes((first, length))
     if length < 1 << 16:
-        return struct.pack("!BBH", first, 126, length)
-    return struct.pack("!BBQ", first, 127, length)
+        header = HEADER_CACHE.get(opcode << 16 | length)
+        if header is None:
+            first = _FIN | opcode
+            header = (
+                bytes((first, length)) if length < 126 else struct.pack("!BBH", first, 126, length)
+            )
+            HEADER_CACHE[opcode << 16 | length] = header
+        return header
+    return struct.pack("!BBQ", _FIN | opcode, 127, length)
 
 
 def encode_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
@@ -54,7 +62,8 @@ def encode_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
 
 def encode_close(code: int, reason: str = "") -> bytes:
     """A close frame (§5.5.1); the reason is cut to fit the 125-byte control-frame limit."""
-    body = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    cut = reason.encode("utf-8")[:123].decode("utf-8", "ignore")  # whole characters only
+    body = struct.pack("!H", code) + cut.encode("utf-8")
     return encode_frame(body, OP_CLOSE)
 
 

@@ -19,7 +19,7 @@ import orjson
 
 from tidings.destinations import route
 from tidings.errors import AuthError, BrokerUnavailable, StompProtocolError
-from tidings.hub import LocalSubscription, encode_tail, opcode_for, send_message
+from tidings.hub import LocalSubscription, SendFrame, encode_tail, opcode_for, send_message
 from tidings.inbox.read_state import parse_read_request
 from tidings.message import TEXT_PLAIN, Message, id_key
 from tidings.stomp.connection import (
@@ -60,7 +60,8 @@ class FrameTransport(Protocol):
     def last_write(self) -> float:
         """Loop time of the last write to the client, for heart-beat scheduling."""
 
-    def send(self, frame: bytes, opcode: int = OP_TEXT) -> bool:
+    @property
+    def send(self) -> SendFrame:
         """Queue one STOMP frame within the outbound bound; False once over it."""
 
     def send_now(self, frame: bytes) -> None:
@@ -83,6 +84,8 @@ class StompSession:
         self.version = "1.2"
         self.access_token = access_token
         self.transport: FrameTransport | None = None
+        # The transport's own send, bound at attach(): the hub calls it once per delivery.
+        self.send_frame: SendFrame = _not_attached
         config = server.config
         self.conn = ServerConnection(
             limits=config.stomp_limits,
@@ -102,14 +105,11 @@ class StompSession:
     def next_message_id(self) -> str:
         return f"{self.id}-{next(self._message_ids)}"
 
-    def send_frame(self, frame: bytes, opcode: int = OP_TEXT) -> bool:
-        assert self.transport is not None
-        return self.transport.send(frame, opcode)
-
     # -- reading ------------------------------------------------------------------------
     def attach(self, transport: FrameTransport) -> None:
         """Give the session its way to the client; call before the first ``receive``."""
         self.transport = transport
+        self.send_frame = transport.send
         self.server.sessions.add(self)
 
     async def receive(self, data: bytes) -> None:
@@ -397,6 +397,10 @@ class StompSession:
             self.server.sessions.discard(self)
             if self.user is not None:
                 self.server.node.presence.remove(self.user, self.id)
+
+
+def _not_attached(frame: bytes, opcode: int = OP_TEXT, /) -> bool:
+    raise RuntimeError("the session has no transport yet: attach() one first")
 
 
 def _check_inbox_id(value: str, header: str) -> None:

@@ -49,6 +49,7 @@ class StompWebSocket(asyncio.Protocol):
         "_task",
         "_transport",
         "outbound",
+        "send",
     )
 
     def __init__(
@@ -76,6 +77,7 @@ class StompWebSocket(asyncio.Protocol):
             limit=self._session.server.config.max_outbound_bytes,
             on_overflow=self._on_overflow,
         )
+        self.send = self.outbound.send  # FrameTransport.send: the hub's one call per delivery
         self._session.attach(self)
 
     def data_received(self, data: bytes) -> None:
@@ -151,9 +153,6 @@ class StompWebSocket(asyncio.Protocol):
     @property
     def last_write(self) -> float:
         return self.outbound.last_write
-
-    def send(self, frame: bytes, opcode: int = OP_TEXT) -> bool:
-        return self.outbound.send(frame, opcode)
 
     def send_now(self, frame: bytes) -> None:
         self.outbound.send_raw(encode_frame(frame))
