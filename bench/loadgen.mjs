@@ -543,15 +543,18 @@ async function makePublisher(spec) {
       close: () => client.quit().catch(() => {}),
     };
   }
-  if (spec.kind === "pysio") {
-    // python-socketio's own write-only AsyncRedisManager, in a Python helper fed over stdin.
+  if (spec.kind === "pyhelper") {
+    // A Python back-end library (python-socketio's write-only AsyncRedisManager, Tidings'
+    // direct publisher) in a helper fed over stdin (bench/peers/stdin_feed.py); it
+    // inherits this process's core.
     const child = spawn(spec.python, [spec.script, spec.redis], {
       stdio: ["pipe", "pipe", "inherit"],
+      env: { ...process.env, ...(spec.env || {}) },
     });
     const lines = readline.createInterface({ input: child.stdout });
     const it = lines[Symbol.asyncIterator]();
     const first = await it.next();
-    if (first.value !== "READY") throw new Error(`pysio publisher: ${first.value}`);
+    if (first.value !== "READY") throw new Error(`${spec.script}: ${first.value}`);
     let batch = [];
     let scheduled = false;
     let sent = 0;

@@ -15,6 +15,7 @@ from bench.procs import interference
 PEERS = ["socketio-node", "python-socketio", "rabbitmq"]
 COLORS = {
     "tidings": "#1f6feb",
+    "tidings-direct": "#0a3069",
     "tidings-memory": "#58a6ff",
     "socketio-node": "#2da44e",
     "python-socketio": "#bf8700",
@@ -22,6 +23,7 @@ COLORS = {
 }
 SHORT = {
     "tidings": "Tidings (Redis)",
+    "tidings-direct": "Tidings (Redis), direct",
     "tidings-memory": "Tidings (memory)",
     "socketio-node": "Node socket.io",
     "python-socketio": "python-socketio",
@@ -29,6 +31,9 @@ SHORT = {
 }
 
 Result = dict[str, Any]
+
+TIDINGS_S2_PATHS = [("tidings", "HTTP API"), ("tidings-direct", "direct publisher")]
+"""S2's two Tidings publish paths and how the targets table names them."""
 
 
 # -- number formatting ---------------------------------------------------------------------
@@ -156,37 +161,7 @@ def targets(data: Result) -> list[tuple[str, str, str]]:
             if _ok(t_mem):
                 figure += f"; memory broker p99 {ms(_lat(t_mem['fixed_rate'], 'p99'))}"
             rows.append(("S1 at 20k deliveries/s: p99 ≤ 20 ms", figure, verdict))
-    s2 = res.get("s2", {})
-    t2, sio2 = s2.get("tidings"), s2.get("socketio-node")
-    if _ok(t2):
-        lost = sum(r["lost"] for r in t2["rates"].values())
-        dups = sum(r["duplicates"] for r in t2["rates"].values())
-        sent = sum(r["published"] for r in t2["rates"].values())
-        rows.append(
-            (
-                "S2: nothing lost",
-                f"{sent:,} published, {lost} lost, {dups} duplicated",
-                "**met**" if lost == 0 and dups == 0 else "**missed**",
-            )
-        )
-        if _ok(sio2):
-            for rate, r in t2["rates"].items():
-                other = sio2["rates"].get(rate)
-                tp, sp = _lat(r, "p99"), _lat(other, "p99")
-                if tp is None or sp is None:
-                    continue
-                verdict = (
-                    f"**met** ({sp / tp:.1f}× lower)"
-                    if tp <= sp
-                    else f"**missed** by {ms(tp - sp)} ({tp / sp:.1f}×)"
-                )
-                rows.append(
-                    (
-                        f"S2 at {int(rate):,} msg/s: p99 ≤ Node socket.io's",
-                        f"{ms(tp)} vs {ms(sp)}",
-                        verdict,
-                    )
-                )
+    rows += _s2_targets(res.get("s2", {}))
     s34 = res.get("s34", {})
     t3, sio3 = s34.get("tidings"), s34.get("socketio-node")
     if _ok(t3):
@@ -226,6 +201,45 @@ def targets(data: Result) -> list[tuple[str, str, str]]:
                 verdict,
             )
         )
+    return rows
+
+
+def _s2_targets(s2: dict[str, Result]) -> list[tuple[str, str, str]]:
+    """S2's targets, judged on each Tidings publish path that ran."""
+    rows: list[tuple[str, str, str]] = []
+    sio = s2.get("socketio-node")
+    for key, path in TIDINGS_S2_PATHS:
+        t = s2.get(key)
+        if not _ok(t):
+            continue
+        lost = sum(r["lost"] for r in t["rates"].values())
+        dups = sum(r["duplicates"] for r in t["rates"].values())
+        sent = sum(r["published"] for r in t["rates"].values())
+        rows.append(
+            (
+                f"S2 ({path}): nothing lost",
+                f"{sent:,} published, {lost} lost, {dups} duplicated",
+                "**met**" if lost == 0 and dups == 0 else "**missed**",
+            )
+        )
+        if not _ok(sio):
+            continue
+        for rate, r in t["rates"].items():
+            tp, sp = _lat(r, "p99"), _lat(sio["rates"].get(rate), "p99")
+            if tp is None or sp is None:
+                continue
+            verdict = (
+                f"**met** ({sp / tp:.1f}× lower)"
+                if tp <= sp
+                else f"**missed** by {ms(tp - sp)} ({tp / sp:.1f}×)"
+            )
+            rows.append(
+                (
+                    f"S2 ({path}) at {int(rate):,} msg/s: p99 ≤ Node socket.io's",
+                    f"{ms(tp)} vs {ms(sp)}",
+                    verdict,
+                )
+            )
     return rows
 
 
@@ -537,19 +551,23 @@ def _s2(data: Result) -> list[str]:
     lines += [
         "",
         "Server CPU per message is both nodes' CPU over the window divided by the messages "
-        "published: it includes taking the publish in (Tidings: an HTTP request; the others "
-        "read it from Redis or AMQP), routing it and delivering it. The Socket.IO emitters "
-        "and python-socketio's write-only manager do their encoding in the back end's "
-        "process (here the load generator or the publisher helper, on core 1).",
+        "published: it includes taking the publish in (Tidings over HTTP: an HTTP request "
+        "and the inbox script call; Tidings' direct publisher and the others: reading it "
+        "from Redis or AMQP), routing it and delivering it. Tidings' direct publisher, the "
+        "Socket.IO emitters and python-socketio's write-only manager do their encoding in "
+        "the back end's process (here the load generator or the publisher helper, on core 1).",
         "",
     ]
-    lines += _ratio_lines(
-        data,
-        "s2",
-        "p99",
-        lambda r, rate: _lat(r["rates"].get(rate), "p99"),
-        list(next((r["rates"] for r in s2.values() if _ok(r)), {})),
-    )
+    rates = list(next((r["rates"] for r in s2.values() if _ok(r)), {}))
+    for key, path in TIDINGS_S2_PATHS:
+        lines += _ratio_lines(
+            data,
+            "s2",
+            f"p99 ({path})",
+            lambda r, rate: _lat(r["rates"].get(rate), "p99"),
+            rates,
+            base_key=key,
+        )
     return lines + _errors(data, "s2")
 
 
@@ -559,9 +577,11 @@ def _ratio_lines(
     what: str,
     get: Callable[[Result, str], float | None],
     keys: list[str],
+    *,
+    base_key: str = "tidings",
 ) -> list[str]:
     res = data["results"].get(scenario, {})
-    base = res.get("tidings")
+    base = res.get(base_key)
     if not _ok(base):
         return []
     lines = []
@@ -878,7 +898,8 @@ def markdown(data: Result, made: dict[str, str]) -> str:
         "2; publishes to uniformly random users at "
         + " and ".join(f"{r:,}" for r in sz["s2_rates"])
         + f" msg/s for {sz['s2_seconds']:.0f} s each through the server-side publish path "
-        "(Tidings: HTTP round-robin over both nodes; Socket.IO: its Redis emitter/manager; "
+        "(Tidings: HTTP round-robin over both nodes, and separately its direct publisher "
+        "from a Python helper; Socket.IO: its Redis emitter/manager; "
         "RabbitMQ: STOMP SEND on node 1 of the cluster). Then up to "
         f"{sz['drain_ms'] / 1000:.0f} s to drain.",
         f"- **S4 connection storm**: {sz['s4_storm']:,} connects + subscribes (each to its own "

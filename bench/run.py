@@ -44,7 +44,7 @@ BENCH = REPO / "bench"
 
 SCENARIO_SYSTEMS = {
     "s1": ["tidings", "tidings-memory", "socketio-node", "python-socketio", "rabbitmq"],
-    "s2": ["tidings", "socketio-node", "python-socketio", "rabbitmq"],
+    "s2": ["tidings", "tidings-direct", "socketio-node", "python-socketio", "rabbitmq"],
     "s34": ["tidings", "socketio-node", "python-socketio", "rabbitmq"],
     "s3max": ["tidings"],
     "profile_s1": ["tidings-memory", "tidings"],
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             if scenario == "s3max" and not extra:
                 extra.append(LoadGen(reg, log_dir, "loadgen-2"))
             for key in SCENARIO_SYSTEMS[scenario]:
-                if key not in systems:
+                if key not in systems and ALL[key].family not in systems:
                     continue
                 if key == "rabbitmq" and not RabbitCluster.available():
                     continue

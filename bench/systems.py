@@ -71,6 +71,8 @@ class System:
     label: str
     describe: str
     deploy: Callable[[Context, int], Deployment]
+    family: str | None = None
+    """The ``--systems`` name that selects it besides its key (a second publish path)."""
 
 
 def _start_nodes(
@@ -104,7 +106,9 @@ def _stopper(ctx: Context, procs: list[Proc]) -> Callable[[], None]:
     return stop
 
 
-def _tidings(broker: str) -> Callable[[Context, int], Deployment]:
+def _tidings(broker: str, *, direct: bool = False) -> Callable[[Context, int], Deployment]:
+    """Tidings nodes; publishes over HTTP, or with ``direct`` through tidings.publisher."""
+
     def deploy(ctx: Context, nodes: int) -> Deployment:
         url = ctx.redis_url if broker == "redis" else "memory://"
 
@@ -125,6 +129,23 @@ def _tidings(broker: str) -> Callable[[Context, int], Deployment]:
             wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc)
 
         procs, ports = _start_nodes(ctx, nodes, start, ready)
+        publisher: dict[str, Any] = {
+            "kind": "http",
+            "targets": [{"port": port} for port in ports],
+            "topicPath": "/api/v1/topics/bench/messages",
+            "userPath": "/api/v1/users/{u}/messages",
+            "poolSize": 16,
+        }
+        if direct:
+            publisher = {
+                "kind": "pyhelper",
+                "python": ctx.python,
+                "script": str(BENCH_DIR / "peers" / "tidings_publisher.py"),
+                "env": ctx.tidings_env,
+                "redis": ctx.redis_url,
+                "topicRoom": "t:bench",
+                "userRoom": "u:{u}",
+            }
         return Deployment(
             system=f"tidings-{broker}",
             servers=procs,
@@ -133,13 +154,7 @@ def _tidings(broker: str) -> Callable[[Context, int], Deployment]:
             targets=[{"port": port, "path": "/stomp"} for port in ports],
             topic_dest="/topic/bench",
             user_dest="/user/{u}/message",
-            publisher={
-                "kind": "http",
-                "targets": [{"port": port} for port in ports],
-                "topicPath": "/api/v1/topics/bench/messages",
-                "userPath": "/api/v1/users/{u}/messages",
-                "poolSize": 16,
-            },
+            publisher=publisher,
             uses_redis=broker == "redis",
             stop=_stopper(ctx, procs),
         )
@@ -197,7 +212,7 @@ def _python_socketio(ctx: Context, nodes: int) -> Deployment:
         topic_dest="bench",
         user_dest="u{u}",
         publisher={
-            "kind": "pysio",
+            "kind": "pyhelper",
             "python": ctx.python,
             "script": str(BENCH_DIR / "peers" / "pysio_publisher.py"),
             "redis": ctx.redis_url,
@@ -252,6 +267,14 @@ TIDINGS = System(
     "python -m tidings serve --broker redis://…; publishes: POST /api/v1/… (HTTP keep-alive)",
     _tidings("redis"),
 )
+TIDINGS_DIRECT = System(
+    "tidings-direct",
+    "Tidings (Redis broker), direct publisher",
+    "the same nodes; publishes: tidings.publisher.Publisher straight to Redis (the inbox's "
+    "Lua script, auto-pipelined), from a Python helper on the client core",
+    _tidings("redis", direct=True),
+    family="tidings",
+)
 TIDINGS_MEMORY = System(
     "tidings-memory",
     "Tidings (memory broker)",
@@ -279,4 +302,7 @@ RABBITMQ = System(
     _rabbitmq,
 )
 
-ALL = {s.key: s for s in (TIDINGS, TIDINGS_MEMORY, SOCKETIO_NODE, PYTHON_SOCKETIO, RABBITMQ)}
+ALL = {
+    s.key: s
+    for s in (TIDINGS, TIDINGS_DIRECT, TIDINGS_MEMORY, SOCKETIO_NODE, PYTHON_SOCKETIO, RABBITMQ)
+}

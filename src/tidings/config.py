@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from tidings.inbox.base import InboxLimits
+from tidings.publish_rules import DEFAULT_MAX_MESSAGE_BYTES
 from tidings.stomp.frames import Limits
 
 DEFAULT_ENDPOINTS = ("/publicServer", "/privateServer", "/stomp")
@@ -33,7 +34,7 @@ class Config:
     heartbeat_grace: float = 3.0
     stomp_limits: Limits = field(default_factory=Limits)
     max_outbound_bytes: int = 1024 * 1024  # per connection; past it: slow consumer, disconnect
-    max_message_bytes: int = 64 * 1024  # body of one published message
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # body of one published message
     shutdown_grace_s: float = 5.0
     access_log: bool = False  # one log line per HTTP request
     # Also deliver the seed's {code, form, to, content} JSON published on this Redis channel.

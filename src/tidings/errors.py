@@ -5,6 +5,7 @@ TidingsError
 │   └── StompProtocolError   STOMP frame or session rule broken (sent as an ERROR frame)
 ├── AuthError                credentials missing, expired or invalid
 ├── LimitExceeded            a configured bound was reached (also a ProtocolError for STOMP)
+├── InvalidPublish           a publish breaks a rule of the publish API (also a ValueError)
 └── BrokerUnavailable        the broker cannot take or deliver messages right now
 """
 
@@ -32,6 +33,19 @@ class StompLimitExceeded(StompProtocolError):
 
 class AuthError(TidingsError):
     """Credentials are missing, expired or invalid; the message is safe to show to the peer."""
+
+
+class InvalidPublish(TidingsError, ValueError):
+    """A publish (HTTP API or ``tidings.publisher``) breaks a rule; nothing was stored.
+
+    ``code`` is the HTTP API's error code: ``invalid_field``, ``missing_field`` or
+    ``too_large``.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class BrokerUnavailable(TidingsError):

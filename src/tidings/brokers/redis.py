@@ -51,6 +51,24 @@ SUBSCRIBE_BATCH = 1000
 """Channels per SUBSCRIBE command when resubscribing after a reconnect."""
 
 
+def command_client(url: str, *, client_name: str | None = None) -> redis.asyncio.Redis:
+    """A client on a bounded pool of POOL_SIZE connections, with the timeouts above.
+
+    No silent retries: a publish Redis did not take must surface as an error.
+    """
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_SIZE,
+        timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        client_name=client_name,
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
 class _Deaf(Exception):
     """The subscriber connection stopped returning our probes: treat it as lost."""
 
@@ -73,17 +91,7 @@ class RedisBroker:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 1.0,
     ) -> None:
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=POOL_SIZE,
-            timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_keepalive=True,
-            # No silent retries: a publish Redis did not take must surface as an error.
-            retry=Retry(NoBackoff(), 0),
-        )
-        self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
+        self.redis = command_client(url)
         """The command client; also for the node's own keys (presence)."""
         self.reconnects = 0
         """Times the subscriber connection was re-established after a loss."""

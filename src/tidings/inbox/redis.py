@@ -24,6 +24,9 @@ sees a live message whose id is not stored yet. Keys expire ``max_age_s`` (plus 
 second) after their last write: abandoned users' data goes away. What an expired stream
 held is unknown: it reports ``gap`` for any resume but ``"0"``, and so does a new stream
 for a resume from before its first id.
+
+``InboxWriter`` is the publish half alone, which ``tidings.publisher`` shares: a back end
+publishing straight to Redis runs the very same script as a node.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
@@ -265,28 +269,25 @@ MIN_REDIS_VERSION = (7, 0)
 """``XINFO STREAM``'s ``max-deleted-entry-id`` (gap detection) came with Redis 7.0."""
 
 
-class RedisInbox:
-    """User inboxes and topic histories on the Redis of ``broker``; see the module docstring."""
+class InboxWriter:
+    """The publish half of the inbox: stores messages and announces them, nothing else.
 
-    def __init__(
-        self, broker: RedisBroker, limits: InboxLimits, *, prefix: str = "tidings:"
-    ) -> None:
+    ``RedisInbox`` is one; ``tidings.publisher`` uses one on its own, so that a back end
+    publishing straight to Redis assigns ids, trims, expires, dedupes and announces with
+    the same script, keys and limits as a node. Publishes made in one loop turn share one
+    round trip (``_Pipeliner``).
+    """
+
+    def __init__(self, client: Redis, limits: InboxLimits, *, prefix: str = "tidings:") -> None:
         check_limits(limits)
-        self._redis = broker.redis
+        self._redis = client
         self._limits = limits
         self._prefix = prefix
         self._max_age_ms = int(limits.max_age_s * 1000)
         self._ttl_ms = self._max_age_ms + int(TTL_MARGIN_S * 1000)
         self._idempotency_ttl_ms = max(1, int(limits.idempotency_ttl_s * 1000))
         self._closed = False
-        register = self._redis.register_script
-        self._publisher = _Pipeliner(self._redis, register(_PRELUDE + _PUBLISH))
-        self._history = register(_PRELUDE + _HISTORY)
-        self._listing = register(_PRELUDE + _LISTING)
-        self._unread = register(_PRELUDE + _UNREAD)
-        self._mark_read = register(_PRELUDE + _MARK_READ)
-        self._ack = register(_PRELUDE + _ACK)
-        self._unacked = register(_PRELUDE + _UNACKED)
+        self._publisher = _Pipeliner(client, client.register_script(_PRELUDE + _PUBLISH))
 
     async def start(self) -> None:
         """Check the Redis version; if Redis is unreachable now, only log (as the broker)."""
@@ -301,10 +302,11 @@ class RedisInbox:
             raise TidingsError(f"the inbox needs redis >= 7.0, this one is {version}")
 
     async def close(self) -> None:
-        """Stop taking calls; the broker owns (and closes) the connections."""
+        """Stop taking calls; whoever made the Redis client closes it."""
         self._closed = True
 
     async def publish(self, message: Message, *, idempotency_key: str | None = None) -> str:
+        """Store ``message`` on its channel's stream and announce it; see ``Inbox.publish``."""
         channel = message.channel
         user = user_of(channel)
         encoded = dataclasses.replace(message, id="").encode()
@@ -326,6 +328,35 @@ class RedisInbox:
             ],
         )
         return _text(inbox_id)
+
+    def _stream(self, channel: str) -> str:
+        return f"{self._prefix}inbox:{channel}"
+
+    def _sets(self, user: str | None) -> list[str]:
+        """The user's acked and read sets; two empty names (no sets) for a topic."""
+        if user is None:
+            return ["", ""]
+        return [f"{self._prefix}acked:{user}", f"{self._prefix}read:{user}"]
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerUnavailable("inbox is closed")
+
+
+class RedisInbox(InboxWriter):
+    """User inboxes and topic histories on the Redis of ``broker``; see the module docstring."""
+
+    def __init__(
+        self, broker: RedisBroker, limits: InboxLimits, *, prefix: str = "tidings:"
+    ) -> None:
+        super().__init__(broker.redis, limits, prefix=prefix)
+        register = self._redis.register_script
+        self._history = register(_PRELUDE + _HISTORY)
+        self._listing = register(_PRELUDE + _LISTING)
+        self._unread = register(_PRELUDE + _UNREAD)
+        self._mark_read = register(_PRELUDE + _MARK_READ)
+        self._ack = register(_PRELUDE + _ACK)
+        self._unacked = register(_PRELUDE + _UNACKED)
 
     async def history(self, channel: str, after: str, *, limit: int) -> History:
         after = canonical_id(after)
@@ -377,15 +408,6 @@ class RedisInbox:
 
     # -- internals -------------------------------------------------------------------
 
-    def _stream(self, channel: str) -> str:
-        return f"{self._prefix}inbox:{channel}"
-
-    def _sets(self, user: str | None) -> list[str]:
-        """The user's acked and read sets; two empty names (no sets) for a topic."""
-        if user is None:
-            return ["", ""]
-        return [f"{self._prefix}acked:{user}", f"{self._prefix}read:{user}"]
-
     def _user_keys(self, user: str) -> list[str]:
         """stream, acked, read, readfloor of ``user``."""
         return [
@@ -393,10 +415,6 @@ class RedisInbox:
             *self._sets(user),
             f"{self._prefix}readfloor:{user}",
         ]
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise BrokerUnavailable("inbox is closed")
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         self._check_open()

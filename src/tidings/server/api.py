@@ -8,26 +8,22 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 import orjson
 from aiohttp import web
 
+from tidings import publish_rules
 from tidings.auth import bearer_token
-from tidings.destinations import user_destination
-from tidings.errors import BrokerUnavailable
+from tidings.errors import BrokerUnavailable, InvalidPublish
 from tidings.inbox.base import Stored
 from tidings.inbox.read_state import parse_read_request
-from tidings.message import Message, encode_body, id_key, topic_channel, user_channel
-from tidings.server.openapi import LEGACY_ANSWER, RESERVED_HEADERS
+from tidings.message import Message, id_key, user_channel
+from tidings.server.openapi import LEGACY_ANSWER
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
-
-_HEADER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_BAD_VALUE_CHARS = re.compile(r"[\r\n\0]")
 
 MAX_PRESENCE_QUERY = 10_000
 MAX_INBOX_PAGE = 1000
@@ -56,6 +52,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except InvalidPublish as exc:
+        return error_response(413 if exc.code == "too_large" else 400, exc.code, exc.message)
     except BrokerUnavailable as exc:
         return error_response(503, "broker_unavailable", f"broker unavailable: {exc}")
     except web.HTTPRequestEntityTooLarge as exc:
@@ -138,76 +136,51 @@ class PublishApi:
         to = data.get("to")
         if isinstance(to, int) and not isinstance(to, bool):
             to = str(to)
-        if not isinstance(to, str) or not _valid_name(to):
+        if not publish_rules.valid_name(to):
             raise ApiError(400, "invalid_field", "'to' must be a non-empty user id string")
         if "content" not in data:
             raise ApiError(400, "missing_field", "'content' is required")
-        await self._publish(user_channel(to), "/message", data["content"], {})
+        message = publish_rules.message(
+            user_channel(to), "/message", data["content"], None, max_bytes=self._max_bytes
+        )
+        await self.server.node.publish(message)
         return web.Response(text=LEGACY_ANSWER, content_type="text/plain", charset="utf-8")
 
     async def publish_to_user(self, request: web.Request) -> web.Response:
         data = await self._read_object(request)
-        user = request.match_info["user"]
-        if not _valid_name(user):
-            raise ApiError(400, "invalid_field", "user id must be non-empty printable text")
-        destination = data.get("destination", "/message")
-        if not isinstance(destination, str):
-            raise ApiError(400, "invalid_field", "'destination' must be a string like /message")
-        try:
-            destination = user_destination(destination)
-        except ValueError as exc:
-            raise ApiError(400, "invalid_field", f"'destination': {exc}") from None
-        message_id = await self._publish(
-            user_channel(user),
-            destination,
+        message = publish_rules.user_message(
+            request.match_info["user"],
             _body(data),
-            _headers(data),
-            _idempotency(request, data),
+            destination=data.get("destination", "/message"),
+            headers=data.get("headers"),
+            max_bytes=self._max_bytes,
         )
-        return web.json_response({"id": message_id}, status=202)
+        return await self._publish(request, data, message)
 
     async def publish_to_topic(self, request: web.Request) -> web.Response:
         data = await self._read_object(request)
-        topic = request.match_info["topic"]
-        if not _valid_name(topic) or "//" in topic or topic.endswith("/"):
-            raise ApiError(400, "invalid_field", "topic must be a name like 'public' or 'a/b'")
-        message_id = await self._publish(
-            topic_channel(topic),
-            f"/topic/{topic}",
+        message = publish_rules.topic_message(
+            request.match_info["topic"],
             _body(data),
-            _headers(data),
-            _idempotency(request, data),
+            headers=data.get("headers"),
+            max_bytes=self._max_bytes,
         )
-        return web.json_response({"id": message_id}, status=202)
+        return await self._publish(request, data, message)
+
+    @property
+    def _max_bytes(self) -> int:
+        return self.server.config.max_message_bytes
 
     async def _publish(
-        self,
-        channel: str,
-        destination: str,
-        body: object,
-        headers: dict[str, str],
-        idempotency_key: str | None = None,
-    ) -> str:
-        """Store and announce; returns the inbox id once the message is durably stored."""
-        encoded, content_type = encode_body(body)
-        if len(encoded) > self.server.config.max_message_bytes:
-            raise ApiError(
-                413,
-                "too_large",
-                f"message body is {len(encoded)} bytes; "
-                f"the limit is {self.server.config.max_message_bytes}",
-            )
-        content_type = headers.pop("content-type", content_type)
-        node = self.server.node
-        message = Message(
-            id="",  # the inbox assigns it when it stores the message
-            channel=channel,
-            destination=destination,
-            body=encoded,
-            content_type=content_type,
-            headers=tuple(headers.items()),
-        )
-        return await node.publish(message, idempotency_key=idempotency_key)
+        self, request: web.Request, data: dict[str, object], message: Message
+    ) -> web.Response:
+        """Store and announce; 202 with the inbox id once the message is durably stored.
+
+        The idempotency key is the ``Idempotency-Key`` header, or the body's ``id`` field.
+        """
+        key = publish_rules.idempotency_key(request.headers.get("Idempotency-Key", data.get("id")))
+        message_id = await self.server.node.publish(message, idempotency_key=key)
+        return web.json_response({"id": message_id}, status=202)
 
     async def _read_object(self, request: web.Request) -> dict[str, object]:
         self._check_caller(request)
@@ -236,16 +209,6 @@ class PublishApi:
             )
 
 
-def _idempotency(request: web.Request, data: dict[str, object]) -> str | None:
-    """The ``Idempotency-Key`` header, or the body's ``id`` field (issue 4)."""
-    key = request.headers.get("Idempotency-Key", data.get("id"))
-    if key is None:
-        return None
-    if not isinstance(key, str) or not 1 <= len(key) <= 200 or not key.isprintable():
-        raise ApiError(400, "invalid_field", "the idempotency key must be 1-200 printable chars")
-    return key
-
-
 def _stored_json(stored: Stored) -> dict[str, object]:
     message = stored.message
     body: object = message.body.decode("utf-8", "replace")
@@ -263,35 +226,10 @@ def _stored_json(stored: Stored) -> dict[str, object]:
     }
 
 
-def _valid_name(name: str) -> bool:
-    return bool(name) and name.isprintable() and not name.isspace()
-
-
 def _body(data: dict[str, object]) -> object:
     if "body" not in data:
         raise ApiError(400, "missing_field", "'body' is required (a string or any JSON value)")
     return data["body"]
-
-
-def _headers(data: dict[str, object]) -> dict[str, str]:
-    headers = data.get("headers", {})
-    if not isinstance(headers, dict):
-        raise ApiError(400, "invalid_field", "'headers' must be an object of strings")
-    checked: dict[str, str] = {}
-    for name, value in headers.items():
-        if not _HEADER_NAME.fullmatch(name):
-            raise ApiError(
-                400, "invalid_field", f"header name {name!r} must match [A-Za-z0-9_.-]{{1,64}}"
-            )
-        lowered = name.lower()
-        if lowered in RESERVED_HEADERS:
-            raise ApiError(400, "invalid_field", f"header {name!r} is set by the server")
-        if not isinstance(value, str) or _BAD_VALUE_CHARS.search(value):
-            raise ApiError(
-                400, "invalid_field", f"header {name!r} must be a string without CR, LF or NUL"
-            )
-        checked[lowered if lowered == "content-type" else name] = value
-    return checked
 
 
 def caller_address(request: web.Request) -> str | None:

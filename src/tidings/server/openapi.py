@@ -7,13 +7,14 @@ operation and is only mentioned in ``info.description``.
 
 from typing import Any
 
-__all__ = ["OPENAPI_VERSION", "openapi_document"]
+from tidings.publish_rules import RESERVED_HEADERS
+
+__all__ = ["OPENAPI_VERSION", "RESERVED_HEADERS", "openapi_document"]
 
 OPENAPI_VERSION = "3.1.0"
 
 Json = dict[str, Any]
 
-RESERVED_HEADERS = ("destination", "subscription", "message-id", "content-length", "ack", "receipt")
 ERROR_CODES = (
     "invalid_json",
     "missing_field",
