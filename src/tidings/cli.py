@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import uvloop
 from aiohttp import web
 
-from tidings import __version__
+from tidings import __version__, gclog
 from tidings.config import DEFAULT_ENDPOINTS, Config
 from tidings.inbox.base import InboxLimits
 from tidings.server.app import SERVER_KEY, create_app
@@ -257,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add(serve, "--log-level", "debug, info, warning or error", default="info")
     _add(serve, "--access-log", "log every HTTP request", action="store_true")
+    _add(
+        serve,
+        "--gc-log",
+        "log every garbage collection and its pause (a diagnostic of loop stalls)",
+        action="store_true",
+    )
     return parser
 
 
@@ -285,6 +291,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_outbound_bytes=int(args.max_outbound_bytes),
         max_message_bytes=int(args.max_message_bytes),
         access_log=bool(args.access_log),
+        gc_log=bool(args.gc_log),
         legacy_channel=args.legacy_channel or None,
         presence_ttl_s=float(args.presence_ttl),
         inbox=InboxLimits(
@@ -375,6 +382,8 @@ def run_workers(config: Config, log_level: str = "info") -> int:
 
 def serve(config: Config) -> None:
     """Run one node until SIGINT/SIGTERM, then close every session with a reason and exit 0."""
+    if config.gc_log:
+        gclog.install()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:

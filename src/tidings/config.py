@@ -37,6 +37,7 @@ class Config:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # body of one published message
     shutdown_grace_s: float = 5.0
     access_log: bool = False  # one log line per HTTP request
+    gc_log: bool = False  # one log line per garbage collection (tidings.gclog)
     # Also deliver the seed's {code, form, to, content} JSON published on this Redis channel.
     legacy_channel: str | None = None
     presence_ttl_s: float = 15.0

@@ -8,7 +8,6 @@ each subscriber adds only its own ``destination``, ``subscription`` and ``messag
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -84,7 +83,7 @@ class Hub:
     def __init__(self, new_message_id: Callable[[], str]) -> None:
         self._new_message_id = new_message_id
         self._by_channel: dict[str, dict[str, set[LocalSubscription]]] = {}
-        self._by_session: defaultdict[str, set[LocalSubscription]] = defaultdict(set)
+        self._count = 0
 
     def add(self, sub: LocalSubscription) -> bool:
         """Register; True when this is the channel's first local subscription."""
@@ -92,32 +91,27 @@ class Hub:
         first = keys is None
         if keys is None:
             keys = self._by_channel[sub.route.channel] = {}
-        keys.setdefault(sub.route.key, set()).add(sub)
-        self._by_session[sub.session.id].add(sub)
+        subs = keys.setdefault(sub.route.key, set())
+        if sub not in subs:
+            subs.add(sub)
+            self._count += 1
         return first
 
     def remove(self, sub: LocalSubscription) -> bool:
         """Unregister; True when the channel has no local subscription left."""
-        session_subs = self._by_session.get(sub.session.id)
-        if session_subs is not None:
-            session_subs.discard(sub)
-            if not session_subs:
-                del self._by_session[sub.session.id]
         keys = self._by_channel.get(sub.route.channel)
         if keys is None:
             return False
         subs = keys.get(sub.route.key)
-        if subs is not None:
+        if subs is not None and sub in subs:
             subs.discard(sub)
+            self._count -= 1
             if not subs:
                 del keys[sub.route.key]
         if keys:
             return False
         del self._by_channel[sub.route.channel]
         return True
-
-    def subscriptions_of(self, session_id: str) -> list[LocalSubscription]:
-        return list(self._by_session.get(session_id, ()))
 
     def has_channel(self, channel: str) -> bool:
         return channel in self._by_channel
@@ -128,7 +122,7 @@ class Hub:
 
     @property
     def subscription_count(self) -> int:
-        return sum(len(subs) for subs in self._by_session.values())
+        return self._count
 
     def deliver(self, message: Message) -> int:
         """Send a MESSAGE frame to every local match; returns the number of frames queued.

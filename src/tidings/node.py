@@ -118,10 +118,6 @@ class Node:
         if self.hub.remove(sub):
             self._schedule_unsubscribe(sub.route.channel)
 
-    def remove_session(self, session_id: str) -> None:
-        for sub in self.hub.subscriptions_of(session_id):
-            self.unsubscribe(sub)
-
     def _schedule_unsubscribe(self, channel: str) -> None:
         if channel in self._pending_unsubscribe:
             return

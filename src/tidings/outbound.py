@@ -1,7 +1,9 @@
 """The outbound path of one connection (DESIGN.md §3).
 
 Frames are appended to a bounded buffer and flushed with one ``write`` per event-loop
-turn, so a burst of deliveries costs one system call, not one per frame. The bound
+turn, so a burst of deliveries costs one system call, not one per frame. One callback per
+loop turn flushes every connection that has frames queued (``Flusher``): a callback per
+connection cost three garbage-collected objects per delivery (docs/decisions.md). The bound
 counts what we hold plus what the transport holds unsent; crossing it means the
 client does not read fast enough, and the connection's ``on_overflow`` is called once
 (the policy: disconnect it as a slow consumer, DESIGN.md §1).
@@ -11,8 +13,68 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 from tidings.wsframe import HEADER_CACHE, OP_TEXT, frame_header
+
+
+class Flushable(Protocol):
+    def flush(self) -> None:
+        """Write what is queued."""
+
+
+class Flusher:
+    """Calls ``flush()`` of every object queued with ``add`` in one callback, next loop turn.
+
+    ``loop.call_soon(obj.flush)`` allocates a bound method, a Handle and a Context, all
+    tracked by the garbage collector; a broadcast to 1,000 connections made thousands of
+    them per message, which kept the young generations full and promoted transient
+    objects into the old one. Appending to a list allocates nothing.
+    """
+
+    __slots__ = ("_dirty", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[Flushable] = []
+        self._scheduled = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def add(self, item: Flushable) -> None:
+        """Flush ``item`` next loop turn; the caller adds it once per turn."""
+        self._dirty.append(item)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush_all)
+
+    def _flush_all(self) -> None:
+        dirty = self._dirty
+        done = 0
+        try:
+            while done < len(dirty):  # what a flush adds is flushed in this turn too
+                done += 1
+                dirty[done - 1].flush()
+        finally:
+            del dirty[:done]
+            if dirty:  # a flush raised: the rest still go, next turn
+                self._loop.call_soon(self._flush_all)
+            else:
+                self._scheduled = False
+
+
+_flusher: Flusher | None = None
+
+
+def loop_flusher() -> Flusher:
+    """The running loop's ``Flusher``."""
+    global _flusher  # noqa: PLW0603 - one per loop; a process runs one loop at a time
+    loop = asyncio.get_running_loop()
+    if _flusher is None or _flusher.loop is not loop:
+        _flusher = Flusher(loop)
+    return _flusher
 
 
 class Outbound:
@@ -21,6 +83,7 @@ class Outbound:
     __slots__ = (
         "_buffer",
         "_buffered",
+        "_flusher",
         "_held",
         "_loop",
         "_on_overflow",
@@ -38,7 +101,8 @@ class Outbound:
         on_overflow: Callable[[], None],
     ) -> None:
         self._transport = transport
-        self._loop = asyncio.get_running_loop()
+        self._flusher = loop_flusher()
+        self._loop = self._flusher.loop
         self._buffer: list[bytes] = []
         self._buffered = 0  # payload bytes in _buffer
         self._held = 0  # bytes the transport held unsent when this loop turn's first frame came
@@ -63,7 +127,7 @@ class Outbound:
             if self.overflowed or self._transport.is_closing():
                 return False
             self._held = self._transport.get_write_buffer_size()
-            self._loop.call_soon(self.flush)
+            self._flusher.add(self)  # an empty buffer is not queued for this turn yet
         size = len(payload)
         buffered = self._buffered + size
         if self._held + buffered > self.limit:

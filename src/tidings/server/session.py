@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
 import secrets
 from typing import TYPE_CHECKING, Protocol
@@ -92,7 +91,7 @@ class StompSession:
             server_heartbeat=config.heartbeat,
             server_name=server.server_header,
         )
-        self._message_ids = itertools.count(1)
+        self._last_message_id = 0  # an int, not itertools.count: one object less per session
         self._subscriptions: dict[str, LocalSubscription] = {}
         # message-id -> what was sent, for MESSAGEs awaiting ACK/NACK (delivery order).
         self._pending_acks: dict[str, tuple[LocalSubscription, Message]] = {}
@@ -103,7 +102,8 @@ class StompSession:
 
     # -- Subscriber protocol ------------------------------------------------------------
     def next_message_id(self) -> str:
-        return f"{self.id}-{next(self._message_ids)}"
+        self._last_message_id += 1
+        return f"{self.id}-{self._last_message_id}"
 
     # -- reading ------------------------------------------------------------------------
     def attach(self, transport: FrameTransport) -> None:

@@ -39,6 +39,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from tidings.errors import BrokerUnavailable
+from tidings.outbound import loop_flusher
 from tidings.server.session import StompSession
 from tidings.sockjs.framing import (
     EVENTSOURCE_PRELUDE,
@@ -374,14 +375,16 @@ class WebSocketSession:
     """The FrameTransport of a StompSession on ``/{server}/{session}/websocket``.
 
     Frames go straight to the transport, one WebSocket message per loop turn holding every
-    STOMP frame queued in it (as ``outbound.py`` does for raw WebSockets).
+    STOMP frame queued in it (as ``outbound.py`` does for raw WebSockets, and with its
+    ``Flusher``: no callback object per delivery).
     """
 
     def __init__(self, service: SockJSService, request: web.Request, stomp: StompSession):
         transport = request.transport
         assert transport is not None, "prepare() gave a WebSocket without a transport"
         self._transport = transport
-        self._loop = asyncio.get_running_loop()
+        self._flusher = loop_flusher()
+        self._loop = self._flusher.loop
         self._stomp = stomp
         self._heartbeat_s = service.heartbeat_s
         self.state = Session(max_pending_bytes=service.server.config.max_outbound_bytes)
@@ -407,17 +410,17 @@ class WebSocketSession:
 
     def send_now(self, frame: bytes) -> None:
         self.state.send(frame_text(frame), force=True)
-        self._flush()
+        self.flush()
 
     def send_heartbeat(self) -> None:
         self.state.send("\n", force=True)  # a["\n"]: see HttpSession.send_heartbeat
         self.last_write = self._loop.time()
-        self._flush()
+        self.flush()
 
     def close(self, code: int, reason: str) -> None:
         """Queued messages, ``c[code,"reason"]``, then a WebSocket close frame."""
         self.state.close(code, reason)
-        self._flush()
+        self.flush()
         self._beat.cancel()
         if not self._transport.is_closing():
             self._transport.write(encode_close(code, reason))
@@ -435,9 +438,9 @@ class WebSocketSession:
     def _schedule_flush(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._flusher.add(self)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         self._flush_scheduled = False
         self._write(self.state.take(self._receiver))
 

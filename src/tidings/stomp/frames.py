@@ -365,7 +365,7 @@ class FrameParser:
         if command not in self.commands:
             raise StompProtocolError(f"unknown command {command[:40]!r}")
         self._command = command
-        self._headers = []
+        self._headers.clear()
         self._content_length = None
 
     def _add_header(self, line: bytes) -> None:
@@ -418,6 +418,7 @@ class FrameParser:
                 return None
             self._check_frame_size(end - start)
         frame = Frame(self._command, tuple(self._headers), bytes(buf[start:end]))
+        self._headers.clear()  # an idle session's parser holds no header tuples
         self._pos, self._scanned, self._frame_bytes = end + 1, 0, 0
         self._phase = _Phase.BETWEEN_FRAMES
         return frame
