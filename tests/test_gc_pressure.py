@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -156,3 +156,105 @@ def test_hub_counts_subscriptions_once() -> None:
     assert hub.subscription_count == 1
     assert hub.remove(subs[1]) is True
     assert hub.subscription_count == 0
+
+
+class ClosableSink(Sink):
+    """A ``Sink`` that, like uvloop's transports, forgets its protocol once closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: asyncio.BaseProtocol | None = None
+        self.closing = False
+        self.data = b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        super().write(data)
+        self.data += data
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def lose(self) -> None:
+        """The peer went away: connection_lost, then the protocol is dropped."""
+        self.closing = True
+        protocol, self.protocol = self.protocol, None
+        assert protocol is not None
+        protocol.connection_lost(None)
+
+
+def masked(payload: bytes) -> bytes:
+    assert len(payload) < 126
+    return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload  # all-zero mask
+
+
+def alive(*types: type) -> int:
+    return sum(1 for o in gc.get_objects() if isinstance(o, types))
+
+
+async def turns_until(condition: Callable[[], bool], turns: int = 1000) -> None:
+    """Let the loop run until ``condition`` holds, at most ``turns`` turns (no timers here)."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    assert condition()
+
+
+def open_session(server: Server, sink: ClosableSink, sub_id: int) -> None:
+    from tidings.server.edge import start_websocket  # noqa: PLC0415
+
+    start_websocket(server, sink, None)
+    assert sink.protocol is not None
+    sink.protocol.data_received(  # type: ignore[attr-defined]
+        masked(b"CONNECT\naccept-version:1.2\nheart-beat:10000,10000\n\n\0")
+        + masked(b"SUBSCRIBE\nid:%d\ndestination:/topic/news\nreceipt:r\n\n\0" % sub_id)
+    )
+
+
+@pytest.mark.usefixtures("collector_off")
+async def test_closed_sessions_are_freed_without_the_collector() -> None:
+    """A WebSocket session that ends leaves no reference cycle: with the collector off,
+    its session, protocol and buffer are gone once the last outside reference is."""
+    from tidings.server.websocket import StompWebSocket  # noqa: PLC0415
+
+    server = Server(Config(heartbeat=(10_000, 10_000)))  # heart-beat timers exist, too
+    await server.node.start()
+    try:
+        before = alive(StompSession, StompWebSocket, Outbound)
+        sinks = [ClosableSink() for _ in range(50)]
+        for index, sink in enumerate(sinks):
+            open_session(server, sink, index)
+        await turns_until(lambda: all(b"RECEIPT" in sink.data for sink in sinks))
+        assert alive(StompSession, StompWebSocket, Outbound) == before + 3 * len(sinks)
+        await server.node.publish(Message("", topic_channel("news"), "/topic/news", b"hi"))
+        for sink in sinks:
+            sink.lose()
+        del sink
+        await asyncio.sleep(0)  # the flush queued by the publish runs
+        assert server.node.hub.subscription_count == 0
+        assert alive(StompSession, StompWebSocket, Outbound) == before
+    finally:
+        await server.node.stop()
+
+
+async def test_a_client_gone_while_its_subscribe_awaits_the_broker_leaves_nothing() -> None:
+    server = Server(Config())
+    await server.node.start()
+    try:
+        sink = ClosableSink()
+        open_session(server, sink, 1)
+        # The hub has the subscription; the session still awaits the broker's confirmation.
+        await turns_until(lambda: server.node.hub.subscription_count == 1)
+        assert b"RECEIPT" not in sink.data
+        sink.lose()
+        await turns_until(lambda: server.node.hub.subscription_count == 0)
+        assert b"RECEIPT" not in sink.data
+    finally:
+        await server.node.stop()

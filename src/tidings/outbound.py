@@ -148,6 +148,13 @@ class Outbound:
             self._transport.write(data)
             self.last_write = self._loop.time()
 
+    def close(self) -> None:
+        """The connection is gone: drop what is queued and the overflow callback (a cycle)."""
+        self._buffer.clear()
+        self._buffered = 0
+        self.overflowed = True  # takes nothing more
+        self._on_overflow = _nothing
+
     def flush(self) -> None:
         buffer = self._buffer
         if not buffer:
@@ -158,3 +165,7 @@ class Outbound:
         if not self._transport.is_closing():
             self._transport.write(data)
             self.last_write = self._loop.time()
+
+
+def _nothing() -> None:
+    pass

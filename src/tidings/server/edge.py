@@ -85,6 +85,7 @@ class EdgeProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
+            self._timer = None
 
     def _upgrade(self, head: bytes, rest: bytes) -> bool:
         """Become a STOMP WebSocket if ``head`` is a handshake we accept; False if not ours."""

@@ -134,9 +134,15 @@ class StompSession:
             self.fail("broker unavailable", str(exc), CLOSE_GOING_AWAY)
 
     def transport_closed(self) -> None:
-        """The client went away (or the transport gave up on it): drop everything."""
+        """The client went away (or the transport gave up on it): drop everything.
+
+        The links to the transport go too, so a closed session and its transport are
+        freed by reference counting, not left for a full collection (docs/decisions.md).
+        """
         self.closed = True
         self._release()
+        self.transport = None
+        self.send_frame = _closed
 
     async def _handle(self, event: object) -> None:
         match event:
@@ -182,6 +188,9 @@ class StompSession:
         except BrokerUnavailable:
             self.conn.remove_subscription(event.subscription_id)
             raise
+        if self.closed:  # the client left while the broker confirmed: release() missed it
+            self.server.node.unsubscribe(sub)
+            return
         self._subscriptions[sub.id] = sub
         if sub.replay_buffer is None:
             self._receipt(event.receipt)
@@ -390,6 +399,7 @@ class StompSession:
         for timer in (self._beat_timer, self._alive_timer):
             if timer is not None:
                 timer.cancel()
+        self._beat_timer = self._alive_timer = None  # a handle holds its bound callback
         for sub in self._subscriptions.values():
             self.server.node.unsubscribe(sub)
         self._subscriptions.clear()
@@ -401,6 +411,10 @@ class StompSession:
 
 def _not_attached(frame: bytes, opcode: int = OP_TEXT, /) -> bool:
     raise RuntimeError("the session has no transport yet: attach() one first")
+
+
+def _closed(frame: bytes, opcode: int = OP_TEXT, /) -> bool:
+    return False  # the transport is gone: nothing is taken
 
 
 def _check_inbox_id(value: str, header: str) -> None:

@@ -105,6 +105,7 @@ class StompWebSocket(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._session.transport_closed()
+        self.outbound.close()
         if self._on_lost is not None:
             on_lost, self._on_lost = self._on_lost, None
             on_lost(exc)
