@@ -8,10 +8,10 @@ Publishes each body read from stdin (see stdin_feed.py) to its room: ``u:<user>`
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import stdin_feed
+import uvloop
 
 from tidings.publisher import Publisher
 
@@ -30,4 +30,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())  # what a Tidings back end would run on, as the nodes do
