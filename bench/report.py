@@ -243,6 +243,72 @@ def _s2_targets(s2: dict[str, Result]) -> list[tuple[str, str, str]]:
     return rows
 
 
+def missed_notes(data: Result) -> list[str]:
+    """What limits each missed target, from this run's figures (issue 6: say what limits it)."""
+    verdicts = {target: verdict for target, _, verdict in targets(data)}
+    res = data["results"]
+    notes: list[str] = []
+    s2 = res.get("s2", {})
+    sio2 = s2.get("socketio-node")
+
+    def missed(prefix: str) -> bool:
+        return any(t.startswith(prefix) and v.startswith("**missed") for t, v in verdicts.items())
+
+    http, direct = s2.get("tidings"), s2.get("tidings-direct")
+    if missed("S2 (HTTP API) at") and _ok(http) and _ok(sio2):
+        top = max(http["rates"], key=int)
+        cpu = http["rates"][top]["cpuPct"]
+        busy = cpu.get("server-1", 0) + cpu.get("server-2", 0) + cpu.get("redis", 0)
+        per_t = _cpu_per_message(http["rates"][top])
+        per_s = _cpu_per_message(sio2["rates"][top])
+        notes.append(
+            f"- **S2, HTTP API**: CPU. Each publish is an HTTP request on a node and an EVALSHA "
+            f"round trip to Redis before the 202: {per_t:.0f} µs of server CPU per message at "
+            f"{int(top):,} msg/s against socket.io's {per_s:.0f} µs (its emitter writes to "
+            f"Redis from the back end's process, so its servers only deliver). Both nodes and "
+            f"Redis share core 0, which was {busy:.0f}% busy: the queue behind it is the "
+            "latency. The S2 profile below: writes to Redis (each wakes Redis on the same core) "
+            "and aiohttp's request handling lead. The direct publisher is the same shape as "
+            "socket.io's emitter."
+        )
+    if missed("S2 (direct publisher) at") and _ok(direct) and _ok(sio2):
+        top = max(direct["rates"], key=int)
+        d, s = direct["rates"][top], sio2["rates"][top]
+        notes.append(
+            f"- **S2, direct publisher**: the median is close ({ms(_lat(d, 'p50'))} vs "
+            f"{ms(_lat(s, 'p50'))} at {int(top):,} msg/s), the tail is not (p90 "
+            f"{ms(_lat(d, 'p90'))} vs {ms(_lat(s, 'p90'))}, p99 {ms(_lat(d, 'p99'))} vs "
+            f"{ms(_lat(s, 'p99'))}). A publish crosses one more "
+            "process than socket.io's: the load generator hands it to the Python publisher "
+            f"helper over a pipe, and that helper used {d['cpuPct'].get('publisher', 0):.0f}% "
+            f"of the client core it shares with the load generator "
+            f"({d['cpuPct'].get('core1', 0):.0f}% busy in all); socket.io's emitter runs inside "
+            "the load generator. Redis runs the inbox script per message (store, trim, "
+            f"announce: what makes the message durable): {d['cpuPct'].get('redis', 0):.0f}% "
+            f"of core 0 against {s['cpuPct'].get('redis', 0):.0f}% for socket.io's PUBLISH."
+        )
+    s34 = res.get("s34", {})
+    t3, sio3 = s34.get("tidings"), s34.get("socketio-node")
+    if missed("S4") and _ok(t3) and _ok(sio3):
+        tc, sc = t3["storm"]["cpuPct"], sio3["storm"]["cpuPct"]
+        notes.append(
+            "- **S4**: round trips. Before its RECEIPT a Tidings session makes two Redis round "
+            "trips (its presence entry on CONNECT; the SUBSCRIBE of its user's channel, "
+            "confirmed by Redis so that no message published after the RECEIPT is missed), "
+            "while socket.io's adapter joins a room in memory "
+            f"(Redis CPU {tc.get('redis', 0):.0f}% vs {sc.get('redis', 0):.0f}%). "
+            f"The server used {tc.get('server-1', 0):.0f}% of its core against socket.io's "
+            f"{sc.get('server-1', 0):.0f}%; the S4 profile below shows where."
+        )
+    return notes
+
+
+def _cpu_per_message(rate_result: Result) -> float:
+    cpu = rate_result["cpuPct"]
+    busy = (cpu.get("server-1", 0) + cpu.get("server-2", 0)) / 100
+    return 1e6 * busy * rate_result["publishSeconds"] / max(1, rate_result["published"])
+
+
 # -- charts ----------------------------------------------------------------------------------
 def _plt() -> Any:
     import matplotlib  # noqa: PLC0415 - optional (bench extra)
@@ -843,6 +909,9 @@ def markdown(data: Result, made: dict[str, str]) -> str:
         "",
     ]
     lines += _table(["target", "this run", "verdict"], [list(r) for r in targets(data)])
+    notes = missed_notes(data)
+    if notes:
+        lines += ["", "What limits the missed targets, from this run's figures:", "", *notes]
     lines += [
         "",
         "## How it was measured",
