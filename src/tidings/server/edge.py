@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 MAX_HEAD_BYTES = 16 * 1024  # a longer head is aiohttp's to judge (it answers 4xx)
 HEAD_TIMEOUT_S = 5.0  # a connection still without a full head then is aiohttp's
 _GET = b"GET "
-STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")  # STOMP 1.2 §WebSocket, Spring's
+STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")  # IANA-registered names
 
 
 class Edge:
