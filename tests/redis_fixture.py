@@ -18,7 +18,7 @@ import contextlib
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,8 @@ POLL_INTERVAL = 0.02
 
 
 async def _answers_ping(port: int) -> bool:
-    """True if something on 127.0.0.1:port answers an inline PING with +PONG."""
+    """True if something on 127.0.0.1:port answers an inline PING (with +PONG, or with
+    -NOAUTH when it wants a password)."""
     try:
         async with asyncio.timeout(1.0):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -46,16 +47,20 @@ async def _answers_ping(port: int) -> bool:
                     await writer.wait_closed()
     except (OSError, TimeoutError):
         return False
-    return line == b"+PONG\r\n"
+    return line == b"+PONG\r\n" or line.startswith(b"-NOAUTH ")
 
 
 class RedisServer:
-    """One redis-server process; ``stop()`` and ``start()`` keep the same port."""
+    """One redis-server process; ``stop()`` and ``start()`` keep the same port.
 
-    def __init__(self, workdir: Path) -> None:
+    ``extra_args`` go to redis-server as they are (``--requirepass``, ``--unixsocket``...).
+    """
+
+    def __init__(self, workdir: Path, extra_args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.workdir = workdir
+        self.extra_args = list(extra_args)
         self.log_path = workdir / f"redis-{self.port}.log"
         self._proc: asyncio.subprocess.Process | None = None
 
@@ -76,7 +81,7 @@ class RedisServer:
             pytest.fail("redis-server is not on PATH (Debian package redis-server)")
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-        args += ["--dir", str(self.workdir)]
+        args += ["--dir", str(self.workdir), *self.extra_args]
         with self.log_path.open("ab") as log_file:
             self._proc = await asyncio.create_subprocess_exec(
                 *args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT

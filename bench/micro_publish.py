@@ -1,0 +1,109 @@
+"""Micro-benchmark of the publish path: client CPU per inbox publish, private redis-server.
+
+    .venv/bin/python -m bench.micro_publish http [--count 3000] [--in-flight 8]
+    .venv/bin/python -m bench.micro_publish direct [--count 20000] [--in-flight 64]
+
+``http`` starts one node (``tidings serve --broker``) and POSTs to
+``/api/v1/users/u<n % 1000>/messages``: the node's CPU per request, from /proc.
+``direct`` runs ``tidings.publisher`` on uvloop in this process, as a back end would:
+this process's CPU per ``to_user``. Both warm up first (connections, script load). To
+measure another tree's code, put its ``src`` first: ``PYTHONPATH=/tmp/old/src ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import uvloop
+
+from bench.procs import CLK_TCK, Proc, cpu_ticks, free_port, wait_http_ok, wait_port
+from tidings.publisher import Publisher
+
+WARMUP = 200
+BODY = "x" * 100
+
+
+async def _bounded(count: int, in_flight: int, one: Callable[[int], Awaitable[None]]) -> None:
+    """``one(n)`` for n in range(count), by ``in_flight`` workers."""
+    numbers = iter(range(count))
+
+    async def worker() -> None:
+        for n in numbers:
+            await one(n)
+
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+
+
+async def http(node: Proc, port: int, count: int, in_flight: int) -> str:
+    async with aiohttp.ClientSession() as session:
+
+        async def one(n: int) -> None:
+            path = f"/api/v1/users/u{n % 1000}/messages"
+            async with session.post(f"http://127.0.0.1:{port}{path}", json={"body": BODY}) as r:
+                assert r.status == 202, await r.text()
+
+        await _bounded(WARMUP, in_flight, one)
+        ticks, start = cpu_ticks(node.pid), time.perf_counter()
+        await _bounded(count, in_flight, one)
+        elapsed = time.perf_counter() - start
+        used = (cpu_ticks(node.pid) - ticks) / CLK_TCK
+    return f"http: {count / elapsed:.0f} req/s; node CPU {1e6 * used / count:.0f} µs/request"
+
+
+async def direct(url: str, count: int, in_flight: int) -> str:
+    async with Publisher.from_url(url) as pub:
+
+        async def one(n: int) -> None:
+            await pub.to_user(f"u{n % 1000}", BODY)
+
+        await _bounded(WARMUP, in_flight, one)
+        cpu, start = time.process_time(), time.perf_counter()
+        await _bounded(count, in_flight, one)
+        elapsed = time.perf_counter() - start
+        used = time.process_time() - cpu
+    return f"direct: {count / elapsed:.0f} publishes/s; CPU {1e6 * used / count:.0f} µs/publish"
+
+
+def start(name: str, argv: list[str]) -> Proc:
+    popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    return Proc(name, popen, popen.pid)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["http", "direct"])
+    parser.add_argument("--count", type=int)
+    parser.add_argument("--in-flight", type=int)
+    args = parser.parse_args()
+    count = args.count or (3000 if args.mode == "http" else 20_000)
+    in_flight = args.in_flight or (8 if args.mode == "http" else 64)
+    redis_port, port = free_port(), free_port()
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    procs = [
+        start(
+            "redis",
+            ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
+        )
+    ]
+    try:
+        wait_port(redis_port, procs[0])
+        if args.mode == "direct":
+            print(uvloop.run(direct(url, count, in_flight)))
+            return
+        serve = [sys.executable, "-m", "tidings", "serve", "--broker", url, "--port", str(port)]
+        procs.append(start("node", [*serve, "--log-level", "warning"]))
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", procs[1])
+        print(uvloop.run(http(procs[1], port, count, in_flight)))
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+if __name__ == "__main__":
+    main()

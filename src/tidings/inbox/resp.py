@@ -1,0 +1,316 @@
+"""A lean Redis connection for the hottest command: EVALSHA of the inbox's publish script.
+
+Every message published costs one EVALSHA. Sent through redis-py's pipeline, a node spent
+~250 µs of CPU per HTTP publish, about a quarter of it in Pipeline objects, command
+packing, reply parsing and timers (docs/decisions.md). ``ScriptConnection`` does only
+what this command needs, on a connection of its own. It speaks RESP2
+(https://redis.io/docs/latest/develop/reference/protocol-spec/): each call is packed once
+as an array of bulk strings (``hiredis.pack_command``), the calls of one loop turn go out
+in one write, and ``hiredis.Reader`` parses the replies. A RESP2 reply carries no request
+id: it answers the oldest command not yet answered, so replies resolve the callers'
+futures in the order the commands were written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+import hiredis
+from redis._parsers import BaseParser
+from redis.asyncio import Redis
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
+from redis.credentials import UsernamePasswordCredentialProvider
+from redis.exceptions import NoScriptError
+
+from tidings.errors import BrokerUnavailable, TidingsError
+
+_MORE = object()
+"""What ``hiredis.Reader.gets`` returns while no complete reply is buffered."""
+
+_Call = tuple[bytes | None, asyncio.Future[Any] | None]
+"""A command awaiting its reply: the command, kept for one NOSCRIPT retry (None: no
+retry), and the caller's future (None: nobody waits for this reply)."""
+
+_SUPPORTED = (Connection, SSLConnection, UnixDomainSocketConnection)
+
+
+def _pack(*parts: str | bytes | int) -> bytes:
+    """One command as a RESP array of bulk strings (str as UTF-8, int in decimal)."""
+    packed: bytes = hiredis.pack_command(parts)  # type: ignore[arg-type]  # stub: a 1-tuple
+    return packed
+
+
+class ScriptConnection:
+    """Runs EVALSHA of ``script`` for any number of callers over one connection of its own.
+
+    It connects on first use to the Redis of ``client``'s pool (``redis://``, ``rediss://``
+    or ``unix://``, read from the pool's settings), with its credentials, db, client name
+    and timeouts. The calls made in one loop turn share one write; at most
+    ``max_in_flight`` await their replies at a time, later ones wait their turn in order.
+    Each caller gets the script's reply, or BrokerUnavailable carrying Redis' error reply,
+    which fails no other call. NOSCRIPT (Redis restarted, ``SCRIPT FLUSH``): the script
+    is loaded and those calls are sent once more. The connection lost, or no reply for
+    the pool's socket timeout: every pending call fails with BrokerUnavailable and the
+    next call connects again. Nothing is resent then: a call may have run, and only its
+    caller knows whether to retry (with an idempotency key, a retry stores nothing twice).
+    """
+
+    def __init__(self, client: Redis, script: str, *, max_in_flight: int = 128) -> None:
+        pool = client.connection_pool
+        # Built only to read its settings as redis-py parsed them; never connected.
+        self._params: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
+        if type(self._params) not in _SUPPORTED:
+            raise TidingsError(f"cannot publish over a {type(self._params).__name__}")
+        self._sha = hashlib.sha1(script.encode()).hexdigest().encode()
+        self._load = _pack(b"SCRIPT", b"LOAD", script)
+        self._max_in_flight = max_in_flight
+        self.writes = 0
+        """Writes of callers' commands so far (the NOSCRIPT retries' not counted)."""
+        self._queue: deque[tuple[bytes, asyncio.Future[Any]]] = deque()  # not written yet
+        self._link: _Link | None = None
+        self._connecting: asyncio.Task[None] | None = None
+
+    async def call(self, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
+        """``EVALSHA sha len(keys) *keys *args``: the script's reply, or BrokerUnavailable."""
+        command = _pack(b"EVALSHA", self._sha, len(keys), *keys, *args)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._queue:
+            loop.call_soon(self._send)
+        self._queue.append((command, future))
+        return await future
+
+    async def close(self) -> None:
+        """Fail every pending call and close the connection; a later call connects again."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
+        link, self._link = self._link, None
+        error = BrokerUnavailable("redis unavailable: the publish connection was closed")
+        self._fail_queue(error)
+        if link is not None:
+            link.close(error)
+
+    def _send(self) -> None:
+        """Write the waiting calls, as many as ``max_in_flight`` allows, in one write."""
+        link, queue = self._link, self._queue
+        if link is None:
+            if self._connecting is None and queue:
+                self._connecting = asyncio.create_task(self._connect())
+            return
+        room = self._max_in_flight - len(link.pending)
+        if room <= 0 or not queue:
+            return
+        if len(queue) <= room:
+            calls = list(queue)
+            queue.clear()
+        else:
+            calls = [queue.popleft() for _ in range(room)]
+        calls = [call for call in calls if not call[1].done()]  # a cancelled caller is gone
+        if calls:
+            link.send(calls)
+            self.writes += 1
+
+    async def _connect(self) -> None:
+        try:
+            self._link = await _Link.open(self._params, self._load, self._send, self._lost)
+        except Exception as exc:
+            if not isinstance(exc, BrokerUnavailable):
+                exc = BrokerUnavailable(f"redis unavailable: {exc or type(exc).__name__}")
+            self._fail_queue(exc)
+        finally:
+            self._connecting = None
+        self._send()
+
+    def _lost(self, link: _Link, error: BrokerUnavailable) -> None:
+        if self._link is link:
+            self._link = None
+            self._fail_queue(error)
+
+    def _fail_queue(self, error: BrokerUnavailable) -> None:
+        queue, self._queue = self._queue, deque()
+        for _, future in queue:
+            if not future.done():
+                future.set_exception(error)
+
+
+class _Link(asyncio.Protocol):
+    """One connection: commands written, replies matched to them in order."""
+
+    def __init__(
+        self,
+        timeout: float | None,
+        load: bytes,
+        on_reply: Callable[[], None],
+        on_lost: Callable[[_Link, BrokerUnavailable], None],
+    ) -> None:
+        self.pending: deque[_Call] = deque()
+        self._reader = hiredis.Reader(replyError=BaseParser.parse_error, notEnoughData=_MORE)
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._heard = 0.0  # loop time of the last reply, or of a write when none was pending
+        self._load = load
+        self._on_reply = on_reply
+        self._on_lost = on_lost
+        self._error: BrokerUnavailable | None = None  # set once lost
+
+    @classmethod
+    async def open(
+        cls,
+        params: AbstractConnection,
+        load: bytes,
+        on_reply: Callable[[], None],
+        on_lost: Callable[[_Link, BrokerUnavailable], None],
+    ) -> _Link:
+        """Connect as redis-py would with ``params``, then AUTH, CLIENT SETNAME, SELECT."""
+        loop = asyncio.get_running_loop()
+
+        def factory() -> _Link:
+            return cls(params.socket_timeout, load, on_reply, on_lost)
+
+        async with asyncio.timeout(params.socket_connect_timeout):
+            if isinstance(params, UnixDomainSocketConnection):
+                _, link = await loop.create_unix_connection(factory, params.path)
+            else:
+                assert isinstance(params, Connection)
+                ssl = params.ssl_context.get() if isinstance(params, SSLConnection) else None
+                _, link = await loop.create_connection(factory, params.host, params.port, ssl=ssl)
+        try:
+            if isinstance(params, Connection):
+                link._set_socket_options(params)
+            await link._handshake(params)
+        except BaseException:
+            link.close(BrokerUnavailable("redis unavailable: connection setup failed"))
+            raise
+        return link
+
+    def send(self, calls: Sequence[_Call], *, data: bytes | None = None) -> None:
+        """Write ``calls`` (their commands, or ``data`` instead) and await their replies."""
+        assert self._transport is not None
+        if not self.pending and self._timeout is not None:
+            self._heard = self._loop.time()
+            if self._timer is None:
+                self._timer = self._loop.call_at(self._heard + self._timeout, self._check)
+        if data is None:
+            data = b"".join([command for command, _ in calls if command is not None])
+        self._transport.write(data)
+        self.pending.extend(calls)
+
+    def close(self, error: BrokerUnavailable) -> None:
+        self._fail(error)
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are no subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(BrokerUnavailable(f"redis unavailable: connection lost ({exc or 'closed'})"))
+
+    def data_received(self, data: bytes) -> None:
+        reader, pending = self._reader, self.pending
+        reader.feed(data)
+        self._heard = self._loop.time()
+        retry: list[_Call] = []
+        resend: list[bytes] = []
+        try:
+            while (reply := reader.gets()) is not _MORE:
+                command, future = pending.popleft()
+                if future is None or future.done():
+                    continue  # nobody waits, or the caller is gone (cancelled)
+                if isinstance(reply, NoScriptError) and command is not None:
+                    retry.append((None, future))  # None: no second retry
+                    resend.append(command)
+                elif isinstance(reply, Exception):  # an error reply, for this call only
+                    future.set_exception(BrokerUnavailable(f"redis unavailable: {reply}"))
+                else:
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError) as exc:  # garbled, or a reply unasked for
+            self._abort(f"bad reply from redis: {exc!r}")
+            return
+        if retry:
+            # Redis runs commands in order: the script is loaded before they run again.
+            self.send([(None, None), *retry], data=b"".join([self._load, *resend]))
+        self._on_reply()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _set_socket_options(self, params: Connection) -> None:
+        """TCP_NODELAY and keepalive, as redis-py sets them."""
+        assert self._transport is not None
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        options = params.socket_keepalive_options
+        if params.socket_keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in options.items() if isinstance(options, Mapping) else ():
+                sock.setsockopt(socket.SOL_TCP, option, value)
+
+    async def _handshake(self, params: AbstractConnection) -> None:
+        """AUTH, CLIENT SETNAME and SELECT as the URL asks, in one write."""
+        commands: list[tuple[Any, ...]] = []
+        if params.credential_provider or params.username or params.password:
+            provider = params.credential_provider or UsernamePasswordCredentialProvider(
+                params.username, params.password
+            )
+            commands.append(("AUTH", *provider.get_credentials()))
+        if params.client_name:
+            commands.append(("CLIENT", "SETNAME", params.client_name))
+        if params.db:
+            commands.append(("SELECT", params.db))
+        if not commands:
+            return
+        futures = [self._loop.create_future() for _ in commands]
+        self.send([(_pack(*c), f) for c, f in zip(commands, futures, strict=True)])
+        # bounded by the reply timeout; an error reply or a loss fails them
+        for outcome in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    def _check(self) -> None:
+        """The reply timer: no reply for ``timeout`` while commands wait for one: lost."""
+        self._timer = None
+        if not self.pending or self._error is not None or self._timeout is None:
+            return
+        deadline = self._heard + self._timeout
+        if self._loop.time() >= deadline - 0.001:
+            self._abort(f"no reply within {self._timeout}s")
+        else:
+            self._timer = self._loop.call_at(deadline, self._check)
+
+    def _abort(self, why: str) -> None:
+        self._fail(BrokerUnavailable(f"redis unavailable: {why}"))
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _fail(self, error: BrokerUnavailable) -> None:
+        """Fail every call awaiting a reply; tell the owner, once."""
+        if self._error is not None:
+            return
+        self._error = error
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self.pending = self.pending, deque()
+        for _, future in pending:
+            if future is not None and not future.done():
+                future.set_exception(error)
+        self._on_lost(self, error)
