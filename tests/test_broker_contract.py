@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from tidings.brokers import MemoryBroker, MessageHandler, broker_from_url
-from tidings.brokers.redis import RedisBroker
+from tidings.brokers.redis import SUBSCRIBE_BATCH, RedisBroker
 from tidings.errors import BrokerUnavailable
 
 from .redis_fixture import RedisServer
@@ -198,11 +199,13 @@ async def redis_broker(redis_server: RedisServer) -> AsyncIterator[Harness]:
 class FreezingProxy:
     """TCP proxy to Redis whose open connections can be frozen: bytes stop flowing both
     ways but the sockets stay open, like a peer behind a dead NAT entry. Connections
-    made after ``freeze()`` work normally."""
+    made after ``freeze()`` work normally; ``thaw()`` lets the held bytes (and closes) go
+    on, and ``held`` keeps every byte that was held."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
+        self.held = bytearray()
         self._server: asyncio.Server | None = None
         self._frozen: list[asyncio.Event] = []  # one "flowing" flag per connection
         self._tasks: set[asyncio.Task[None]] = set()
@@ -219,6 +222,10 @@ class FreezingProxy:
     def freeze(self) -> None:
         for flowing in self._frozen:
             flowing.clear()
+
+    def thaw(self) -> None:
+        for flowing in self._frozen:
+            flowing.set()
 
     async def close(self) -> None:
         if self._server is not None:
@@ -240,16 +247,21 @@ class FreezingProxy:
         flowing.set()
         self._frozen.append(flowing)
         for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(src, dst, flowing))
+            task = asyncio.create_task(self._pump(src, dst, flowing, self.held))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     @staticmethod
     async def _pump(
-        src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter,
+        flowing: asyncio.Event,
+        held: bytearray,
     ) -> None:
         with contextlib.suppress(OSError):
             while data := await src.read(65536):
+                if not flowing.is_set():
+                    held += data
                 await flowing.wait()
                 dst.write(data)
                 await dst.drain()
@@ -407,18 +419,119 @@ class TestRedis:
         broker, got = await redis_broker()
         conn = broker._conn
         assert conn is not None
+        await broker.subscribe("u:0")
 
         async def swallow(*args: Any, **kwargs: Any) -> None:
             """Pretend to send: Redis never sees the SUBSCRIBE, so never confirms."""
 
-        monkeypatch.setattr(conn, "send_command", swallow)
-        with pytest.raises(BrokerUnavailable, match="not confirmed"):
-            await broker.subscribe("u:1")
+        monkeypatch.setattr(conn, "send_packed_command", swallow)
+        results = await asyncio.gather(
+            broker.subscribe("u:1"),
+            broker.subscribe("u:1"),
+            broker.subscribe("u:3"),
+            return_exceptions=True,
+        )
+        assert [str(r) for r in results] == [
+            "redis unavailable: subscription to 'u:1' not confirmed within 0.2s",
+            "redis unavailable: subscription to 'u:1' not confirmed within 0.2s",
+            "redis unavailable: subscription to 'u:3' not confirmed within 0.2s",
+        ]
+        assert all(isinstance(r, BrokerUnavailable) for r in results)
         monkeypatch.undo()
         await broker.subscribe("u:2")
-        await broker.publish("u:1", b"not wanted")
-        await broker.publish("u:2", b"wanted")
-        await eventually(lambda: got.messages == [("u:2", b"wanted")])
+        for channel in ("u:0", "u:1", "u:2", "u:3"):
+            await broker.publish(channel, b"to " + channel.encode())
+        await broker.publish("u:2", b"end")
+        await eventually(lambda: got.on("u:2") == [b"to u:2", b"end"])
+        assert got.messages == [("u:0", b"to u:0"), ("u:2", b"to u:2"), ("u:2", b"end")]
+
+    async def test_subscribes_of_one_loop_turn_share_one_command(
+        self, redis_server: RedisServer, redis_broker: Harness
+    ) -> None:
+        broker, got = await redis_broker()
+        names = [f"u:{i}" for i in range(SUBSCRIBE_BATCH + 1)]
+
+        async def subscribe_then_publish(name: str) -> None:
+            await broker.subscribe(name)
+            await broker.publish(name, name.encode())  # received only if already live
+
+        client = redis_server.client()
+        try:
+            calls_before = await subscribe_calls(client)
+            await asyncio.gather(  # every first step runs in the same loop turn
+                *(subscribe_then_publish(name) for name in names),
+                *(broker.subscribe(name) for name in names[:10]),  # callers of one channel
+            )
+            calls = await subscribe_calls(client) - calls_before
+        finally:
+            await client.aclose()
+        assert calls == math.ceil(len(names) / SUBSCRIBE_BATCH) == 2
+        await eventually(lambda: len(got.messages) == len(names), what="one message each")
+        assert sorted(got.messages) == sorted((name, name.encode()) for name in names)
+
+    async def test_unsubscribe_racing_a_queued_subscribe(
+        self, redis_server: RedisServer, redis_broker: Harness
+    ) -> None:
+        broker, got = await redis_broker()
+        # One loop turn: Redis gets SUBSCRIBE u:1, UNSUBSCRIBE u:1, SUBSCRIBE u:2 in this
+        # order, so the first subscribe is confirmed and u:1 ends up not subscribed.
+        await asyncio.gather(
+            broker.subscribe("u:1"), broker.unsubscribe("u:1"), broker.subscribe("u:2")
+        )
+        assert await numsub(redis_server, "tidings:u:1", "tidings:u:2") == [0, 1]
+        await broker.subscribe("u:1")
+        assert await numsub(redis_server, "tidings:u:1") == [1]
+        await broker.publish("u:1", b"back")
+        await eventually(lambda: got.messages == [("u:1", b"back")])
+
+    async def test_pubsub_kill_fails_a_written_unconfirmed_batch(
+        self, redis_server: RedisServer, redis_broker: Harness
+    ) -> None:
+        proxy = FreezingProxy(redis_server.port)
+        await proxy.start()
+        broker, got = await redis_broker(proxy.url)
+        try:
+            await broker.subscribe("u:before")
+            proxy.freeze()  # the batch below reaches the proxy, not Redis
+            names = [f"u:pending-{i:02}" for i in range(20)]
+            batch = asyncio.gather(
+                *(broker.subscribe(name) for name in names), return_exceptions=True
+            )
+            await eventually(
+                lambda: all(name.encode() in proxy.held for name in names), what="batch sent"
+            )
+            assert await redis_server.kill_pubsub_clients() == 1
+            proxy.thaw()  # passes the close on
+            results = await batch
+            assert all(isinstance(r, BrokerUnavailable) for r in results), results
+            assert "lost with the connection" in str(results[0])
+            await eventually(lambda: broker.ready and broker.reconnects == 1)
+            # Resubscribed what was confirmed, not the failed batch.
+            keys = [f"tidings:{name}" for name in ["u:before", *names]]
+            assert await numsub(redis_server, *keys) == [1] + [0] * len(names)
+            await broker.subscribe(names[0])
+            await broker.publish(names[0], b"after")
+            await broker.publish("u:before", b"kept")
+            await eventually(lambda: len(got.messages) == 2)
+            assert sorted(got.messages) == [("u:before", b"kept"), (names[0], b"after")]
+        finally:
+            await broker.close()
+            await proxy.close()
+
+
+async def subscribe_calls(client: Any) -> int:
+    """SUBSCRIBE commands Redis has run (``INFO commandstats``), whatever their channels."""
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_subscribe", {}).get("calls", 0))
+
+
+async def numsub(server: RedisServer, *keys: str) -> list[int]:
+    """Subscribers of each Redis channel (``PUBSUB NUMSUB``)."""
+    client = server.client()
+    try:
+        return [count for _, count in await client.pubsub_numsub(*keys)]
+    finally:
+        await client.aclose()
 
 
 def test_broker_from_url_schemes() -> None:

@@ -6,7 +6,8 @@ Two connections, as in centrifuge's Redis engine (DESIGN.md §4):
   reused by the node for presence keys;
 * one *subscriber* connection, owned by a single reader task, carries ``SUBSCRIBE`` and
   the messages. It speaks RESP2 so that messages and subscription replies arrive as
-  plain ``[kind, channel, data]`` arrays in order.
+  plain ``[kind, channel, data]`` arrays in order. The (UN)SUBSCRIBEs asked for in one
+  loop turn are written together, one command per run of channels (``_flush``).
 
 Faults are handled here, not by the node: when the subscriber connection breaks (Redis
 restarted, ``CLIENT KILL TYPE pubsub``) or goes deaf (the probe stops coming back), the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import secrets
@@ -48,7 +50,10 @@ START_TIMEOUT_S = 5.0
 POOL_SIZE = 32
 """Command connections at most; publishers beyond that wait up to SOCKET_TIMEOUT_S."""
 SUBSCRIBE_BATCH = 1000
-"""Channels per SUBSCRIBE command when resubscribing after a reconnect."""
+"""Channels per SUBSCRIBE or UNSUBSCRIBE command."""
+
+_Waiter = asyncio.Future[str | None]
+"""One per SUBSCRIBE sent: None once Redis confirmed it, else why it was not."""
 
 
 def command_client(url: str, *, client_name: str | None = None) -> redis.asyncio.Redis:
@@ -109,9 +114,13 @@ class RedisBroker:
         # Redis channel -> name given to the handler, for everything we want delivered:
         # the raw channels and every logical channel subscribed and not unsubscribed.
         self._routes: dict[bytes, str] = dict(self._raw_keys)
-        # One future per SUBSCRIBE sent by subscribe(), in sending order per channel;
-        # Redis confirms in the same order. Resolved True on confirmation, False if lost.
-        self._waiters: dict[bytes, deque[asyncio.Future[bool]]] = {}
+        # One waiter per SUBSCRIBE sent by subscribe(), in sending order per channel;
+        # Redis confirms in the same order.
+        self._waiters: dict[bytes, deque[_Waiter]] = {}
+        # (Un)subscribes of this loop turn in call order, for _flush to write:
+        # (b"SUBSCRIBE", key, waiter) or (b"UNSUBSCRIBE", key, None).
+        self._pending: list[tuple[bytes, bytes, _Waiter | None]] = []
+        self._flushes: set[asyncio.Task[None]] = set()  # keeps each _flush task alive
         self._handler: MessageHandler | None = None
         self._conn: AbstractConnection | None = None
         self._ready = False
@@ -165,8 +174,10 @@ class RedisBroker:
     async def subscribe(self, channel: str) -> None:
         """Return once Redis has confirmed the subscription (idempotent).
 
-        BrokerUnavailable if the subscriber connection is down or Redis does not
-        confirm within SUBSCRIBE_TIMEOUT_S; the channel is then not wanted any more.
+        The SUBSCRIBE goes out with the others of this loop turn (``_flush``); concurrent
+        callers of one channel share one. BrokerUnavailable if the subscriber connection
+        is down, the write fails, or Redis does not confirm within SUBSCRIBE_TIMEOUT_S of
+        the write; the channel is then not wanted any more.
         """
         key = self._key(channel)
         if key in self._routes:
@@ -177,33 +188,21 @@ class RedisBroker:
                 return  # confirmed on the current connection
             waiter = waiters[-1]
         else:
-            conn = self._live_conn()
+            self._live_conn()  # BrokerUnavailable unless connected and ready
             waiter = asyncio.get_running_loop().create_future()
-            waiters = self._waiters.setdefault(key, deque())
-            waiters.append(waiter)
+            self._waiters.setdefault(key, deque()).append(waiter)
             self._routes[key] = channel
-            try:
-                async with asyncio.timeout(SOCKET_TIMEOUT_S):
-                    await conn.send_command("SUBSCRIBE", key, check_health=False)
-            except Exception as exc:  # redis-py closed it; the reader task will reconnect
-                self._routes.pop(key, None)
-                with contextlib.suppress(ValueError):
-                    waiters.remove(waiter)
-                waiter.set_result(False)  # fail concurrent callers of the same channel now
-                raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
-        try:
-            confirmed = await asyncio.wait_for(asyncio.shield(waiter), SUBSCRIBE_TIMEOUT_S)
-        except TimeoutError:
-            confirmed = False
-        if not confirmed:
-            await self._forget(key)
-            raise BrokerUnavailable(f"redis unavailable: subscription to {channel!r} not confirmed")
+            self._queue(b"SUBSCRIBE", key, waiter)
+        error = await asyncio.shield(waiter)
+        if error is not None:
+            self._forget(key)
+            raise BrokerUnavailable(f"redis unavailable: subscription to {channel!r} {error}")
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel`` at once; tell Redis if connected (never raises)."""
         key = self._key(channel)
         if key not in self._raw_keys:
-            await self._forget(key)
+            self._forget(key)
 
     async def publish(self, channel: str, payload: bytes) -> None:
         """PUBLISH on the command connection; BrokerUnavailable unless Redis took it."""
@@ -225,29 +224,63 @@ class RedisBroker:
         return self._prefix + channel.encode()
 
     def _live_conn(self) -> AbstractConnection:
-        """The subscriber connection if it can take a command now, else BrokerUnavailable.
-
-        Check this right before ``send_command`` with no await in between: redis-py
-        silently reconnects a closed connection, and that new one would lack our
-        subscriptions.
-        """
+        """The subscriber connection if it can take a command now, else BrokerUnavailable."""
         conn = self._conn
         if not self._ready or conn is None or not conn.is_connected:
             raise BrokerUnavailable("redis unavailable: subscriber not connected")
         return conn
 
-    async def _forget(self, key: bytes) -> None:
+    def _forget(self, key: bytes) -> None:
         """Stop delivering ``key`` and, best effort, unsubscribe it on Redis."""
         if self._routes.pop(key, None) is None:
             return
         conn = self._conn
-        if conn is None or not conn.is_connected:
-            return  # a reconnect will not resubscribe it
+        if conn is not None and conn.is_connected:  # else a reconnect will not resubscribe it
+            self._queue(b"UNSUBSCRIBE", key)
+
+    def _queue(self, command: bytes, key: bytes, waiter: _Waiter | None = None) -> None:
+        if not self._pending:
+            flush = asyncio.ensure_future(self._flush())  # runs next loop turn
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        self._pending.append((command, key, waiter))
+
+    async def _flush(self) -> None:
+        """Write the (un)subscribes queued in the last loop turn as one write.
+
+        Redis runs them as if sent one by one: in call order, consecutive ones of a kind
+        as one command of up to SUBSCRIBE_BATCH channels, one confirmation per channel.
+        If the write fails, each SUBSCRIBE's callers fail and its channel is not wanted;
+        those Redis does not confirm within SUBSCRIBE_TIMEOUT_S fail then (one timer).
+        A connection loss (``_lost``) drops what is queued and fails what is unconfirmed.
+        """
+        pending, self._pending = self._pending, []
+        if not pending:
+            return  # dropped by _lost
+        commands: list[tuple[bytes, ...]] = []
+        for command, run in itertools.groupby(pending, key=lambda item: item[0]):
+            commands += _commands(command, [key for _, key, _ in run])
+        waiters = [(key, waiter) for _, key, waiter in pending if waiter is not None]
+        conn = self._conn
         try:
+            # No await between this check and the write: redis-py silently reconnects a
+            # closed connection, and that new one would lack our subscriptions.
+            if conn is None or not conn.is_connected:
+                raise ConnectionError("subscriber not connected")
             async with asyncio.timeout(SOCKET_TIMEOUT_S):
-                await conn.send_command("UNSUBSCRIBE", key, check_health=False)
-        except Exception as exc:
-            log.debug("redis unsubscribe of %r failed: %s", key, exc)
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        except Exception as exc:  # redis-py closed it; the reader task will reconnect
+            log.debug("redis (un)subscribe write failed: %s", exc)
+            for key, waiter in waiters:
+                self._routes.pop(key, None)
+                with contextlib.suppress(KeyError, ValueError):
+                    self._waiters[key].remove(waiter)
+                if not waiter.done():
+                    waiter.set_result(f"not sent: {exc}")
+            return
+        if waiters:
+            loop = asyncio.get_running_loop()
+            loop.call_later(SUBSCRIBE_TIMEOUT_S, _expire, [waiter for _, waiter in waiters])
 
     async def _run_subscriber(self) -> None:
         """Own the subscriber connection: connect, read, and on loss reconnect, forever."""
@@ -297,11 +330,9 @@ class RedisBroker:
         async with asyncio.timeout(CONNECT_TIMEOUT_S + SOCKET_TIMEOUT_S):
             await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
             self._conn = conn
-            keys = [self._probe_key, *self._routes]
-            for start in range(0, len(keys), SUBSCRIBE_BATCH):
-                batch = keys[start : start + SUBSCRIBE_BATCH]
-                await conn.send_command("SUBSCRIBE", *batch, check_health=False)
-            await conn.send_command("PING", check_health=False)
+            commands = [*_commands(b"SUBSCRIBE", [self._probe_key, *self._routes]), (b"PING",)]
+            # One write: an UNSUBSCRIBE queued meanwhile cannot land between these.
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
 
     async def _read(self, conn: AbstractConnection) -> None:
         """Hand each reply to ``_dispatch`` until the connection fails or goes deaf.
@@ -345,7 +376,7 @@ class RedisBroker:
                 if not waiters:
                     del self._waiters[reply[1]]
                 if not waiter.done():
-                    waiter.set_result(True)
+                    waiter.set_result(None)
         elif kind == b"pong" and not self._ready:
             self._ready = True
             self._became_ready.set()
@@ -359,11 +390,12 @@ class RedisBroker:
         self._ready = False
         self._became_ready.clear()
         self._conn = None
+        self._pending = []  # queued SUBSCRIBEs' waiters are in _waiters too
         waiters, self._waiters = self._waiters, {}
         for queue in waiters.values():
             for waiter in queue:
                 if not waiter.done():
-                    waiter.set_result(False)
+                    waiter.set_result("lost with the connection")
 
     def _backoff(self, failures: int) -> float:
         """Capped exponential delay before reconnect attempt ``failures``, with jitter."""
@@ -380,3 +412,18 @@ class RedisBroker:
                 await self.redis.publish(self._probe_key, b"probe")
             except (RedisError, OSError, TimeoutError) as exc:
                 log.debug("redis probe publish failed: %s", exc)
+
+
+def _commands(command: bytes, keys: list[bytes]) -> list[tuple[bytes, ...]]:
+    """``command`` for ``keys``, at most SUBSCRIBE_BATCH of them per command."""
+    return [
+        (command, *keys[start : start + SUBSCRIBE_BATCH])
+        for start in range(0, len(keys), SUBSCRIBE_BATCH)
+    ]
+
+
+def _expire(waiters: list[_Waiter]) -> None:
+    """Fail the waiters of one write that Redis has not confirmed by now."""
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(f"not confirmed within {SUBSCRIBE_TIMEOUT_S}s")
