@@ -35,6 +35,7 @@ from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_u
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+GC_YOUNG_THRESHOLD = 10_000  # tracked allocations between young collections (default 700)
 # Browser libraries are installed from npm by `./run setup`, never committed.
 VENDOR_FILES = {
     "stomp.umd.min.js": "@stomp/stompjs/bundles/stomp.umd.min.js",
@@ -251,6 +252,10 @@ class Server:
         # docs/benchmarks.md found gen-2 pauses behind the S1 tail latency).
         gc.collect()
         gc.freeze()
+        # Fewer, larger young collections: a connection storm creates ~26 tracked objects
+        # per session, and with the default 700 the full passes over all sessions came
+        # every few thousand connects (docs/decisions.md, GC in connection storms).
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
         log.info("node %s ready on %s:%d", self.node.id, self.config.host, self.config.port)
 
     async def on_shutdown(self, app: web.Application) -> None:
