@@ -298,7 +298,10 @@ def missed_notes(data: Result) -> list[str]:
             "while socket.io's adapter joins a room in memory "
             f"(Redis CPU {tc.get('redis', 0):.0f}% vs {sc.get('redis', 0):.0f}%). "
             f"The server used {tc.get('server-1', 0):.0f}% of its core against socket.io's "
-            f"{sc.get('server-1', 0):.0f}%; the S4 profile below shows where."
+            f"{sc.get('server-1', 0):.0f}%; the S4 profile below shows where. The garbage "
+            "collector is the other part: every session adds ~26 tracked objects that each "
+            "full collection rescans while the heap grows (`TIDINGS_GC_LOG=1`, "
+            "docs/decisions.md: ~0.5 s of a storm before the threshold change)."
         )
     return notes
 
