@@ -289,6 +289,18 @@ async def test_raw_handshake_then_stomp_over_masked_frames(node: Node, path: str
         assert response.headers["sec-websocket-protocol"] == "v12.stomp"
 
 
+async def test_a_head_larger_than_the_edge_reads_is_upgraded_by_aiohttp(node: Node) -> None:
+    """Over the edge's 16 KB a head goes to aiohttp unread; its route upgrades it alike."""
+    cookies = "".join(f"Cookie: c{i}={'x' * 6000}\r\n" for i in range(3))  # ~18 KB
+    request = upgrade_request().replace(b"\r\n\r\n", b"\r\n" + cookies.encode() + b"\r\n")
+    assert len(request) > 16 * 1024
+    async with raw(node) as client:
+        response = await client.handshake(request)
+        assert response.headers["sec-websocket-accept"] == RFC_ACCEPT
+        await client.send(masked_frame(CONNECT))
+        await client.expect("CONNECTED", version="1.2")
+
+
 async def test_frames_in_the_handshake_write_are_not_lost(node: Node) -> None:
     async with raw(node) as client:
         await client.handshake(upgrade_request(protocols=None), masked_frame(CONNECT))

@@ -73,7 +73,7 @@ class EdgeProtocol(asyncio.Protocol):
                 return
             self._head = head
             return
-        end = head.find(b"\r\n\r\n")
+        end = head.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
         if end < 0:
             if len(head) > MAX_HEAD_BYTES:
                 self._hand_over(head)
