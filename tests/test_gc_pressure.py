@@ -258,3 +258,35 @@ async def test_a_client_gone_while_its_subscribe_awaits_the_broker_leaves_nothin
         assert b"RECEIPT" not in sink.data
     finally:
         await server.node.stop()
+
+
+IDLE_SESSION_BUDGET = 27  # tracked objects; 25 when written, 29 with a finished Task per channel
+
+
+@pytest.mark.usefixtures("collector_off")
+async def test_an_idle_subscribed_session_holds_few_tracked_objects() -> None:
+    """Each tracked object of an idle session is rescanned by every full collection, the
+    longest pauses of a node with many connections (docs/decisions.md)."""
+    server = Server(Config(heartbeat=(10_000, 10_000)))
+    await server.node.start()
+    try:
+        sinks = [ClosableSink() for _ in range(100)]
+        before = len(gc.get_objects())
+        for index, sink in enumerate(sinks):
+            from tidings.server.edge import start_websocket  # noqa: PLC0415
+
+            start_websocket(server, sink, None)
+            assert sink.protocol is not None
+            sink.protocol.data_received(  # type: ignore[attr-defined]
+                masked(
+                    b"CONNECT\naccept-version:1.2\nheart-beat:10000,10000\nlogin:u%d\n\n\0" % index
+                )
+                + masked(b"SUBSCRIBE\nid:sub-0\ndestination:/user/queue/x\nreceipt:r\n\n\0")
+            )
+        await turns_until(lambda: all(b"RECEIPT" in sink.data for sink in sinks))
+        for sink in sinks:
+            sink.data = b""
+        per_session = (len(gc.get_objects()) - before) / len(sinks)
+        assert per_session <= IDLE_SESSION_BUDGET, per_session
+    finally:
+        await server.node.stop()

@@ -13,6 +13,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import orjson
 
@@ -67,7 +68,9 @@ class Node:
         self.unsubscribe_delay_s = unsubscribe_delay_s
         self._ids = itertools.count(1)
         self._id_prefix = f"{self.id}-{secrets.token_hex(3)}-"
-        self._channel_ready: dict[str, asyncio.Task[None]] = {}
+        # The broker's subscription per channel: pending, or True once confirmed (a
+        # finished task would keep a Task, its coroutine and a Context per channel).
+        self._channel_ready: dict[str, asyncio.Task[None] | Literal[True]] = {}
         self._pending_unsubscribe: dict[str, asyncio.TimerHandle] = {}
         self._started = False
 
@@ -102,6 +105,8 @@ class Node:
         if pending is not None:
             pending.cancel()
         ready = self._channel_ready.get(channel)
+        if ready is True:
+            return
         if ready is None:
             ready = self._channel_ready[channel] = asyncio.ensure_future(
                 self.broker.subscribe(channel)
@@ -113,6 +118,8 @@ class Node:
                 del self._channel_ready[channel]
             self.hub.remove(sub)
             raise BrokerUnavailable(f"cannot subscribe to {channel}: {exc}") from exc
+        if self._channel_ready.get(channel) is ready:
+            self._channel_ready[channel] = True
 
     def unsubscribe(self, sub: LocalSubscription) -> None:
         if self.hub.remove(sub):
