@@ -150,23 +150,18 @@ class Hub:
                 if order <= sub.last_order:
                     continue  # already sent by a replay
                 sub.last_order = order
-            if sub.ack == "auto":
-                frame = frames.get(sub.frame_key)
-                if frame is None:
-                    version = sub.session.version
-                    tail = tails.get(version)
-                    if tail is None:
-                        tail = tails[version] = encode_tail(message, version)
-                    frame = frames[sub.frame_key] = sub.prefix + message_id + tail
-                if sub.session.send_frame(frame, opcode):
-                    delivered += 1
-                continue
-            version = sub.session.version
-            tail = tails.get(version)
-            if tail is None:
-                tail = tails[version] = encode_tail(message, version)
-            if send_message(sub, message, tail, opcode):
-                delivered += 1
+            auto = sub.ack == "auto"
+            frame = frames.get(sub.frame_key) if auto else None
+            if frame is None:  # an ack-mode subscription, or the first of its frame key
+                version = sub.session.version
+                tail = tails.get(version)
+                if tail is None:
+                    tail = tails[version] = encode_tail(message, version)
+                if not auto:
+                    delivered += send_message(sub, message, tail, opcode)
+                    continue
+                frame = frames[sub.frame_key] = sub.prefix + message_id + tail
+            delivered += sub.session.send_frame(frame, opcode)
         return delivered
 
 

@@ -111,11 +111,6 @@ class Outbound:
         self.overflowed = False
         self.last_write = self._loop.time()
 
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes accepted but not yet handed to the kernel."""
-        return self._buffered + self._transport.get_write_buffer_size()
-
     def send(self, payload: bytes, opcode: int = OP_TEXT) -> bool:
         """Queue one STOMP frame as one WebSocket message; False once the bound was crossed.
 
