@@ -559,13 +559,20 @@ async function makePublisher(spec) {
     let scheduled = false;
     let sent = 0;
     let lastInfo = { ok: 0, errors: 0 };
+    let rateDone = null; // resolves runRate's promise
     (async () => {
       for (;;) {
         const r = await it.next();
         if (r.done) break;
         try {
           lastInfo = JSON.parse(r.value);
-        } catch {}
+        } catch {
+          continue;
+        }
+        if (lastInfo.rate_done && rateDone) {
+          rateDone();
+          rateDone = null;
+        }
       }
     })();
     const flush = () => {
@@ -583,6 +590,15 @@ async function makePublisher(spec) {
           scheduled = true;
           setImmediate(flush);
         }
+      },
+      // The helper publishes a fixed-rate schedule itself (bench/peers/stdin_feed.py):
+      // a back end's library runs in its own process, so no line per message.
+      runRate(schedule) {
+        sent += schedule.total;
+        child.stdin.write(`!rate ${JSON.stringify({ ...schedule, userRoom: spec.userRoom, topicRoom: spec.topicRoom })}\n`);
+        return new Promise((resolve) => {
+          rateDone = resolve;
+        });
       },
       pending: () => sent - lastInfo.ok - lastInfo.errors,
       info: () => ({ sent, ...lastInfo }),
@@ -664,24 +680,37 @@ async function runRate(spec) {
     rng = (Math.imul(rng, 1103515245) + 12345) >>> 0;
     return (spec.userOffset || 0) + (rng % users);
   };
-  await new Promise((resolve) => {
-    const tick = () => {
-      const now = nowUs();
-      if (ticks0 === null) {
-        ticks0 = readTicks(meterPids(spec));
-        ticks0Us = now;
-      }
-      const due = Math.min(total, Math.floor(((now - t0) * rate) / 1e6) + 1);
-      while (i < due) {
-        const sched = t0 + (i * 1e6) / rate;
-        publisher.publish(spec.target === "user" ? nextUser() : null, makeBody(sched, phase, i));
-        i++;
-      }
-      if (i < total) setTimeout(tick, 1);
-      else resolve();
-    };
-    setTimeout(tick, 50);
-  });
+  if (publisher.runRate) {
+    const target = spec.target === "user" ? "user" : "topic";
+    const done = publisher.runRate({ rate, total, t0, phase, users, userOffset: spec.userOffset || 0, target });
+    await sleep(Math.max(0, (t0 - nowUs()) / 1000));
+    ticks0 = readTicks(meterPids(spec));
+    ticks0Us = nowUs();
+    await done;
+    i = total;
+  } else {
+    await tickPublish();
+  }
+  async function tickPublish() {
+    await new Promise((resolve) => {
+      const tick = () => {
+        const now = nowUs();
+        if (ticks0 === null) {
+          ticks0 = readTicks(meterPids(spec));
+          ticks0Us = now;
+        }
+        const due = Math.min(total, Math.floor(((now - t0) * rate) / 1e6) + 1);
+        while (i < due) {
+          const sched = t0 + (i * 1e6) / rate;
+          publisher.publish(spec.target === "user" ? nextUser() : null, makeBody(sched, phase, i));
+          i++;
+        }
+        if (i < total) setTimeout(tick, 1);
+        else resolve();
+      };
+      setTimeout(tick, 50);
+    });
+  }
   const pubEnd = nowUs();
   const cpu = cpuBetween(ticks0, ticks0Us, readTicks(meterPids(spec)), pubEnd);
   const expected = total * fanout;

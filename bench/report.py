@@ -291,14 +291,13 @@ def missed_notes(data: Result) -> list[str]:
             f"- **S2, direct publisher**: the median is close ({ms(_lat(d, 'p50'))} vs "
             f"{ms(_lat(s, 'p50'))} at {int(top):,} msg/s), the tail is not (p90 "
             f"{ms(_lat(d, 'p90'))} vs {ms(_lat(s, 'p90'))}, p99 {ms(_lat(d, 'p99'))} vs "
-            f"{ms(_lat(s, 'p99'))}). A publish crosses one more "
-            "process than socket.io's: the load generator hands it to the Python publisher "
-            f"helper over a pipe, and that helper used {d['cpuPct'].get('publisher', 0):.0f}% "
-            f"of the client core it shares with the load generator "
-            f"({d['cpuPct'].get('core1', 0):.0f}% busy in all); socket.io's emitter runs inside "
-            "the load generator. Redis runs the inbox script per message (store, trim, "
-            f"announce: what makes the message durable): {d['cpuPct'].get('redis', 0):.0f}% "
-            f"of core 0 against {s['cpuPct'].get('redis', 0):.0f}% for socket.io's PUBLISH."
+            f"{ms(_lat(s, 'p99'))}). The publisher helper (Python, its own process) used "
+            f"{d['cpuPct'].get('publisher', 0):.0f}% of the client core it shares with the "
+            f"load generator ({d['cpuPct'].get('core1', 0):.0f}% busy in all); socket.io's "
+            "emitter runs inside the load generator. Redis runs the inbox script per "
+            "message (store, trim, announce: what makes the message durable): "
+            f"{d['cpuPct'].get('redis', 0):.0f}% of core 0 against "
+            f"{s['cpuPct'].get('redis', 0):.0f}% for socket.io's PUBLISH."
         )
     s34 = res.get("s34", {})
     t3, sio3 = s34.get("tidings"), s34.get("socketio-node")
@@ -985,6 +984,8 @@ def markdown(data: Result, made: dict[str, str]) -> str:
         + f" msg/s for {sz['s2_seconds']:.0f} s each through the server-side publish path "
         "(Tidings: HTTP round-robin over both nodes, and separately its direct publisher "
         "from a Python helper; Socket.IO: its Redis emitter/manager; "
+        "the Python helpers, Tidings' and python-socketio's, run the fixed-rate schedule "
+        "themselves, as socket.io's emitter does inside the load generator; "
         "RabbitMQ: STOMP SEND on node 1 of the cluster). Then up to "
         f"{sz['drain_ms'] / 1000:.0f} s to drain.",
         f"- **S4 connection storm**: {sz['s4_storm']:,} connects + subscribes (each to its own "

@@ -271,7 +271,8 @@ TIDINGS_DIRECT = System(
     "tidings-direct",
     "Tidings (Redis broker), direct publisher",
     "the same nodes; publishes: tidings.publisher.Publisher straight to Redis (the inbox's "
-    "Lua script, auto-pipelined), from a Python helper on the client core",
+    "Lua script, auto-pipelined), from a Python helper on the client core that publishes "
+    "the scenario's fixed-rate schedule itself, as a back end would",
     _tidings("redis", direct=True),
     family="tidings",
 )
