@@ -30,11 +30,7 @@ from tidings.wsframe import (
     parse_close,
     unmask,
 )
-from tidings.wshandshake import (
-    HandshakeError,
-    accept_handshake,
-    parse_request_head,
-)
+from tidings.wshandshake import HandshakeError, accept_handshake
 
 RFC_MASK = bytes((0x37, 0xFA, 0x21, 0x3D))  # the masking key of every §5.7 example
 RFC_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # §1.3
@@ -394,82 +390,6 @@ def test_encode_close_cuts_a_long_reason_to_valid_utf8() -> None:
     code, reason = parse_close(frame[2:])  # raises 1007 if the cut split a character
     assert code == 1008
     assert reason and set(reason) == {"é"}
-
-
-# -- request head ----------------------------------------------------------------------------
-
-
-def test_parse_request_head() -> None:
-    head = parse_request_head(
-        b"GET /stomp?access_token=abc&x=1 HTTP/1.1\r\n"
-        b"Host: server.example.com\r\n"
-        b"Upgrade: websocket\r\n"
-        b"Connection:Upgrade\r\n"
-        b"Sec-WebSocket-Key:   " + RFC_KEY.encode() + b"  \t\r\n"
-        b"Sec-WebSocket-Version: 13"
-    )
-    assert head is not None
-    assert (head.method, head.target, head.version) == (
-        "GET",
-        "/stomp?access_token=abc&x=1",
-        "HTTP/1.1",
-    )
-    assert (head.path, head.query) == ("/stomp", "access_token=abc&x=1")
-    assert head.headers == {
-        "host": "server.example.com",
-        "upgrade": "websocket",
-        "connection": "Upgrade",
-        "sec-websocket-key": RFC_KEY,
-        "sec-websocket-version": "13",
-    }
-
-
-def test_parse_request_head_joins_repeated_fields() -> None:
-    head = parse_request_head(
-        b"GET / HTTP/1.0\r\nSec-WebSocket-Protocol: chat\r\nsec-websocket-protocol: v12.stomp"
-    )
-    assert head is not None
-    assert head.version == "HTTP/1.0"
-    assert head.headers == {"sec-websocket-protocol": "chat, v12.stomp"}
-
-
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"GET /stomp",
-        b"GET /stomp HTTP/1.1 extra",
-        b"GET  /stomp HTTP/1.1",
-        b"GET stomp HTTP/1.1",
-        b"GET http://example.com/stomp HTTP/1.1",
-        b"GET /stomp HTTP/2.0",
-        b"GET /stomp http/1.1",
-        b"GET /stomp HTTP/1.1\r\nHost example.com",
-        b"GET /stomp HTTP/1.1\r\nHost : example.com",
-        b"GET /stomp HTTP/1.1\r\n: no-name",
-        b"GET /stomp HTTP/1.1\r\nUpgrade: websocket\r\n  folded",
-        b"GET /stomp HTTP/1.1\r\nX-Name: caf\xc3\xa9",
-        b"GET /st\xc3\xb6mp HTTP/1.1",
-        b"GET /stomp HTTP/1.1\r\nHost: a\r\n\r\nX: b",
-    ],
-    ids=[
-        "two-parts",
-        "four-parts",
-        "double-space",
-        "not-origin-form",
-        "absolute-form",
-        "http2",
-        "lower-case-version",
-        "no-colon",
-        "space-before-colon",
-        "empty-name",
-        "obs-fold",
-        "non-ascii-value",
-        "non-ascii-target",
-        "empty-line",
-    ],
-)
-def test_parse_request_head_refuses_malformed_heads(head: bytes) -> None:
-    assert parse_request_head(head) is None
 
 
 # -- opening handshake -----------------------------------------------------------------------

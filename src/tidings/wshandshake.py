@@ -1,9 +1,8 @@
 """The server side of the WebSocket opening handshake (RFC 6455 §4.2), sans I/O.
 
-``parse_request_head`` reads an HTTP/1.1 request head (RFC 9112 §2-§5) well enough to
-recognise an upgrade; ``accept_handshake`` checks the client's handshake (§4.2.1) and
-builds the 101 response (§4.2.2). The edge uses both on raw bytes; the aiohttp route
-that serves upgrades on kept-alive connections uses ``accept_handshake`` on its headers.
+``accept_handshake`` checks the client's handshake (§4.2.1) and builds the 101 response
+(§4.2.2). The edge uses it on heads read by ``http1.parse_request_head``; the aiohttp
+route that serves upgrades on kept-alive connections uses it on aiohttp's headers.
 """
 
 from __future__ import annotations
@@ -14,59 +13,9 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from tidings.http1 import header_tokens
+
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_TOKEN_CHARS = frozenset(
-    b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    method: str
-    target: str  # origin-form: path and query, as sent
-    version: str
-    headers: dict[str, str]  # lower-cased names; a repeated field's values joined by ", "
-
-    @property
-    def path(self) -> str:
-        return self.target.partition("?")[0]
-
-    @property
-    def query(self) -> str:
-        return self.target.partition("?")[2]
-
-
-def parse_request_head(head: bytes) -> RequestHead | None:
-    """The request line and fields of ``head`` (without the final CRLF CRLF).
-
-    None when it is not a plain, well-formed HTTP/1.x request head: the caller then lets
-    a full HTTP server answer it (with its own errors).
-    """
-    try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    request_line, *lines = text.split("\r\n")
-    parts = request_line.split(" ")
-    if len(parts) != 3 or not parts[1].startswith("/") or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
-        return None
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, colon, value = line.partition(":")
-        # RFC 9112 §5.1: no whitespace before the colon; obs-fold (§5.2) is not taken here.
-        if not colon or not name or not _TOKEN_CHARS.issuperset(name.encode()):
-            return None
-        key = name.lower()
-        value = value.strip(" \t")
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return RequestHead(parts[0], parts[1], parts[2], headers)
-
-
-def header_tokens(value: str | None) -> list[str]:
-    """The comma-separated tokens of a list-valued field, lower-cased (RFC 9110 §5.6.1)."""
-    if not value:
-        return []
-    return [token.strip(" \t").lower() for token in value.split(",") if token.strip(" \t")]
 
 
 def is_websocket_upgrade(headers: Mapping[str, str]) -> bool:

@@ -312,7 +312,8 @@ class InboxWriter:
         """Store ``message`` on its channel's stream and announce it; see ``Inbox.publish``."""
         channel = message.channel
         user = user_of(channel)
-        encoded = dataclasses.replace(message, id="").encode()
+        # The id is the stream's: a message of publish_rules comes without one.
+        encoded = (dataclasses.replace(message, id="") if message.id else message).encode()
         idem = ""
         if idempotency_key is not None:
             idem = f"{self._prefix}idem:{len(channel)}:{channel}:{idempotency_key}"

@@ -1,6 +1,9 @@
 """The publish API: JSON in, JSON out, and a clear 4xx for everything wrong.
 
 Errors are ``{"error": <machine code>, "message": <human text>}`` (see openapi.py).
+The publish routes have two servers: aiohttp's router, and the edge (server/api_edge.py),
+which serves them without aiohttp on connections that start with a publish. Both run
+the same code here (``PublishApi.publish`` and what it calls) and write its ``Answer``.
 """
 
 from __future__ import annotations
@@ -8,7 +11,11 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
+import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import orjson
@@ -16,6 +23,7 @@ from aiohttp import web
 
 from tidings import publish_rules
 from tidings.auth import bearer_token
+from tidings.config import Config
 from tidings.errors import BrokerUnavailable, InvalidPublish
 from tidings.inbox.base import Stored
 from tidings.inbox.read_state import parse_read_request
@@ -29,6 +37,36 @@ MAX_PRESENCE_QUERY = 10_000
 MAX_INBOX_PAGE = 1000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A publish route's handler: (its path parameter, the JSON body, the request's fields).
+Publish = Callable[[str, dict[str, object], Mapping[str, str]], Awaitable["Answer"]]
+
+# The publish routes' paths as aiohttp's router matches them: ``{user}`` is [^{}/]+.
+_USER_ROUTE = re.compile(r"/api/v1/users/([^{}/]+)/messages")
+_TOPIC_ROUTE = re.compile(r"/api/v1/topics/([^{}]+)/messages")
+
+
+def client_max_size(config: Config) -> int:
+    """The largest request body taken: two messages' worth of JSON-escaped text, and more."""
+    return 2 * config.max_message_bytes + 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An API response before a server writes it; its text is always UTF-8."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+    @classmethod
+    def json(cls, data: object, status: int = 200) -> Answer:
+        # json.dumps, as aiohttp's json_response: the same bytes from either server.
+        return cls(status, json.dumps(data).encode())
+
+    def response(self) -> web.Response:
+        return web.Response(
+            body=self.body, status=self.status, content_type=self.content_type, charset="utf-8"
+        )
 
 
 class ApiError(Exception):
@@ -37,6 +75,26 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+Failure = ApiError | InvalidPublish | BrokerUnavailable | web.HTTPRequestEntityTooLarge
+FAILURES = (ApiError, InvalidPublish, BrokerUnavailable, web.HTTPRequestEntityTooLarge)
+
+
+def failure_answer(exc: Failure) -> Answer:
+    """The JSON error answer of a failure the caller is told about."""
+    if isinstance(exc, ApiError):
+        status, code, message = exc.status, exc.code, exc.message
+    elif isinstance(exc, InvalidPublish):
+        status, code, message = 413 if exc.code == "too_large" else 400, exc.code, exc.message
+    elif isinstance(exc, BrokerUnavailable):
+        status, code, message = 503, "broker_unavailable", f"broker unavailable: {exc}"
+    else:
+        status, code, message = 413, "too_large", exc.text or "request body too large"
+    return Answer.json({"error": code, "message": message}, status)
+
+
+LEGACY_ANSWER_OK = Answer(200, LEGACY_ANSWER.encode(), "text/plain")
 
 
 def error_response(
@@ -50,14 +108,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     """Turn every failure of an API handler into a JSON error body."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message)
-    except InvalidPublish as exc:
-        return error_response(413 if exc.code == "too_large" else 400, exc.code, exc.message)
-    except BrokerUnavailable as exc:
-        return error_response(503, "broker_unavailable", f"broker unavailable: {exc}")
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(413, "too_large", exc.text or "request body too large")
+    except FAILURES as exc:
+        return failure_answer(exc).response()
 
 
 class PublishApi:
@@ -66,9 +118,15 @@ class PublishApi:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/pushToOneTest", self.push_to_one_test),
-            web.post("/api/v1/users/{user}/messages", self.publish_to_user),
-            web.post("/api/v1/topics/{topic:[^{}]+}/messages", self.publish_to_topic),
+            web.post("/pushToOneTest", self._served_by_aiohttp(self.push_to_one_test)),
+            web.post(
+                "/api/v1/users/{user}/messages",
+                self._served_by_aiohttp(self.publish_to_user, "user"),
+            ),
+            web.post(
+                "/api/v1/topics/{topic:[^{}]+}/messages",
+                self._served_by_aiohttp(self.publish_to_topic, "topic"),
+            ),
             web.get("/api/v1/users/{user}/presence", self.user_presence),
             web.get("/api/v1/users/{user}/inbox", self.inbox_listing),
             web.get("/api/v1/users/{user}/inbox/unread", self.inbox_unread),
@@ -76,6 +134,97 @@ class PublishApi:
             web.post("/api/v1/presence/query", self.presence_query),
         ]
 
+    def publish_route(self, path: str) -> tuple[Publish, str] | None:
+        """The publish route aiohttp's router picks for ``path`` and its parameter, or None.
+
+        ``path`` must have no %-escapes or dot segments, which aiohttp's router decodes.
+        """
+        if path == "/pushToOneTest":
+            return self.push_to_one_test, ""
+        if match := _USER_ROUTE.fullmatch(path):
+            return self.publish_to_user, match[1]
+        if match := _TOPIC_ROUTE.fullmatch(path):
+            return self.publish_to_topic, match[1]
+        return None
+
+    async def publish(
+        self,
+        route: Publish,
+        param: str,
+        headers: Mapping[str, str],
+        peer: str | None,
+        body: bytes,
+    ) -> Answer:
+        """A whole publish request as the edge serves it; failures become their answer."""
+        try:
+            self.check_caller(headers, peer)
+            return await route(param, read_object(body), headers)
+        except FAILURES as exc:
+            return failure_answer(exc)
+
+    def _served_by_aiohttp(self, route: Publish, param: str = "") -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            data = await self._read_object(request)
+            value = request.match_info[param] if param else ""
+            return (await route(value, data, request.headers)).response()
+
+        return handler
+
+    # -- the publish routes ----------------------------------------------------------------
+    async def push_to_one_test(
+        self, _: str, data: dict[str, object], headers: Mapping[str, str]
+    ) -> Answer:
+        """The seed's contract: ``{code, form, to, content}``; ``content`` to /user/{to}/message."""
+        to = data.get("to")
+        if isinstance(to, int) and not isinstance(to, bool):
+            to = str(to)
+        if not publish_rules.valid_name(to):
+            raise ApiError(400, "invalid_field", "'to' must be a non-empty user id string")
+        if "content" not in data:
+            raise ApiError(400, "missing_field", "'content' is required")
+        message = publish_rules.message(
+            user_channel(to), "/message", data["content"], None, max_bytes=self._max_bytes
+        )
+        await self.server.node.publish(message)
+        return LEGACY_ANSWER_OK
+
+    async def publish_to_user(
+        self, user: str, data: dict[str, object], headers: Mapping[str, str]
+    ) -> Answer:
+        message = publish_rules.user_message(
+            user,
+            _body(data),
+            destination=data.get("destination", "/message"),
+            headers=data.get("headers"),
+            max_bytes=self._max_bytes,
+        )
+        return await self._publish(message, data, headers)
+
+    async def publish_to_topic(
+        self, topic: str, data: dict[str, object], headers: Mapping[str, str]
+    ) -> Answer:
+        message = publish_rules.topic_message(
+            topic, _body(data), headers=data.get("headers"), max_bytes=self._max_bytes
+        )
+        return await self._publish(message, data, headers)
+
+    async def _publish(
+        self, message: Message, data: dict[str, object], headers: Mapping[str, str]
+    ) -> Answer:
+        """Store and announce; 202 with the inbox id once the message is durably stored.
+
+        The idempotency key is the ``Idempotency-Key`` header, or the body's ``id`` field.
+        """
+        key = publish_rules.idempotency_key(headers.get("idempotency-key", data.get("id")))
+        message_id = await self.server.node.publish(message, idempotency_key=key)
+        # An inbox id is <ms>-<seq>, nothing to escape: these are the bytes json.dumps makes.
+        return Answer(202, b'{"id": "%s"}' % message_id.encode())
+
+    @property
+    def _max_bytes(self) -> int:
+        return self.server.config.max_message_bytes
+
+    # -- the other routes (aiohttp only) ---------------------------------------------------
     async def inbox_listing(self, request: web.Request) -> web.Response:
         """The user's retained messages after ``after``, with ids and read flags."""
         self._check_caller(request)
@@ -130,83 +279,43 @@ class PublishApi:
         online = await self.server.node.presence.query(users)
         return web.json_response({"users": online})
 
-    async def push_to_one_test(self, request: web.Request) -> web.Response:
-        """The seed's contract: ``{code, form, to, content}``; ``content`` to /user/{to}/message."""
-        data = await self._read_object(request)
-        to = data.get("to")
-        if isinstance(to, int) and not isinstance(to, bool):
-            to = str(to)
-        if not publish_rules.valid_name(to):
-            raise ApiError(400, "invalid_field", "'to' must be a non-empty user id string")
-        if "content" not in data:
-            raise ApiError(400, "missing_field", "'content' is required")
-        message = publish_rules.message(
-            user_channel(to), "/message", data["content"], None, max_bytes=self._max_bytes
-        )
-        await self.server.node.publish(message)
-        return web.Response(text=LEGACY_ANSWER, content_type="text/plain", charset="utf-8")
-
-    async def publish_to_user(self, request: web.Request) -> web.Response:
-        data = await self._read_object(request)
-        message = publish_rules.user_message(
-            request.match_info["user"],
-            _body(data),
-            destination=data.get("destination", "/message"),
-            headers=data.get("headers"),
-            max_bytes=self._max_bytes,
-        )
-        return await self._publish(request, data, message)
-
-    async def publish_to_topic(self, request: web.Request) -> web.Response:
-        data = await self._read_object(request)
-        message = publish_rules.topic_message(
-            request.match_info["topic"],
-            _body(data),
-            headers=data.get("headers"),
-            max_bytes=self._max_bytes,
-        )
-        return await self._publish(request, data, message)
-
-    @property
-    def _max_bytes(self) -> int:
-        return self.server.config.max_message_bytes
-
-    async def _publish(
-        self, request: web.Request, data: dict[str, object], message: Message
-    ) -> web.Response:
-        """Store and announce; 202 with the inbox id once the message is durably stored.
-
-        The idempotency key is the ``Idempotency-Key`` header, or the body's ``id`` field.
-        """
-        key = publish_rules.idempotency_key(request.headers.get("Idempotency-Key", data.get("id")))
-        message_id = await self.server.node.publish(message, idempotency_key=key)
-        return web.json_response({"id": message_id}, status=202)
-
     async def _read_object(self, request: web.Request) -> dict[str, object]:
+        """The caller checked, then the body read (413 past client_max_size) as an object."""
         self._check_caller(request)
-        raw = await request.read()
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "invalid_json", "request body must be a JSON object")
-        return data
+        return read_object(await request.read())
 
     def _check_caller(self, request: web.Request) -> None:
-        """``--api-key`` set: require it as a bearer token; else accept loopback callers only."""
+        self.check_caller(request.headers, request.remote)
+
+    # -- shared by every route and both servers --------------------------------------------
+    def check_caller(self, headers: Mapping[str, str], peer: str | None) -> None:
+        """``--api-key`` set: require it as a bearer token; else accept loopback callers only.
+
+        ``headers`` looks lower-case names up (a dict of them, or aiohttp's CIMultiDict).
+        """
         api_key = self.server.config.api_key
         if api_key:
-            given = bearer_token(request.headers.get("Authorization"))
+            given = bearer_token(headers.get("authorization"))
             if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
                 raise ApiError(
                     401, "unauthorized", "missing or wrong 'Authorization: Bearer <api key>'"
                 )
             return
-        if not _is_loopback(caller_address(request)):
+        if not _is_loopback(caller_address(peer, headers.get("x-forwarded-for"))):
             raise ApiError(
                 403, "forbidden", "no --api-key is configured: only loopback callers may publish"
             )
+
+
+def read_object(raw: bytes) -> dict[str, object]:
+    """The request body as a JSON object, or ApiError 400 ``invalid_json``."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    return data
 
 
 def _stored_json(stored: Stored) -> dict[str, object]:
@@ -232,20 +341,19 @@ def _body(data: dict[str, object]) -> object:
     return data["body"]
 
 
-def caller_address(request: web.Request) -> str | None:
+def caller_address(peer: str | None, forwarded_for: str | None) -> str | None:
     """The peer, or for a request relayed by a local proxy, the client the proxy names.
 
     nginx's ``$proxy_add_x_forwarded_for`` appends the address it saw, so the rightmost
     X-Forwarded-For entry is the one a client cannot forge. Without this, every request
     through a proxy on the same machine would pass the loopback rule.
     """
-    peer = request.remote
-    forwarded = request.headers.get("X-Forwarded-For")
-    if forwarded and _is_loopback(peer):
-        return forwarded.split(",")[-1].strip()
+    if forwarded_for and _is_loopback(peer):
+        return forwarded_for.split(",")[-1].strip()
     return peer
 
 
+@lru_cache(maxsize=256)  # a handful of peers call it for every request
 def _is_loopback(remote: str | None) -> bool:
     if remote is None:
         return False

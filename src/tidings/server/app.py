@@ -11,6 +11,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -24,13 +25,16 @@ from tidings.errors import AuthError
 from tidings.inbox.memory import MemoryInbox
 from tidings.node import Node
 from tidings.presence import MemoryPresence, Presence
-from tidings.server.api import PublishApi, error_response, json_errors
+from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
 from tidings.server.edge import STOMP_SUBPROTOCOLS, start_websocket
 from tidings.server.openapi import openapi_document
 from tidings.server.session import CLOSE_GOING_AWAY, StompSession
 from tidings.server.sockjs import add_sockjs_routes, greeting_response
 from tidings.stomp.connection import ConnectRequested, State
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
+
+if TYPE_CHECKING:
+    from tidings.server.api_edge import ApiConnection
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +84,8 @@ class Server:
         # STOMP 1.2 §CONNECTED: server = name/version *(comment); the comment names the node.
         self.server_header = f"Tidings/{__version__} (node {self.node.id})"
         self.sessions: set[StompSession] = set()
+        self.api = PublishApi(self)
+        self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
         self.shutting_down = False
         self.verifier: JwtVerifier | None = None
         if config.auth == "jwt":
@@ -262,6 +268,10 @@ class Server:
         self.shutting_down = True
         for session in list(self.sessions):
             session.fail("server shutting down", "reconnect later", CLOSE_GOING_AWAY)
+        # aiohttp closes its own idle connections and waits for its handlers; these are ours.
+        busy = [task for conn in list(self.api_connections) if (task := conn.shut_down())]
+        if busy:
+            await asyncio.wait(busy, timeout=self.config.shutdown_grace_s)
 
     async def on_cleanup(self, app: web.Application) -> None:
         await self.node.stop()
@@ -272,9 +282,7 @@ SERVER_KEY = web.AppKey("server", Server)
 
 def create_app(config: Config) -> web.Application:
     server = Server(config)
-    app = web.Application(
-        middlewares=[json_errors], client_max_size=2 * config.max_message_bytes + 64 * 1024
-    )
+    app = web.Application(middlewares=[json_errors], client_max_size=client_max_size(config))
     app[SERVER_KEY] = server
     for endpoint in config.endpoints:
         app.router.add_get(endpoint, server.websocket)
@@ -285,7 +293,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/api/v1/openapi.json", server.openapi)
     app.router.add_get("/", server.index)
     app.router.add_get("/vendor/{name}", server.vendor)
-    app.router.add_routes(PublishApi(server).routes())
+    app.router.add_routes(server.api.routes())
     app.on_startup.append(server.on_startup)
     app.on_shutdown.append(server.on_shutdown)
     app.on_cleanup.append(server.on_cleanup)

@@ -1,11 +1,14 @@
-"""The first reader of every connection: STOMP WebSocket upgrades here, the rest to aiohttp.
+"""The first reader of every connection: STOMP WebSocket upgrades and publishes here, the
+rest to aiohttp.
 
 A request that is a valid WebSocket handshake (RFC 6455 §4.2.1) for a STOMP endpoint is
 answered here and the connection becomes a ``StompWebSocket``: no aiohttp object lives
 on per session, which is most of an idle session's memory and of a handshake's CPU
-(docs/decisions.md). Anything else - other requests, malformed or refused handshakes,
-slow heads - goes unread to aiohttp's request handler, which answers it as before (the
-same route also upgrades a kept-alive connection, e.g. one nginx reuses).
+(docs/decisions.md). A connection that starts with a POST becomes an ``ApiConnection``
+(server/api_edge.py), which serves publishes without aiohttp until a request it does
+not serve. Anything else - other requests, malformed or refused handshakes, slow heads -
+goes unread to aiohttp's request handler, which answers it as before (the same route
+also upgrades a kept-alive connection, e.g. one nginx reuses).
 """
 
 from __future__ import annotations
@@ -17,14 +20,12 @@ from urllib.parse import parse_qs
 
 from aiohttp import web
 
+from tidings.http1 import parse_request_head
+from tidings.server.api import client_max_size
+from tidings.server.api_edge import ApiConnection, ApiEdgeRoute
 from tidings.server.session import StompSession
 from tidings.server.websocket import StompWebSocket
-from tidings.wshandshake import (
-    HandshakeError,
-    accept_handshake,
-    is_websocket_upgrade,
-    parse_request_head,
-)
+from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 MAX_HEAD_BYTES = 16 * 1024  # a longer head is aiohttp's to judge (it answers 4xx)
 HEAD_TIMEOUT_S = 5.0  # a connection still without a full head then is aiohttp's
 _GET = b"GET "
+_POST = b"POST "
 STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")  # IANA-registered names
 
 
@@ -46,9 +48,23 @@ class Edge:
             for endpoint in server.config.endpoints
             for path in (endpoint, f"{endpoint}/websocket")
         )
+        # With --access-log every request goes to aiohttp, which logs it.
+        self.serves_publishes = not server.config.access_log
+        self.api_route = ApiEdgeRoute(self)
+        self.max_body_bytes = client_max_size(server.config)
 
     def protocol(self) -> EdgeProtocol:
         return EdgeProtocol(self)
+
+    def hand_over(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Give the connection, and what was read of it, to aiohttp for good."""
+        if transport.is_closing():
+            return
+        protocol = self.http_protocol()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if data:
+            protocol.data_received(data)
 
 
 class EdgeProtocol(asyncio.Protocol):
@@ -67,12 +83,16 @@ class EdgeProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         head = self._head + data if self._head else data
-        if not head.startswith(_GET):
-            if not _GET.startswith(head):
-                self._hand_over(head)
-                return
+        if head.startswith(_GET):
+            self._read_get(head)
+        elif head.startswith(_POST) and self._edge.serves_publishes:
+            self._serve_publishes(head)
+        elif _GET.startswith(head) or _POST.startswith(head):
             self._head = head
-            return
+        else:
+            self._hand_over(head)
+
+    def _read_get(self, head: bytes) -> None:
         end = head.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
         if end < 0:
             if len(head) > MAX_HEAD_BYTES:
@@ -84,9 +104,19 @@ class EdgeProtocol(asyncio.Protocol):
             self._hand_over(head)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+
+    def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def _serve_publishes(self, data: bytes) -> None:
+        self._cancel_timer()
+        protocol = ApiConnection(self._edge)
+        self._transport.set_protocol(protocol)
+        protocol.connection_made(self._transport)
+        protocol.data_received(data)
 
     def _upgrade(self, head: bytes, rest: bytes) -> bool:
         """Become a STOMP WebSocket if ``head`` is a handshake we accept; False if not ours."""
@@ -106,9 +136,7 @@ class EdgeProtocol(asyncio.Protocol):
             )
         except HandshakeError:
             return False  # aiohttp's route answers with the reason
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         token = parse_qs(request.query).get("access_token")
         transport = self._transport
         transport.write(handshake.response)
@@ -117,17 +145,8 @@ class EdgeProtocol(asyncio.Protocol):
 
     def _hand_over(self, data: bytes = b"") -> None:
         """Give the connection, and what was read of it, to aiohttp."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._transport.is_closing():
-            return
-        protocol = self._edge.http_protocol()
-        self._transport.set_protocol(protocol)
-        protocol.connection_made(self._transport)
-        data = data or self._head
-        if data:
-            protocol.data_received(data)
+        self._cancel_timer()
+        self._edge.hand_over(self._transport, data or self._head)
 
 
 def start_websocket(

@@ -1,0 +1,234 @@
+"""The publish routes on the edge: a keep-alive HTTP/1.1 connection without aiohttp.
+
+A connection that starts with a POST comes here from server/edge.py. Its requests are
+read by ``http1.RequestReader`` and answered one at a time, in order (RFC 9112 §9.3.2),
+by the code aiohttp's publish routes run too (``PublishApi.publish``). The first request
+not served here exactly as aiohttp would serve it (``ApiEdgeRoute``) goes, with every byte
+after it, to aiohttp's request handler, which keeps the connection from then on.
+aiohttp's request machinery was ~110 µs of a publish's ~133 µs of CPU (docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import TYPE_CHECKING, cast
+
+from tidings.http1 import (
+    DateField,
+    Refused,
+    Request,
+    RequestHead,
+    RequestReader,
+    encode_response,
+    header_tokens,
+)
+from tidings.server.api import Answer, Publish
+
+if TYPE_CHECKING:
+    from tidings.server.edge import Edge
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_TIMEOUT_S = 3630.0  # aiohttp's: a connection idle this long is closed
+# aiohttp's max_line_size and max_field_size: a longer head could hold a line it refuses.
+MAX_HEAD_BYTES = 8190
+MAX_FIELDS = 128  # aiohttp's max_headers
+# Fields that change how aiohttp reads or answers a request: 100-continue, decompression,
+# another framing, a protocol switch.
+_AIOHTTP_FIELDS = frozenset(("expect", "content-encoding", "transfer-encoding", "upgrade"))
+# Origin-form (RFC 9112 §3.2.1) of pchar and query characters of RFC 3986 §3.3-3.4,
+# without "%": aiohttp's router decodes escapes, and dot segments, itself.
+_PLAIN_TARGET = re.compile(
+    r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*)?"
+)
+_INTERNAL_ERROR = Answer(
+    500, b"500 Internal Server Error\n\nServer got itself in trouble", "text/plain"
+)
+
+# The publish route's handler, its path parameter, and whether the request ends the
+# connection (Connection: close, RFC 9112 §9.6).
+Route = tuple[Publish, str, bool]
+_CONNECTION_OPTIONS = frozenset(("close", "keep-alive"))
+_DATE = DateField()
+_CONTENT_TYPES: dict[str, bytes] = {}  # as aiohttp writes them, with the charset
+
+
+def _content_type(media_type: str) -> bytes:
+    value = _CONTENT_TYPES.get(media_type)
+    if value is None:
+        value = _CONTENT_TYPES[media_type] = f"{media_type}; charset=utf-8".encode()
+    return value
+
+
+class ApiEdgeRoute:
+    """Which requests the edge serves: a POST to a publish route, plain HTTP/1.1.
+
+    A request is handed to aiohttp if it is not one, if the server is shutting down, or
+    if aiohttp could answer it differently: fields it refuses or acts on (``Host``
+    missing, §3.2; repeated fields, which aiohttp reads first-value; Expect;
+    Content-Encoding; Upgrade; Connection options other than close and keep-alive), no
+    Content-Length, or a target with escapes, dot segments or ``//``.
+    """
+
+    __slots__ = ("_edge",)
+
+    def __init__(self, edge: Edge) -> None:
+        self._edge = edge
+
+    def __call__(self, head: RequestHead) -> Route | None:
+        headers = head.headers
+        target = head.target
+        options = header_tokens(headers.get("connection"))
+        if (
+            head.method != "POST"
+            or head.version != "HTTP/1.1"
+            or head.repeated
+            or "host" not in headers
+            or "content-length" not in headers
+            or len(headers) > MAX_FIELDS
+            or not _AIOHTTP_FIELDS.isdisjoint(headers)
+            or not _CONNECTION_OPTIONS.issuperset(options)
+            or "//" in target
+            or "/." in target
+            or not _PLAIN_TARGET.fullmatch(target)
+            or self._edge.server.shutting_down
+        ):
+            return None
+        route = self._edge.server.api.publish_route(head.path)
+        return None if route is None else (*route, "close" in options)
+
+
+class ApiConnection(asyncio.Protocol):
+    """One connection's publishes: read, answered in order, handed to aiohttp at the end.
+
+    While a request is being answered the reader buffers at most one more request of the
+    largest size, then reading pauses. A request in flight runs to its end even if the
+    client goes away (as aiohttp's handlers do): a publish is stored or not, never cut.
+    """
+
+    __slots__ = (
+        "_closing",
+        "_edge",
+        "_idle_since",
+        "_loop",
+        "_paused",
+        "_peer",
+        "_reader",
+        "_task",
+        "_timer",
+        "_transport",
+    )
+
+    def __init__(self, edge: Edge) -> None:
+        self._edge = edge
+        self._reader = RequestReader(
+            edge.api_route, max_head_bytes=MAX_HEAD_BYTES, max_body_bytes=edge.max_body_bytes
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._closing = False  # Connection: close asked, or the server shutting down
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple | list) else None  # as aiohttp
+        self._edge.server.api_connections.add(self)
+        loop = self._loop = asyncio.get_running_loop()  # each call costs a getpid(2)
+        self._idle_since = loop.time()
+        self._timer = loop.call_at(self._idle_since + KEEPALIVE_TIMEOUT_S, self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        if self._task is None:
+            self._next()
+        elif not self._paused and reader.buffered > reader.max_head_bytes + reader.max_body_bytes:
+            self._paused = True  # let TCP push back until the answer in flight is written
+            self._transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._release()
+
+    # -- serving ----------------------------------------------------------------------------
+    def _next(self) -> None:
+        """Serve the next complete request, or hand over at one not served here."""
+        request = self._reader.next_request()
+        if request is None:
+            if self._paused:
+                self._paused = False
+                self._transport.resume_reading()
+        elif isinstance(request, Refused):
+            self._hand_over()
+        else:
+            self._task = self._loop.create_task(self._serve(request))
+
+    async def _serve(self, request: Request[Route]) -> None:
+        try:
+            await self._answer(request)
+        finally:
+            self._task = None
+            self._idle_since = self._loop.time()
+        if self._closing:
+            self._transport.close()
+        else:
+            self._next()
+
+    async def _answer(self, request: Request[Route]) -> None:
+        head = request.head
+        publish, param, close = request.route
+        if close:
+            self._closing = True
+        try:
+            answer = await self._edge.server.api.publish(
+                publish, param, head.headers, self._peer, request.body
+            )
+        except Exception:
+            log.exception("publish request %s %s failed", head.method, head.path)
+            answer, self._closing = _INTERNAL_ERROR, True
+        if not self._transport.is_closing():
+            self._transport.write(
+                encode_response(
+                    answer.status,
+                    _content_type(answer.content_type),
+                    answer.body,
+                    date=_DATE.at(time.time()),
+                    close=self._closing,
+                )
+            )
+
+    def shut_down(self) -> asyncio.Task[None] | None:
+        """Close now if idle, else after the answer in flight; returns that request's task."""
+        self._closing = True
+        if self._task is None:
+            self._transport.close()
+        return self._task
+
+    # -- ending -----------------------------------------------------------------------------
+    def _check_idle(self) -> None:
+        """Close the connection once idle for KEEPALIVE_TIMEOUT_S, as aiohttp does."""
+        now = self._loop.time()
+        if self._task is None and now >= self._idle_since + KEEPALIVE_TIMEOUT_S:
+            self._timer = None
+            self._transport.close()
+            return
+        since = now if self._task is not None else self._idle_since
+        self._timer = self._loop.call_at(since + KEEPALIVE_TIMEOUT_S, self._check_idle)
+
+    def _hand_over(self) -> None:
+        self._release()
+        if self._paused:
+            self._paused = False
+            self._transport.resume_reading()  # aiohttp's handler pauses and resumes its own way
+        self._edge.hand_over(self._transport, self._reader.unread())
+
+    def _release(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._edge.server.api_connections.discard(self)
