@@ -142,6 +142,28 @@ async def not_stored(s: Subject, channel: str) -> bool:
         await client.aclose()
 
 
+async def stored_state(s: Subject, user: str) -> tuple[int, int, int]:
+    """(messages, acked ids, read ids) stored for ``user``, looked at without trimming."""
+    if s.server is None:
+        assert isinstance(s.inbox, MemoryInbox)
+        stream = s.inbox._streams.get(f"u:{user}")
+        read = s.inbox._read.get(user)
+        return (
+            len(stream.keys) if stream else 0,
+            len(s.inbox._acked.get(user) or ()),
+            len(read.ids) if read else 0,
+        )
+    client = s.server.client()
+    try:
+        return (
+            await client.xlen(f"tidings:inbox:u:{user}"),
+            await client.zcard(f"tidings:acked:{user}"),
+            await client.zcard(f"tidings:read:{user}"),
+        )
+    finally:
+        await client.aclose()
+
+
 def id_of(announcement: bytes) -> str:
     inbox_id, _ = split_announcement(announcement)
     assert inbox_id is not None
@@ -283,6 +305,35 @@ class TestHistory:
         assert compare_ids(old, new) < 0
         assert (await s.inbox.history("u:8", old, limit=10)).gap is True
         assert (await s.inbox.history("u:8", new, limit=10)).gap is False
+
+    async def test_a_publish_trims_by_age_and_the_id_sets_forget(self, make: Make) -> None:
+        # Nothing reads the inbox between its messages aging out and the next publish: the
+        # publish trims them itself, and the user's id sets forget them there and then.
+        s = await make(max_age_s=0.5)
+        old = await publish_n(s.inbox, "u:3", 2)
+        await s.other.ack("3", [old[0]])
+        assert await s.other.mark_read("3", ids=[old[1]]) == 1
+        # Older than max_age_s, while the inbox (kept max_age_s + 1 s after a write) stays.
+        await asyncio.sleep(0.7)
+        new = await s.inbox.publish(msg("u:3", "new"))
+        assert await stored_state(s, "3") == (1, 0, 0)  # looked at before any read trims
+        assert await s.other.unread("3") == 1
+        assert ids_of(await s.other.unacked("3", "/message", limit=10)) == [new]
+        after_old = await s.other.history("u:3", old[0], limit=10)
+        assert (ids_of(after_old.messages), after_old.gap) == ([new], True)
+        # old[1] is gone, but nothing after it: the new message says what came before it.
+        assert (await s.other.history("u:3", old[1], limit=10)).gap is False
+
+    async def test_a_topic_without_history(self, make: Make) -> None:
+        s = await make(topic_history=0)
+        await s.broker.subscribe("t:live")
+        ids = await publish_n(s.inbox, "t:live", 3)
+        assert [compare_ids(a, b) for a, b in itertools.pairwise(ids)] == [-1, -1]
+        assert [id_of(p) for p in await s.announced("t:live")] == ids  # still announced
+        everything = await s.other.history("t:live", "0", limit=10)
+        assert (everything.messages, everything.gap) == ([], False)
+        assert (await s.other.history("t:live", ids[1], limit=10)).gap is True
+        assert (await s.other.history("t:live", ids[2], limit=10)).gap is False
 
 
 class TestIdempotency:
@@ -453,6 +504,23 @@ class TestReadState:
             finally:
                 await client.aclose()
 
+    async def test_unread_counts_across_trims_by_count(self, make: Make) -> None:
+        s = await make(max_messages=3)
+        ids = await publish_n(s.inbox, "u:5", 3)
+        assert await s.inbox.mark_read("5", up_to=ids[1]) == 1
+        more = await publish_n(s.inbox, "u:5", 2)  # ids[0] and the floor ids[1] trimmed
+        assert await s.other.unread("5") == 3
+        assert await s.inbox.mark_read("5", up_to=ids[2]) == 2  # a floor on a retained entry
+        assert await s.inbox.mark_read("5", ids=[more[1]]) == 1
+        last = await s.inbox.publish(msg("u:5", "last"))  # the floor ids[2] trimmed
+        assert await s.other.unread("5") == 2
+        listing = await s.other.listing("5", "0", limit=10)
+        assert [(m.message.id, m.read) for m in listing] == [
+            (more[0], False),
+            (more[1], True),
+            (last, False),
+        ]
+
     async def test_read_ids_of_an_expired_inbox_do_not_count(self, make: Make) -> None:
         s = await make(max_age_s=0.3)
         old = await publish_n(s.inbox, "u:6", 2)
@@ -578,6 +646,86 @@ async def test_redis_publishes_share_round_trips_and_survive_a_script_flush(
         assert ids_of((await inbox.history("u:7", newest, limit=10)).messages) == sorted(
             again, key=id_key
         )
+    finally:
+        await client.aclose()
+        await broker.close()
+
+
+async def test_redis_entries_chain_ordinals_and_previous_ids(redis_server: RedisServer) -> None:
+    broker = RedisBroker(redis_server.url)
+    await broker.start(Recorder())
+    inbox = RedisInbox(broker, InboxLimits(max_messages=3))
+    client = redis_server.client()
+    try:
+        ids = await publish_n(inbox, "u:1", 5)
+        topic = await inbox.publish(msg("t:1"))
+        entries = await client.xrange("tidings:inbox:u:1")
+        assert [(i.decode(), f[b"n"], f[b"p"].decode()) for i, f in entries] == [
+            (ids[2], b"3", ids[1]),
+            (ids[3], b"4", ids[2]),
+            (ids[4], b"5", ids[3]),
+        ]
+        ((topic_id, fields),) = await client.xrange("tidings:inbox:t:1")
+        assert topic_id.decode() == topic
+        assert fields == {b"n": b"1", b"p": b"", b"d": b"/message", b"m": msg("t:1").encode()}
+    finally:
+        await client.aclose()
+        await broker.close()
+
+
+async def test_redis_trim_by_age_counts_from_the_clock_when_it_is_behind(
+    redis_server: RedisServer,
+) -> None:
+    # Ids never go back: with the clock behind a stream's last id (as after the clock
+    # stepped back), XADD reuses that id's ms. What the trim by age keeps still depends on
+    # the clock: a message 30 s old stays, one 90 s old goes.
+    broker = RedisBroker(redis_server.url)
+    await broker.start(Recorder())
+    inbox = RedisInbox(broker, InboxLimits(max_age_s=60))
+    client = redis_server.client()
+    try:
+        seconds, micros = await client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        stream, encoded = "tidings:inbox:u:1", msg("u:1").encode()
+        old, young, ahead = (
+            f"{now_ms - 90_000}-0",
+            f"{now_ms - 30_000}-0",
+            f"{now_ms + 3_600_000}-0",
+        )
+        previous = ""
+        for n, entry_id in enumerate([old, young, ahead], start=1):
+            fields = {"n": n, "p": previous, "d": "/message", "m": encoded}
+            await client.xadd(stream, fields, id=entry_id)  # type: ignore[arg-type]
+            previous = entry_id
+        new = await inbox.publish(msg("u:1", "new"))
+        assert new == f"{now_ms + 3_600_000}-1"
+        stored = [i.decode() for i, _ in await client.xrange(stream)]  # before any read trims
+        assert stored == [young, ahead, new]
+        assert ids_of((await inbox.history("u:1", "0", limit=10)).messages) == stored
+    finally:
+        await client.aclose()
+        await broker.close()
+
+
+async def test_redis_publish_runs_few_commands(redis_server: RedisServer) -> None:
+    # What a publish costs Redis is mostly the commands its script runs (docs/decisions.md,
+    # 2026-11-27). To an inbox that exists and has room: XREVRANGE (the newest entry),
+    # XADD, XTRIM (by age), PEXPIRE, PUBLISH; TIME only when its id's seq is not 0.
+    broker = RedisBroker(redis_server.url)
+    await broker.start(Recorder())
+    inbox = RedisInbox(broker, InboxLimits())
+    client = redis_server.client()
+    try:
+        await inbox.publish(msg("u:1"))  # a new stream: also EXISTS, and DEL of the id sets
+        await client.config_resetstat()
+        ids = await publish_n(inbox, "u:1", 50)
+        stats = await client.info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+        for command in ["xrevrange", "xadd", "xtrim", "pexpire", "evalsha"]:
+            assert calls.pop(command) == 50, command
+        assert calls.pop("time", 0) == sum(1 for i in ids if not i.endswith("-0"))
+        assert calls.pop("publish") >= 50  # and the broker's probes, if one came
+        assert set(calls) <= {"info", "config|resetstat", "ping"}, calls
     finally:
         await client.aclose()
         await broker.close()

@@ -49,9 +49,12 @@ from tidings.message import Message
 
 log = logging.getLogger(__name__)
 
-# Shared by every script below. Ids reach the scripts canonical ("<ms>-<seq>", no leading
-# zeros) and are compared exactly as digit strings (Lua numbers are doubles).
-_PRELUDE = """
+# Ids reach the scripts canonical ("<ms>-<seq>", no leading zeros) and are compared
+# exactly as digit strings (Lua numbers are doubles). The read scripts start with all of
+# _PRELUDE; the publish script, which runs for every message, has only what it uses, and
+# these functions only in the branch that needs them (each Lua function is a new closure
+# on every run of its script).
+_ID_FUNCTIONS = """
 local function num_lt(a, b) return #a < #b or (#a == #b and a < b) end
 local function id_lt(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
@@ -68,7 +71,12 @@ local function drop_until(zset, id, incl)
     if id_lt(member, id) or (incl and member == id) then redis.call('ZREM', zset, member) end
   end
 end
+"""
 
+# Shared by the read scripts below.
+_PRELUDE = (
+    _ID_FUNCTIONS
+    + """
 -- Trim `stream` to `max_len` entries (if given) and by age; if anything went, or
 -- `forget`, the id sets `zsets` forget every id before the oldest retained one.
 local function trim(stream, max_len, max_age_ms, zsets, forget)
@@ -124,31 +132,102 @@ local function unread(stream, read, floor)
   return after - redis.call('ZCARD', read)
 end
 """
+)
 
-# KEYS: stream, acked, read (both '' for a topic), idempotency key or ''
-# ARGV: message encoded with id "", destination, max_len, max_age_ms, ttl_ms,
-#       idempotency ttl_ms, live channel
-_PUBLISH = """
-if KEYS[4] ~= '' then
+# KEYS: stream, acked, read (both '' for a topic), then the idempotency key if any
+# ARGV: message encoded with id "", destination, max_len, max_age_ms, ttl_ms, live
+#       channel, then the idempotency key's ttl_ms if there is one
+#
+# It runs for every message, on a Redis that shares a core with the nodes, so it does no
+# work its outcome does not need (docs/decisions.md, 2026-11-27, has the measurements).
+# What costs: each redis.call (~4k instructions even for TIME or XLEN), each reply turned
+# into Lua values (the XREVRANGE of one entry ~30k: every field becomes a Lua string), and
+# each Lua number passed to redis.call (Redis 7.0 prints it with snprintf "%.17g"), so
+# numbers go as strings (string.format '%d' prints an integer cheaply). Even an argument
+# of the script costs (~1.3k): the idempotency key and its TTL come only when used.
+_PUBLISH = (
+    """
+local stream, acked, read = KEYS[1], KEYS[2], KEYS[3]
+if KEYS[4] then
   local first = redis.call('GET', KEYS[4])
   if first then return first end
 end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-local n, prev = 1, ''  -- prev '': a new stream, what came before its first id is unknown
+
+-- The newest entry: the new one's ordinal is its + 1, the new one's `p` its id.
+local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+local n, prev = 1, ''
 if last then
   n, prev = tonumber(last[2][2]) + 1, last[1]
-elseif redis.call('EXISTS', KEYS[1]) == 1 then
-  prev = stream_info(KEYS[1], 'last-generated-id')  -- emptied by age
+else
+  if redis.call('EXISTS', stream) == 1 then  -- emptied by age: p is its last id
+    local info = redis.call('XINFO', 'STREAM', stream)
+    for i = 1, #info, 2 do
+      if info[i] == 'last-generated-id' then prev = info[i + 1] end
+    end
+  end  -- else a new stream, p '': what came before its first id is unknown
+  -- The user's id sets may still name ids of a stream that expired or emptied; they only
+  -- ever hold ids that were in the stream, all below the new one: forget them all.
+  if acked ~= '' then redis.call('DEL', acked, read) end
 end
-local id = redis.call('XADD', KEYS[1], '*', 'n', n, 'p', prev, 'd', ARGV[2], 'm', ARGV[1])
--- a new stream: the user's id sets may still name ids of one that expired
-trim(KEYS[1], ARGV[3], tonumber(ARGV[4]), user_sets(), not last)
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if KEYS[4] ~= '' then redis.call('SET', KEYS[4], id, 'PX', ARGV[6]) end
+
+-- Store, trimming by count (exact). Retained ordinals run without a hole up to the
+-- newest's, from 1 or more, so a stream whose new ordinal is <= max_len holds at most
+-- max_len entries: nothing to trim, nothing for the id sets to forget. Beyond that, XADD
+-- trims inline (MAXLEN), unless the user's id sets exist: then XTRIM counts what went.
+local trimmed, sets = 0, nil  -- sets: whether the user's id sets exist, once asked
+if acked ~= '' and n > tonumber(ARGV[3]) then
+  sets = redis.call('EXISTS', acked, read) > 0
+end
+local id
+if sets then
+  id = redis.call('XADD', stream, '*',
+    'n', string.format('%d', n), 'p', prev, 'd', ARGV[2], 'm', ARGV[1])
+  trimmed = redis.call('XTRIM', stream, 'MAXLEN', ARGV[3])
+else
+  id = redis.call('XADD', stream, 'MAXLEN', ARGV[3], '*',
+    'n', string.format('%d', n), 'p', prev, 'd', ARGV[2], 'm', ARGV[1])
+end
+
+-- Trim by age (exact): drop the ids below now - max_age. XADD '*' makes "<clock ms>-0"
+-- when the clock is past the stream's last id, else "<last ms>-<last seq + 1>": an id
+-- with seq 0 carries the clock, read a moment ago, and spares a TIME. Any other (a second
+-- publish within a ms, or a clock gone back) asks TIME, so no younger entry ever goes. A
+-- new or emptied stream holds only the new entry: nothing to do.
+if last then
+  local dash, now_ms = string.find(id, '-', 1, true), nil
+  if dash == #id - 1 and string.byte(id, -1) == 48 then  -- seq '0'
+    now_ms = tonumber(string.sub(id, 1, dash - 1))
+  else
+    local t = redis.call('TIME')
+    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  local min_ms = now_ms - tonumber(ARGV[4])
+  if min_ms > 0 then
+    trimmed = trimmed + redis.call('XTRIM', stream, 'MINID', string.format('%d', min_ms))
+  end
+end
+
+-- Something went: the user's id sets forget every id before the oldest retained one.
+if trimmed > 0 and acked ~= '' then
+  if sets == nil then sets = redis.call('EXISTS', acked, read) > 0 end
+  if sets then
+"""
+    + _ID_FUNCTIONS
+    + """
+    local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+    for _, zset in ipairs({acked, read}) do
+      if first then drop_until(zset, first[1], false) else redis.call('DEL', zset) end
+    end
+  end
+end
+
+redis.call('PEXPIRE', stream, ARGV[5])
+if KEYS[4] then redis.call('SET', KEYS[4], id, 'PX', ARGV[7]) end
 -- announce the message with its id: '["",...' becomes '["<id>",...'
-redis.call('PUBLISH', ARGV[7], id .. ' ["' .. id .. '"' .. string.sub(ARGV[1], 4))
+redis.call('PUBLISH', ARGV[6], id .. ' ["' .. id .. '"' .. string.sub(ARGV[1], 4))
 return id
 """
+)
 
 # KEYS: stream, acked, read ('' '' for a topic). ARGV: after ('0-0': all), limit, max_age_ms
 # Returns {gap, id, message, id, message, ...}.
@@ -288,7 +367,7 @@ class InboxWriter:
         self._ttl_ms = self._max_age_ms + int(TTL_MARGIN_S * 1000)
         self._idempotency_ttl_ms = max(1, int(limits.idempotency_ttl_s * 1000))
         self._closed = False
-        self._publisher = ScriptConnection(client, _PRELUDE + _PUBLISH)
+        self._publisher = ScriptConnection(client, _PUBLISH)
 
     async def start(self) -> None:
         """Check the Redis version; if Redis is unreachable now, only log (as the broker)."""
@@ -314,24 +393,21 @@ class InboxWriter:
         user = user_of(channel)
         # The id is the stream's: a message of publish_rules comes without one.
         encoded = (dataclasses.replace(message, id="") if message.id else message).encode()
-        idem = ""
-        if idempotency_key is not None:
-            idem = f"{self._prefix}idem:{len(channel)}:{channel}:{idempotency_key}"
         limit = self._limits.max_messages if user is not None else self._limits.topic_history
+        keys = [self._stream(channel), *self._sets(user)]
+        args: list[str | bytes | int] = [
+            encoded,
+            message.destination,
+            limit,
+            self._max_age_ms,
+            self._ttl_ms,
+            self._prefix + channel,
+        ]
+        if idempotency_key is not None:
+            keys.append(f"{self._prefix}idem:{len(channel)}:{channel}:{idempotency_key}")
+            args.append(self._idempotency_ttl_ms)
         self._check_open()
-        inbox_id = await self._publisher.call(
-            [self._stream(channel), *self._sets(user), idem],
-            [
-                encoded,
-                message.destination,
-                limit,
-                self._max_age_ms,
-                self._ttl_ms,
-                self._idempotency_ttl_ms,
-                self._prefix + channel,
-            ],
-        )
-        return _text(inbox_id)
+        return _text(await self._publisher.call(keys, args))
 
     def _stream(self, channel: str) -> str:
         return f"{self._prefix}inbox:{channel}"
