@@ -274,15 +274,21 @@ def missed_notes(data: Result) -> list[str]:
         busy = cpu.get("server-1", 0) + cpu.get("server-2", 0) + cpu.get("redis", 0)
         per_t = _cpu_per_message(http["rates"][top])
         per_s = _cpu_per_message(sio2["rates"][top])
+        h, s = http["rates"][top], sio2["rates"][top]
+        queue = (
+            ", saturated: the queue behind it is the latency"
+            if busy >= 90
+            else f" (p50 {ms(_lat(h, 'p50'))} vs {ms(_lat(s, 'p50'))})"
+        )
         notes.append(
-            f"- **S2, HTTP API**: CPU. Each publish is an HTTP request on a node and an EVALSHA "
-            f"round trip to Redis before the 202: {per_t:.0f} µs of server CPU per message at "
-            f"{int(top):,} msg/s against socket.io's {per_s:.0f} µs (its emitter writes to "
-            f"Redis from the back end's process, so its servers only deliver). Both nodes and "
-            f"Redis share core 0, which was {busy:.0f}% busy: the queue behind it is the "
-            "latency. The S2 profile below: writes to Redis (each wakes Redis on the same core) "
-            "and aiohttp's request handling lead. The direct publisher is the same shape as "
-            "socket.io's emitter."
+            "- **S2, HTTP API**: one more hop than socket.io's emitter. The back end's request "
+            "goes to a node, which runs the inbox script on Redis (store, trim, announce) and "
+            "answers 202; Redis then hands the message to the node that holds the user. "
+            f"{per_t:.0f} µs of server CPU per message at {int(top):,} msg/s against "
+            f"socket.io's {per_s:.0f} µs (its emitter writes to Redis from the back end's "
+            "process, so its servers only deliver). Both nodes and Redis share core 0, which "
+            f"was {busy:.0f}% busy{queue}. The S2 profile below shows the node's share. The "
+            "direct publisher is the same shape as socket.io's emitter."
         )
     if missed("S2 (direct publisher) at") and _ok(direct) and _ok(sio2):
         top = max(direct["rates"], key=int)
