@@ -109,7 +109,8 @@ class EdgeProtocol(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        token = parse_qs(request.query).get("access_token")
+        query = request.query
+        token = parse_qs(query).get("access_token") if query else None
         transport = self._transport
         transport.write(handshake.response)
         start_websocket(server, transport, token[0] if token else None, rest)
