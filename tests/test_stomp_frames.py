@@ -60,6 +60,50 @@ def test_several_frames_in_one_call() -> None:
     assert FrameParser().feed(SEND * 3) == [SEND_FRAME] * 3
 
 
+def line_by_line_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: FrameParser, what: str) -> bytes | None:
+        raise AssertionError(f"parsed line by line ({what})")
+
+    monkeypatch.setattr(FrameParser, "_take_line", refuse)
+
+
+def test_a_plain_whole_frame_is_parsed_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a client sends on connecting: no line-by-line parse (``_take_whole_frame``)."""
+    connect = b"CONNECT\naccept-version:1.2\nlogin:42\nhost:h\nheart-beat:0,0\n\n\0"
+    subscribe = b"SUBSCRIBE\nid:0\ndestination:/user/42/message\nreceipt:s0\n\n\0"
+    line_by_line_refused(monkeypatch)
+    parser = FrameParser()
+    parser.version = "1.2"
+    frames = parser.feed(b"\n" + connect + subscribe + b"\n" + SEND + b"DISCONNECT\n\n\0")
+    assert [f.command for f in frames] == ["CONNECT", "SUBSCRIBE", "SEND", "DISCONNECT"]
+    assert frames[1].headers == (
+        ("id", "0"),
+        ("destination", "/user/42/message"),
+        ("receipt", "s0"),
+    )
+    assert frames[2] == SEND_FRAME
+    assert parser.heartbeats_received == 2
+    assert parser.buffered_bytes == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"SEND\r\ndestination:/a\r\n\r\nhi\0",  # CR LF line ends
+        b"SEND\ndestination:/a\\cb\n\nhi\0",  # an escape
+        b"SEND\ncontent-length:2\n\nhi\0",  # a declared length
+        b"SEND\ndestination:/a\n\nno NUL yet",  # not all here
+        b"SEND\ndestination\n\n\0",  # not plain: an error, found line by line
+    ],
+)
+def test_other_frames_are_parsed_line_by_line(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    line_by_line_refused(monkeypatch)
+    parser = FrameParser()
+    parser.version = "1.2"
+    with pytest.raises(AssertionError, match="parsed line by line"):
+        parser.feed(data)
+
+
 def test_heartbeats_between_frames_are_skipped_and_counted() -> None:
     parser = FrameParser()
     data = b"\n\r\n" + SEND + b"\n\n" + SEND + b"\r\n"

@@ -138,6 +138,37 @@ def test_parser_yields_frames_or_protocol_errors(
         pass
 
 
+def parse_all(parser: FrameParser, chunks: list[bytes]) -> tuple[list[Frame], str | None, int]:
+    """Frames, then the error message if one was raised, and the heart-beats counted."""
+    frames: list[Frame] = []
+    try:
+        for chunk in chunks:
+            parser.receive_data(chunk)
+            while (frame := parser.next_frame()) is not None:
+                frames.append(frame)
+    except StompProtocolError as exc:
+        return frames, f"{type(exc).__name__}: {exc.message}", parser.heartbeats_received
+    return frames, None, parser.heartbeats_received
+
+
+@FUZZ
+@given(blob=ANY_INPUT, limits=LIMITS, server=st.booleans(), version=st.sampled_from(VERSIONS))
+def test_one_pass_and_line_by_line_parses_agree(
+    blob: bytes, limits: Limits, server: bool, version: str
+) -> None:
+    """In one chunk, a plain whole frame is parsed in one pass; fed byte by byte, no frame
+    is ever whole at its start, so every frame goes line by line: same frames, same error."""
+    commands = SERVER_COMMANDS if server else CLIENT_COMMANDS
+    parsers = [FrameParser(limits, commands=commands) for _ in range(2)]
+    for parser in parsers:
+        parser.version = version
+    whole = parse_all(parsers[0], [blob])
+    bytewise = parse_all(parsers[1], [blob[i : i + 1] for i in range(len(blob))])
+    assert whole == bytewise
+    if whole[1] is None:
+        assert parsers[0].buffered_bytes == parsers[1].buffered_bytes
+
+
 @FUZZ
 @given(blob=ANY_INPUT, limits=LIMITS, data=st.data())
 def test_connection_yields_events_or_protocol_errors(

@@ -3,6 +3,11 @@
 Members are ``<node>|<session>`` scored by their expiry time; the owning node refreshes
 them every ``ttl / 3``. Reads count only members whose expiry is in the future, and a
 query for many users is one pipeline: one round trip however many are asked.
+
+Writes (adds, removes, the refresh) run ``WRITE_SCRIPT`` by EVALSHA on a connection of
+their own (``ScriptConnection``, as the inbox's publishes): the changes of one loop turn
+are one script call per WRITE_CHUNK users, and every write leaves in the order it was
+made, so a session's removal never overtakes its entry.
 """
 
 from __future__ import annotations
@@ -11,18 +16,44 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tidings.errors import BrokerUnavailable
+from tidings.inbox.resp import ScriptConnection
 from tidings.presence import LocalSessions, UserPresence
 
 log = logging.getLogger(__name__)
 
-REFRESH_CHUNK = 100  # users per pipeline when refreshing
+WRITE_CHUNK = 100
+"""Users per script call. A refresh sends one chunk, then the next once it is stored: the
+loop and Redis (which runs a script to its end) are never held long."""
+
+WRITE_SCRIPT = """
+-- KEYS: users' sorted sets. ARGV: expiry score, now, key TTL in seconds, then per key in
+-- turn: how many members to add (scored ARGV[1]), those members, how many to remove,
+-- those members. Members that expired go; the key outlives its newest member by 1 s.
+local expires, now, ttl = ARGV[1], ARGV[2], ARGV[3]
+local i = 4
+for _, key in ipairs(KEYS) do
+  local last = i + tonumber(ARGV[i])
+  for j = i + 1, last do redis.call('ZADD', key, expires, ARGV[j]) end
+  i = last + 1
+  last = i + tonumber(ARGV[i])
+  for j = i + 1, last do redis.call('ZREM', key, ARGV[j]) end
+  i = last + 1
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  redis.call('EXPIRE', key, ttl)
+end
+return #KEYS
+"""
+
+_Changes = tuple[list[str], list[str]]
+"""One user's sessions to add and to remove."""
 
 
 @contextmanager
@@ -40,97 +71,107 @@ class RedisPresence(LocalSessions):
         self, redis: Redis, node_id: str, *, prefix: str = "tidings:", ttl_s: float = 15.0
     ) -> None:
         super().__init__(node_id)
-        self._redis = redis
+        self._redis = redis  # reads
+        self._writer = ScriptConnection(redis, WRITE_SCRIPT)
         self._prefix = prefix + "presence:"
+        self._member_prefix = node_id + "|"
         self.ttl_s = ttl_s
         self._refresher: asyncio.Task[None] | None = None
-        self._writes: set[asyncio.Future[object]] = set()
-        self._adds: dict[str, set[str]] = {}  # waiting for this loop turn's pipeline
-        self._adds_written: asyncio.Future[None] | None = None
-
-    def _key(self, user: str) -> str:
-        return self._prefix + user
-
-    def _member(self, session_id: str) -> str:
-        return f"{self.node_id}|{session_id}"
+        self._changes: dict[str, _Changes] = {}  # this loop turn's, by user
+        self._stored: list[asyncio.Future[None]] = []  # add()s waiting for them
+        self._closed = False
 
     async def start(self) -> None:
+        self._closed = False
         self._refresher = asyncio.create_task(self._refresh_forever())
 
     async def close(self) -> None:
+        self._closed = True
+        self._flush()  # this turn's changes first: the removals below come after them
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
         # Best effort: remove our entries so a clean shutdown reads offline at once.
-        with contextlib.suppress(Exception):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user, sessions in self.by_user.items():
-                    pipe.zrem(self._key(user), *(self._member(s) for s in sessions))
-                await pipe.execute()
+        entries: list[tuple[str, _Changes]] = [
+            (user, ([], list(sessions))) for user, sessions in self.by_user.items()
+        ]
+        writes = [self._submit(chunk) for chunk in _chunks(entries)]
+        await asyncio.gather(*writes, return_exceptions=True)  # failed: they expire
+        await self._writer.close()
         self.by_user.clear()
 
     async def add(self, user: str, session_id: str) -> None:
-        """Written with the other adds of this loop turn, in one pipeline (a CONNECT storm
-        sends one round trip per turn, not one per session); returns once it is stored."""
+        """Written with the other changes of this loop turn (a CONNECT storm sends one
+        script call per turn, not one per session); returns once it is stored."""
         self.add_local(user, session_id)
-        self._adds.setdefault(user, set()).add(session_id)
-        if self._adds_written is None:
-            loop = asyncio.get_running_loop()
-            self._adds_written = loop.create_future()
-            loop.call_soon(self._write_adds)
-        await asyncio.shield(self._adds_written)
-
-    def _write_adds(self) -> None:
-        adds, self._adds = self._adds, {}
-        written, self._adds_written = self._adds_written, None
-        assert written is not None
-        self._background(self._write_chunks(list(adds.items()), written))
-
-    async def _write_chunks(
-        self, users: list[tuple[str, set[str]]], written: asyncio.Future[None] | None = None
-    ) -> None:
-        """Write in chunks of REFRESH_CHUNK users; a failure is logged, the refresh retries."""
-        try:
-            for start in range(0, len(users), REFRESH_CHUNK):
-                await self._write(dict(users[start : start + REFRESH_CHUNK]))
-        except (RedisError, OSError) as exc:
-            log.warning("presence write failed (the next refresh retries): %s", exc)
-        finally:
-            if written is not None:
-                written.set_result(None)
+        if self._closed:
+            return
+        self._user_changes(user)[0].append(session_id)
+        stored = asyncio.get_running_loop().create_future()
+        self._stored.append(stored)
+        await stored
 
     def remove(self, user: str, session_id: str) -> None:
         super().remove(user, session_id)
-        self._background(self._redis.zrem(self._key(user), self._member(session_id)))
+        if not self._closed:
+            self._user_changes(user)[1].append(session_id)
 
-    def _background(self, coro: Awaitable[object]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._writes.add(task)
-        task.add_done_callback(self._write_done)
+    def _user_changes(self, user: str) -> _Changes:
+        changes = self._changes.get(user)
+        if changes is None:
+            if not self._changes:
+                asyncio.get_running_loop().call_soon(self._flush)
+            changes = self._changes[user] = ([], [])
+        return changes
 
-    def _write_done(self, task: asyncio.Future[object]) -> None:
-        self._writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("presence write failed: %s", task.exception())
+    def _flush(self) -> None:
+        """Send this turn's changes; the add()s return when Redis has run them all."""
+        changes, self._changes = self._changes, {}
+        stored, self._stored = self._stored, []
+        if not changes:
+            return  # flushed already, by close()
+        writes = [self._submit(chunk) for chunk in _chunks(list(changes.items()))]
+        release = _Release(stored, writes)
+        for write in writes:
+            write.add_done_callback(release)
 
-    async def _write(self, sessions_by_user: dict[str, set[str]]) -> None:
-        expires = time.time() + self.ttl_s
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user, sessions in sessions_by_user.items():
-                key = self._key(user)
-                pipe.zadd(key, {self._member(s): expires for s in sessions})
-                pipe.zremrangebyscore(key, "-inf", time.time())
-                pipe.expire(key, int(self.ttl_s) + 1)
-            await pipe.execute()
+    def _submit(self, changes: Sequence[tuple[str, _Changes]]) -> asyncio.Future[Any]:
+        """One script call for ``changes``; its future fails with BrokerUnavailable."""
+        now = time.time()
+        keys: list[str] = []
+        args: list[str | int] = [repr(now + self.ttl_s), repr(now), int(self.ttl_s) + 1]
+        prefix = self._member_prefix
+        for user, (added, removed) in changes:
+            keys.append(self._prefix + user)
+            args.append(len(added))
+            args += [prefix + session for session in added]
+            args.append(len(removed))
+            args += [prefix + session for session in removed]
+        return self._writer.submit(keys, args)
+
+    async def refresh(self) -> None:
+        """Push every local entry's expiry forward, WRITE_CHUNK users per script call and
+        one call at a time; the first failure is logged and ends this round."""
+        users = list(self.by_user)
+        for start in range(0, len(users), WRITE_CHUNK):
+            # The sessions as they are now: one removed meanwhile is not written back.
+            chunk: list[tuple[str, _Changes]] = [
+                (user, (list(sessions), []))
+                for user in users[start : start + WRITE_CHUNK]
+                if (sessions := self.by_user.get(user))
+            ]
+            try:
+                await self._submit(chunk)
+            except BrokerUnavailable as exc:
+                log.warning("presence refresh failed (the next one retries): %s", exc)
+                return
 
     async def _refresh_forever(self) -> None:
         while True:
             await asyncio.sleep(self.ttl_s / 3)
-            # In chunks: one pipeline for 1,000 users held the event loop for ~20 ms
-            # (deliveries waited); 100 at a time keep each stall near 3 ms.
             try:
-                await self._write_chunks([(u, set(s)) for u, s in self.by_user.items()])
+                await self.refresh()
             except Exception:  # never let the refresher die: entries would expire
                 log.exception("presence refresh failed")
 
@@ -148,6 +189,38 @@ class RedisPresence(LocalSessions):
                     pipe.zcount(self._key(user), now, "+inf")
                 counts = await pipe.execute()
         return {user: count > 0 for user, count in zip(users, counts, strict=True)}
+
+    def _key(self, user: str) -> str:
+        return self._prefix + user
+
+
+def _chunks(
+    changes: Sequence[tuple[str, _Changes]],
+) -> Iterable[Sequence[tuple[str, _Changes]]]:
+    return (changes[start : start + WRITE_CHUNK] for start in range(0, len(changes), WRITE_CHUNK))
+
+
+class _Release:
+    """The done-callback of a flush's writes: once every one is answered, the flush's
+    add()s return, stored or not, and a failure is logged once."""
+
+    __slots__ = ("_stored", "_waiting", "_writes")
+
+    def __init__(self, stored: list[asyncio.Future[None]], writes: list[asyncio.Future[Any]]):
+        self._stored = stored
+        self._writes = writes
+        self._waiting = len(writes)
+
+    def __call__(self, _: asyncio.Future[Any]) -> None:
+        self._waiting -= 1
+        if self._waiting:
+            return
+        for future in self._stored:
+            if not future.done():
+                future.set_result(None)
+        failed = [w.exception() for w in self._writes if not w.cancelled() and w.exception()]
+        if failed:
+            log.warning("presence write failed (the next refresh retries): %s", failed[0])
 
 
 def _text(member: object) -> str:

@@ -1,14 +1,15 @@
-"""A lean Redis connection for the hottest command: EVALSHA of the inbox's publish script.
+"""A lean Redis connection for the hottest commands: EVALSHA of one Lua script.
 
-Every message published costs one EVALSHA. Sent through redis-py's pipeline, a node spent
-~250 µs of CPU per HTTP publish, about a quarter of it in Pipeline objects, command
-packing, reply parsing and timers (docs/decisions.md). ``ScriptConnection`` does only
-what this command needs, on a connection of its own. It speaks RESP2
-(https://redis.io/docs/latest/develop/reference/protocol-spec/): each call is packed once
-as an array of bulk strings (``hiredis.pack_command``), the calls of one loop turn go out
-in one write, and ``hiredis.Reader`` parses the replies. A RESP2 reply carries no request
-id: it answers the oldest command not yet answered, so replies resolve the callers'
-futures in the order the commands were written.
+Every message published costs one EVALSHA of the inbox's publish script, and every
+CONNECT of a user a share of one EVALSHA of the presence script. Sent through redis-py's
+pipeline, a node spent ~250 µs of CPU per HTTP publish, about a quarter of it in Pipeline
+objects, command packing, reply parsing and timers (docs/decisions.md).
+``ScriptConnection`` does only what these calls need, on a connection of its own. It
+speaks RESP2 (https://redis.io/docs/latest/develop/reference/protocol-spec/): each call
+is packed once as an array of bulk strings (``hiredis.pack_command``), the calls of one
+loop turn go out in one write, and ``hiredis.Reader`` parses the replies. A RESP2 reply
+carries no request id: it answers the oldest command not yet answered, so replies
+resolve the callers' futures in the order the commands were written.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class ScriptConnection:
         # Built only to read its settings as redis-py parsed them; never connected.
         self._params: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
         if type(self._params) not in _SUPPORTED:
-            raise TidingsError(f"cannot publish over a {type(self._params).__name__}")
+            raise TidingsError(f"cannot run scripts over a {type(self._params).__name__}")
         self._sha = hashlib.sha1(script.encode()).hexdigest().encode()
         self._load = _pack(b"SCRIPT", b"LOAD", script)
         self._max_in_flight = max_in_flight
@@ -83,13 +84,19 @@ class ScriptConnection:
 
     async def call(self, keys: Sequence[str], args: Sequence[str | bytes | int]) -> Any:
         """``EVALSHA sha len(keys) *keys *args``: the script's reply, or BrokerUnavailable."""
+        return await self.submit(keys, args)
+
+    def submit(self, keys: Sequence[str], args: Sequence[str | bytes | int]) -> asyncio.Future[Any]:
+        """``call`` without the coroutine: the call is queued now, in order with every other
+        call, and the future gets its reply or BrokerUnavailable. The caller must retrieve
+        that outcome (an unretrieved exception is logged by asyncio)."""
         command = _pack(b"EVALSHA", self._sha, len(keys), *keys, *args)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not self._queue:
             loop.call_soon(self._send)
         self._queue.append((command, future))
-        return await future
+        return future
 
     async def close(self) -> None:
         """Fail every pending call and close the connection; a later call connects again."""
@@ -98,7 +105,7 @@ class ScriptConnection:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connecting
         link, self._link = self._link, None
-        error = BrokerUnavailable("redis unavailable: the publish connection was closed")
+        error = BrokerUnavailable("redis unavailable: the script connection was closed")
         self._fail_queue(error)
         if link is not None:
             link.close(error)

@@ -137,7 +137,8 @@ class EdgeProtocol(asyncio.Protocol):
         except HandshakeError:
             return False  # aiohttp's route answers with the reason
         self._cancel_timer()
-        token = parse_qs(request.query).get("access_token")
+        query = request.query
+        token = parse_qs(query).get("access_token") if query else None
         transport = self._transport
         transport.write(handshake.response)
         start_websocket(server, transport, token[0] if token else None, rest)
