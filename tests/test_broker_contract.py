@@ -417,14 +417,14 @@ class TestRedis:
     ) -> None:
         monkeypatch.setattr("tidings.brokers.redis.SUBSCRIBE_TIMEOUT_S", 0.2)
         broker, got = await redis_broker()
-        conn = broker._conn
-        assert conn is not None
+        link = broker._link
+        assert link is not None
         await broker.subscribe("u:0")
 
-        async def swallow(*args: Any, **kwargs: Any) -> None:
+        def swallow(*args: Any, **kwargs: Any) -> None:
             """Pretend to send: Redis never sees the SUBSCRIBE, so never confirms."""
 
-        monkeypatch.setattr(conn, "send_packed_command", swallow)
+        monkeypatch.setattr(link, "send", swallow)
         results = await asyncio.gather(
             broker.subscribe("u:1"),
             broker.subscribe("u:1"),

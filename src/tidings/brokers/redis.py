@@ -4,14 +4,16 @@ Two connections, as in centrifuge's Redis engine (DESIGN.md §4):
 
 * the *command* client (``self.redis``, a small bounded pool) runs ``PUBLISH`` and is
   reused by the node for presence keys;
-* one *subscriber* connection, owned by a single reader task, carries ``SUBSCRIBE`` and
-  the messages. It speaks RESP2 so that messages and subscription replies arrive as
-  plain ``[kind, channel, data]`` arrays in order. The (UN)SUBSCRIBEs asked for in one
-  loop turn are written together, one command per run of channels (``_flush``).
+* one *subscriber* connection carries ``SUBSCRIBE`` and the messages. It is not
+  redis-py's: ``redis_pubsub.PubSubConnection`` speaks RESP2 (messages and subscription
+  replies arrive as plain ``[kind, channel, data]`` arrays, in order) and acts on every
+  reply of a chunk as it is read, so a message is one handler call with no await. The
+  (UN)SUBSCRIBEs asked for in one loop turn are written together, one command per run of
+  channels (``_flush``). A task owns its life: connect, wait for its end, reconnect.
 
 Faults are handled here, not by the node: when the subscriber connection breaks (Redis
 restarted, ``CLIENT KILL TYPE pubsub``) or goes deaf (the probe stops coming back), the
-reader reconnects with capped, jittered exponential backoff and resubscribes every
+task reconnects with capped, jittered exponential backoff and resubscribes every
 channel it still wants, so live delivery resumes on its own. ``ready`` is False meanwhile
 and publishes that Redis does not take raise BrokerUnavailable; nothing is accepted and
 dropped.
@@ -26,16 +28,17 @@ import logging
 import random
 import secrets
 from collections import deque
-from typing import Any
 
 import redis.asyncio
-from redis.asyncio.connection import AbstractConnection, BlockingConnectionPool
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from tidings.brokers.base import MessageHandler
+from tidings.brokers.redis_pubsub import PubSubConnection
 from tidings.errors import BrokerUnavailable
+from tidings.redis_connect import connection_params, open_connection
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,8 @@ class RedisBroker:
     ) -> None:
         self.redis = command_client(url)
         """The command client; also for the node's own keys (presence)."""
+        # The subscriber connection's settings: the pool's, under a name of its own.
+        self._params = connection_params(self.redis.connection_pool, client_name="tidings-pubsub")
         self.reconnects = 0
         """Times the subscriber connection was re-established after a loss."""
         self.received = 0
@@ -120,9 +125,8 @@ class RedisBroker:
         # (Un)subscribes of this loop turn in call order, for _flush to write:
         # (b"SUBSCRIBE", key, waiter) or (b"UNSUBSCRIBE", key, None).
         self._pending: list[tuple[bytes, bytes, _Waiter | None]] = []
-        self._flushes: set[asyncio.Task[None]] = set()  # keeps each _flush task alive
         self._handler: MessageHandler | None = None
-        self._conn: AbstractConnection | None = None
+        self._link: PubSubConnection | None = None  # the subscriber connection, once set up
         self._ready = False
         self._ever_ready = False
         self._became_ready = asyncio.Event()
@@ -164,11 +168,11 @@ class RedisBroker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        conn = self._conn
+        link = self._link
         self._lost()
         self._became_ready.set()  # lets a start() that is still waiting return
-        if conn is not None:
-            await conn.disconnect(nowait=True)
+        if link is not None:
+            link.close()
         await self.redis.aclose()
 
     async def subscribe(self, channel: str) -> None:
@@ -188,7 +192,7 @@ class RedisBroker:
                 return  # confirmed on the current connection
             waiter = waiters[-1]
         else:
-            self._live_conn()  # BrokerUnavailable unless connected and ready
+            self._live_link()  # BrokerUnavailable unless connected and ready
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(key, deque()).append(waiter)
             self._routes[key] = channel
@@ -223,29 +227,27 @@ class RedisBroker:
     def _key(self, channel: str) -> bytes:
         return self._prefix + channel.encode()
 
-    def _live_conn(self) -> AbstractConnection:
+    def _live_link(self) -> PubSubConnection:
         """The subscriber connection if it can take a command now, else BrokerUnavailable."""
-        conn = self._conn
-        if not self._ready or conn is None or not conn.is_connected:
+        link = self._link
+        if not self._ready or link is None or not link.is_open:
             raise BrokerUnavailable("redis unavailable: subscriber not connected")
-        return conn
+        return link
 
     def _forget(self, key: bytes) -> None:
         """Stop delivering ``key`` and, best effort, unsubscribe it on Redis."""
         if self._routes.pop(key, None) is None:
             return
-        conn = self._conn
-        if conn is not None and conn.is_connected:  # else a reconnect will not resubscribe it
+        link = self._link
+        if link is not None and link.is_open:  # else a reconnect will not resubscribe it
             self._queue(b"UNSUBSCRIBE", key)
 
     def _queue(self, command: bytes, key: bytes, waiter: _Waiter | None = None) -> None:
         if not self._pending:
-            flush = asyncio.ensure_future(self._flush())  # runs next loop turn
-            self._flushes.add(flush)
-            flush.add_done_callback(self._flushes.discard)
+            asyncio.get_running_loop().call_soon(self._flush)  # runs next loop turn
         self._pending.append((command, key, waiter))
 
-    async def _flush(self) -> None:
+    def _flush(self) -> None:
         """Write the (un)subscribes queued in the last loop turn as one write.
 
         Redis runs them as if sent one by one: in call order, consecutive ones of a kind
@@ -261,15 +263,12 @@ class RedisBroker:
         for command, run in itertools.groupby(pending, key=lambda item: item[0]):
             commands += _commands(command, [key for _, key, _ in run])
         waiters = [(key, waiter) for _, key, waiter in pending if waiter is not None]
-        conn = self._conn
+        link = self._link
         try:
-            # No await between this check and the write: redis-py silently reconnects a
-            # closed connection, and that new one would lack our subscriptions.
-            if conn is None or not conn.is_connected:
+            if link is None or not link.is_open:
                 raise ConnectionError("subscriber not connected")
-            async with asyncio.timeout(SOCKET_TIMEOUT_S):
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-        except Exception as exc:  # redis-py closed it; the reader task will reconnect
+            link.send(commands)
+        except Exception as exc:  # the subscriber task will reconnect
             log.debug("redis (un)subscribe write failed: %s", exc)
             for key, waiter in waiters:
                 self._routes.pop(key, None)
@@ -283,14 +282,14 @@ class RedisBroker:
             loop.call_later(SUBSCRIBE_TIMEOUT_S, _expire, [waiter for _, waiter in waiters])
 
     async def _run_subscriber(self) -> None:
-        """Own the subscriber connection: connect, read, and on loss reconnect, forever."""
+        """Own the subscriber connection: connect, serve, and on loss reconnect, forever."""
         failures = 0
         while True:
-            conn = self._new_connection()
+            link = PubSubConnection(self._on_message, self._on_subscribed, self._on_pong)
             try:
-                await self._connect(conn)
-                await self._read(conn)
-            except (RedisError, OSError, TimeoutError, _Deaf) as exc:
+                await self._connect(link)
+                await self._serve(link)
+            except (BrokerUnavailable, RedisError, OSError, TimeoutError, _Deaf) as exc:
                 if self._ready or failures == 0:
                     log.warning("redis subscriber connection lost: %s", exc)
                 else:
@@ -301,95 +300,80 @@ class RedisBroker:
                 if self._ready:
                     failures = 0
                 self._lost()
-                await conn.disconnect(nowait=True)
+                link.close()
             failures += 1
             await asyncio.sleep(self._backoff(failures))
 
-    def _new_connection(self) -> AbstractConnection:
-        """A connection outside the command pool, with the pool's settings but RESP2.
-
-        No socket timeout: it may rightly be silent for long. Its reads are bounded by
-        the probe deadline and its writes by explicit timeouts instead.
-        """
-        pool = self.redis.connection_pool
-        kwargs = {
-            **pool.connection_kwargs,
-            "protocol": 2,
-            "socket_timeout": None,
-            "client_name": "tidings-pubsub",
-        }
-        conn: AbstractConnection = pool.connection_class(**kwargs)
-        return conn
-
-    async def _connect(self, conn: AbstractConnection) -> None:
+    async def _connect(self, link: PubSubConnection) -> None:
         """Connect and subscribe the probe, the raw channels and every wanted channel.
 
-        A PING follows the SUBSCRIBE commands; its reply, read by ``_read``, proves all
-        of them confirmed and makes the broker ready.
+        A PING follows the SUBSCRIBE commands; its reply (``_on_pong``) proves all of
+        them confirmed and makes the broker ready. The connection has the command pool's
+        settings, RESP2 and no socket timeout after its set-up: it may rightly be silent
+        for long, and the probe deadline bounds that instead (``_serve``).
         """
-        async with asyncio.timeout(CONNECT_TIMEOUT_S + SOCKET_TIMEOUT_S):
-            await conn.connect()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-            self._conn = conn
-            commands = [*_commands(b"SUBSCRIBE", [self._probe_key, *self._routes]), (b"PING",)]
-            # One write: an UNSUBSCRIBE queued meanwhile cannot land between these.
-            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        await open_connection(self._params, link)
+        self._link = link
+        commands = [*_commands(b"SUBSCRIBE", [self._probe_key, *self._routes]), (b"PING",)]
+        # One write: an UNSUBSCRIBE queued meanwhile cannot land between these.
+        link.send(commands)
 
-    async def _read(self, conn: AbstractConnection) -> None:
-        """Hand each reply to ``_dispatch`` until the connection fails or goes deaf.
+    async def _serve(self, link: PubSubConnection) -> None:
+        """Return (raising why) once the connection ends or goes deaf.
 
         One deadline covers the whole session, pushed forward by each probe that comes
-        back; a timer per read would cost three quarters of the reader's throughput.
+        back (``_on_message``): no timer per read.
         """
         deadline = asyncio.get_running_loop().time() + self._probe_timeout_s
         try:
             async with asyncio.timeout_at(deadline) as self._deaf_at:
-                while True:
-                    self._dispatch(await conn.read_response(push_request=True))
+                why = await link.ended
         except TimeoutError:
             raise _Deaf(f"no probe came back for {self._probe_timeout_s}s") from None
         finally:
             self._deaf_at = None
+        raise why
 
-    def _dispatch(self, reply: Any) -> None:
-        """Act on one RESP2 pub/sub reply: a message, a confirmation, or our PING's pong."""
-        kind = reply[0]
-        if kind == b"message":
-            key: bytes = reply[1]
-            if key == self._probe_key:
-                if self._deaf_at is not None:
-                    now = asyncio.get_running_loop().time()
-                    self._deaf_at.reschedule(now + self._probe_timeout_s)
-                return
-            channel = self._routes.get(key)
-            handler = self._handler
-            if channel is None or handler is None:
-                return  # unsubscribed meanwhile, or closing
-            self.received += 1
-            try:
-                handler(channel, reply[2])
-            except Exception:
-                log.exception("broker message handler failed on %s", channel)
-        elif kind == b"subscribe":
-            waiters = self._waiters.get(reply[1])
-            if waiters:
-                waiter = waiters.popleft()
-                if not waiters:
-                    del self._waiters[reply[1]]
-                if not waiter.done():
-                    waiter.set_result(None)
-        elif kind == b"pong" and not self._ready:
-            self._ready = True
-            self._became_ready.set()
-            if self._ever_ready:
-                self.reconnects += 1
-                log.info("redis subscriber reconnected (%d reconnects)", self.reconnects)
-            self._ever_ready = True
+    # -- what the subscriber connection reads (called from its data_received) ----------
+
+    def _on_message(self, key: bytes, payload: bytes) -> None:
+        channel = self._routes.get(key)
+        handler = self._handler
+        if channel is None or handler is None:
+            if key == self._probe_key and self._deaf_at is not None:
+                now = asyncio.get_running_loop().time()
+                self._deaf_at.reschedule(now + self._probe_timeout_s)
+            return  # our probe, or unsubscribed meanwhile, or closing
+        self.received += 1
+        try:
+            handler(channel, payload)
+        except Exception:
+            log.exception("broker message handler failed on %s", channel)
+
+    def _on_subscribed(self, key: bytes) -> None:
+        waiters = self._waiters.get(key)
+        if waiters:
+            waiter = waiters.popleft()
+            if not waiters:
+                del self._waiters[key]
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _on_pong(self) -> None:
+        if self._ready:
+            return
+        self._ready = True
+        self._became_ready.set()
+        if self._ever_ready:
+            self.reconnects += 1
+            log.info("redis subscriber reconnected (%d reconnects)", self.reconnects)
+        self._ever_ready = True
 
     def _lost(self) -> None:
         """Forget the subscriber connection: not ready, pending subscribes fail."""
         self._ready = False
         self._became_ready.clear()
-        self._conn = None
+        self._link = None
         self._pending = []  # queued SUBSCRIBEs' waiters are in _waiters too
         waiters, self._waiters = self._waiters, {}
         for queue in waiters.values():

@@ -17,24 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import socket
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
 from redis._parsers import BaseParser
 from redis.asyncio import Redis
-from redis.asyncio.connection import (
-    AbstractConnection,
-    Connection,
-    SSLConnection,
-    UnixDomainSocketConnection,
-)
-from redis.credentials import UsernamePasswordCredentialProvider
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
 from tidings.errors import BrokerUnavailable, TidingsError
+from tidings.redis_connect import SUPPORTED as _SUPPORTED
+from tidings.redis_connect import open_connection
+from tidings.redis_connect import pack as _pack
 
 _MORE = object()
 """What ``hiredis.Reader.gets`` returns while no complete reply is buffered."""
@@ -42,14 +38,6 @@ _MORE = object()
 _Call = tuple[bytes | None, asyncio.Future[Any] | None]
 """A command awaiting its reply: the command, kept for one NOSCRIPT retry (None: no
 retry), and the caller's future (None: nobody waits for this reply)."""
-
-_SUPPORTED = (Connection, SSLConnection, UnixDomainSocketConnection)
-
-
-def _pack(*parts: str | bytes | int) -> bytes:
-    """One command as a RESP array of bulk strings (str as UTF-8, int in decimal)."""
-    packed: bytes = hiredis.pack_command(parts)  # type: ignore[arg-type]  # stub: a 1-tuple
-    return packed
 
 
 class ScriptConnection:
@@ -183,26 +171,9 @@ class _Link(asyncio.Protocol):
         on_reply: Callable[[], None],
         on_lost: Callable[[_Link, BrokerUnavailable], None],
     ) -> _Link:
-        """Connect as redis-py would with ``params``, then AUTH, CLIENT SETNAME, SELECT."""
-        loop = asyncio.get_running_loop()
-
-        def factory() -> _Link:
-            return cls(params.socket_timeout, load, on_reply, on_lost)
-
-        async with asyncio.timeout(params.socket_connect_timeout):
-            if isinstance(params, UnixDomainSocketConnection):
-                _, link = await loop.create_unix_connection(factory, params.path)
-            else:
-                assert isinstance(params, Connection)
-                ssl = params.ssl_context.get() if isinstance(params, SSLConnection) else None
-                _, link = await loop.create_connection(factory, params.host, params.port, ssl=ssl)
-        try:
-            if isinstance(params, Connection):
-                link._set_socket_options(params)
-            await link._handshake(params)
-        except BaseException:
-            link.close(BrokerUnavailable("redis unavailable: connection setup failed"))
-            raise
+        """Connect as redis-py would with ``params`` (``tidings.redis_connect``)."""
+        link = cls(params.socket_timeout, load, on_reply, on_lost)
+        await open_connection(params, link)
         return link
 
     def send(self, calls: Sequence[_Call], *, data: bytes | None = None) -> None:
@@ -257,40 +228,6 @@ class _Link(asyncio.Protocol):
         self._on_reply()
 
     # -- internals ---------------------------------------------------------------------
-
-    def _set_socket_options(self, params: Connection) -> None:
-        """TCP_NODELAY and keepalive, as redis-py sets them."""
-        assert self._transport is not None
-        sock = self._transport.get_extra_info("socket")
-        if sock is None:
-            return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        options = params.socket_keepalive_options
-        if params.socket_keepalive:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for option, value in options.items() if isinstance(options, Mapping) else ():
-                sock.setsockopt(socket.SOL_TCP, option, value)
-
-    async def _handshake(self, params: AbstractConnection) -> None:
-        """AUTH, CLIENT SETNAME and SELECT as the URL asks, in one write."""
-        commands: list[tuple[Any, ...]] = []
-        if params.credential_provider or params.username or params.password:
-            provider = params.credential_provider or UsernamePasswordCredentialProvider(
-                params.username, params.password
-            )
-            commands.append(("AUTH", *provider.get_credentials()))
-        if params.client_name:
-            commands.append(("CLIENT", "SETNAME", params.client_name))
-        if params.db:
-            commands.append(("SELECT", params.db))
-        if not commands:
-            return
-        futures = [self._loop.create_future() for _ in commands]
-        self.send([(_pack(*c), f) for c, f in zip(commands, futures, strict=True)])
-        # bounded by the reply timeout; an error reply or a loss fails them
-        for outcome in await asyncio.gather(*futures, return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
 
     def _check(self) -> None:
         """The reply timer: no reply for ``timeout`` while commands wait for one: lost."""
