@@ -24,6 +24,7 @@ from tidings.hub import Hub, LocalSubscription
 from tidings.inbox.base import Inbox, InboxLimits, split_announcement
 from tidings.inbox.memory import MemoryInbox
 from tidings.message import APPLICATION_JSON, Message, encode_body, user_channel
+from tidings.outbound import Flusher, loop_flusher
 from tidings.presence import MemoryPresence, Presence
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,10 @@ class Node:
         self._channel_ready: dict[str, asyncio.Task[None] | Literal[True]] = {}
         self._pending_unsubscribe: dict[str, asyncio.TimerHandle] = {}
         self._started = False
+        self._flusher: Flusher | None = None  # the loop's, once started
 
     async def start(self) -> None:
+        self._flusher = loop_flusher()
         await self.broker.start(self._on_broker_message)
         await self.inbox.start()
         await self.presence.start()
@@ -201,7 +204,12 @@ class Node:
         except (ValueError, TypeError, KeyError, UnicodeError) as exc:
             log.warning("ignoring an undecodable message on %s: %s", channel, exc)
             return
-        self.counters.delivered += self.hub.deliver(message)
+        flusher = self._flusher or loop_flusher()
+        started = flusher.begin_burst()  # a fan-out to a quiet node writes at once
+        try:
+            self.counters.delivered += self.hub.deliver(message)
+        finally:
+            flusher.end_burst(started)
 
     def _decode_legacy(self, payload: bytes) -> Message:
         """The seed's ``{code, form, to, content}`` JSON, delivered as /pushToOneTest does."""
