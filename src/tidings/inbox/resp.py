@@ -27,9 +27,8 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
-from tidings.errors import BrokerUnavailable, TidingsError
-from tidings.redis_connect import SUPPORTED as _SUPPORTED
-from tidings.redis_connect import open_connection
+from tidings.errors import BrokerUnavailable
+from tidings.redis_connect import connection_params, open_connection
 from tidings.redis_connect import pack as _pack
 
 _MORE = object()
@@ -56,11 +55,7 @@ class ScriptConnection:
     """
 
     def __init__(self, client: Redis, script: str, *, max_in_flight: int = 128) -> None:
-        pool = client.connection_pool
-        # Built only to read its settings as redis-py parsed them; never connected.
-        self._params: AbstractConnection = pool.connection_class(**pool.connection_kwargs)
-        if type(self._params) not in _SUPPORTED:
-            raise TidingsError(f"cannot run scripts over a {type(self._params).__name__}")
+        self._params = connection_params(client.connection_pool)
         self._sha = hashlib.sha1(script.encode()).hexdigest().encode()
         self._load = _pack(b"SCRIPT", b"LOAD", script)
         self._max_in_flight = max_in_flight
