@@ -29,7 +29,7 @@ WARMUP = 200
 BODY = "x" * 100
 
 
-async def _bounded(count: int, in_flight: int, one: Callable[[int], Awaitable[None]]) -> None:
+async def bounded(count: int, in_flight: int, one: Callable[[int], Awaitable[object]]) -> None:
     """``one(n)`` for n in range(count), by ``in_flight`` workers."""
     numbers = iter(range(count))
 
@@ -48,9 +48,9 @@ async def http(node: Proc, port: int, count: int, in_flight: int) -> str:
             async with session.post(f"http://127.0.0.1:{port}{path}", json={"body": BODY}) as r:
                 assert r.status == 202, await r.text()
 
-        await _bounded(WARMUP, in_flight, one)
+        await bounded(WARMUP, in_flight, one)
         ticks, start = cpu_ticks(node.pid), time.perf_counter()
-        await _bounded(count, in_flight, one)
+        await bounded(count, in_flight, one)
         elapsed = time.perf_counter() - start
         used = (cpu_ticks(node.pid) - ticks) / CLK_TCK
     return f"http: {count / elapsed:.0f} req/s; node CPU {1e6 * used / count:.0f} µs/request"
@@ -62,9 +62,9 @@ async def direct(url: str, count: int, in_flight: int) -> str:
         async def one(n: int) -> None:
             await pub.to_user(f"u{n % 1000}", BODY)
 
-        await _bounded(WARMUP, in_flight, one)
+        await bounded(WARMUP, in_flight, one)
         cpu, start = time.process_time(), time.perf_counter()
-        await _bounded(count, in_flight, one)
+        await bounded(count, in_flight, one)
         elapsed = time.perf_counter() - start
         used = time.process_time() - cpu
     return f"direct: {count / elapsed:.0f} publishes/s; CPU {1e6 * used / count:.0f} µs/publish"

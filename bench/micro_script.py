@@ -32,14 +32,12 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import statistics
 import subprocess
 import tempfile
 import time
 import types
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +45,7 @@ import redis
 import uvloop
 
 import tidings.publisher
+from bench.micro_publish import bounded
 from bench.procs import CLK_TCK, Proc, cpu_ticks, free_port, wait_port
 from tidings.inbox import redis as current_inbox
 from tidings.publisher import Publisher
@@ -92,16 +91,6 @@ def schedstat_ns(pid: int) -> int:
     """Run time of ``pid``'s main thread in ns (proc(5) /proc/pid/schedstat, first field)."""
     with open(f"/proc/{pid}/schedstat") as f:
         return int(f.read().split()[0])
-
-
-async def _bounded(count: int, in_flight: int, one: Callable[[int], Awaitable[object]]) -> None:
-    numbers = iter(range(count))
-
-    async def worker() -> None:
-        for n in numbers:
-            await one(n)
-
-    await asyncio.gather(*(worker() for _ in range(in_flight)))
 
 
 class Meter:
@@ -165,12 +154,12 @@ async def one_run(
                     return await pub.to_topic(f"t{n % channels}", BODY)
                 return await pub.to_user(f"u{n % channels}", BODY)
 
-            await _bounded(channels * scenario.prefill, in_flight, one)
+            await bounded(channels * scenario.prefill, in_flight, one)
             if scenario.acked:
                 _ack_newest(client, channels)
             client.config_resetstat()
             meter.start()
-            await _bounded(count, in_flight, one)
+            await bounded(count, in_flight, one)
             ticks, ns, instructions = meter.stop()
             script_us = float(client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"])
     finally:
