@@ -1,10 +1,12 @@
 """Micro-benchmark of the publish path: client CPU per inbox publish, private redis-server.
 
-    .venv/bin/python -m bench.micro_publish http [--count 3000] [--in-flight 8]
+    .venv/bin/python -m bench.micro_publish http [--count 3000] [--in-flight 8] [--batch N]
     .venv/bin/python -m bench.micro_publish direct [--count 20000] [--in-flight 64]
 
 ``http`` starts one node (``tidings serve --broker``) and POSTs to
-``/api/v1/users/u<n % 1000>/messages``: the node's CPU per request, from /proc.
+``/api/v1/users/u<n % 1000>/messages``: the node's CPU per request, from /proc. With
+``--batch N`` it POSTs ``/api/v1/messages`` with N such messages a request instead (the
+count is of messages): the node's CPU per message.
 ``direct`` runs ``tidings.publisher`` on uvloop in this process, as a back end would:
 this process's CPU per ``to_user``. Both warm up first (connections, script load). To
 measure another tree's code, put its ``src`` first: ``PYTHONPATH=/tmp/old/src ...``.
@@ -56,6 +58,29 @@ async def http(node: Proc, port: int, count: int, in_flight: int) -> str:
     return f"http: {count / elapsed:.0f} req/s; node CPU {1e6 * used / count:.0f} µs/request"
 
 
+async def http_batch(node: Proc, port: int, count: int, in_flight: int, size: int) -> str:
+    """``count`` messages, ``size`` a request, to ``/api/v1/messages``."""
+    url = f"http://127.0.0.1:{port}/api/v1/messages"
+    async with aiohttp.ClientSession() as session:
+
+        async def one(n: int) -> None:
+            items = [{"user": f"u{(n * size + i) % 1000}", "body": BODY} for i in range(size)]
+            async with session.post(url, json={"messages": items}) as r:
+                assert r.status == 202, await r.text()
+
+        requests = max(count // size, 1)
+        await bounded(max(WARMUP // size, 10), in_flight, one)
+        ticks, start = cpu_ticks(node.pid), time.perf_counter()
+        await bounded(requests, in_flight, one)
+        elapsed = time.perf_counter() - start
+        used = (cpu_ticks(node.pid) - ticks) / CLK_TCK
+    sent = requests * size
+    return (
+        f"http batch {size}: {sent / elapsed:.0f} msg/s ({requests / elapsed:.0f} req/s);"
+        f" node CPU {1e6 * used / sent:.1f} µs/message, {1e6 * used / requests:.0f} µs/request"
+    )
+
+
 async def direct(url: str, count: int, in_flight: int) -> str:
     async with Publisher.from_url(url) as pub:
 
@@ -80,6 +105,7 @@ def main() -> None:
     parser.add_argument("mode", choices=["http", "direct"])
     parser.add_argument("--count", type=int)
     parser.add_argument("--in-flight", type=int)
+    parser.add_argument("--batch", type=int, help="http: N messages a request, batch route")
     args = parser.parse_args()
     count = args.count or (3000 if args.mode == "http" else 20_000)
     in_flight = args.in_flight or (8 if args.mode == "http" else 64)
@@ -99,7 +125,10 @@ def main() -> None:
         serve = [sys.executable, "-m", "tidings", "serve", "--broker", url, "--port", str(port)]
         procs.append(start("node", [*serve, "--log-level", "warning"]))
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", procs[1])
-        print(uvloop.run(http(procs[1], port, count, in_flight)))
+        if args.batch:
+            print(uvloop.run(http_batch(procs[1], port, count, in_flight, args.batch)))
+        else:
+            print(uvloop.run(http(procs[1], port, count, in_flight)))
     finally:
         for proc in reversed(procs):
             proc.stop()

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tidings.publish_rules import MAX_BATCH
 from tidings.server.openapi import RESERVED_HEADERS, openapi_document
 
 POST_ERRORS = {"400", "401", "403", "413", "503"}
@@ -14,6 +15,7 @@ OPERATIONS = {
     ("/pushToOneTest", "post"): {"200"} | POST_ERRORS,
     ("/api/v1/users/{user}/messages", "post"): {"202"} | POST_ERRORS,
     ("/api/v1/topics/{topic}/messages", "post"): {"202"} | POST_ERRORS,
+    ("/api/v1/messages", "post"): {"202"} | POST_ERRORS,
     ("/api/v1/users/{user}/presence", "get"): {"200", "401", "403", "503"},
     ("/api/v1/users/{user}/inbox", "get"): {"200", "400", "401", "403", "503"},
     ("/api/v1/users/{user}/inbox/unread", "get"): {"200", "401", "403", "503"},
@@ -216,6 +218,25 @@ def test_accepted_answer_has_an_id(doc: dict[str, Any], path: str) -> None:
     schema = response_schema(doc, path, "post", "202")
     assert schema["required"] == ["id"]
     assert schema["properties"]["id"]["type"] == "string"
+
+
+def test_batch_request_and_answer(doc: dict[str, Any]) -> None:
+    schema = request_schema(doc, "/api/v1/messages")
+    assert schema["required"] == ["messages"]
+    messages = schema["properties"]["messages"]
+    assert (messages["minItems"], messages["maxItems"]) == (1, MAX_BATCH)
+    item = deref(doc, messages["items"])
+    assert item["required"] == ["body"]
+    assert item["oneOf"] == [{"required": ["user"]}, {"required": ["topic"]}]
+    assert set(item["properties"]) == {"user", "topic", "body", "destination", "headers", "id"}
+    destination = request_schema(doc, "/api/v1/users/{user}/messages")["properties"]["destination"]
+    assert item["properties"]["destination"]["pattern"] == destination["pattern"]
+    accepted = response_schema(doc, "/api/v1/messages", "post", "202")
+    assert accepted["required"] == ["ids"]
+    assert accepted["properties"]["ids"]["items"] == {"type": "string"}
+    error = doc["components"]["schemas"]["Error"]["properties"]
+    assert error["index"]["type"] == "integer"
+    assert error["ids"]["items"]["type"] == ["string", "null"]
 
 
 def test_stomp_headers_schema(doc: dict[str, Any]) -> None:

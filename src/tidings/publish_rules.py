@@ -20,6 +20,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 RESERVED_HEADERS = ("destination", "subscription", "message-id", "content-length", "ack", "receipt")
 """Header names the server sets on a MESSAGE; a publish may not (compared case-insensitively)."""
 MAX_IDEMPOTENCY_KEY = 200
+MAX_BATCH = 100
+"""Most messages a batch publish (``POST /api/v1/messages``) takes in one request."""
 
 _HEADER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\0]")

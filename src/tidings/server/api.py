@@ -8,6 +8,7 @@ the same code here (``PublishApi.publish`` and what it calls) and write its ``An
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import ipaddress
@@ -43,6 +44,7 @@ Publish = Callable[[str, dict[str, object], Mapping[str, str]], Awaitable["Answe
 # The publish routes' paths as aiohttp's router matches them: ``{user}`` is [^{}/]+.
 _USER_ROUTE = re.compile(r"/api/v1/users/([^{}/]+)/messages")
 _TOPIC_ROUTE = re.compile(r"/api/v1/topics/([^{}]+)/messages")
+_BATCH_ROUTE = "/api/v1/messages"
 
 
 def client_max_size(config: Config) -> int:
@@ -83,15 +85,19 @@ FAILURES = (ApiError, InvalidPublish, BrokerUnavailable, web.HTTPRequestEntityTo
 
 def failure_answer(exc: Failure) -> Answer:
     """The JSON error answer of a failure the caller is told about."""
-    if isinstance(exc, ApiError):
-        status, code, message = exc.status, exc.code, exc.message
-    elif isinstance(exc, InvalidPublish):
-        status, code, message = 413 if exc.code == "too_large" else 400, exc.code, exc.message
-    elif isinstance(exc, BrokerUnavailable):
-        status, code, message = 503, "broker_unavailable", f"broker unavailable: {exc}"
-    else:
-        status, code, message = 413, "too_large", exc.text or "request body too large"
+    status, code, message = _failure(exc)
     return Answer.json({"error": code, "message": message}, status)
+
+
+def _failure(exc: Failure) -> tuple[int, str, str]:
+    """A failure's HTTP status, error code and message."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code, exc.message
+    if isinstance(exc, InvalidPublish):
+        return 413 if exc.code == "too_large" else 400, exc.code, exc.message
+    if isinstance(exc, BrokerUnavailable):
+        return 503, "broker_unavailable", f"broker unavailable: {exc}"
+    return 413, "too_large", exc.text or "request body too large"
 
 
 LEGACY_ANSWER_OK = Answer(200, LEGACY_ANSWER.encode(), "text/plain")
@@ -127,6 +133,7 @@ class PublishApi:
                 "/api/v1/topics/{topic:[^{}]+}/messages",
                 self._served_by_aiohttp(self.publish_to_topic, "topic"),
             ),
+            web.post(_BATCH_ROUTE, self._served_by_aiohttp(self.publish_batch)),
             web.get("/api/v1/users/{user}/presence", self.user_presence),
             web.get("/api/v1/users/{user}/inbox", self.inbox_listing),
             web.get("/api/v1/users/{user}/inbox/unread", self.inbox_unread),
@@ -145,6 +152,8 @@ class PublishApi:
             return self.publish_to_user, match[1]
         if match := _TOPIC_ROUTE.fullmatch(path):
             return self.publish_to_topic, match[1]
+        if path == _BATCH_ROUTE:
+            return self.publish_batch, ""
         return None
 
     async def publish(
@@ -191,22 +200,26 @@ class PublishApi:
     async def publish_to_user(
         self, user: str, data: dict[str, object], headers: Mapping[str, str]
     ) -> Answer:
-        message = publish_rules.user_message(
+        return await self._publish(self._user_message(user, data), data, headers)
+
+    async def publish_to_topic(
+        self, topic: str, data: dict[str, object], headers: Mapping[str, str]
+    ) -> Answer:
+        return await self._publish(self._topic_message(topic, data), data, headers)
+
+    def _user_message(self, user: object, data: dict[str, object]) -> Message:
+        return publish_rules.user_message(
             user,
             _body(data),
             destination=data.get("destination", "/message"),
             headers=data.get("headers"),
             max_bytes=self._max_bytes,
         )
-        return await self._publish(message, data, headers)
 
-    async def publish_to_topic(
-        self, topic: str, data: dict[str, object], headers: Mapping[str, str]
-    ) -> Answer:
-        message = publish_rules.topic_message(
+    def _topic_message(self, topic: object, data: dict[str, object]) -> Message:
+        return publish_rules.topic_message(
             topic, _body(data), headers=data.get("headers"), max_bytes=self._max_bytes
         )
-        return await self._publish(message, data, headers)
 
     async def _publish(
         self, message: Message, data: dict[str, object], headers: Mapping[str, str]
@@ -219,6 +232,99 @@ class PublishApi:
         message_id = await self.server.node.publish(message, idempotency_key=key)
         # An inbox id is <ms>-<seq>, nothing to escape: these are the bytes json.dumps makes.
         return Answer(202, b'{"id": "%s"}' % message_id.encode())
+
+    async def publish_batch(
+        self, _: str, data: dict[str, object], headers: Mapping[str, str]
+    ) -> Answer:
+        """``{"messages": [...]}``: every item checked as its single route checks it, then
+        all published at once; 202 ``{"ids"}`` in item order, or 503 with the ids stored.
+
+        The first invalid item refuses the whole batch (``index`` names it), nothing stored.
+        The publishes start in item order, so their calls reach Redis in one write, in item
+        order, and the messages of one channel are stored (and delivered) in item order.
+        """
+        items = data.get("messages")
+        if not isinstance(items, list) or not 1 <= len(items) <= publish_rules.MAX_BATCH:
+            raise ApiError(
+                400,
+                "invalid_field",
+                f"'messages' must be a list of 1 to {publish_rules.MAX_BATCH} message objects",
+            )
+        if "idempotency-key" in headers:
+            raise ApiError(
+                400,
+                "invalid_field",
+                "a batch takes no Idempotency-Key header: give each message an 'id'",
+            )
+        batch: list[tuple[Message, str | None]] = []
+        for index, item in enumerate(items):
+            try:
+                batch.append(self._batch_item(item))
+            except (ApiError, InvalidPublish) as exc:
+                status, code, text = _failure(exc)
+                return Answer.json(
+                    {"error": code, "message": f"messages[{index}]: {text}", "index": index},
+                    status,
+                )
+        outcomes = await self._publish_all(batch)
+        stored = [outcome for outcome in outcomes if isinstance(outcome, str)]
+        if len(stored) == len(outcomes):
+            # Inbox ids are <ms>-<seq>, nothing to escape: the bytes json.dumps makes.
+            return Answer(202, b'{"ids": ["%s"]}' % '", "'.join(stored).encode())
+        failures = [outcome for outcome in outcomes if not isinstance(outcome, str)]
+        return Answer.json(
+            {
+                "error": "broker_unavailable",
+                "message": f"broker unavailable: {failures[0]} ({len(failures)} of"
+                f" {len(outcomes)} messages not stored: their ids are null)",
+                "ids": [outcome if isinstance(outcome, str) else None for outcome in outcomes],
+            },
+            503,
+        )
+
+    async def _publish_all(
+        self, batch: list[tuple[Message, str | None]]
+    ) -> list[str | BrokerUnavailable]:
+        """Every publish started at once, in item order; their ids or failures, in order.
+
+        The tasks' first steps run in the order they were created, and each reaches the
+        inbox's write (ScriptConnection.submit) without awaiting: the calls are queued in
+        item order, go out in one write, and Redis runs them in that order. (Tasks awaited
+        in turn cost less than asyncio.gather: ~5 against ~8 µs a message in-process.)
+        """
+        publish = self.server.node.publish
+        if len(batch) == 1:  # no task needed
+            message, key = batch[0]
+            try:
+                return [await publish(message, idempotency_key=key)]
+            except BrokerUnavailable as exc:
+                return [exc]
+        create_task = asyncio.get_running_loop().create_task
+        tasks = [create_task(publish(message, idempotency_key=key)) for message, key in batch]
+        outcomes: list[str | BrokerUnavailable] = []
+        error: Exception | None = None
+        for task in tasks:  # each awaited: no exception is left unretrieved
+            try:
+                outcomes.append(await task)
+            except BrokerUnavailable as exc:
+                outcomes.append(exc)
+            except Exception as exc:  # a bug: raised once every publish has ended
+                error = error or exc
+        if error is not None:
+            raise error
+        return outcomes
+
+    def _batch_item(self, item: object) -> tuple[Message, str | None]:
+        """One item of a batch: its message and idempotency key, or why not."""
+        if not isinstance(item, dict):
+            raise ApiError(400, "invalid_field", "each message must be a JSON object")
+        if ("user" in item) == ("topic" in item):
+            raise ApiError(400, "invalid_field", "give exactly one of 'user' and 'topic'")
+        if "user" in item:
+            message = self._user_message(item["user"], item)
+        else:
+            message = self._topic_message(item["topic"], item)
+        return message, publish_rules.idempotency_key(item.get("id"))
 
     @property
     def _max_bytes(self) -> int:

@@ -7,7 +7,7 @@ operation and is only mentioned in ``info.description``.
 
 from typing import Any
 
-from tidings.publish_rules import RESERVED_HEADERS
+from tidings.publish_rules import MAX_BATCH, MAX_IDEMPOTENCY_KEY, RESERVED_HEADERS
 
 __all__ = ["OPENAPI_VERSION", "RESERVED_HEADERS", "openapi_document"]
 
@@ -45,10 +45,28 @@ content-type `application/json;charset=UTF-8`."""
 _IDEMPOTENCY_FIELD = {
     "type": "string",
     "minLength": 1,
-    "maxLength": 200,
+    "maxLength": MAX_IDEMPOTENCY_KEY,
     "description": "Idempotency key (as the Idempotency-Key header): a retried publish with the"
     " same key within 24 h is stored once and answers the first id.",
 }
+
+_DESTINATION_FIELD = {
+    "type": "string",
+    "pattern": "^(?!.*//)/.+$",
+    "default": "/message",
+    "description": "User-relative destination: starts with `/`, no empty segment.",
+}
+
+_BATCH_DESCRIPTION = f"""\
+Publishes 1 to {MAX_BATCH} messages, each to a user or on a topic, in one request (and one
+round trip to the broker). Each message is checked exactly as the single routes check it,
+and a batch must fit in the request size limit. If any message is invalid, nothing is
+published: the error's `index` names the first invalid message and its `message` starts
+with `messages[<index>]: `. Otherwise all are published at once and `ids` answers them in
+item order. The messages of one user or topic are stored and delivered in item order.
+503 (`broker_unavailable`) carries `ids` too, `null` for each message not stored: retry
+those (with an `id` per message, a retry stores nothing twice). The Idempotency-Key header
+is refused here (400): give each message its own `id`."""
 
 _ERRORS = {
     "400": ("BadRequest", "Invalid JSON, or a missing or invalid field."),
@@ -90,6 +108,7 @@ def _paths() -> Json:
         "/pushToOneTest": {"post": _legacy_push()},
         "/api/v1/users/{user}/messages": {"post": _user_publish()},
         "/api/v1/topics/{topic}/messages": {"post": _topic_publish()},
+        "/api/v1/messages": {"post": _batch_publish()},
         "/api/v1/users/{user}/inbox": {"get": _inbox_listing()},
         "/api/v1/users/{user}/inbox/unread": {"get": _inbox_unread()},
         "/api/v1/users/{user}/inbox/read": {"post": _inbox_read()},
@@ -275,6 +294,22 @@ def _topic_publish() -> Json:
     return operation
 
 
+def _batch_publish() -> Json:
+    return _publish_operation(
+        operation_id="publishBatch",
+        tag="messages",
+        summary=f"Publish up to {MAX_BATCH} messages, to users and topics, in one request",
+        description=_BATCH_DESCRIPTION,
+        request_schema="BatchRequest",
+        success={
+            "202": {
+                "description": "Every message accepted for delivery.",
+                "content": _json_content("BatchAccepted"),
+            }
+        },
+    )
+
+
 def _publish_operation(
     *,
     operation_id: str,
@@ -370,16 +405,33 @@ def _schemas() -> Json:
         "UserMessageRequest": _object(
             {
                 "body": _ref("schemas", "MessageBody"),
-                "destination": {
-                    "type": "string",
-                    "pattern": "^(?!.*//)/.+$",
-                    "default": "/message",
-                    "description": "User-relative destination: starts with `/`, no empty segment.",
-                },
+                "destination": _DESTINATION_FIELD,
                 "headers": _ref("schemas", "StompHeaders"),
                 "id": _IDEMPOTENCY_FIELD,
             },
             required=["body"],
+        ),
+        "BatchRequest": _object(
+            {
+                "messages": {
+                    "type": "array",
+                    "items": _ref("schemas", "BatchMessage"),
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH,
+                }
+            },
+            required=["messages"],
+        ),
+        "BatchMessage": _batch_message(),
+        "BatchAccepted": _object(
+            {
+                "ids": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "The inbox ids (STOMP `tidings-id`), in item order.",
+                }
+            },
+            required=["ids"],
         ),
         "TopicMessageRequest": _object(
             {
@@ -401,6 +453,17 @@ def _schemas() -> Json:
                     "examples": list(ERROR_CODES),
                 },
                 "message": {"type": "string", "description": "Human-readable explanation."},
+                "index": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Batch only (400, 413): the first invalid message's index.",
+                },
+                "ids": {
+                    "type": "array",
+                    "items": {"type": ["string", "null"]},
+                    "description": "Batch only (503): per message its inbox id if it was"
+                    " stored, else null.",
+                },
             },
             required=["error", "message"],
         ),
@@ -467,6 +530,29 @@ def _schemas() -> Json:
             required=["status", "reason"],
         ),
     }
+
+
+def _batch_message() -> Json:
+    """A message of a batch: a user's or a topic's request, with its recipient."""
+    schema = _object(
+        {
+            "user": {"type": "string", "minLength": 1, "description": "The recipient's user id."},
+            "topic": {
+                "type": "string",
+                "minLength": 1,
+                "description": "The topic name; `/` separates segments (`a/b`), none empty.",
+            },
+            "body": _ref("schemas", "MessageBody"),
+            "destination": _DESTINATION_FIELD
+            | {"description": "With `user` only: " + str(_DESTINATION_FIELD["description"])},
+            "headers": _ref("schemas", "StompHeaders"),
+            "id": _IDEMPOTENCY_FIELD,
+        },
+        required=["body"],
+    )
+    schema["oneOf"] = [{"required": ["user"]}, {"required": ["topic"]}]
+    schema["description"] = "To one user (`user`) or on one topic (`topic`): exactly one."
+    return schema
 
 
 def _stomp_headers() -> Json:
