@@ -505,8 +505,26 @@ async function makePublisher(spec) {
     const pools = spec.targets.map((t) => new HttpPool(t.host || "127.0.0.1", t.port, spec.poolSize || 16));
     await new Promise((r) => setTimeout(r, 200));
     let rr = 0;
+    // batchPath: the messages of one tick go as one request per node (round robin), as a
+    // back end with a batch route would send them; else one request per message.
+    let batches = null;
+    const flushBatches = () => {
+      batches.forEach((items, k) => {
+        if (items.length) pools[k].post(spec.batchPath, `{"messages":[${items.join(",")}]}`);
+      });
+      batches = null;
+    };
     return {
       publish(user, body) {
+        if (spec.batchPath) {
+          if (batches === null) {
+            batches = pools.map(() => []);
+            setImmediate(flushBatches);
+          }
+          const item = user === null ? `{"topic":"${spec.topicName}","body":"${body}"}` : `{"user":"${user}","body":"${body}"}`;
+          batches[rr++ % pools.length].push(item);
+          return;
+        }
         const pool = pools[rr++ % pools.length];
         const path = user === null ? spec.topicPath : spec.userPath.replace("{u}", String(user));
         pool.post(path, `{"body":"${body}"}`);

@@ -16,6 +16,7 @@ PEERS = ["socketio-node", "python-socketio", "rabbitmq"]
 COLORS = {
     "tidings": "#1f6feb",
     "tidings-direct": "#0a3069",
+    "tidings-batch": "#8250df",
     "tidings-memory": "#58a6ff",
     "socketio-node": "#2da44e",
     "python-socketio": "#bf8700",
@@ -24,6 +25,7 @@ COLORS = {
 SHORT = {
     "tidings": "Tidings (Redis)",
     "tidings-direct": "Tidings (Redis), direct",
+    "tidings-batch": "Tidings (Redis), HTTP batched",
     "tidings-memory": "Tidings (memory)",
     "socketio-node": "Node socket.io",
     "python-socketio": "python-socketio",
@@ -32,8 +34,12 @@ SHORT = {
 
 Result = dict[str, Any]
 
-TIDINGS_S2_PATHS = [("tidings", "HTTP API"), ("tidings-direct", "direct publisher")]
-"""S2's two Tidings publish paths and how the targets table names them."""
+TIDINGS_S2_PATHS = [
+    ("tidings", "HTTP API"),
+    ("tidings-batch", "HTTP API, batched"),
+    ("tidings-direct", "direct publisher"),
+]
+"""S2's Tidings publish paths and how the targets table names them."""
 
 
 # -- number formatting ---------------------------------------------------------------------
@@ -267,8 +273,11 @@ def missed_notes(data: Result) -> list[str]:
             "subscriber's tail is Tidings' own (HTTP publish, Redis, back to the node, and "
             "whatever stalls the node's loop meanwhile) and is not pinned down yet."
         )
-    http, direct = s2.get("tidings"), s2.get("tidings-direct")
-    if missed("S2 (HTTP API) at") and _ok(http) and _ok(sio2):
+    direct = s2.get("tidings-direct")
+    for key, path in TIDINGS_S2_PATHS[:2]:  # the HTTP API, one message or a tick's per request
+        http = s2.get(key)
+        if not (missed(f"S2 ({path}) at") and _ok(http) and _ok(sio2)):
+            continue
         top = max(http["rates"], key=int)
         cpu = http["rates"][top]["cpuPct"]
         busy = cpu.get("server-1", 0) + cpu.get("server-2", 0) + cpu.get("redis", 0)
@@ -281,14 +290,14 @@ def missed_notes(data: Result) -> list[str]:
             else f" (p50 {ms(_lat(h, 'p50'))} vs {ms(_lat(s, 'p50'))})"
         )
         notes.append(
-            "- **S2, HTTP API**: one more hop than socket.io's emitter. The back end's request "
+            f"- **S2, {path}**: one more hop than socket.io's emitter. The back end's request "
             "goes to a node, which runs the inbox script on Redis (store, trim, announce) and "
             "answers 202; Redis then hands the message to the node that holds the user. "
             f"{per_t:.0f} µs of server CPU per message at {int(top):,} msg/s against "
             f"socket.io's {per_s:.0f} µs (its emitter writes to Redis from the back end's "
             "process, so its servers only deliver). Both nodes and Redis share core 0, which "
-            f"was {busy:.0f}% busy{queue}. The S2 profile below shows the node's share. The "
-            "direct publisher is the same shape as socket.io's emitter."
+            f"was {busy:.0f}% busy{queue}. The S2 profile below shows the node's share (one "
+            "message per request). The direct publisher is the same shape as socket.io's emitter."
         )
     if missed("S2 (direct publisher) at") and _ok(direct) and _ok(sio2):
         top = max(direct["rates"], key=int)
@@ -988,8 +997,9 @@ def markdown(data: Result, made: dict[str, str]) -> str:
         "2; publishes to uniformly random users at "
         + " and ".join(f"{r:,}" for r in sz["s2_rates"])
         + f" msg/s for {sz['s2_seconds']:.0f} s each through the server-side publish path "
-        "(Tidings: HTTP round-robin over both nodes, and separately its direct publisher "
-        "from a Python helper; Socket.IO: its Redis emitter/manager; "
+        "(Tidings: HTTP round-robin over both nodes, one message per request and, "
+        "separately, the messages of each 1 ms tick as one batch request per node; and its "
+        "direct publisher from a Python helper; Socket.IO: its Redis emitter/manager; "
         "the Python helpers, Tidings' and python-socketio's, run the fixed-rate schedule "
         "themselves, as socket.io's emitter does inside the load generator; "
         "RabbitMQ: STOMP SEND on node 1 of the cluster). Then up to "

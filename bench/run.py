@@ -44,7 +44,14 @@ BENCH = REPO / "bench"
 
 SCENARIO_SYSTEMS = {
     "s1": ["tidings", "tidings-memory", "socketio-node", "python-socketio", "rabbitmq"],
-    "s2": ["tidings", "tidings-direct", "socketio-node", "python-socketio", "rabbitmq"],
+    "s2": [
+        "tidings",
+        "tidings-batch",
+        "tidings-direct",
+        "socketio-node",
+        "python-socketio",
+        "rabbitmq",
+    ],
     "s34": ["tidings", "socketio-node", "python-socketio", "rabbitmq"],
     "s3max": ["tidings"],
     "profile_s1": ["tidings-memory", "tidings"],

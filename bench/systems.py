@@ -106,8 +106,11 @@ def _stopper(ctx: Context, procs: list[Proc]) -> Callable[[], None]:
     return stop
 
 
-def _tidings(broker: str, *, direct: bool = False) -> Callable[[Context, int], Deployment]:
-    """Tidings nodes; publishes over HTTP, or with ``direct`` through tidings.publisher."""
+def _tidings(
+    broker: str, *, direct: bool = False, batch: bool = False
+) -> Callable[[Context, int], Deployment]:
+    """Tidings nodes; publishes over HTTP (``batch``: the batch route, one request per node
+    per tick), or with ``direct`` through tidings.publisher."""
 
     def deploy(ctx: Context, nodes: int) -> Deployment:
         url = ctx.redis_url if broker == "redis" else "memory://"
@@ -136,6 +139,8 @@ def _tidings(broker: str, *, direct: bool = False) -> Callable[[Context, int], D
             "userPath": "/api/v1/users/{u}/messages",
             "poolSize": 16,
         }
+        if batch:
+            publisher.update(batchPath="/api/v1/messages", topicName="bench")
         if direct:
             publisher = {
                 "kind": "pyhelper",
@@ -276,6 +281,14 @@ TIDINGS_DIRECT = System(
     _tidings("redis", direct=True),
     family="tidings",
 )
+TIDINGS_BATCH = System(
+    "tidings-batch",
+    "Tidings (Redis broker), HTTP API batched",
+    "the same nodes; publishes: POST /api/v1/messages (HTTP keep-alive), the messages due in "
+    "one load-generator tick (1 ms) as one request per node",
+    _tidings("redis", batch=True),
+    family="tidings",
+)
 TIDINGS_MEMORY = System(
     "tidings-memory",
     "Tidings (memory broker)",
@@ -305,5 +318,13 @@ RABBITMQ = System(
 
 ALL = {
     s.key: s
-    for s in (TIDINGS, TIDINGS_DIRECT, TIDINGS_MEMORY, SOCKETIO_NODE, PYTHON_SOCKETIO, RABBITMQ)
+    for s in (
+        TIDINGS,
+        TIDINGS_DIRECT,
+        TIDINGS_BATCH,
+        TIDINGS_MEMORY,
+        SOCKETIO_NODE,
+        PYTHON_SOCKETIO,
+        RABBITMQ,
+    )
 }
