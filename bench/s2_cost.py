@@ -1,0 +1,97 @@
+"""Where S2's server time goes, per message: CPU (user, system) and context switches.
+
+    .venv/bin/python -m bench.s2_cost tidings,tidings-batch,tidings-direct,socketio-node
+
+For each system: two nodes and 1,000 users as in S2, 2 s of warm-up at 500 msg/s, then
+``--seconds`` at ``--rate``; prints the p99 and, for each node and Redis, user and system
+CPU µs and voluntary / involuntary context switches per message published (from
+/proc/<pid>/stat and /proc/<pid>/status). Figures per message published, so a node that
+handles half the messages shows half its cost per message it handles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from bench.loadgen import LoadGen
+from bench.procs import CLK_TCK, Registry, start_redis
+from bench.scenarios import _open, _publisher, _teardown
+from bench.systems import ALL, Context
+
+USERS = 1000
+
+
+def sample(pid: int) -> tuple[int, int, int, int]:
+    """(user ticks, system ticks, voluntary switches, involuntary switches) of ``pid``."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    switches = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name.endswith("ctxt_switches"):
+                switches[name] = int(value)
+    return (
+        int(fields[11]),
+        int(fields[12]),
+        switches["voluntary_ctxt_switches"],
+        switches["nonvoluntary_ctxt_switches"],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("systems", help="comma list of S2 systems, e.g. tidings,socketio-node")
+    parser.add_argument("--rate", type=int, default=5000)
+    parser.add_argument("--seconds", type=float, default=8)
+    args = parser.parse_args()
+    log_dir, work = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+    reg = Registry()
+    try:
+        redis, url = start_redis(reg, log_dir)
+        lg = LoadGen(reg, log_dir)
+        lg.call("config", clkTck=CLK_TCK)
+        ctx = Context(reg, log_dir, work, url, redis.pid, tidings_env={})
+        for name in args.systems.split(","):
+            dep = ALL[name].deploy(ctx, 2)
+            try:
+                _open(lg, dep, ctx, USERS, dep.user_dest)
+                _publisher(lg, dep)
+                common = {"fanout": 1, "target": "user", "users": USERS, "drainMs": 5000}
+                lg.call("rate", timeout=60, rate=500, seconds=2, phase=1, **common)
+                pids = {"node 1": dep.servers[0].pid, "node 2": dep.servers[1].pid}
+                if dep.uses_redis:
+                    pids["redis"] = redis.pid
+                before = {key: sample(pid) for key, pid in pids.items()}
+                run = lg.call(
+                    "rate",
+                    timeout=args.seconds + 60,
+                    rate=args.rate,
+                    seconds=args.seconds,
+                    phase=2,
+                    **common,
+                )
+                after = {key: sample(pid) for key, pid in pids.items()}
+                n = run["published"]
+                parts = []
+                for key in pids:
+                    user, system, vol, invol = (
+                        a - b for a, b in zip(after[key], before[key], strict=True)
+                    )
+                    parts.append(
+                        f"{key}: user {1e6 * user / CLK_TCK / n:.0f} sys "
+                        f"{1e6 * system / CLK_TCK / n:.0f} µs, switches {vol / n:.2f} + "
+                        f"{invol / n:.2f}"
+                    )
+                p99 = run["latencyUs"]["p99"] / 1e3
+                print(f"{name}: p99 {p99:.2f} ms | " + " | ".join(parts), flush=True)
+            finally:
+                _teardown(ctx, lg, dep)
+    finally:
+        reg.stop_all()
+
+
+if __name__ == "__main__":
+    main()
