@@ -12,6 +12,7 @@ handles half the messages shows half its cost per message it handles.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -46,11 +47,16 @@ def main() -> None:
     parser.add_argument("systems", help="comma list of S2 systems, e.g. tidings,socketio-node")
     parser.add_argument("--rate", type=int, default=5000)
     parser.add_argument("--seconds", type=float, default=8)
+    parser.add_argument(
+        "--redis-core", help="move the bench's Redis to this core (S2 pins it to the servers')"
+    )
     args = parser.parse_args()
     log_dir, work = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
     reg = Registry()
     try:
         redis, url = start_redis(reg, log_dir)
+        if args.redis_core is not None:
+            subprocess.run(["taskset", "-pc", args.redis_core, str(redis.pid)], check=True)
         lg = LoadGen(reg, log_dir)
         lg.call("config", clkTck=CLK_TCK)
         ctx = Context(reg, log_dir, work, url, redis.pid, tidings_env={})
