@@ -153,12 +153,12 @@ class Outbound:
         """
         buffer = self._buffer
         size = len(payload)
+        header = HEADER_CACHE.get(opcode << 16 | size) or frame_header(size, opcode)
         if not buffer:
             if self.overflowed or self._transport.is_closing():
                 return False
             held = self._held = self._transport.get_write_buffer_size()
             if self._flusher.write_through and not held and size <= self.limit:
-                header = HEADER_CACHE.get(opcode << 16 | size) or frame_header(size, opcode)
                 self._transport.write(header + payload)
                 self.last_write = self._loop.time()
                 return True
@@ -170,7 +170,7 @@ class Outbound:
             self._buffered = 0
             self._on_overflow()
             return False
-        buffer.append(HEADER_CACHE.get(opcode << 16 | size) or frame_header(size, opcode))
+        buffer.append(header)
         buffer.append(payload)
         self._buffered = buffered
         return True

@@ -34,8 +34,9 @@ from tidings.errors import BrokerUnavailable, TidingsError
 SUPPORTED = (Connection, SSLConnection, UnixDomainSocketConnection)
 """The redis-py connection classes whose settings ``open_connection`` knows how to follow."""
 
-_MORE = object()
-"""What ``hiredis.Reader.gets`` returns while no complete reply is buffered."""
+MORE = object()
+"""What ``hiredis.Reader.gets`` returns while no complete reply is buffered (pass it as
+``notEnoughData``); every lean connection's reader uses this one."""
 
 
 def pack(*parts: str | bytes | int) -> bytes:
@@ -129,7 +130,7 @@ class _Setup(asyncio.Protocol):
     """The connection's protocol until the setup commands are answered."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._reader = hiredis.Reader(replyError=BaseParser.parse_error, notEnoughData=_MORE)
+        self._reader = hiredis.Reader(replyError=BaseParser.parse_error, notEnoughData=MORE)
         self._transport: asyncio.Transport | None = None
         self._replies: list[Any] = []
         self._expected = 0
@@ -160,7 +161,7 @@ class _Setup(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         try:
-            while (reply := self._reader.gets()) is not _MORE:
+            while (reply := self._reader.gets()) is not MORE:
                 self._replies.append(reply)
         except hiredis.ProtocolError as exc:
             self._finish(BrokerUnavailable(f"redis unavailable: bad reply from redis: {exc!r}"))

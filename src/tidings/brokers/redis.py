@@ -389,7 +389,7 @@ class RedisBroker:
     # -- probe -----------------------------------------------------------------------
 
     async def _run_probe(self) -> None:
-        """Publish to our private probe channel; ``_read`` notices if nothing comes back."""
+        """Publish to our private probe channel; ``_serve`` notices if nothing comes back."""
         while True:
             await asyncio.sleep(self._probe_interval_s)
             try:

@@ -24,10 +24,7 @@ from typing import cast
 import hiredis
 
 from tidings.errors import BrokerUnavailable
-from tidings.redis_connect import pack
-
-_MORE = object()
-"""What ``hiredis.Reader.gets`` returns while no complete reply is buffered."""
+from tidings.redis_connect import MORE, pack
 
 
 class PubSubReader:
@@ -45,7 +42,7 @@ class PubSubReader:
         on_subscribed: Callable[[bytes], None],
         on_pong: Callable[[], None],
     ) -> None:
-        self._reader = hiredis.Reader(notEnoughData=_MORE)
+        self._reader = hiredis.Reader(notEnoughData=MORE)
         self._on_message = on_message
         self._on_subscribed = on_subscribed
         self._on_pong = on_pong
@@ -61,7 +58,7 @@ class PubSubReader:
         reader.feed(data)
         on_message = self._on_message
         try:
-            while (reply := reader.gets()) is not _MORE:
+            while (reply := reader.gets()) is not MORE:
                 if reply.__class__ is not list:
                     raise BrokerUnavailable(f"redis unavailable: unexpected reply {reply!r}")
                 kind = reply[0]

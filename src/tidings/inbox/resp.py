@@ -28,11 +28,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
 from tidings.errors import BrokerUnavailable
-from tidings.redis_connect import connection_params, open_connection
+from tidings.redis_connect import MORE, connection_params, open_connection
 from tidings.redis_connect import pack as _pack
-
-_MORE = object()
-"""What ``hiredis.Reader.gets`` returns while no complete reply is buffered."""
 
 _Call = tuple[bytes | None, asyncio.Future[Any] | None]
 """A command awaiting its reply: the command, kept for one NOSCRIPT retry (None: no
@@ -147,7 +144,7 @@ class _Link(asyncio.Protocol):
         on_lost: Callable[[_Link, BrokerUnavailable], None],
     ) -> None:
         self.pending: deque[_Call] = deque()
-        self._reader = hiredis.Reader(replyError=BaseParser.parse_error, notEnoughData=_MORE)
+        self._reader = hiredis.Reader(replyError=BaseParser.parse_error, notEnoughData=MORE)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._timeout = timeout
@@ -203,7 +200,7 @@ class _Link(asyncio.Protocol):
         retry: list[_Call] = []
         resend: list[bytes] = []
         try:
-            while (reply := reader.gets()) is not _MORE:
+            while (reply := reader.gets()) is not MORE:
                 command, future = pending.popleft()
                 if future is None or future.done():
                     continue  # nobody waits, or the caller is gone (cancelled)
