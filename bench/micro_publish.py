@@ -42,7 +42,23 @@ async def bounded(count: int, in_flight: int, one: Callable[[int], Awaitable[obj
     await asyncio.gather(*(worker() for _ in range(in_flight)))
 
 
-async def http(node: Proc, port: int, count: int, in_flight: int) -> str:
+async def paced(count: int, rate: float, one: Callable[[int], Awaitable[object]]) -> None:
+    """``one(n)`` for n in range(count), started at ``rate`` a second on a 1 ms tick."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Future[object]] = set()
+    start, n = loop.time(), 0
+    while n < count:
+        due = min(count, int((loop.time() - start) * rate) + 1)
+        for k in range(n, due):
+            task = asyncio.ensure_future(one(k))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        n = due
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*tasks)
+
+
+async def http(node: Proc, port: int, count: int, in_flight: int, rate: float | None) -> str:
     async with aiohttp.ClientSession() as session:
 
         async def one(n: int) -> None:
@@ -52,7 +68,7 @@ async def http(node: Proc, port: int, count: int, in_flight: int) -> str:
 
         await bounded(WARMUP, in_flight, one)
         ticks, start = cpu_ticks(node.pid), time.perf_counter()
-        await bounded(count, in_flight, one)
+        await (bounded(count, in_flight, one) if rate is None else paced(count, rate, one))
         elapsed = time.perf_counter() - start
         used = (cpu_ticks(node.pid) - ticks) / CLK_TCK
     return f"http: {count / elapsed:.0f} req/s; node CPU {1e6 * used / count:.0f} µs/request"
@@ -106,6 +122,9 @@ def main() -> None:
     parser.add_argument("--count", type=int)
     parser.add_argument("--in-flight", type=int)
     parser.add_argument("--batch", type=int, help="http: N messages a request, batch route")
+    parser.add_argument(
+        "--rate", type=float, help="http: start requests at this rate (1 ms tick), not saturated"
+    )
     args = parser.parse_args()
     count = args.count or (3000 if args.mode == "http" else 20_000)
     in_flight = args.in_flight or (8 if args.mode == "http" else 64)
@@ -128,7 +147,7 @@ def main() -> None:
         if args.batch:
             print(uvloop.run(http_batch(procs[1], port, count, in_flight, args.batch)))
         else:
-            print(uvloop.run(http(procs[1], port, count, in_flight)))
+            print(uvloop.run(http(procs[1], port, count, in_flight, args.rate)))
     finally:
         for proc in reversed(procs):
             proc.stop()

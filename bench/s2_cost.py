@@ -7,6 +7,10 @@ For each system: two nodes and 1,000 users as in S2, 2 s of warm-up at 500 msg/s
 CPU µs and voluntary / involuntary context switches per message published (from
 /proc/<pid>/stat and /proc/<pid>/status). Figures per message published, so a node that
 handles half the messages shows half its cost per message it handles.
+
+``--profile DIR`` records node 1 (py-spy raw stacks, or ``perf record -g`` with ``--perf``)
+with node 1 alone on the server core: a profile of a node sharing its core with the
+other node and Redis shows where it was preempted, not what it spent.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench.loadgen import LoadGen
-from bench.procs import CLK_TCK, Registry, start_redis
+from bench.procs import CLIENT_CORE, CLK_TCK, Proc, Registry, start_redis
 from bench.scenarios import _open, _publisher, _teardown
 from bench.systems import ALL, Context
 
@@ -42,6 +46,26 @@ def sample(pid: int) -> tuple[int, int, int, int]:
     )
 
 
+def _profile(
+    args: argparse.Namespace, redis_pid: int, servers: list[Proc], name: str, python: str
+) -> subprocess.Popen[bytes]:
+    """Node 1 alone on the server core, everything else on the client core, and a
+    profiler (on the client core) recording node 1 for the measured phase."""
+    for other in (redis_pid, *(server.pid for server in servers[1:])):
+        subprocess.run(["taskset", "-pc", CLIENT_CORE, str(other)], check=True, capture_output=True)
+    pid = str(servers[0].pid)
+    out = Path(args.profile) / name
+    argv: list[str]
+    if args.perf:
+        argv = ["perf", "record", "-F", "999", "-g", "-p", pid, "-o", f"{out}.perf"]
+        argv += ["--", "sleep", str(args.seconds)]
+    else:
+        argv = [str(Path(python).with_name("py-spy")), "record", "--pid", pid, "--rate", "500"]
+        argv += ["--duration", str(int(args.seconds)), "--format", "raw", "--nonblocking"]
+        argv += ["--output", f"{out}.txt"]
+    return subprocess.Popen(["taskset", "-c", CLIENT_CORE, *argv], stdout=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("systems", help="comma list of S2 systems, e.g. tidings,socketio-node")
@@ -49,6 +73,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument(
         "--redis-core", help="move the bench's Redis to this core (S2 pins it to the servers')"
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="profile node 1 for the measured phase into DIR/<system>.txt (py-spy raw stacks),"
+        " with Redis and node 2 moved to the other core so node 1 has core 0 to itself",
+    )
+    parser.add_argument(
+        "--perf", action="store_true", help="with --profile: perf record -g into DIR/<system>.perf"
     )
     args = parser.parse_args()
     log_dir, work = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
@@ -70,6 +103,9 @@ def main() -> None:
                 pids = {"node 1": dep.servers[0].pid, "node 2": dep.servers[1].pid}
                 if dep.uses_redis:
                     pids["redis"] = redis.pid
+                spy = None
+                if args.profile:
+                    spy = _profile(args, redis.pid, dep.servers, name, ctx.python)
                 before = {key: sample(pid) for key, pid in pids.items()}
                 run = lg.call(
                     "rate",
@@ -80,6 +116,8 @@ def main() -> None:
                     **common,
                 )
                 after = {key: sample(pid) for key, pid in pids.items()}
+                if spy is not None:
+                    spy.wait(timeout=60)
                 n = run["published"]
                 parts = []
                 for key in pids:

@@ -31,11 +31,13 @@ from .conftest import StartServer
 from .redis_fixture import RedisServer
 from .sockjs_support import Node, running_node
 from .stompws import StompWs
-from .test_websocket_edge import Raw, Response, listener, raw, topic
+from .test_websocket_edge import CONNECT, Raw, Response, listener, raw, topic, upgrade_request
+from .test_wsframe import masked_frame
 
 MAX_MESSAGE_BYTES = 1024
 MAX_REQUEST_BYTES = client_max_size(Config(max_message_bytes=MAX_MESSAGE_BYTES))
 API_KEY = "s3cret-key"
+HEAD_TIMEOUT_S = 0.3  # --head-timeout of brisk_node
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +51,14 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 @pytest.fixture(scope="module")
 def key_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     with running_node(tmp_path_factory.mktemp("api-edge-key"), "--api-key", API_KEY) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def brisk_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    with running_node(
+        tmp_path_factory.mktemp("api-edge-brisk"), "--head-timeout", str(HEAD_TIMEOUT_S)
+    ) as started:
         yield started
 
 
@@ -338,6 +348,36 @@ async def test_connection_close_closes_after_the_answer(node: Node) -> None:
         assert (response.status, by_aiohttp(response)) == (202, False)
         assert response.headers["connection"] == "close"
         await client.expect_eof()
+
+
+async def test_a_connection_quiet_before_its_first_request_is_still_the_edge_s(
+    brisk_node: Node,
+) -> None:
+    """A back end's pool or a browser opens connections ahead of need: however long one
+    stays quiet, its first request is the edge's (only a started head has a deadline)."""
+    path = f"/api/v1/users/{user()}/messages"
+    async with raw(brisk_node) as publisher, raw(brisk_node) as subscriber:
+        await asyncio.sleep(3 * HEAD_TIMEOUT_S)  # quiet past the head timeout
+        await publisher.send(request(path, publish_json("late")))
+        published = await publisher.response()
+        upgraded = await subscriber.handshake()
+        await subscriber.send(masked_frame(CONNECT))
+        await subscriber.expect("CONNECTED", version="1.2")
+    assert (published.status, by_aiohttp(published)) == (202, False), published
+    assert "server" not in upgraded.headers, upgraded  # aiohttp's 101 names itself
+
+
+async def test_a_handshake_stalled_past_the_head_timeout_still_upgrades(brisk_node: Node) -> None:
+    """A GET head that has started and stalls goes, with the bytes read, to aiohttp, whose
+    route upgrades it (and writes the same 101). A POST is the edge's from its first line."""
+    whole = upgrade_request()
+    async with raw(brisk_node) as client:
+        await client.send(whole[:20])
+        await asyncio.sleep(3 * HEAD_TIMEOUT_S)  # the head stalls past its deadline
+        upgraded = await client.handshake(whole[20:])
+        await client.send(masked_frame(CONNECT))
+        await client.expect("CONNECTED", version="1.2")
+    assert upgraded.headers["sec-websocket-protocol"] == "v12.stomp", upgraded
 
 
 async def test_a_client_session_publishes_many_on_one_kept_alive_connection(node: Node) -> None:

@@ -255,6 +255,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults.sockjs_stream_limit,
     )
+    _add(
+        serve,
+        "--head-timeout",
+        "seconds a connection's first request head may take to arrive once it has started;"
+        " a slower one is served by the general HTTP handler",
+        type=float,
+        default=defaults.head_timeout_s,
+    )
     _add(serve, "--log-level", "debug, info, warning or error", default="info")
     _add(serve, "--access-log", "log every HTTP request", action="store_true")
     _add(
@@ -291,6 +299,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_outbound_bytes=int(args.max_outbound_bytes),
         max_message_bytes=int(args.max_message_bytes),
         access_log=bool(args.access_log),
+        head_timeout_s=float(args.head_timeout),
         gc_log=bool(args.gc_log),
         legacy_channel=args.legacy_channel or None,
         presence_ttl_s=float(args.presence_ttl),

@@ -36,6 +36,8 @@ class Config:
     max_outbound_bytes: int = 1024 * 1024  # per connection; past it: slow consumer, disconnect
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # body of one published message
     shutdown_grace_s: float = 5.0
+    # A request head still incomplete this long after its first byte goes to aiohttp.
+    head_timeout_s: float = 5.0
     access_log: bool = False  # one log line per HTTP request
     gc_log: bool = False  # one log line per garbage collection (tidings.gclog)
     # Also deliver the seed's {code, form, to, content} JSON published on this Redis channel.

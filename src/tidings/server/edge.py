@@ -6,9 +6,13 @@ answered here and the connection becomes a ``StompWebSocket``: no aiohttp object
 on per session, which is most of an idle session's memory and of a handshake's CPU
 (docs/decisions.md). A connection that starts with a POST becomes an ``ApiConnection``
 (server/api_edge.py), which serves publishes without aiohttp until a request it does
-not serve. Anything else - other requests, malformed or refused handshakes, slow heads -
-goes unread to aiohttp's request handler, which answers it as before (the same route
-also upgrades a kept-alive connection, e.g. one nginx reuses).
+not serve. Anything else - other requests, malformed or refused handshakes, heads
+still incomplete ``--head-timeout`` after their first byte - goes unread to aiohttp's
+request handler, which answers it as before (the same route also upgrades a kept-alive
+connection, e.g. one nginx reuses). A connection that sends nothing waits for its first
+request as long as aiohttp would let it (its keep-alive timeout), then is closed: clients
+that open connections ahead of need (a back end's pool, a browser's preconnect) get the
+edge whenever their first request comes.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from aiohttp import web
 
 from tidings.http1 import parse_request_head
 from tidings.server.api import client_max_size
-from tidings.server.api_edge import ApiConnection, ApiEdgeRoute
+from tidings.server.api_edge import KEEPALIVE_TIMEOUT_S, ApiConnection, ApiEdgeRoute
 from tidings.server.session import StompSession
 from tidings.server.websocket import StompWebSocket
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
@@ -31,7 +35,6 @@ if TYPE_CHECKING:
     from tidings.server.app import Server
 
 MAX_HEAD_BYTES = 16 * 1024  # a longer head is aiohttp's to judge (it answers 4xx)
-HEAD_TIMEOUT_S = 5.0  # a connection still without a full head then is aiohttp's
 _GET = b"GET "
 _POST = b"POST "
 STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")  # IANA-registered names
@@ -52,6 +55,8 @@ class Edge:
         self.serves_publishes = not server.config.access_log
         self.api_route = ApiEdgeRoute(self)
         self.max_body_bytes = client_max_size(server.config)
+        # A head still incomplete this long after its first byte is aiohttp's to judge.
+        self.head_timeout_s = server.config.head_timeout_s
 
     def protocol(self) -> EdgeProtocol:
         return EdgeProtocol(self)
@@ -79,7 +84,8 @@ class EdgeProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
-        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, self._hand_over)
+        # Nothing sent yet: closed when aiohttp would close a connection idle from the start.
+        self._timer = asyncio.get_running_loop().call_later(KEEPALIVE_TIMEOUT_S, transport.close)
 
     def data_received(self, data: bytes) -> None:
         head = self._head + data if self._head else data
@@ -88,7 +94,7 @@ class EdgeProtocol(asyncio.Protocol):
         elif head.startswith(_POST) and self._edge.serves_publishes:
             self._serve_publishes(head)
         elif _GET.startswith(head) or _POST.startswith(head):
-            self._head = head
+            self._keep(head)
         else:
             self._hand_over(head)
 
@@ -98,10 +104,18 @@ class EdgeProtocol(asyncio.Protocol):
             if len(head) > MAX_HEAD_BYTES:
                 self._hand_over(head)
             else:
-                self._head = head
+                self._keep(head)
             return
         if not self._upgrade(head[:end], head[end + 4 :]):
             self._hand_over(head)
+
+    def _keep(self, head: bytes) -> None:
+        """Wait for the rest of ``head``: it has head_timeout_s from its first byte."""
+        if not self._head:
+            self._cancel_timer()
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._edge.head_timeout_s, self._hand_over)
+        self._head = head
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
