@@ -74,7 +74,9 @@ async def http(node: Proc, port: int, count: int, in_flight: int, rate: float | 
     return f"http: {count / elapsed:.0f} req/s; node CPU {1e6 * used / count:.0f} µs/request"
 
 
-async def http_batch(node: Proc, port: int, count: int, in_flight: int, size: int) -> str:
+async def http_batch(
+    node: Proc, port: int, count: int, in_flight: int, size: int, *, rate: float | None
+) -> str:
     """``count`` messages, ``size`` a request, to ``/api/v1/messages``."""
     url = f"http://127.0.0.1:{port}/api/v1/messages"
     async with aiohttp.ClientSession() as session:
@@ -87,7 +89,7 @@ async def http_batch(node: Proc, port: int, count: int, in_flight: int, size: in
         requests = max(count // size, 1)
         await bounded(max(WARMUP // size, 10), in_flight, one)
         ticks, start = cpu_ticks(node.pid), time.perf_counter()
-        await bounded(requests, in_flight, one)
+        await (bounded(requests, in_flight, one) if rate is None else paced(requests, rate, one))
         elapsed = time.perf_counter() - start
         used = (cpu_ticks(node.pid) - ticks) / CLK_TCK
     sent = requests * size
@@ -123,7 +125,9 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int)
     parser.add_argument("--batch", type=int, help="http: N messages a request, batch route")
     parser.add_argument(
-        "--rate", type=float, help="http: start requests at this rate (1 ms tick), not saturated"
+        "--rate",
+        type=float,
+        help="http: start requests (not messages) at this rate (1 ms tick), not saturated",
     )
     args = parser.parse_args()
     count = args.count or (3000 if args.mode == "http" else 20_000)
@@ -145,7 +149,9 @@ def main() -> None:
         procs.append(start("node", [*serve, "--log-level", "warning"]))
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", procs[1])
         if args.batch:
-            print(uvloop.run(http_batch(procs[1], port, count, in_flight, args.batch)))
+            print(
+                uvloop.run(http_batch(procs[1], port, count, in_flight, args.batch, rate=args.rate))
+            )
         else:
             print(uvloop.run(http(procs[1], port, count, in_flight, args.rate)))
     finally:

@@ -65,6 +65,19 @@ def rss_kb(pid: int) -> int:
     return status_kb(pid, "VmRSS")
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (proc(5) /proc/pid/task/tid/children)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo += [int(child) for child in f.read().split()]
+    return pids
+
+
 def nofile_limit(pid: int) -> int | None:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/limits") as f:
         for line in f:

@@ -53,7 +53,7 @@ SCENARIO_SYSTEMS = {
         "rabbitmq",
     ],
     "s34": ["tidings", "socketio-node", "python-socketio", "rabbitmq"],
-    "s3max": ["tidings"],
+    "s3max": ["tidings", "tidings-workers"],
     "profile_s1": ["tidings-memory", "tidings"],
     "profile_s2": ["tidings"],
     "profile_s4": ["tidings"],
@@ -291,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
             "memory": lambda s: memory_breakdown(ctx, lg, s, sizes, log_dir),
         }
         for scenario in [s for s in ORDER if s in scenarios]:
-            if scenario == "s3max" and not extra:
-                extra.append(LoadGen(reg, log_dir, "loadgen-2"))
+            if scenario == "s3max" and not extra:  # s3_max uses 2 or 4 load generators
+                extra += [LoadGen(reg, log_dir, f"loadgen-{n}") for n in (2, 3, 4)]
             for key in SCENARIO_SYSTEMS[scenario]:
                 if key not in systems and ALL[key].family not in systems:
                     continue

@@ -107,10 +107,11 @@ def _stopper(ctx: Context, procs: list[Proc]) -> Callable[[], None]:
 
 
 def _tidings(
-    broker: str, *, direct: bool = False, batch: bool = False
+    broker: str, *, direct: bool = False, batch: bool = False, workers: int = 1
 ) -> Callable[[Context, int], Deployment]:
     """Tidings nodes; publishes over HTTP (``batch``: the batch route, one request per node
-    per tick), or with ``direct`` through tidings.publisher."""
+    per tick), or with ``direct`` through tidings.publisher. ``workers`` > 1: each server
+    is ``--workers N`` (N node processes on one port, children of the one started)."""
 
     def deploy(ctx: Context, nodes: int) -> Deployment:
         url = ctx.redis_url if broker == "redis" else "memory://"
@@ -119,6 +120,8 @@ def _tidings(
             argv = [ctx.python, "-m", "tidings", "serve", "--host", "127.0.0.1"]
             argv += ["--port", str(port), "--broker", url, "--node-id", f"bench-{index + 1}"]
             argv += ["--log-level", "warning"]
+            if workers > 1:
+                argv += ["--workers", str(workers)]
             return ctx.reg.start(
                 f"tidings-{broker}-{index + 1}-{port}",
                 argv,
@@ -289,6 +292,15 @@ TIDINGS_BATCH = System(
     _tidings("redis", batch=True),
     family="tidings",
 )
+TIDINGS_WORKERS = System(
+    "tidings-workers",
+    "Tidings (Redis broker), one server of 3 worker processes",
+    "python -m tidings serve --workers 3 --broker redis://…: three node processes on one "
+    "port (SO_REUSEPORT), the server core shared; for the most sessions one server holds "
+    "when one process may open only so many files",
+    _tidings("redis", workers=3),
+    family="tidings",
+)
 TIDINGS_MEMORY = System(
     "tidings-memory",
     "Tidings (memory broker)",
@@ -322,6 +334,7 @@ ALL = {
         TIDINGS,
         TIDINGS_DIRECT,
         TIDINGS_BATCH,
+        TIDINGS_WORKERS,
         TIDINGS_MEMORY,
         SOCKETIO_NODE,
         PYTHON_SOCKETIO,
