@@ -305,8 +305,11 @@ def missed_notes(data: Result) -> list[str]:
             f"{per_t:.0f} µs of server CPU per message at {int(top):,} msg/s against "
             f"socket.io's {per_s:.0f} µs (its emitter writes to Redis from the back end's "
             "process, so its servers only deliver). Both nodes and Redis share core 0, which "
-            f"was {busy:.0f}% busy{queue}. The S2 profile below shows the node's share (one "
-            "message per request). The direct publisher is the same shape as socket.io's emitter."
+            f"was {busy:.0f}% busy{queue}; Redis, running the inbox script that makes the "
+            f"message durable, took {cpu.get('redis', 0):.0f}% of it (socket.io's PUBLISH: "
+            f"{s['cpuPct'].get('redis', 0):.0f}%). The S2 profile below shows the node's share "
+            "(one message per request). The direct publisher is the same shape as socket.io's "
+            "emitter."
         )
     if missed("S2 (direct publisher) at") and _ok(direct) and _ok(sio2):
         top = max(direct["rates"], key=int)

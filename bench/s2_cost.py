@@ -8,9 +8,11 @@ CPU µs and voluntary / involuntary context switches per message published (from
 /proc/<pid>/stat and /proc/<pid>/status). Figures per message published, so a node that
 handles half the messages shows half its cost per message it handles.
 
-``--profile DIR`` records node 1 (py-spy raw stacks, or ``perf record -g`` with ``--perf``)
-with node 1 alone on the server core: a profile of a node sharing its core with the
-other node and Redis shows where it was preempted, not what it spent.
+``--src DIR`` runs the nodes from another tree's ``src`` (``git archive <rev> src | tar -x
+-C DIR/..``), to compare two versions in alternating runs. ``--profile DIR`` records node 1
+(py-spy raw stacks, or ``perf record -g`` with ``--perf``) with node 1 alone on the server
+core: a profile of a node sharing its core with the other node and Redis shows where it
+was preempted, not what it spent.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ def main() -> None:
         "--redis-core", help="move the bench's Redis to this core (S2 pins it to the servers')"
     )
     parser.add_argument(
+        "--src", help="run the nodes from this tree's src (e.g. an old commit's, git archive)"
+    )
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         help="profile node 1 for the measured phase into DIR/<system>.txt (py-spy raw stacks),"
@@ -92,7 +97,8 @@ def main() -> None:
             subprocess.run(["taskset", "-pc", args.redis_core, str(redis.pid)], check=True)
         lg = LoadGen(reg, log_dir)
         lg.call("config", clkTck=CLK_TCK)
-        ctx = Context(reg, log_dir, work, url, redis.pid, tidings_env={})
+        env = {"PYTHONPATH": str(Path(args.src).resolve())} if args.src else {}
+        ctx = Context(reg, log_dir, work, url, redis.pid, tidings_env=env)
         for name in args.systems.split(","):
             dep = ALL[name].deploy(ctx, 2)
             try:
