@@ -308,7 +308,7 @@ async def test_a_batch_goes_to_redis_in_one_write_in_item_order(
     server = create_app(Config())[SERVER_KEY]
     client = redis_server.client()
     writer = InboxWriter(client, InboxLimits())
-    server.node.publish = writer.publish  # type: ignore[method-assign]
+    server.node.submit = writer.submit  # type: ignore[method-assign]
     api = server.api
     try:
         warm = await api.publish(api.publish_batch, "", {}, "127.0.0.1", batch(T1))
@@ -335,14 +335,17 @@ async def test_a_batch_partly_stored_answers_503_with_the_ids_stored() -> None:
     server = create_app(Config())[SERVER_KEY]
     started: list[bytes] = []
 
-    async def publish(message: Message, *, idempotency_key: str | None = None) -> str:
-        started.append(message.body)
+    async def stored(message: Message, idempotency_key: str | None) -> str:
         await asyncio.sleep(0)  # all are started before any finishes
         if message.body == b"lost":
             raise BrokerUnavailable("connection lost")
         return f"{len(started)}-{idempotency_key}"
 
-    server.node.publish = publish  # type: ignore[method-assign]
+    def submit(message: Message, *, idempotency_key: str | None = None) -> asyncio.Task[str]:
+        started.append(message.body)
+        return asyncio.ensure_future(stored(message, idempotency_key))
+
+    server.node.submit = submit  # type: ignore[method-assign]
     api = server.api
     body = batch(
         {"user": "u", "body": "a", "id": "ka"},

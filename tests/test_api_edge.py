@@ -571,24 +571,27 @@ class Recorder(asyncio.Protocol):
 
 
 class Publishes:
-    """The node's publish, held at ``gate`` while it is set."""
+    """The node's publishes (``Node.submit``), held at ``gate`` while it is set."""
 
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
         self.gate: asyncio.Future[None] | None = None
 
-    async def __call__(self, message: Message, *, idempotency_key: str | None = None) -> str:
+    def submit(self, message: Message, *, idempotency_key: str | None = None) -> asyncio.Task[str]:
         self.bodies.append(message.body)
+        return asyncio.ensure_future(self._stored(f"{len(self.bodies)}-0"))
+
+    async def _stored(self, inbox_id: str) -> str:
         if self.gate is not None:
             await self.gate
-        return f"{len(self.bodies)}-0"
+        return inbox_id
 
 
 @pytest.fixture
 def edge(monkeypatch: pytest.MonkeyPatch) -> tuple[Server, Publishes, Edge]:
     server = create_app(Config())[SERVER_KEY]
     publishes = Publishes()
-    monkeypatch.setattr(server.node, "publish", publishes)
+    monkeypatch.setattr(server.node, "submit", publishes.submit)
     return server, publishes, Edge(server, Recorder)
 
 

@@ -7,7 +7,6 @@ local subscriber for it.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import orjson
@@ -57,7 +56,17 @@ class Message:
 
     def stored_as(self, inbox_id: str) -> Message:
         """This message as stored under ``inbox_id``."""
-        return dataclasses.replace(self, id=inbox_id, order=id_key(inbox_id))
+        # Not dataclasses.replace, which walks the fields on every call (2.4 against 1.2 µs);
+        # test_message's field check fails here when a field is added.
+        return Message(
+            id=inbox_id,
+            channel=self.channel,
+            destination=self.destination,
+            body=self.body,
+            content_type=self.content_type,
+            headers=self.headers,
+            order=id_key(inbox_id),
+        )
 
     def encode(self) -> bytes:
         return orjson.dumps(

@@ -149,11 +149,25 @@ class Node:
 
         BrokerUnavailable if it could not be stored: a return means stored and announced.
         """
+        return await self.submit(message, idempotency_key=idempotency_key)
+
+    def submit(
+        self, message: Message, *, idempotency_key: str | None = None
+    ) -> asyncio.Future[str]:
+        """``publish`` started now: a future of its inbox id (or BrokerUnavailable).
+
+        Raises BrokerUnavailable at once if the node is not running. Publishes submitted
+        in one loop turn are stored in the order they were submitted.
+        """
         if not self._started:
             raise BrokerUnavailable("node is not running")
-        inbox_id = await self.inbox.publish(message, idempotency_key=idempotency_key)
-        self.counters.published += 1
-        return inbox_id
+        future = self.inbox.submit(message, idempotency_key=idempotency_key)
+        future.add_done_callback(self._count_published)
+        return future
+
+    def _count_published(self, future: asyncio.Future[str]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.counters.published += 1
 
     async def mark_read(self, user: str, *, ids: list[str], up_to: str | None) -> int:
         """Record read state and tell every session of ``user``; returns the unread count.

@@ -18,6 +18,7 @@ device agrees. Both forget ids that have been trimmed from the inbox.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -88,6 +89,14 @@ class Inbox(Protocol):
         Returns the new id. With an ``idempotency_key`` seen before on the same channel
         (within ``idempotency_ttl_s``), stores and announces nothing and returns the
         first id. Raises BrokerUnavailable when it cannot store; a return means stored.
+        """
+
+    def submit(
+        self, message: Message, *, idempotency_key: str | None = None
+    ) -> asyncio.Future[str]:
+        """``publish`` started now, without a coroutine to await: a future of its outcome.
+
+        The calls of one loop turn keep their order. The caller must retrieve the outcome.
         """
 
     async def history(self, channel: str, after: str, *, limit: int) -> History:

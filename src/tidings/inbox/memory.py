@@ -17,6 +17,7 @@ lists and dicts, so that a single node without Redis behaves the same (DESIGN.md
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import time
 from collections import OrderedDict
@@ -178,6 +179,12 @@ class MemoryInbox:
 
     async def close(self) -> None:
         self._closed = True
+
+    def submit(
+        self, message: Message, *, idempotency_key: str | None = None
+    ) -> asyncio.Future[str]:
+        """``publish`` as a task: tasks start in the order they are made."""
+        return asyncio.ensure_future(self.publish(message, idempotency_key=idempotency_key))
 
     async def publish(self, message: Message, *, idempotency_key: str | None = None) -> str:
         user = user_of(message.channel)

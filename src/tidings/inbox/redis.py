@@ -31,6 +31,7 @@ publishing straight to Redis runs the very same script as a node.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -367,7 +368,7 @@ class InboxWriter:
         self._ttl_ms = self._max_age_ms + int(TTL_MARGIN_S * 1000)
         self._idempotency_ttl_ms = max(1, int(limits.idempotency_ttl_s * 1000))
         self._closed = False
-        self._publisher = ScriptConnection(client, _PUBLISH)
+        self._publisher = ScriptConnection(client, _PUBLISH, encoding="ascii")  # ids: str
 
     async def start(self) -> None:
         """Check the Redis version; if Redis is unreachable now, only log (as the broker)."""
@@ -389,6 +390,12 @@ class InboxWriter:
 
     async def publish(self, message: Message, *, idempotency_key: str | None = None) -> str:
         """Store ``message`` on its channel's stream and announce it; see ``Inbox.publish``."""
+        return await self.submit(message, idempotency_key=idempotency_key)
+
+    def submit(
+        self, message: Message, *, idempotency_key: str | None = None
+    ) -> asyncio.Future[str]:
+        """``publish`` without the coroutine; see ``Inbox.submit``."""
         channel = message.channel
         user = user_of(channel)
         # The id is the stream's: a message of publish_rules comes without one.
@@ -407,7 +414,8 @@ class InboxWriter:
             keys.append(f"{self._prefix}idem:{len(channel)}:{channel}:{idempotency_key}")
             args.append(self._idempotency_ttl_ms)
         self._check_open()
-        return _text(await self._publisher.call(keys, args))
+        future: asyncio.Future[str] = self._publisher.submit(keys, args)
+        return future
 
     def _stream(self, channel: str) -> str:
         return f"{self._prefix}inbox:{channel}"
@@ -507,10 +515,6 @@ class RedisInbox(InboxWriter):
 def _canonical(ids: Sequence[str]) -> list[str]:
     """The well-formed ids, canonical; malformed ones are unknown ids, so ignored."""
     return [f"{ms}-{seq}" for ms, seq in known_ids(ids)]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("ascii") if isinstance(value, bytes) else value
 
 
 def _decode(inbox_id: bytes, encoded: bytes) -> Message:

@@ -49,10 +49,15 @@ class ScriptConnection:
     the pool's socket timeout: every pending call fails with BrokerUnavailable and the
     next call connects again. Nothing is resent then: a call may have run, and only its
     caller knows whether to retry (with an idempotency key, a retry stores nothing twice).
+    With an ``encoding``, bulk-string replies come decoded (``str``), as redis-py's
+    ``decode_responses``.
     """
 
-    def __init__(self, client: Redis, script: str, *, max_in_flight: int = 128) -> None:
+    def __init__(
+        self, client: Redis, script: str, *, max_in_flight: int = 128, encoding: str | None = None
+    ) -> None:
         self._params = connection_params(client.connection_pool)
+        self._encoding = encoding
         self._sha = hashlib.sha1(script.encode()).hexdigest().encode()
         self._load = _pack(b"SCRIPT", b"LOAD", script)
         self._max_in_flight = max_in_flight
@@ -112,7 +117,9 @@ class ScriptConnection:
 
     async def _connect(self) -> None:
         try:
-            self._link = await _Link.open(self._params, self._load, self._send, self._lost)
+            self._link = await _Link.open(
+                self._params, self._load, self._send, self._lost, encoding=self._encoding
+            )
         except Exception as exc:
             if not isinstance(exc, BrokerUnavailable):
                 exc = BrokerUnavailable(f"redis unavailable: {exc or type(exc).__name__}")
@@ -142,9 +149,12 @@ class _Link(asyncio.Protocol):
         load: bytes,
         on_reply: Callable[[], None],
         on_lost: Callable[[_Link, BrokerUnavailable], None],
+        encoding: str | None = None,
     ) -> None:
         self.pending: deque[_Call] = deque()
-        self._reader = hiredis.Reader(replyError=BaseParser.parse_error, notEnoughData=MORE)
+        self._reader = hiredis.Reader(
+            replyError=BaseParser.parse_error, notEnoughData=MORE, encoding=encoding
+        )
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._timeout = timeout
@@ -162,9 +172,11 @@ class _Link(asyncio.Protocol):
         load: bytes,
         on_reply: Callable[[], None],
         on_lost: Callable[[_Link, BrokerUnavailable], None],
+        *,
+        encoding: str | None = None,
     ) -> _Link:
         """Connect as redis-py would with ``params`` (``tidings.redis_connect``)."""
-        link = cls(params.socket_timeout, load, on_reply, on_lost)
+        link = cls(params.socket_timeout, load, on_reply, on_lost, encoding)
         await open_connection(params, link)
         return link
 

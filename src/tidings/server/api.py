@@ -17,7 +17,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -38,8 +38,9 @@ MAX_PRESENCE_QUERY = 10_000
 MAX_INBOX_PAGE = 1000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# A publish route's handler: (its path parameter, the JSON body, the request's fields).
-Publish = Callable[[str, dict[str, object], Mapping[str, str]], Awaitable["Answer"]]
+# A publish route's handler: (its path parameter, the JSON body, the request's fields) ->
+# its answer, or the publish it started. Invalid requests raise one of FAILURES.
+Publish = Callable[[str, dict[str, object], Mapping[str, str]], "Answer | Pending"]
 
 # The publish routes' paths as aiohttp's router matches them: ``{user}`` is [^{}/]+.
 _USER_ROUTE = re.compile(r"/api/v1/users/([^{}/]+)/messages")
@@ -103,6 +104,48 @@ def _failure(exc: Failure) -> tuple[int, str, str]:
 LEGACY_ANSWER_OK = Answer(200, LEGACY_ANSWER.encode(), "text/plain")
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A publish under way: ``answer`` turns its outcome's result into the Answer.
+
+    The edge answers from a done callback, aiohttp's handlers await ``finished``: no
+    task and no chain of coroutines per request (docs/decisions.md).
+    """
+
+    outcome: asyncio.Future[Any]
+    answer: Callable[[Any], Answer]
+
+    def settled(self) -> Answer:
+        """The answer once ``outcome`` is done: a failure's own answer if it failed."""
+        try:
+            result = self.outcome.result()
+        except FAILURES as exc:
+            return failure_answer(exc)
+        return self.answer(result)
+
+
+async def finished(outcome: Answer | Pending) -> Answer:
+    """The answer of a route's outcome, once its publish (if any) has ended."""
+    if isinstance(outcome, Answer):
+        return outcome
+    with contextlib.suppress(*FAILURES):
+        await outcome.outcome
+    return outcome.settled()
+
+
+def _accepted(message_id: str) -> Answer:
+    # An inbox id is <ms>-<seq>, nothing to escape: these are the bytes json.dumps makes.
+    return Answer(202, b'{"id": "%s"}' % message_id.encode())
+
+
+def _legacy_ok(_: object) -> Answer:
+    return LEGACY_ANSWER_OK
+
+
+def _same(answer: Answer) -> Answer:
+    return answer
+
+
 def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
@@ -156,6 +199,22 @@ class PublishApi:
             return self.publish_batch, ""
         return None
 
+    def start(
+        self,
+        route: Publish,
+        param: str,
+        headers: Mapping[str, str],
+        peer: str | None,
+        body: bytes,
+    ) -> Answer | Pending:
+        """A whole publish request as the edge serves it: its answer, or the publish it
+        started; failures found before publishing become their answer."""
+        try:
+            self.check_caller(headers, peer)
+            return route(param, read_object(body), headers)
+        except FAILURES as exc:
+            return failure_answer(exc)
+
     async def publish(
         self,
         route: Publish,
@@ -164,25 +223,21 @@ class PublishApi:
         peer: str | None,
         body: bytes,
     ) -> Answer:
-        """A whole publish request as the edge serves it; failures become their answer."""
-        try:
-            self.check_caller(headers, peer)
-            return await route(param, read_object(body), headers)
-        except FAILURES as exc:
-            return failure_answer(exc)
+        """``start``, and the answer once its publish has ended."""
+        return await finished(self.start(route, param, headers, peer, body))
 
     def _served_by_aiohttp(self, route: Publish, param: str = "") -> Handler:
         async def handler(request: web.Request) -> web.Response:
             data = await self._read_object(request)
             value = request.match_info[param] if param else ""
-            return (await route(value, data, request.headers)).response()
+            return (await finished(route(value, data, request.headers))).response()
 
         return handler
 
     # -- the publish routes ----------------------------------------------------------------
-    async def push_to_one_test(
+    def push_to_one_test(
         self, _: str, data: dict[str, object], headers: Mapping[str, str]
-    ) -> Answer:
+    ) -> Pending:
         """The seed's contract: ``{code, form, to, content}``; ``content`` to /user/{to}/message."""
         to = data.get("to")
         if isinstance(to, int) and not isinstance(to, bool):
@@ -194,18 +249,17 @@ class PublishApi:
         message = publish_rules.message(
             user_channel(to), "/message", data["content"], None, max_bytes=self._max_bytes
         )
-        await self.server.node.publish(message)
-        return LEGACY_ANSWER_OK
+        return Pending(self.server.node.submit(message), _legacy_ok)
 
-    async def publish_to_user(
+    def publish_to_user(
         self, user: str, data: dict[str, object], headers: Mapping[str, str]
-    ) -> Answer:
-        return await self._publish(self._user_message(user, data), data, headers)
+    ) -> Pending:
+        return self._publish(self._user_message(user, data), data, headers)
 
-    async def publish_to_topic(
+    def publish_to_topic(
         self, topic: str, data: dict[str, object], headers: Mapping[str, str]
-    ) -> Answer:
-        return await self._publish(self._topic_message(topic, data), data, headers)
+    ) -> Pending:
+        return self._publish(self._topic_message(topic, data), data, headers)
 
     def _user_message(self, user: object, data: dict[str, object]) -> Message:
         return publish_rules.user_message(
@@ -221,21 +275,19 @@ class PublishApi:
             topic, _body(data), headers=data.get("headers"), max_bytes=self._max_bytes
         )
 
-    async def _publish(
+    def _publish(
         self, message: Message, data: dict[str, object], headers: Mapping[str, str]
-    ) -> Answer:
+    ) -> Pending:
         """Store and announce; 202 with the inbox id once the message is durably stored.
 
         The idempotency key is the ``Idempotency-Key`` header, or the body's ``id`` field.
         """
         key = publish_rules.idempotency_key(headers.get("idempotency-key", data.get("id")))
-        message_id = await self.server.node.publish(message, idempotency_key=key)
-        # An inbox id is <ms>-<seq>, nothing to escape: these are the bytes json.dumps makes.
-        return Answer(202, b'{"id": "%s"}' % message_id.encode())
+        return Pending(self.server.node.submit(message, idempotency_key=key), _accepted)
 
-    async def publish_batch(
+    def publish_batch(
         self, _: str, data: dict[str, object], headers: Mapping[str, str]
-    ) -> Answer:
+    ) -> Answer | Pending:
         """``{"messages": [...]}``: every item checked as its single route checks it, then
         all published at once; 202 ``{"ids"}`` in item order, or 503 with the ids stored.
 
@@ -266,53 +318,16 @@ class PublishApi:
                     {"error": code, "message": f"messages[{index}]: {text}", "index": index},
                     status,
                 )
-        outcomes = await self._publish_all(batch)
-        stored = [outcome for outcome in outcomes if isinstance(outcome, str)]
-        if len(stored) == len(outcomes):
-            # Inbox ids are <ms>-<seq>, nothing to escape: the bytes json.dumps makes.
-            return Answer(202, b'{"ids": ["%s"]}' % '", "'.join(stored).encode())
-        failures = [outcome for outcome in outcomes if not isinstance(outcome, str)]
-        return Answer.json(
-            {
-                "error": "broker_unavailable",
-                "message": f"broker unavailable: {failures[0]} ({len(failures)} of"
-                f" {len(outcomes)} messages not stored: their ids are null)",
-                "ids": [outcome if isinstance(outcome, str) else None for outcome in outcomes],
-            },
-            503,
-        )
-
-    async def _publish_all(
-        self, batch: list[tuple[Message, str | None]]
-    ) -> list[str | BrokerUnavailable]:
-        """Every publish started at once, in item order; their ids or failures, in order.
-
-        The tasks' first steps run in the order they were created, and each reaches the
-        inbox's write (ScriptConnection.submit) without awaiting: the calls are queued in
-        item order, go out in one write, and Redis runs them in that order. (Tasks awaited
-        in turn cost less than asyncio.gather: ~5 against ~8 µs a message in-process.)
-        """
-        publish = self.server.node.publish
-        if len(batch) == 1:  # no task needed
-            message, key = batch[0]
+        # Every publish submitted now, in item order: Node.submit queues each call without
+        # awaiting, so the calls go to Redis in one write and Redis runs them in that order.
+        submit = self.server.node.submit
+        started: list[asyncio.Future[str] | BrokerUnavailable] = []
+        for message, key in batch:
             try:
-                return [await publish(message, idempotency_key=key)]
-            except BrokerUnavailable as exc:
-                return [exc]
-        create_task = asyncio.get_running_loop().create_task
-        tasks = [create_task(publish(message, idempotency_key=key)) for message, key in batch]
-        outcomes: list[str | BrokerUnavailable] = []
-        error: Exception | None = None
-        for task in tasks:  # each awaited: no exception is left unretrieved
-            try:
-                outcomes.append(await task)
-            except BrokerUnavailable as exc:
-                outcomes.append(exc)
-            except Exception as exc:  # a bug: raised once every publish has ended
-                error = error or exc
-        if error is not None:
-            raise error
-        return outcomes
+                started.append(submit(message, idempotency_key=key))
+            except BrokerUnavailable as exc:  # the node is not running: this item failed
+                started.append(exc)
+        return Pending(asyncio.ensure_future(_batch_answer(started)), _same)
 
     def _batch_item(self, item: object) -> tuple[Message, str | None]:
         """One item of a batch: its message and idempotency key, or why not."""
@@ -422,6 +437,36 @@ def read_object(raw: bytes) -> dict[str, object]:
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
     return data
+
+
+async def _batch_answer(started: list[asyncio.Future[str] | BrokerUnavailable]) -> Answer:
+    """A batch's answer once every publish has ended: 202 with the ids in item order, or
+    503 with the ids stored and null for the rest."""
+    outcomes: list[str | BrokerUnavailable] = []
+    error: Exception | None = None
+    for outcome in started:  # each awaited: no exception is left unretrieved
+        try:
+            outcomes.append(outcome if isinstance(outcome, BrokerUnavailable) else await outcome)
+        except BrokerUnavailable as exc:
+            outcomes.append(exc)
+        except Exception as exc:  # a bug: raised once every publish has ended
+            error = error or exc
+    if error is not None:
+        raise error
+    stored = [outcome for outcome in outcomes if isinstance(outcome, str)]
+    if len(stored) == len(outcomes):
+        # Inbox ids are <ms>-<seq>, nothing to escape: the bytes json.dumps makes.
+        return Answer(202, b'{"ids": ["%s"]}' % '", "'.join(stored).encode())
+    failures = [outcome for outcome in outcomes if not isinstance(outcome, str)]
+    return Answer.json(
+        {
+            "error": "broker_unavailable",
+            "message": f"broker unavailable: {failures[0]} ({len(failures)} of"
+            f" {len(outcomes)} messages not stored: their ids are null)",
+            "ids": [outcome if isinstance(outcome, str) else None for outcome in outcomes],
+        },
+        503,
+    )
 
 
 def _stored_json(stored: Stored) -> dict[str, object]:

@@ -25,7 +25,7 @@ from tidings.http1 import (
     encode_response,
     header_tokens,
 )
-from tidings.server.api import Answer, Publish
+from tidings.server.api import Answer, Pending, Publish
 
 if TYPE_CHECKING:
     from tidings.server.edge import Edge
@@ -104,20 +104,23 @@ class ApiEdgeRoute:
 class ApiConnection(asyncio.Protocol):
     """One connection's publishes: read, answered in order, handed to aiohttp at the end.
 
-    While a request is being answered the reader buffers at most one more request of the
-    largest size, then reading pauses. A request in flight runs to its end even if the
-    client goes away (as aiohttp's handlers do): a publish is stored or not, never cut.
+    A request is started at once (``PublishApi.start``) and answered from its publish's
+    done callback: no task or coroutine per request. While one is under way the reader
+    buffers at most one more request of the largest size, then reading pauses. A request
+    under way runs to its end even if the client goes away (as aiohttp's handlers do): a
+    publish is stored or not, never cut.
     """
 
     __slots__ = (
+        "_answered",
         "_closing",
         "_edge",
         "_idle_since",
         "_loop",
         "_paused",
         "_peer",
+        "_pending",
         "_reader",
-        "_task",
         "_timer",
         "_transport",
     )
@@ -127,7 +130,8 @@ class ApiConnection(asyncio.Protocol):
         self._reader = RequestReader(
             edge.api_route, max_head_bytes=MAX_HEAD_BYTES, max_body_bytes=edge.max_body_bytes
         )
-        self._task: asyncio.Task[None] | None = None
+        self._pending: tuple[Request[Route], Pending] | None = None  # the request under way
+        self._answered: asyncio.Future[None] | None = None  # for shut_down, once asked
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._closing = False  # Connection: close asked, or the server shutting down
@@ -145,10 +149,10 @@ class ApiConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         reader.feed(data)
-        if self._task is None:
+        if self._pending is None:
             self._next()
         elif not self._paused and reader.buffered > reader.max_head_bytes + reader.max_body_bytes:
-            self._paused = True  # let TCP push back until the answer in flight is written
+            self._paused = True  # let TCP push back until the answer under way is written
             self._transport.pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -157,42 +161,60 @@ class ApiConnection(asyncio.Protocol):
 
     # -- serving ----------------------------------------------------------------------------
     def _next(self) -> None:
-        """Serve the next complete request, or hand over at one not served here."""
-        request = self._reader.next_request()
-        if request is None:
-            if self._paused:
-                self._paused = False
-                self._transport.resume_reading()
-        elif isinstance(request, Refused):
-            self._hand_over()
-        else:
-            self._task = self._loop.create_task(self._serve(request))
+        """Answer the complete requests in order, until one's publish is under way, the
+        connection is to close, or a request not served here hands the connection over."""
+        while True:
+            request = self._reader.next_request()
+            if request is None:
+                if self._paused:
+                    self._paused = False
+                    self._transport.resume_reading()
+                return
+            if isinstance(request, Refused):
+                self._hand_over()
+                return
+            outcome = self._start(request)
+            if isinstance(outcome, Pending):
+                self._pending = request, outcome
+                outcome.outcome.add_done_callback(self._settled)
+                return
+            if not self._answer(outcome):
+                return
 
-    async def _serve(self, request: Request[Route]) -> None:
-        try:
-            await self._answer(request)
-        finally:
-            self._task = None
-            self._idle_since = self._loop.time()
-        if self._closing:
-            self._transport.close()
-        else:
-            self._next()
-
-    async def _answer(self, request: Request[Route]) -> None:
+    def _start(self, request: Request[Route]) -> Answer | Pending:
         head = request.head
         publish, param, close = request.route
         if close:
             self._closing = True
         try:
-            answer = await self._edge.server.api.publish(
+            return self._edge.server.api.start(
                 publish, param, head.headers, self._peer, request.body
             )
         except Exception:
             log.exception("publish request %s %s failed", head.method, head.path)
+            self._closing = True
+            return _INTERNAL_ERROR
+
+    def _settled(self, _: asyncio.Future[object]) -> None:
+        """The publish under way has ended: its answer, then the next request."""
+        assert self._pending is not None
+        (request, pending), self._pending = self._pending, None
+        try:
+            answer = pending.settled()
+        except Exception:
+            log.exception("publish request %s %s failed", request.head.method, request.head.path)
             answer, self._closing = _INTERNAL_ERROR, True
-        if not self._transport.is_closing():
-            self._transport.write(
+        if self._answer(answer):
+            self._next()
+        if self._answered is not None:
+            self._answered.set_result(None)
+            self._answered = None
+
+    def _answer(self, answer: Answer) -> bool:
+        """Write ``answer``; False if the connection closes after it."""
+        transport = self._transport
+        if not transport.is_closing():
+            transport.write(
                 encode_response(
                     answer.status,
                     _content_type(answer.content_type),
@@ -201,23 +223,31 @@ class ApiConnection(asyncio.Protocol):
                     close=self._closing,
                 )
             )
+        self._idle_since = self._loop.time()
+        if self._closing:
+            transport.close()
+            return False
+        return True
 
-    def shut_down(self) -> asyncio.Task[None] | None:
-        """Close now if idle, else after the answer in flight; returns that request's task."""
+    def shut_down(self) -> asyncio.Future[None] | None:
+        """Close now if idle, else after the answer under way; returns what is done then."""
         self._closing = True
-        if self._task is None:
+        if self._pending is None:
             self._transport.close()
-        return self._task
+            return None
+        if self._answered is None:
+            self._answered = self._loop.create_future()
+        return self._answered
 
     # -- ending -----------------------------------------------------------------------------
     def _check_idle(self) -> None:
         """Close the connection once idle for KEEPALIVE_TIMEOUT_S, as aiohttp does."""
         now = self._loop.time()
-        if self._task is None and now >= self._idle_since + KEEPALIVE_TIMEOUT_S:
+        if self._pending is None and now >= self._idle_since + KEEPALIVE_TIMEOUT_S:
             self._timer = None
             self._transport.close()
             return
-        since = now if self._task is not None else self._idle_since
+        since = now if self._pending is not None else self._idle_since
         self._timer = self._loop.call_at(since + KEEPALIVE_TIMEOUT_S, self._check_idle)
 
     def _hand_over(self) -> None:
