@@ -637,6 +637,27 @@ async def test_pipelined_requests_wait_their_turn_and_reading_pauses(
     assert connection in server.api_connections
 
 
+async def test_publishes_done_at_once_are_answered_before_the_loop_turns(
+    edge: tuple[Server, Publishes, Edge], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The memory broker stores and delivers within ``submit``: its answers must not wait
+    behind the loop turn's other callbacks (a fan-out's flush), or S1 loses a third."""
+    server, _, api_edge = edge
+
+    def stored_now(message: Message, *, idempotency_key: str | None = None) -> asyncio.Future[str]:
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future.set_result(f"7-{message.body.decode()}")
+        return future
+
+    monkeypatch.setattr(server.node, "submit", stored_now)
+    connection, transport = connect(api_edge)
+    connection.data_received(
+        request(PUBLISH, publish_json("1")) + request(PUBLISH, publish_json("2"))
+    )
+    ids = [json.loads(answer.partition(b"\r\n\r\n")[2])["id"] for answer in transport.written]
+    assert ids == ["7-1", "7-2"]  # written within data_received, in order
+
+
 async def test_the_first_request_not_served_goes_to_aiohttp_with_every_byte_after(
     edge: tuple[Server, Publishes, Edge],
 ) -> None:

@@ -27,6 +27,10 @@ class MemoryBroker:
         self._channels.discard(channel)
 
     async def publish(self, channel: str, payload: bytes) -> None:
+        self.deliver(channel, payload)
+
+    def deliver(self, channel: str, payload: bytes) -> None:
+        """``publish`` without the coroutine: the handler has the payload on return."""
         if self._handler is None:
             raise BrokerUnavailable("memory broker is not running")
         if channel in self._channels:

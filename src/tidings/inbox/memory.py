@@ -183,10 +183,18 @@ class MemoryInbox:
     def submit(
         self, message: Message, *, idempotency_key: str | None = None
     ) -> asyncio.Future[str]:
-        """``publish`` as a task: tasks start in the order they are made."""
-        return asyncio.ensure_future(self.publish(message, idempotency_key=idempotency_key))
+        """``publish`` done now (stored and delivered): a future already done."""
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        try:
+            future.set_result(self._publish(message, idempotency_key))
+        except BrokerUnavailable as exc:
+            future.set_exception(exc)
+        return future
 
     async def publish(self, message: Message, *, idempotency_key: str | None = None) -> str:
+        return self._publish(message, idempotency_key)
+
+    def _publish(self, message: Message, idempotency_key: str | None) -> str:
         user = user_of(message.channel)
         self._check_open()
         if not self._broker.ready:
@@ -216,9 +224,8 @@ class MemoryInbox:
         self._streams.put(channel, stream)
         if idempotency_key is not None:
             self._idempotency.put((channel, idempotency_key), inbox_id)
-        # No await between storing and this call, and the memory broker hands the
-        # payload over without awaiting: announcements keep the order of the ids.
-        await self._broker.publish(channel, payload)
+        # Stored and handed over in one step: announcements keep the order of the ids.
+        self._broker.deliver(channel, payload)
         return inbox_id
 
     async def history(self, channel: str, after: str, *, limit: int) -> History:

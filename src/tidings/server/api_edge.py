@@ -175,9 +175,13 @@ class ApiConnection(asyncio.Protocol):
                 return
             outcome = self._start(request)
             if isinstance(outcome, Pending):
-                self._pending = request, outcome
-                outcome.outcome.add_done_callback(self._settled)
-                return
+                if not outcome.outcome.done():
+                    self._pending = request, outcome
+                    outcome.outcome.add_done_callback(self._settled)
+                    return
+                # Done already (the memory broker's): answer now, not after this loop
+                # turn's other callbacks (a fan-out's flush can take milliseconds).
+                outcome = self._settle(request, outcome)
             if not self._answer(outcome):
                 return
 
@@ -199,16 +203,20 @@ class ApiConnection(asyncio.Protocol):
         """The publish under way has ended: its answer, then the next request."""
         assert self._pending is not None
         (request, pending), self._pending = self._pending, None
-        try:
-            answer = pending.settled()
-        except Exception:
-            log.exception("publish request %s %s failed", request.head.method, request.head.path)
-            answer, self._closing = _INTERNAL_ERROR, True
-        if self._answer(answer):
+        if self._answer(self._settle(request, pending)):
             self._next()
         if self._answered is not None:
             self._answered.set_result(None)
             self._answered = None
+
+    def _settle(self, request: Request[Route], pending: Pending) -> Answer:
+        """The answer of a publish that has ended."""
+        try:
+            return pending.settled()
+        except Exception:
+            log.exception("publish request %s %s failed", request.head.method, request.head.path)
+            self._closing = True
+            return _INTERNAL_ERROR
 
     def _answer(self, answer: Answer) -> bool:
         """Write ``answer``; False if the connection closes after it."""
