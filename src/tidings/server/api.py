@@ -3,7 +3,8 @@
 Errors are ``{"error": <machine code>, "message": <human text>}`` (see openapi.py).
 The publish routes have two servers: aiohttp's router, and the edge (server/api_edge.py),
 which serves them without aiohttp on connections that start with a publish. Both run
-the same code here (``PublishApi.publish`` and what it calls) and write its ``Answer``.
+the same code here (``PublishApi.start`` and what it calls) and write its ``Answer``, at
+once or when the ``Pending`` publish it started has ended.
 """
 
 from __future__ import annotations

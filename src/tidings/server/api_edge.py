@@ -2,7 +2,7 @@
 
 A connection that starts with a POST comes here from server/edge.py. Its requests are
 read by ``http1.RequestReader`` and answered one at a time, in order (RFC 9112 §9.3.2),
-by the code aiohttp's publish routes run too (``PublishApi.publish``). The first request
+by the code aiohttp's publish routes run too (``PublishApi.start``). The first request
 not served here exactly as aiohttp would serve it (``ApiEdgeRoute``) goes, with every byte
 after it, to aiohttp's request handler, which keeps the connection from then on.
 aiohttp's request machinery was ~110 µs of a publish's ~133 µs of CPU (docs/decisions.md).
