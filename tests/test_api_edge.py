@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -365,6 +367,19 @@ async def test_a_connection_quiet_before_its_first_request_is_still_the_edge_s(
         await subscriber.expect("CONNECTED", version="1.2")
     assert (published.status, by_aiohttp(published)) == (202, False), published
     assert "server" not in upgraded.headers, upgraded  # aiohttp's 101 names itself
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_head_timeout_that_is_not_positive_is_refused(value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tidings", "serve", "--head-timeout", value],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result
+    assert "--head-timeout must be a positive number of seconds" in result.stderr
 
 
 async def test_a_handshake_stalled_past_the_head_timeout_still_upgrades(brisk_node: Node) -> None:

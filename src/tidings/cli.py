@@ -330,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(str(exc))
     if config.workers < 1:
         parser.error("--workers must be at least 1")
+    if not config.head_timeout_s > 0:
+        parser.error("--head-timeout must be a positive number of seconds")
     if config.workers > 1 and urlsplit(config.broker).scheme not in ("redis", "rediss"):
         parser.error(
             "--workers N needs a shared broker (--broker redis://...): with memory:// each "
