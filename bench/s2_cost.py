@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.loadgen import LoadGen
 from bench.procs import CLIENT_CORE, CLK_TCK, Proc, Registry, start_redis
-from bench.scenarios import _open, _publisher, _teardown
+from bench.scenarios import _open, _publisher, _pyspy, _teardown
 from bench.systems import ALL, Context
 
 USERS = 1000
@@ -49,22 +49,18 @@ def sample(pid: int) -> tuple[int, int, int, int]:
 
 
 def _profile(
-    args: argparse.Namespace, redis_pid: int, servers: list[Proc], name: str, python: str
+    args: argparse.Namespace, ctx: Context, redis_pid: int, servers: list[Proc], name: str
 ) -> subprocess.Popen[bytes]:
     """Node 1 alone on the server core, everything else on the client core, and a
     profiler (on the client core) recording node 1 for the measured phase."""
     for other in (redis_pid, *(server.pid for server in servers[1:])):
         subprocess.run(["taskset", "-pc", CLIENT_CORE, str(other)], check=True, capture_output=True)
-    pid = str(servers[0].pid)
+    pid = servers[0].pid
     out = Path(args.profile) / name
-    argv: list[str]
-    if args.perf:
-        argv = ["perf", "record", "-F", "999", "-g", "-p", pid, "-o", f"{out}.perf"]
-        argv += ["--", "sleep", str(args.seconds)]
-    else:
-        argv = [str(Path(python).with_name("py-spy")), "record", "--pid", pid, "--rate", "500"]
-        argv += ["--duration", str(int(args.seconds)), "--format", "raw", "--nonblocking"]
-        argv += ["--output", f"{out}.txt"]
+    if not args.perf:
+        return _pyspy(ctx, pid, args.seconds, out.with_suffix(".txt"))
+    argv = ["perf", "record", "-F", "999", "-g", "-p", str(pid), "-o", f"{out}.perf"]
+    argv += ["--", "sleep", str(args.seconds)]
     return subprocess.Popen(["taskset", "-c", CLIENT_CORE, *argv], stdout=subprocess.DEVNULL)
 
 
@@ -111,7 +107,7 @@ def main() -> None:
                     pids["redis"] = redis.pid
                 spy = None
                 if args.profile:
-                    spy = _profile(args, redis.pid, dep.servers, name, ctx.python)
+                    spy = _profile(args, ctx, redis.pid, dep.servers, name)
                 before = {key: sample(pid) for key, pid in pids.items()}
                 run = lg.call(
                     "rate",
@@ -123,7 +119,7 @@ def main() -> None:
                 )
                 after = {key: sample(pid) for key, pid in pids.items()}
                 if spy is not None:
-                    spy.wait(timeout=60)
+                    spy.communicate(timeout=60)
                 n = run["published"]
                 parts = []
                 for key in pids:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Iterator
 
 import aiohttp
@@ -20,13 +19,22 @@ from tidings.inbox.base import InboxLimits
 from tidings.inbox.redis import InboxWriter
 from tidings.message import Message
 from tidings.publish_rules import MAX_BATCH
+from tidings.server.api import finished
 from tidings.server.app import SERVER_KEY, create_app
 
 from .conftest import StartServer
 from .redis_fixture import RedisServer
 from .sockjs_support import Node, running_node
 from .stompws import StompWs
-from .test_api_edge import API_KEY, MAX_MESSAGE_BYTES, answer, both_ways, by_aiohttp, request
+from .test_api_edge import (
+    API_KEY,
+    MAX_MESSAGE_BYTES,
+    answer,
+    both_ways,
+    by_aiohttp,
+    request,
+    user,
+)
 from .test_websocket_edge import Raw, Response, listener, topic
 
 PATH = "/api/v1/messages"
@@ -44,10 +52,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 def key_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     with running_node(tmp_path_factory.mktemp("api-batch-key"), "--api-key", API_KEY) as started:
         yield started
-
-
-def user() -> str:
-    return f"u{uuid.uuid4().hex[:12]}"
 
 
 def batch(*items: object) -> bytes:
@@ -311,11 +315,11 @@ async def test_a_batch_goes_to_redis_in_one_write_in_item_order(
     server.node.submit = writer.submit  # type: ignore[method-assign]
     api = server.api
     try:
-        warm = await api.publish(api.publish_batch, "", {}, "127.0.0.1", batch(T1))
+        warm = await finished(api.start(api.publish_batch, "", {}, "127.0.0.1", batch(T1)))
         assert warm.status == 202, warm
         writes = writer._publisher.writes
         items = [{"user": "u1", "body": n} for n in range(50)] + [T1, T2]
-        sent = await api.publish(api.publish_batch, "", {}, "127.0.0.1", batch(*items))
+        sent = await finished(api.start(api.publish_batch, "", {}, "127.0.0.1", batch(*items)))
         assert sent.status == 202, sent
         assert writer._publisher.writes == writes + 1
         ids = json.loads(sent.body)["ids"]
@@ -352,7 +356,7 @@ async def test_a_batch_partly_stored_answers_503_with_the_ids_stored() -> None:
         {"topic": "t", "body": "lost"},
         {"user": "v", "body": "c", "id": "kc"},
     )
-    answer_ = await api.publish(api.publish_batch, "", {}, "127.0.0.1", body)
+    answer_ = await finished(api.start(api.publish_batch, "", {}, "127.0.0.1", body))
     assert started == [b"a", b"lost", b"c"]
     assert answer_.status == 503
     assert json.loads(answer_.body) == {

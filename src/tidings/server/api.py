@@ -216,17 +216,6 @@ class PublishApi:
         except FAILURES as exc:
             return failure_answer(exc)
 
-    async def publish(
-        self,
-        route: Publish,
-        param: str,
-        headers: Mapping[str, str],
-        peer: str | None,
-        body: bytes,
-    ) -> Answer:
-        """``start``, and the answer once its publish has ended."""
-        return await finished(self.start(route, param, headers, peer, body))
-
     def _served_by_aiohttp(self, route: Publish, param: str = "") -> Handler:
         async def handler(request: web.Request) -> web.Response:
             data = await self._read_object(request)
