@@ -302,6 +302,75 @@ async def test_on_redis_order_idempotency_and_an_outage(
         await watcher.close()
 
 
+async def test_on_redis_a_batch_partly_stored_answers_503_and_a_retry_stores_the_rest(
+    tidings_server: StartServer, redis_server: RedisServer
+) -> None:
+    """One item's idempotency key is a hash in Redis, so the publish script's GET of it
+    fails (WRONGTYPE) for that item alone: the others are stored and delivered."""
+    server = await tidings_server("--broker", redis_server.url)
+    alice, bob = user(), user()
+    channel = f"u:{bob}"
+    poisoned = f"tidings:idem:{len(channel)}:{channel}:kb"
+    admin = redis_server.client()
+    await admin.hset(poisoned, "not", "an id")
+    on_alice = await user_listener(server.http_url, alice)
+    on_bob = await user_listener(server.http_url, bob)
+    body = batch(
+        {"user": alice, "body": "a", "id": "ka"},
+        {"user": bob, "body": "b", "id": "kb"},
+        {"user": alice, "body": "c", "id": "kc"},
+    )
+    try:
+        # The edge's answer, then aiohttp's (chunked): the same, the stored ids by their keys.
+        edge = await post(server.port, body)
+        other = await post(server.port, body, chunked=True)
+        assert (edge.status, by_aiohttp(edge)) == (503, False), edge
+        assert (other.status, by_aiohttp(other), other.body) == (503, True, edge.body), other
+        error = edge.json()
+        assert error["error"] == "broker_unavailable"
+        text = str(error["message"])
+        assert text.startswith("broker unavailable: redis unavailable: WRONGTYPE "), text
+        assert text.endswith(" (1 of 3 messages not stored: their ids are null)"), text
+        ids = error["ids"]
+        assert isinstance(ids, list) and len(ids) == 3 and ids[1] is None, ids
+        first, third = ids[0], ids[2]
+        assert isinstance(first, str) and isinstance(third, str) and first != third, ids
+        for inbox_id, sent in ((first, b"a"), (third, b"c")):
+            delivered = await on_alice.expect("MESSAGE")
+            assert (delivered.body, delivered.get("tidings-id")) == (sent, inbox_id)
+        assert [(m["id"], m["body"]) for m in await inbox(server.http_url, alice)] == [
+            (first, "a"),
+            (third, "c"),
+        ]
+        assert await inbox(server.http_url, bob) == []
+        # The poisoned key is as it was: nothing wrote to it.
+        assert await admin.type(poisoned) == b"hash"
+        assert await admin.hgetall(poisoned) == {b"not": b"an id"}
+        assert await admin.ttl(poisoned) == -1
+
+        # The key gone, the same batch again: only bob's is stored, the others keep their ids.
+        await admin.delete(poisoned)
+        retry = await post(server.port, body)
+        assert (retry.status, by_aiohttp(retry)) == (202, False), retry
+        second = retry.json()["ids"]
+        assert isinstance(second, list) and isinstance(second[1], str), second
+        assert second == [first, second[1], third]
+        delivered = await on_bob.expect("MESSAGE")
+        assert (delivered.body, delivered.get("tidings-id")) == (b"b", second[1])
+        assert [(m["id"], m["body"]) for m in await inbox(server.http_url, bob)] == [
+            (second[1], "b")
+        ]
+        assert [m["id"] for m in await inbox(server.http_url, alice)] == [first, third]
+        # Nothing more for alice: her next message is the one published after the retry.
+        after = await post(server.port, batch({"user": alice, "body": "after"}))
+        assert after.status == 202, after
+        assert (await on_alice.expect("MESSAGE")).body == b"after"
+    finally:
+        for client in (on_alice, on_bob):
+            await client.close()
+        await admin.aclose()
+
+
 # -- in-process ---------------------------------------------------------------------------
 
 

@@ -13,14 +13,16 @@ import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import hiredis
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from tidings.errors import BrokerUnavailable
 from tidings.inbox.resp import ScriptConnection
 from tidings.message import Message
 from tidings.publisher import Publisher
+from tidings.redis_connect import MORE, reply_error
 
 from .ports import free_port
 from .redis_fixture import RedisServer
@@ -90,12 +92,36 @@ async def test_an_error_reply_fails_only_its_own_publish(
 
 
 @pytest.mark.parametrize(
-    "script",
-    ["return redis.call('GET', KEYS[1])", "return redis.call('INCR', KEYS[1])"],
+    ("reply", "kind"),
+    [
+        ("NOSCRIPT No matching script. Please use EVAL.", NoScriptError),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", ResponseError),
+        ("ERR value is not an integer or out of range", ResponseError),
+    ],
+    ids=["NOSCRIPT", "WRONGTYPE", "ERR"],
+)
+def test_reply_error_reads_an_error_reply_keeping_its_text(
+    reply: str, kind: type[ResponseError]
+) -> None:
+    reader = hiredis.Reader(replyError=reply_error, notEnoughData=MORE)
+    reader.feed(f"-{reply}\r\n".encode())
+    error = reader.gets()
+    assert type(error) is kind
+    assert str(error) == reply
+    assert reader.gets() is MORE
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        ("return redis.call('GET', KEYS[1])", "WRONGTYPE"),
+        ("return redis.call('INCR', KEYS[1])", "ERR"),
+    ],
     ids=["WRONGTYPE", "ERR"],
 )
-async def test_error_replies_read_as_redis_py_reads_them(admin: Redis, script: str) -> None:
-    """The message is redis-py's, as when publishes went through its pipeline."""
+async def test_error_replies_keep_the_text_redis_sent(admin: Redis, script: str, code: str) -> None:
+    """The message is Redis' reply whole: redis-py's text, with the error code redis-py
+    drops for the codes it maps to classes of its own (ERR)."""
     await admin.hset("hash", "field", "value")
     await admin.set("text", "not a number")
     key = "hash" if "GET" in script else "text"
@@ -107,7 +133,8 @@ async def test_error_replies_read_as_redis_py_reads_them(admin: Redis, script: s
             await conn.call([key], [])
     finally:
         await conn.close()
-    assert str(by_us.value) == f"redis unavailable: {by_redis_py.value}"
+    text = str(by_redis_py.value).removeprefix(f"{code} ")
+    assert str(by_us.value) == f"redis unavailable: {code} {text}"
 
 
 async def test_after_a_script_flush_the_publishes_load_it_and_succeed(

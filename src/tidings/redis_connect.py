@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import hiredis
-from redis._parsers import BaseParser
 from redis.asyncio.connection import (
     AbstractConnection,
     Connection,
@@ -28,6 +27,7 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 from redis.credentials import UsernamePasswordCredentialProvider
+from redis.exceptions import NoScriptError, ResponseError
 
 from tidings.errors import BrokerUnavailable, TidingsError
 
@@ -43,6 +43,15 @@ def pack(*parts: str | bytes | int) -> bytes:
     """One command as a RESP array of bulk strings (str as UTF-8, int in decimal)."""
     packed: bytes = hiredis.pack_command(parts)  # type: ignore[arg-type]  # stub: a 1-tuple
     return packed
+
+
+def reply_error(message: str) -> ResponseError:
+    """An error reply as the exception a lean reader returns for it (pass it as
+    ``replyError``): NoScriptError for NOSCRIPT, else ResponseError; the text as Redis
+    sent it, error code included."""
+    if message.startswith("NOSCRIPT "):
+        return NoScriptError(message)
+    return ResponseError(message)
 
 
 def connection_params(pool: ConnectionPool, **overrides: Any) -> AbstractConnection:
@@ -130,7 +139,7 @@ class _Setup(asyncio.Protocol):
     """The connection's protocol until the setup commands are answered."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._reader = hiredis.Reader(replyError=BaseParser.parse_error, notEnoughData=MORE)
+        self._reader = hiredis.Reader(replyError=reply_error, notEnoughData=MORE)
         self._transport: asyncio.Transport | None = None
         self._replies: list[Any] = []
         self._expected = 0
@@ -148,7 +157,7 @@ class _Setup(asyncio.Protocol):
         if error is not None:
             raise error
         for reply in self._replies:
-            if isinstance(reply, Exception):  # as redis-py's parse_error reads it
+            if isinstance(reply, Exception):  # an error reply (reply_error)
                 raise BrokerUnavailable(f"redis unavailable: {reply}")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

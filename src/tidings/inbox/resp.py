@@ -22,13 +22,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import hiredis
-from redis._parsers import BaseParser
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
 from tidings.errors import BrokerUnavailable
-from tidings.redis_connect import MORE, connection_params, open_connection
+from tidings.redis_connect import MORE, connection_params, open_connection, reply_error
 from tidings.redis_connect import pack as _pack
 
 _Call = tuple[bytes | None, asyncio.Future[Any] | None]
@@ -152,9 +151,7 @@ class _Link(asyncio.Protocol):
         encoding: str | None = None,
     ) -> None:
         self.pending: deque[_Call] = deque()
-        self._reader = hiredis.Reader(
-            replyError=BaseParser.parse_error, notEnoughData=MORE, encoding=encoding
-        )
+        self._reader = hiredis.Reader(replyError=reply_error, notEnoughData=MORE, encoding=encoding)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._timeout = timeout
