@@ -1,6 +1,7 @@
 """Micro-benchmark of the publish path: client CPU per inbox publish, private redis-server.
 
     .venv/bin/python -m bench.micro_publish http [--count 3000] [--in-flight 8] [--batch N]
+    .venv/bin/python -m bench.micro_publish http --callgrind [--count 300] [--batch N]
     .venv/bin/python -m bench.micro_publish direct [--count 20000] [--in-flight 64]
 
 ``http`` starts one node (``tidings serve --broker``) and POSTs to
@@ -10,6 +11,10 @@ count is of messages): the node's CPU per message.
 ``direct`` runs ``tidings.publisher`` on uvloop in this process, as a back end would:
 this process's CPU per ``to_user``. Both warm up first (connections, script load). To
 measure another tree's code, put its ``src`` first: ``PYTHONPATH=/tmp/old/src ...``.
+
+``--callgrind`` runs the node under valgrind's callgrind and counts the instructions it
+executes (user space) for the timed requests, sent one at a time: the same within ~1% from
+run to run whatever else the machine does, where CPU times here move by 20%.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import argparse
 import asyncio
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import aiohttp
 import uvloop
@@ -27,7 +34,7 @@ import uvloop
 from bench.procs import CLK_TCK, Proc, cpu_ticks, free_port, wait_http_ok, wait_port
 from tidings.publisher import Publisher
 
-WARMUP = 200
+WARMUP = 1000  # every user u0..u999 published to once: the steady state of S2
 BODY = "x" * 100
 
 
@@ -58,7 +65,39 @@ async def paced(count: int, rate: float, one: Callable[[int], Awaitable[object]]
     await asyncio.gather(*tasks)
 
 
-async def http(node: Proc, port: int, count: int, in_flight: int, rate: float | None) -> str:
+class NodeCost:
+    """The node's CPU time (``cpu_ticks``), or with ``callgrind`` its instruction count."""
+
+    def __init__(self, node: Proc, callgrind: Path | None) -> None:
+        self._node, self._callgrind = node, callgrind
+
+    def start(self) -> None:
+        self._ticks, self._start = cpu_ticks(self._node.pid), time.perf_counter()
+        if self._callgrind is not None:
+            _callgrind_control("--instr=on", self._node.pid)
+
+    def stop(self, count: int, unit: str) -> str:
+        """Rate and cost per ``unit`` of ``count`` since ``start``."""
+        elapsed = time.perf_counter() - self._start
+        if self._callgrind is None:
+            used = (cpu_ticks(self._node.pid) - self._ticks) / CLK_TCK
+            return f"{count / elapsed:.0f} {unit}/s; node CPU {1e6 * used / count:.1f} µs/{unit}"
+        _callgrind_control("--instr=off", self._node.pid)
+        _callgrind_control("--dump", self._node.pid)
+        totals = [
+            int(line.split()[1])
+            for dump in self._callgrind.glob("callgrind.out.*")
+            for line in dump.read_text().splitlines()
+            if line.startswith("totals:")
+        ]
+        return f"node {sum(totals) / count / 1000:.1f}k instructions/{unit} (callgrind)"
+
+
+def _callgrind_control(option: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
+
+
+async def http(meter: NodeCost, port: int, count: int, in_flight: int, rate: float | None) -> str:
     async with aiohttp.ClientSession() as session:
 
         async def one(n: int) -> None:
@@ -67,15 +106,13 @@ async def http(node: Proc, port: int, count: int, in_flight: int, rate: float | 
                 assert r.status == 202, await r.text()
 
         await bounded(WARMUP, in_flight, one)
-        ticks, start = cpu_ticks(node.pid), time.perf_counter()
+        meter.start()
         await (bounded(count, in_flight, one) if rate is None else paced(count, rate, one))
-        elapsed = time.perf_counter() - start
-        used = (cpu_ticks(node.pid) - ticks) / CLK_TCK
-    return f"http: {count / elapsed:.0f} req/s; node CPU {1e6 * used / count:.0f} µs/request"
+        return "http: " + meter.stop(count, "request")
 
 
 async def http_batch(
-    node: Proc, port: int, count: int, in_flight: int, size: int, *, rate: float | None
+    meter: NodeCost, port: int, count: int, in_flight: int, size: int, *, rate: float | None
 ) -> str:
     """``count`` messages, ``size`` a request, to ``/api/v1/messages``."""
     url = f"http://127.0.0.1:{port}/api/v1/messages"
@@ -88,15 +125,9 @@ async def http_batch(
 
         requests = max(count // size, 1)
         await bounded(max(WARMUP // size, 10), in_flight, one)
-        ticks, start = cpu_ticks(node.pid), time.perf_counter()
+        meter.start()
         await (bounded(requests, in_flight, one) if rate is None else paced(requests, rate, one))
-        elapsed = time.perf_counter() - start
-        used = (cpu_ticks(node.pid) - ticks) / CLK_TCK
-    sent = requests * size
-    return (
-        f"http batch {size}: {sent / elapsed:.0f} msg/s ({requests / elapsed:.0f} req/s);"
-        f" node CPU {1e6 * used / sent:.1f} µs/message, {1e6 * used / requests:.0f} µs/request"
-    )
+        return f"http batch {size}: " + meter.stop(requests * size, "message")
 
 
 async def direct(url: str, count: int, in_flight: int) -> str:
@@ -129,9 +160,14 @@ def main() -> None:
         type=float,
         help="http: start requests (not messages) at this rate (1 ms tick), not saturated",
     )
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="http: count the node's instructions under callgrind (requests one at a time)",
+    )
     args = parser.parse_args()
-    count = args.count or (3000 if args.mode == "http" else 20_000)
-    in_flight = args.in_flight or (8 if args.mode == "http" else 64)
+    count = args.count or (300 if args.callgrind else 3000 if args.mode == "http" else 20_000)
+    in_flight = 1 if args.callgrind else args.in_flight or (8 if args.mode == "http" else 64)
     redis_port, port = free_port(), free_port()
     url = f"redis://127.0.0.1:{redis_port}/0"
     procs = [
@@ -146,14 +182,17 @@ def main() -> None:
             print(uvloop.run(direct(url, count, in_flight)))
             return
         serve = [sys.executable, "-m", "tidings", "serve", "--broker", url, "--port", str(port)]
+        callgrind = Path(tempfile.mkdtemp()) if args.callgrind else None
+        if callgrind is not None:
+            out = f"--callgrind-out-file={callgrind}/callgrind.out.%p"
+            serve = ["valgrind", "-q", "--tool=callgrind", "--instr-atstart=no", out, *serve]
         procs.append(start("node", [*serve, "--log-level", "warning"]))
-        wait_http_ok(f"http://127.0.0.1:{port}/healthz", procs[1])
+        wait_http_ok(f"http://127.0.0.1:{port}/healthz", procs[1], within=300)
+        meter = NodeCost(procs[1], callgrind)
         if args.batch:
-            print(
-                uvloop.run(http_batch(procs[1], port, count, in_flight, args.batch, rate=args.rate))
-            )
+            print(uvloop.run(http_batch(meter, port, count, in_flight, args.batch, rate=args.rate)))
         else:
-            print(uvloop.run(http(procs[1], port, count, in_flight, args.rate)))
+            print(uvloop.run(http(meter, port, count, in_flight, args.rate)))
     finally:
         for proc in reversed(procs):
             proc.stop()

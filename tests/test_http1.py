@@ -126,6 +126,28 @@ def test_parse_request_head_refuses_malformed_heads(head: bytes) -> None:
     assert parse_request_head(head) is None
 
 
+@pytest.mark.parametrize(
+    ("name", "taken"),
+    [
+        ("Content-Length", True),
+        ("x9", True),
+        ("-", True),
+        ("X_Odd!#$%&'*+.^`|~", True),  # every tchar of RFC 9110 §5.6.2 but letters and digits
+        ("X(y)", False),
+        ("X/y", False),
+        ('X"y', False),
+        ("X{y}", False),
+        ("X@y", False),
+        ("X,y", False),
+        ("X;y", False),
+        ("X\\y", False),
+    ],
+)
+def test_a_field_name_is_a_token(name: str, taken: bool) -> None:
+    head = parse_request_head(f"POST / HTTP/1.1\r\n{name}: 1".encode())
+    assert (head is not None and head.headers == {name.lower(): "1"}) is taken
+
+
 def test_parse_request_head_names_repeated_fields() -> None:
     head = parse_request_head(b"POST / HTTP/1.1\r\nA: 1\r\nB: 2\r\na: 3\r\nA: 4")
     assert head is not None

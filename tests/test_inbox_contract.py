@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hiredis
 import pytest
 
 from tidings.brokers import MemoryBroker
@@ -25,7 +26,7 @@ from tidings.brokers.redis import RedisBroker
 from tidings.errors import BrokerUnavailable
 from tidings.inbox.base import Inbox, InboxLimits, compare_ids, split_announcement
 from tidings.inbox.memory import MemoryInbox
-from tidings.inbox.redis import RedisInbox
+from tidings.inbox.redis import InboxWriter, RedisInbox
 from tidings.message import Message, id_key
 
 from .redis_fixture import RedisServer
@@ -705,6 +706,51 @@ async def test_redis_trim_by_age_counts_from_the_clock_when_it_is_behind(
     finally:
         await client.aclose()
         await broker.close()
+
+
+async def test_redis_publish_sends_the_whole_call_pack_command_makes(
+    redis_server: RedisServer,
+) -> None:
+    # InboxWriter packs a channel's keys and arguments once and keeps them: each call must
+    # still be, byte for byte, the EVALSHA of the script's contract (its KEYS and ARGV).
+    client = redis_server.client()
+    writer = InboxWriter(client, InboxLimits(max_messages=7, topic_history=5, max_age_s=60))
+    sent: list[bytes] = []
+    submit_packed = writer._publisher.submit_packed
+
+    def record(command: bytes) -> asyncio.Future[Any]:
+        sent.append(command)
+        return submit_packed(command)
+
+    writer._publisher.submit_packed = record  # type: ignore[method-assign]
+    calls = [
+        (msg("u:ü1"), None),
+        (msg("u:ü1", "again"), None),  # the same channel: packed parts reused
+        (msg("u:ü1", destination="/alerts"), None),
+        (msg("t:news"), None),
+        (msg("u:ü1", "keyed"), "k-1"),
+        (msg("t:news", "keyed"), "k-1"),
+    ]
+    try:
+        ids = [await writer.submit(m, idempotency_key=key) for m, key in calls]
+        stored = {(m.channel, inbox_id) for (m, _), inbox_id in zip(calls, ids, strict=True)}
+        assert len(stored) == len(calls)  # every call ran and stored its message
+        for (message, key), command in zip(calls, sent, strict=True):
+            user = message.channel.startswith("u:")
+            name = message.channel[2:]
+            keys = [f"tidings:inbox:{message.channel}"]
+            keys += [f"tidings:acked:{name}", f"tidings:read:{name}"] if user else ["", ""]
+            args: list[str | bytes | int] = [message.encode(), message.destination]
+            args += [7 if user else 5, 60_000, 61_000, f"tidings:{message.channel}"]
+            if key is not None:
+                keys.append(f"tidings:idem:{len(message.channel)}:{message.channel}:{key}")
+                args.append(int(InboxLimits().idempotency_ttl_s * 1000))
+            sha = writer._publisher._sha
+            whole = (b"EVALSHA", sha, len(keys), *keys, *args)
+            assert command == hiredis.pack_command(whole), (message, key)  # type: ignore[arg-type]
+    finally:
+        await writer.close()
+        await client.aclose()
 
 
 async def test_redis_publish_runs_few_commands(redis_server: RedisServer) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from tidings.message import Message
 
 
@@ -29,3 +31,20 @@ def test_stored_as_changes_the_id_and_order_and_keeps_every_other_field() -> Non
         "headers",
         "order",
     ]
+
+
+def test_decode_with_an_inbox_id_is_the_message_stored_under_it() -> None:
+    message = Message(
+        id="",
+        channel="t:news",
+        destination="/topic/news",
+        body="é\n".encode(),
+        headers=(("k", "v"),),
+    )
+    encoded = message.encode()
+    assert Message.decode(encoded) == message
+    stored = Message.decode(encoded, "1795765079484-12")
+    assert stored == message.stored_as("1795765079484-12")
+    assert stored.order == (1795765079484, 12)
+    with pytest.raises(ValueError, match="not an inbox id"):
+        Message.decode(encoded, f"{2**64}-0")

@@ -81,15 +81,18 @@ class Message:
         )
 
     @classmethod
-    def decode(cls, payload: bytes) -> Message:
+    def decode(cls, payload: bytes, inbox_id: str | None = None) -> Message:
+        """The message ``encode`` made; with ``inbox_id``, as stored under it (``stored_as``
+        in one step: a delivery decodes every message it announces)."""
         id_, channel, destination, body, content_type, headers = orjson.loads(payload)
         return cls(
-            id=id_,
+            id=id_ if inbox_id is None else inbox_id,
             channel=channel,
             destination=destination,
             body=body.encode("utf-8", "surrogateescape"),
             content_type=content_type,
             headers=tuple((str(k), str(v)) for k, v in headers),
+            order=None if inbox_id is None else id_key(inbox_id),
         )
 
 

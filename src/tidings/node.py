@@ -245,8 +245,7 @@ class Node:
 
 def _decode_announcement(payload: bytes) -> Message:
     inbox_id, encoded = split_announcement(payload)
-    message = Message.decode(encoded)
-    return message if inbox_id is None else message.stored_as(inbox_id)
+    return Message.decode(encoded, inbox_id)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

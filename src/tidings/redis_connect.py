@@ -45,6 +45,12 @@ def pack(*parts: str | bytes | int) -> bytes:
     return packed
 
 
+def bulk(part: str | bytes | int) -> bytes:
+    """One bulk string of a command (``pack``'s parts), for commands packed piece by piece."""
+    data = part if isinstance(part, bytes) else str(part).encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
 def reply_error(message: str) -> ResponseError:
     """An error reply as the exception a lean reader returns for it (pass it as
     ``replyError``): NoScriptError for NOSCRIPT, else ResponseError; the text as Redis

@@ -27,7 +27,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
 from tidings.errors import BrokerUnavailable
-from tidings.redis_connect import MORE, connection_params, open_connection, reply_error
+from tidings.redis_connect import MORE, bulk, connection_params, open_connection, reply_error
 from tidings.redis_connect import pack as _pack
 
 _Call = tuple[bytes | None, asyncio.Future[Any] | None]
@@ -74,7 +74,16 @@ class ScriptConnection:
         """``call`` without the coroutine: the call is queued now, in order with every other
         call, and the future gets its reply or BrokerUnavailable. The caller must retrieve
         that outcome (an unretrieved exception is logged by asyncio)."""
-        command = _pack(b"EVALSHA", self._sha, len(keys), *keys, *args)
+        return self.submit_packed(_pack(b"EVALSHA", self._sha, len(keys), *keys, *args))
+
+    def head(self, keys: int, args: int) -> bytes:
+        """The start of an EVALSHA with ``keys`` keys and ``args`` arguments, up to its first
+        key: with ``redis_connect.bulk`` of each key and argument after it, a command for
+        ``submit_packed`` (a caller that sends many alike packs their constant parts once)."""
+        return b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (3 + keys + args, bulk(self._sha), bulk(keys))
+
+    def submit_packed(self, command: bytes) -> asyncio.Future[Any]:
+        """``submit`` of a command packed already (see ``head``)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not self._queue:
