@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.micro_publish http [--count 3000] [--in-flight 8] [--batch N]
     .venv/bin/python -m bench.micro_publish http --callgrind [--count 300] [--batch N]
+    .venv/bin/python -m bench.micro_publish deliver [--via http|direct] [--callgrind]
     .venv/bin/python -m bench.micro_publish direct [--count 20000] [--in-flight 64]
 
 ``http`` starts one node (``tidings serve --broker``) and POSTs to
@@ -12,6 +13,12 @@ count is of messages): the node's CPU per message.
 this process's CPU per ``to_user``. Both warm up first (connections, script load). To
 measure another tree's code, put its ``src`` first: ``PYTHONPATH=/tmp/old/src ...``.
 
+``deliver`` opens ``--sessions`` STOMP sessions on the node (user ``u<i>`` subscribed to
+``/user/u<i>/message``) and publishes one message at a time to a random one of them,
+awaiting its MESSAGE frame before the next: S2's work for one message on one node, the
+request (``--via http``) and the delivery, or the delivery alone (``--via direct``:
+``tidings.publisher`` straight to Redis). The node's cost per message.
+
 ``--callgrind`` runs the node under valgrind's callgrind and counts the instructions it
 executes (user space) for the timed requests, sent one at a time: the same within ~1% from
 run to run whatever else the machine does, where CPU times here move by 20%.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import subprocess
 import sys
 import tempfile
@@ -130,6 +138,51 @@ async def http_batch(
         return f"http batch {size}: " + meter.stop(requests * size, "message")
 
 
+async def deliver(
+    meter: NodeCost, port: int, url: str, count: int, *, sessions: int, via: str
+) -> str:
+    """One message at a time to a random subscribed session, awaited at its session."""
+    async with (
+        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as ws_client,
+        Publisher.from_url(url) as pub,
+    ):
+        sockets = [await _subscribed(ws_client, port, f"u{i}") for i in range(sessions)]
+        pick = random.Random(7).randrange
+
+        async def one(n: int) -> None:
+            user = pick(sessions)
+            if via == "http":
+                path = f"http://127.0.0.1:{port}/api/v1/users/u{user}/messages"
+                async with http.post(path, json={"body": BODY}) as r:
+                    assert r.status == 202, await r.text()
+            else:
+                await pub.to_user(f"u{user}", BODY)
+            frame = (await sockets[user].receive(timeout=30)).data
+            assert isinstance(frame, str) and frame.startswith("MESSAGE\n"), frame
+
+        await bounded(WARMUP, 1, one)
+        meter.start()
+        await bounded(count, 1, one)
+        result = meter.stop(count, "message")
+        for ws in sockets:
+            await ws.close()
+    return f"deliver via {via}, {sessions} sessions: {result}"
+
+
+async def _subscribed(
+    client: aiohttp.ClientSession, port: int, user: str
+) -> aiohttp.ClientWebSocketResponse:
+    """A STOMP 1.2 session of ``user`` subscribed to its messages."""
+    ws = await client.ws_connect(f"ws://127.0.0.1:{port}/stomp", protocols=["v12.stomp"])
+    await ws.send_str("CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+    await ws.receive(timeout=30)  # CONNECTED
+    sub = f"SUBSCRIBE\nid:0\ndestination:/user/{user}/message\nreceipt:r\n\n\0"
+    await ws.send_str(sub)
+    await ws.receive(timeout=30)  # RECEIPT
+    return ws
+
+
 async def direct(url: str, count: int, in_flight: int) -> str:
     async with Publisher.from_url(url) as pub:
 
@@ -151,7 +204,7 @@ def start(name: str, argv: list[str]) -> Proc:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["http", "direct"])
+    parser.add_argument("mode", choices=["http", "direct", "deliver"])
     parser.add_argument("--count", type=int)
     parser.add_argument("--in-flight", type=int)
     parser.add_argument("--batch", type=int, help="http: N messages a request, batch route")
@@ -159,6 +212,10 @@ def main() -> None:
         "--rate",
         type=float,
         help="http: start requests (not messages) at this rate (1 ms tick), not saturated",
+    )
+    parser.add_argument("--sessions", type=int, default=100, help="deliver: subscribed sessions")
+    parser.add_argument(
+        "--via", choices=["http", "direct"], default="http", help="deliver: how to publish"
     )
     parser.add_argument(
         "--callgrind",
@@ -189,7 +246,11 @@ def main() -> None:
         procs.append(start("node", [*serve, "--log-level", "warning"]))
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", procs[1], within=300)
         meter = NodeCost(procs[1], callgrind)
-        if args.batch:
+        if args.mode == "deliver":
+            print(
+                uvloop.run(deliver(meter, port, url, count, sessions=args.sessions, via=args.via))
+            )
+        elif args.batch:
             print(uvloop.run(http_batch(meter, port, count, in_flight, args.batch, rate=args.rate)))
         else:
             print(uvloop.run(http(meter, port, count, in_flight, args.rate)))
