@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from tidings.message import Message
+from tidings.message import Message, build_message
 
 
 def test_stored_as_changes_the_id_and_order_and_keeps_every_other_field() -> None:
@@ -48,3 +48,21 @@ def test_decode_with_an_inbox_id_is_the_message_stored_under_it() -> None:
     assert stored.order == (1795765079484, 12)
     with pytest.raises(ValueError, match="not an inbox id"):
         Message.decode(encoded, f"{2**64}-0")
+
+
+def test_build_message_is_the_frozen_message_the_constructor_makes() -> None:
+    fields = {
+        "id": "1795765079484-3",
+        "channel": "u:7",
+        "destination": "/message",
+        "body": b"hi",
+        "content_type": "application/json",
+        "headers": (("a", "b"),),
+        "order": (1795765079484, 3),
+    }
+    built = build_message(**fields)  # type: ignore[arg-type]
+    made = Message(**fields)  # type: ignore[arg-type]
+    assert (built, hash(built), repr(built)) == (made, hash(made), repr(made))
+    assert [getattr(built, name) for name in fields] == list(fields.values())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.id = "changed"  # type: ignore[misc]

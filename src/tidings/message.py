@@ -7,7 +7,7 @@ local subscriber for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import orjson
 
@@ -56,9 +56,8 @@ class Message:
 
     def stored_as(self, inbox_id: str) -> Message:
         """This message as stored under ``inbox_id``."""
-        # Not dataclasses.replace, which walks the fields on every call (2.4 against 1.2 µs);
-        # test_message's field check fails here when a field is added.
-        return Message(
+        # Not dataclasses.replace, which walks the fields on every call.
+        return build_message(
             id=inbox_id,
             channel=self.channel,
             destination=self.destination,
@@ -85,15 +84,48 @@ class Message:
         """The message ``encode`` made; with ``inbox_id``, as stored under it (``stored_as``
         in one step: a delivery decodes every message it announces)."""
         id_, channel, destination, body, content_type, headers = orjson.loads(payload)
-        return cls(
+        return build_message(
             id=id_ if inbox_id is None else inbox_id,
             channel=channel,
             destination=destination,
             body=body.encode("utf-8", "surrogateescape"),
             content_type=content_type,
-            headers=tuple((str(k), str(v)) for k, v in headers),
+            headers=tuple([(str(k), str(v)) for k, v in headers]) if headers else (),
             order=None if inbox_id is None else id_key(inbox_id),
         )
+
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__: 3.1 µs for
+# Message's seven (keyword arguments, timeit here) against 1.25 µs through its slots' own
+# setters. Every publish makes a message and every delivery decodes one, so those paths
+# use build_message. Unpacking fails at import if a field is added without a setter here.
+_set_id, _set_channel, _set_destination, _set_body, _set_type, _set_headers, _set_order = (
+    Message.__dict__[field.name].__set__ for field in fields(Message)
+)
+_new = object.__new__
+
+
+def build_message(
+    *,
+    id: str,
+    channel: str,
+    destination: str,
+    body: bytes,
+    content_type: str,
+    headers: tuple[tuple[str, str], ...],
+    order: tuple[int, int] | None,
+) -> Message:
+    """``Message(...)`` with every field given, at half the cost: the same frozen value
+    (its ``__setattr__`` still refuses changes)."""
+    message: Message = _new(Message)
+    _set_id(message, id)
+    _set_channel(message, channel)
+    _set_destination(message, destination)
+    _set_body(message, body)
+    _set_type(message, content_type)
+    _set_headers(message, headers)
+    _set_order(message, order)
+    return message
 
 
 def encode_body(body: object) -> tuple[bytes, str]:

@@ -13,7 +13,7 @@ from typing import TypeGuard
 
 from tidings.destinations import user_destination
 from tidings.errors import InvalidPublish
-from tidings.message import Message, encode_body, topic_channel, user_channel
+from tidings.message import Message, build_message, encode_body, topic_channel, user_channel
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 """Largest encoded body (``--max-message-bytes``)."""
@@ -85,13 +85,14 @@ def message(
             "too_large", f"message body is {len(encoded)} bytes; the limit is {max_bytes}"
         )
     content_type = checked.pop("content-type", content_type)
-    return Message(
+    return build_message(
         id="",
         channel=channel,
         destination=destination,
         body=encoded,
         content_type=content_type,
         headers=tuple(checked.items()),
+        order=None,
     )
 
 
