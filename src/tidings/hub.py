@@ -65,16 +65,24 @@ class LocalSubscription:
         self.frame_key = (version, self.prefix)
 
 
+_CONTENT_LINES: dict[tuple[str, str], str] = {}  # (content type, version): escaped, up to ":"
+_CONTENT_LINES_KEPT = 256
+
+
 def encode_tail(message: Message, version: str) -> bytes:
     """The frame after ``message-id``: content headers, custom headers, body, NUL (§MESSAGE)."""
-    lines = [f"\ncontent-type:{escape_header(message.content_type, version)}"]
-    lines.append(f"\ncontent-length:{len(message.body)}")
+    key = (message.content_type, version)
+    content = _CONTENT_LINES.get(key)
+    if content is None:  # a handful of content types make nearly every message
+        if len(_CONTENT_LINES) >= _CONTENT_LINES_KEPT:
+            _CONTENT_LINES.clear()
+        escaped = escape_header(message.content_type, version)
+        content = _CONTENT_LINES[key] = f"\ncontent-type:{escaped}\ncontent-length:"
+    lines = [content, str(len(message.body))]
     if message.order is not None:
         lines.append(f"\ntidings-id:{message.id}")
-    lines.extend(
-        f"\n{escape_header(name, version)}:{escape_header(value, version)}"
-        for name, value in message.headers
-    )
+    for name, value in message.headers:
+        lines.append(f"\n{escape_header(name, version)}:{escape_header(value, version)}")
     lines.append("\n\n")
     return "".join(lines).encode() + message.body + b"\0"
 
