@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +73,19 @@ def running_node(log_dir: Path, *args: str) -> Iterator[Node]:
         yield node
     finally:
         _stop(node)
+
+
+def node_fixture(name: str, *args: str) -> Callable[..., Iterator[Node]]:
+    """A module-scoped fixture: one node started with ``args`` for the module's tests,
+    logging under a temporary directory named ``name``. Bind it to the fixture's name:
+    ``node = node_fixture("edge", "--send-allow", "/topic/**")``."""
+
+    @pytest.fixture(scope="module")
+    def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+        with running_node(tmp_path_factory.mktemp(name), *args) as node:
+            yield node
+
+    return started
 
 
 def _start(log_dir: Path, args: tuple[str, ...]) -> Node:

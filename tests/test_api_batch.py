@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -24,7 +23,7 @@ from tidings.server.app import SERVER_KEY, create_app
 
 from .conftest import StartServer
 from .redis_fixture import RedisServer
-from .sockjs_support import Node, running_node
+from .sockjs_support import Node, node_fixture
 from .stompws import StompWs
 from .test_api_edge import (
     API_KEY,
@@ -40,18 +39,10 @@ from .test_websocket_edge import Raw, Response, listener, topic
 PATH = "/api/v1/messages"
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with running_node(
-        tmp_path_factory.mktemp("api-batch"), "--max-message-bytes", str(MAX_MESSAGE_BYTES)
-    ) as started:
-        yield started
+node = node_fixture("api-batch", "--max-message-bytes", str(MAX_MESSAGE_BYTES))
 
 
-@pytest.fixture(scope="module")
-def key_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with running_node(tmp_path_factory.mktemp("api-batch-key"), "--api-key", API_KEY) as started:
-        yield started
+key_node = node_fixture("api-batch-key", "--api-key", API_KEY)
 
 
 def batch(*items: object) -> bytes:

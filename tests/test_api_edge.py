@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -31,7 +31,7 @@ from tidings.server.edge import Edge
 
 from .conftest import StartServer
 from .redis_fixture import RedisServer
-from .sockjs_support import Node, running_node
+from .sockjs_support import Node, node_fixture
 from .stompws import StompWs
 from .test_websocket_edge import CONNECT, Raw, Response, listener, raw, topic, upgrade_request
 from .test_wsframe import masked_frame
@@ -42,26 +42,13 @@ API_KEY = "s3cret-key"
 HEAD_TIMEOUT_S = 0.3  # --head-timeout of brisk_node
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with running_node(
-        tmp_path_factory.mktemp("api-edge"), "--max-message-bytes", str(MAX_MESSAGE_BYTES)
-    ) as started:
-        yield started
+node = node_fixture("api-edge", "--max-message-bytes", str(MAX_MESSAGE_BYTES))
 
 
-@pytest.fixture(scope="module")
-def key_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with running_node(tmp_path_factory.mktemp("api-edge-key"), "--api-key", API_KEY) as started:
-        yield started
+key_node = node_fixture("api-edge-key", "--api-key", API_KEY)
 
 
-@pytest.fixture(scope="module")
-def brisk_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with running_node(
-        tmp_path_factory.mktemp("api-edge-brisk"), "--head-timeout", str(HEAD_TIMEOUT_S)
-    ) as started:
-        yield started
+brisk_node = node_fixture("api-edge-brisk", "--head-timeout", str(HEAD_TIMEOUT_S))
 
 
 def request(path: str, body: bytes, *fields: str, chunked: bool = False) -> bytes:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -31,7 +31,7 @@ from aiohttp import web
 
 from .browser import Browser
 from .conftest import free_port
-from .sockjs_support import Node, running_node
+from .sockjs_support import Node, node_fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -93,12 +93,7 @@ window.stop = (transport) => window.runs[transport].client.deactivate();
 """
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with running_node(
-        tmp_path_factory.mktemp("sockjs-browser"), "--send-allow", "/topic/chat/**"
-    ) as started:
-        yield started
+node = node_fixture("sockjs-browser", "--send-allow", "/topic/chat/**")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

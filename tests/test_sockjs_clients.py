@@ -10,29 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 
 import aiohttp
 import pytest
 
 from .conftest import JsClientFactory
 from .jsclient import JS_LIBS, JsClient
-from .sockjs_support import Node, running_node
+from .sockjs_support import Node, node_fixture
 
 NODE_TRANSPORTS = ("websocket", "xhr-streaming", "xhr-polling", "eventsource")
 """What sockjs-client can use in Node; the iframe and JSONP ones need a browser."""
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with running_node(
-        tmp_path_factory.mktemp("sockjs-clients"),
-        *("--send-allow", "/topic/chat/**"),
-        *("--heartbeat", "300,300"),
-        # Small streaming responses, so xhr-streaming and eventsource also reconnect.
-        *("--sockjs-stream-limit", "8192"),
-    ) as started:
-        yield started
+node = node_fixture(
+    "sockjs-clients",
+    *("--send-allow", "/topic/chat/**"),
+    *("--heartbeat", "300,300"),
+    # Small streaming responses, so xhr-streaming and eventsource also reconnect.
+    *("--sockjs-stream-limit", "8192"),
+)
 
 
 async def post_json(node: Node, path: str, payload: object) -> int:

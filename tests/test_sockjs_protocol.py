@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -27,6 +27,7 @@ from .sockjs_support import (
     XhrSession,
     connect_frame,
     messages_of,
+    node_fixture,
     parse_stomp,
     publish,
     running_node,
@@ -42,32 +43,26 @@ NOT_CACHED = "no-store, no-cache, must-revalidate, max-age=0"
 ALLOWED = "https://app.example.com"
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with running_node(
-        tmp_path_factory.mktemp("sockjs"),
-        *("--sockjs-stream-limit", str(STREAM_LIMIT)),
-        *("--sockjs-session-timeout", str(SESSION_TIMEOUT)),
-        *("--send-allow", "/topic/**"),
-    ) as started:
-        yield started
+node = node_fixture(
+    "sockjs",
+    *("--sockjs-stream-limit", str(STREAM_LIMIT)),
+    *("--sockjs-session-timeout", str(SESSION_TIMEOUT)),
+    *("--send-allow", "/topic/**"),
+)
 
 
-@pytest.fixture(scope="module")
-def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with running_node(
-        tmp_path_factory.mktemp("sockjs-strict"),
-        "--sockjs-cookie-needed",
-        *("--sockjs-disable-transport", "websocket"),
-        *("--sockjs-disable-transport", "jsonp-polling"),
-        *("--sockjs-heartbeat", str(STRICT_HEARTBEAT)),
-        *("--heartbeat", "150,0"),
-        *("--max-outbound-bytes", "30000"),
-        *("--sockjs-allowed-origin", ALLOWED),
-        *("--sockjs-allowed-origin", "https://*.trusted.test"),
-        *("--sockjs-client-url", "https://cdn.example.com/sockjs.min.js"),
-    ) as started:
-        yield started
+strict = node_fixture(
+    "sockjs-strict",
+    "--sockjs-cookie-needed",
+    *("--sockjs-disable-transport", "websocket"),
+    *("--sockjs-disable-transport", "jsonp-polling"),
+    *("--sockjs-heartbeat", str(STRICT_HEARTBEAT)),
+    *("--heartbeat", "150,0"),
+    *("--max-outbound-bytes", "30000"),
+    *("--sockjs-allowed-origin", ALLOWED),
+    *("--sockjs-allowed-origin", "https://*.trusted.test"),
+    *("--sockjs-client-url", "https://cdn.example.com/sockjs.min.js"),
+)
 
 
 @pytest.fixture

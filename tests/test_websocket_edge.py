@@ -19,7 +19,7 @@ import os
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -37,7 +37,7 @@ from tidings.wsframe import (
     parse_close,
 )
 
-from .sockjs_support import Node, running_node
+from .sockjs_support import Node, node_fixture
 from .stompws import StompWs
 from .test_wsframe import RFC_ACCEPT, RFC_KEY, RFC_UNMASKED_HELLO, masked_frame
 
@@ -50,31 +50,16 @@ INVALID_DATA = 1007
 TOO_BIG = 1009
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with running_node(
-        tmp_path_factory.mktemp("edge"),
-        "--send-allow",
-        "/topic/chat/**",
-        "--max-frame-bytes",
-        str(MAX_FRAME_BYTES),
-    ) as started:
-        yield started
+node = node_fixture(
+    "edge", "--send-allow", "/topic/chat/**", "--max-frame-bytes", str(MAX_FRAME_BYTES)
+)
 
 
-@pytest.fixture(scope="module")
-def quiet_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """A node only the connection-counting test talks to."""
-    with running_node(tmp_path_factory.mktemp("edge-quiet")) as started:
-        yield started
+# A node only the connection-counting test talks to.
+quiet_node = node_fixture("edge-quiet")
 
 
-@pytest.fixture(scope="module")
-def jwt_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    with running_node(
-        tmp_path_factory.mktemp("edge-jwt"), "--auth", "jwt", "--jwt-secret", JWT_SECRET
-    ) as started:
-        yield started
+jwt_node = node_fixture("edge-jwt", "--auth", "jwt", "--jwt-secret", JWT_SECRET)
 
 
 # -- a raw client ------------------------------------------------------------------------------
