@@ -31,9 +31,9 @@ from collections import deque
 
 import redis.asyncio
 from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from tidings.brokers.base import MessageHandler
 from tidings.brokers.redis_pubsub import PubSubConnection
