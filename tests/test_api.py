@@ -8,6 +8,8 @@ import subprocess
 import aiohttp
 import pytest
 
+from tidings.server.app import VENDOR_DIR
+
 from .conftest import StartServer, TidingsServer, free_port
 from .stompws import StompWs
 
@@ -137,13 +139,18 @@ async def test_health_ready_and_openapi(server: TidingsServer) -> None:
                     assert r.status not in (404, 405), (method, path, r.status)
 
 
-async def test_demo_page_and_its_client_library(server: TidingsServer) -> None:
+async def test_demo_page_and_its_client_libraries(server: TidingsServer) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{server.http_url}/") as r:
             assert r.status == 200 and r.content_type == "text/html"
             assert "/vendor/stomp.umd.min.js" in await r.text()
-        async with http.get(f"{server.http_url}/vendor/stomp.umd.min.js") as r:
-            assert r.status == 200, "run ./run setup to install the npm client libraries"
-            assert "StompJs" in await r.text()
-        async with http.get(f"{server.http_url}/vendor/nope.js") as r:
-            assert r.status == 404
+        # Served from the package (static/vendor/), byte for byte.
+        for name in ("stomp.umd.min.js", "sockjs.min.js"):
+            async with http.get(f"{server.http_url}/vendor/{name}") as r:
+                assert r.status == 200
+                assert r.content_type == "text/javascript"
+                assert await r.read() == (VENDOR_DIR / name).read_bytes()
+        for missing in ("nope.js", "manifest.json", "..%2Fvendor%2Fsockjs.min.js"):
+            async with http.get(f"{server.http_url}/vendor/{missing}") as r:
+                assert r.status == 404
+                assert (await r.json())["error"] == "not_found"

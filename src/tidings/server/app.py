@@ -40,18 +40,11 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 GC_YOUNG_THRESHOLD = 10_000  # tracked allocations between young collections (default 700)
-# Browser libraries are installed from npm by `./run setup`, never committed.
-VENDOR_FILES = {
-    "stomp.umd.min.js": "@stomp/stompjs/bundles/stomp.umd.min.js",
-    "sockjs.min.js": "sockjs-client/dist/sockjs.min.js",
-}
-
-
-def node_modules_dir() -> Path:
-    configured = os.environ.get("TIDINGS_NODE_MODULES")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[3] / "node_modules"
+# The browser bundles the package ships (static/vendor/manifest.json: npm package, version,
+# license, sha256; copied from node_modules by `./run vendor`, tests/test_vendor.py).
+VENDOR_DIR = STATIC_DIR / "vendor"
+VENDOR_FILES = frozenset({"stomp.umd.min.js", "sockjs.min.js"})
+JAVASCRIPT = "text/javascript; charset=utf-8"
 
 
 def build_node(config: Config) -> Node:
@@ -244,11 +237,12 @@ class Server:
         return web.FileResponse(STATIC_DIR / "index.html")
 
     async def vendor(self, request: web.Request) -> web.StreamResponse:
-        relative = VENDOR_FILES.get(request.match_info["name"])
-        path = node_modules_dir() / relative if relative else None
-        if path is None or not path.is_file():
-            return error_response(404, "not_found", "client library not installed: run ./run setup")
-        return web.FileResponse(path)
+        name = request.match_info["name"]
+        if name not in VENDOR_FILES:
+            served = ", ".join(sorted(VENDOR_FILES))
+            return error_response(404, "not_found", f"no such client library; served: {served}")
+        # RFC 9239's type, not whatever the host's mimetypes table says.
+        return web.FileResponse(VENDOR_DIR / name, headers={"Content-Type": JAVASCRIPT})
 
     # -- lifecycle -----------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
