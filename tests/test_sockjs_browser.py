@@ -14,6 +14,10 @@ The page is loaded from two places:
 
 Then the demo page at / connects, shows a published notification, and is photographed for
 the docs (docs/demo.png, rewritten when TIDINGS_UPDATE_SCREENSHOT=1 or missing).
+
+Every test runs twice: against this checkout (``python -m tidings``), and against the
+wheel installed into a virtualenv outside the checkout (tests/wheel_support.py), which
+must serve the demo page and both bundles from the package alone.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -31,7 +35,8 @@ from aiohttp import web
 
 from .browser import Browser
 from .conftest import free_port
-from .sockjs_support import Node, node_fixture
+from .sockjs_support import Node, running_node
+from .wheel_support import InstalledWheel
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -93,7 +98,21 @@ window.stop = (transport) => window.runs[transport].client.deactivate();
 """
 
 
-node = node_fixture("sockjs-browser", "--send-allow", "/topic/chat/**")
+NODE_ARGS = ("--send-allow", "/topic/chat/**")
+
+
+@pytest.fixture(scope="module", params=["checkout", "wheel"])
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
+    """A node of this checkout, or of the installed wheel."""
+    program = None
+    if request.param == "wheel":
+        installed: InstalledWheel = request.getfixturevalue("installed_wheel")
+        program = installed.program
+    log_dir = tmp_path_factory.mktemp(f"sockjs-browser-{request.param}")
+    with running_node(log_dir, *NODE_ARGS, program=program) as started:
+        yield started
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

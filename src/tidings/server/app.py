@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # src/tidings, or an installed one
 STATIC_DIR = Path(__file__).parent / "static"
 GC_YOUNG_THRESHOLD = 10_000  # tracked allocations between young collections (default 700)
 # The browser bundles the package ships (static/vendor/manifest.json: npm package, version,
@@ -257,6 +258,8 @@ class Server:
         # every few thousand connects (docs/decisions.md, GC in connection storms).
         gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
         log.info("node %s ready on %s:%d", self.node.id, self.config.host, self.config.port)
+        # Which installation runs (a checkout or an installed wheel; tests/test_wheel.py).
+        log.debug("tidings %s from %s", __version__, PACKAGE_DIR)
 
     async def on_shutdown(self, app: web.Application) -> None:
         self.shutting_down = True
