@@ -134,6 +134,7 @@ async def test_health_ready_and_openapi(server: TidingsServer) -> None:
         # Every documented operation exists on the server (no 404/405).
         for path, operations in document["paths"].items():
             concrete = path.replace("{user}", "42").replace("{topic}", "public")
+            concrete = concrete.replace("{name}", "sockjs.min.js")
             for method in operations:
                 async with http.request(method, server.http_url + concrete, data="{}") as r:
                     assert r.status not in (404, 405), (method, path, r.status)
@@ -150,6 +151,10 @@ async def test_demo_page_and_its_client_libraries(server: TidingsServer) -> None
                 assert r.status == 200
                 assert r.content_type == "text/javascript"
                 assert await r.read() == (VENDOR_DIR / name).read_bytes()
+        async with http.get(f"{server.http_url}/favicon.ico") as r:
+            assert r.status == 200 and r.content_type == "image/x-icon"
+            icon = await r.read()
+            assert icon[:4] == b"\0\0\1\0" and icon[22:26] == b"\x89PNG"  # ICO holding a PNG
         for missing in ("nope.js", "manifest.json", "..%2Fvendor%2Fsockjs.min.js"):
             async with http.get(f"{server.http_url}/vendor/{missing}") as r:
                 assert r.status == 404

@@ -237,6 +237,12 @@ class Server:
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html")
 
+    async def favicon(self, request: web.Request) -> web.FileResponse:
+        # A 32x32 PNG in an ICO container: what a browser asks for unless a page links an icon.
+        return web.FileResponse(
+            STATIC_DIR / "favicon.ico", headers={"Content-Type": "image/x-icon"}
+        )
+
     async def vendor(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if name not in VENDOR_FILES:
@@ -289,6 +295,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", server.metrics)
     app.router.add_get("/api/v1/openapi.json", server.openapi)
     app.router.add_get("/", server.index)
+    app.router.add_get("/favicon.ico", server.favicon)
     app.router.add_get("/vendor/{name}", server.vendor)
     app.router.add_routes(server.api.routes())
     app.on_startup.append(server.on_startup)

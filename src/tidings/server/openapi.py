@@ -23,6 +23,7 @@ ERROR_CODES = (
     "forbidden",
     "too_large",
     "broker_unavailable",
+    "not_found",
 )
 LEGACY_ANSWER = "发送成功"  # the Spring seed's exact 200 body ("sent successfully")
 
@@ -88,6 +89,7 @@ def openapi_document(*, version: str) -> dict[str, object]:
             {"name": "presence", "description": "Who is online, across every node."},
             {"name": "inbox", "description": "Each user's durable inbox and read state."},
             {"name": "operations", "description": "Probes and this document."},
+            {"name": "demo", "description": "The demo page and the files it loads."},
         ],
         "paths": _paths(),
         "components": {
@@ -118,6 +120,9 @@ def _paths() -> Json:
         "/readyz": {"get": _readyz()},
         "/metrics": {"get": _metrics()},
         "/api/v1/openapi.json": {"get": _openapi_json()},
+        "/": {"get": _demo_page()},
+        "/favicon.ico": {"get": _favicon()},
+        "/vendor/{name}": {"get": _vendor_file()},
     }
 
 
@@ -372,6 +377,54 @@ def _openapi_json() -> Json:
                 "description": "The OpenAPI document.",
                 "content": {"application/json": {"schema": {"type": "object"}}},
             }
+        },
+    }
+
+
+def _demo_page() -> Json:
+    return _static_file(
+        "demoPage",
+        "The demo page: connects as user 42 over STOMP and shows notifications",
+        "The page.",
+        "text/html",
+    )
+
+
+def _favicon() -> Json:
+    return _static_file("favicon", "The icon browsers ask for", "A 32x32 icon.", "image/x-icon")
+
+
+def _vendor_file() -> Json:
+    operation = _static_file(
+        "vendorFile",
+        "A browser client library shipped in the package (@stomp/stompjs, sockjs-client)",
+        "The script.",
+        "text/javascript",
+    )
+    operation["parameters"] = [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "description": "The bundle's file name.",
+            "schema": {"type": "string", "enum": ["stomp.umd.min.js", "sockjs.min.js"]},
+        }
+    ]
+    operation["responses"]["404"] = {
+        "description": "No such file.",
+        "content": _json_content("Error"),
+    }
+    return operation
+
+
+def _static_file(operation_id: str, summary: str, description: str, media_type: str) -> Json:
+    return {
+        "operationId": operation_id,
+        "tags": ["demo"],
+        "summary": summary,
+        "security": [],
+        "responses": {
+            "200": {"description": description, "content": {media_type: {"schema": {}}}},
         },
     }
 
