@@ -1,4 +1,4 @@
-"""The publish API over real HTTP: the seed's contract, v1, errors, health, OpenAPI."""
+"""The publish API over real HTTP: Spring's contract, v1, errors, health, OpenAPI."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ async def post(url: str, data: bytes | str, **headers: str) -> tuple[int, object
         return r.status, await r.text()
 
 
-async def test_push_to_one_test_keeps_the_seed_contract(server: TidingsServer) -> None:
+async def test_push_to_one_test_keeps_springs_contract(server: TidingsServer) -> None:
     client = await StompWs.open(server.ws_url("/privateServer"))
     try:
         await client.connect()

@@ -185,7 +185,7 @@ def test_legacy_request(doc: dict[str, Any]) -> None:
     assert "type" not in deref(doc, schema["properties"]["content"])  # any JSON value
 
 
-def test_legacy_answer_is_the_seed_text(doc: dict[str, Any]) -> None:
+def test_legacy_answer_is_springs_text(doc: dict[str, Any]) -> None:
     ok = operation(doc, "/pushToOneTest", "post")["responses"]["200"]
     assert set(ok["content"]) == {"text/plain"}
     assert ok["content"]["text/plain"]["schema"]["const"] == "发送成功"

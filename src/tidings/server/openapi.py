@@ -25,12 +25,13 @@ ERROR_CODES = (
     "broker_unavailable",
     "not_found",
 )
-LEGACY_ANSWER = "发送成功"  # the Spring seed's exact 200 body ("sent successfully")
+LEGACY_ANSWER = "发送成功"  # the Spring Boot service's exact 200 body ("sent successfully")
 
 _DESCRIPTION = """\
 Real-time notifications over STOMP 1.2 on WebSocket (`/stomp`). These HTTP endpoints
 publish messages to connected STOMP subscribers. Bodies are JSON in, JSON out (except
-the legacy `/pushToOneTest` answer, kept byte-for-byte from the Spring seed)."""
+the legacy `/pushToOneTest` answer, kept byte-for-byte from the Spring Boot service
+Tidings replaces)."""
 
 _SECURITY_DESCRIPTION = """\
 The API key configured on the server, sent as `Authorization: Bearer <key>`.
@@ -85,7 +86,11 @@ def openapi_document(*, version: str) -> dict[str, object]:
         "info": {"title": "Tidings", "version": version, "description": _DESCRIPTION},
         "tags": [
             {"name": "messages", "description": "Publish to STOMP subscribers."},
-            {"name": "legacy", "description": "The Spring seed's contract, kept as-is."},
+            {
+                "name": "legacy",
+                "description": "Spring's contract (the Spring Boot service Tidings replaces),"
+                " kept as-is.",
+            },
             {"name": "presence", "description": "Who is online, across every node."},
             {"name": "inbox", "description": "Each user's durable inbox and read state."},
             {"name": "operations", "description": "Probes and this document."},
@@ -237,12 +242,13 @@ def _legacy_push() -> Json:
     return _publish_operation(
         operation_id="pushToOneTest",
         tag="legacy",
-        summary="Send content to one user (legacy Spring seed contract)",
+        summary="Send content to one user (Spring's contract, kept as-is)",
         description="Delivers `content` to the STOMP destination `/user/{to}/message`.",
         request_schema="LegacyPushRequest",
         success={
             "200": {
-                "description": "Delivered to the broker; the body is the seed's exact answer.",
+                "description": "Delivered to the broker; the body is the Spring service's"
+                " exact answer.",
                 "content": {
                     "text/plain": {
                         "schema": {"type": "string", "const": LEGACY_ANSWER},
@@ -440,11 +446,11 @@ def _schemas() -> Json:
             {
                 "code": {
                     "type": "string",
-                    "description": "Seed contract field; not used for routing.",
+                    "description": "Field of Spring's contract; not used for routing.",
                 },
                 "form": {
                     "type": "string",
-                    "description": "Seed contract field (the sender); not used for routing.",
+                    "description": "Field of Spring's contract (the sender); not used for routing.",
                 },
                 "to": {
                     "type": ["string", "integer"],
