@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tidings.publish_rules import MAX_BATCH
+from tidings.server.app import VENDOR_FILES
 from tidings.server.openapi import RESERVED_HEADERS, openapi_document
 
 POST_ERRORS = {"400", "401", "403", "413", "503"}
@@ -25,6 +26,9 @@ OPERATIONS = {
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
     ("/api/v1/openapi.json", "get"): {"200"},
+    ("/", "get"): {"200"},
+    ("/favicon.ico", "get"): {"200"},
+    ("/vendor/{name}", "get"): {"200", "404"},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -181,7 +185,7 @@ def test_legacy_request(doc: dict[str, Any]) -> None:
     assert "type" not in deref(doc, schema["properties"]["content"])  # any JSON value
 
 
-def test_legacy_answer_is_the_seed_text(doc: dict[str, Any]) -> None:
+def test_legacy_answer_is_springs_text(doc: dict[str, Any]) -> None:
     ok = operation(doc, "/pushToOneTest", "post")["responses"]["200"]
     assert set(ok["content"]) == {"text/plain"}
     assert ok["content"]["text/plain"]["schema"]["const"] == "发送成功"
@@ -260,6 +264,14 @@ def test_error_schema_is_used_by_every_post_error(doc: dict[str, Any]) -> None:
         if method == "post":
             for status in POST_ERRORS:
                 assert response_schema(doc, path, method, status) is error
+
+
+def test_demo_files(doc: dict[str, Any]) -> None:
+    favicon = operation(doc, "/favicon.ico", "get")["responses"]["200"]
+    assert set(favicon["content"]) == {"image/x-icon"}
+    (name,) = operation(doc, "/vendor/{name}", "get")["parameters"]
+    assert set(name["schema"]["enum"]) == VENDOR_FILES  # what the server serves
+    assert set(operation(doc, "/", "get")["responses"]["200"]["content"]) == {"text/html"}
 
 
 def test_probe_answers(doc: dict[str, Any]) -> None:

@@ -169,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(
         serve,
         "--legacy-channel",
-        "also deliver the seed's {code, form, to, content} JSON published on this Redis "
-        "channel (e.g. webSocketMsgPush), as /pushToOneTest does; needs a redis:// broker",
+        "also deliver the Spring Boot service's {code, form, to, content} JSON published on "
+        "this Redis channel (e.g. webSocketMsgPush), as /pushToOneTest does; needs a "
+        "redis:// broker",
     )
     _add(
         serve,

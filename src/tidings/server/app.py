@@ -38,20 +38,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # src/tidings, or an installed one
 STATIC_DIR = Path(__file__).parent / "static"
 GC_YOUNG_THRESHOLD = 10_000  # tracked allocations between young collections (default 700)
-# Browser libraries are installed from npm by `./run setup`, never committed.
-VENDOR_FILES = {
-    "stomp.umd.min.js": "@stomp/stompjs/bundles/stomp.umd.min.js",
-    "sockjs.min.js": "sockjs-client/dist/sockjs.min.js",
-}
-
-
-def node_modules_dir() -> Path:
-    configured = os.environ.get("TIDINGS_NODE_MODULES")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[3] / "node_modules"
+# The browser bundles the package ships (static/vendor/manifest.json: npm package, version,
+# license, sha256; copied from node_modules by `./run vendor`, tests/test_vendor.py).
+VENDOR_DIR = STATIC_DIR / "vendor"
+VENDOR_FILES = frozenset({"stomp.umd.min.js", "sockjs.min.js"})
+JAVASCRIPT = "text/javascript; charset=utf-8"
 
 
 def build_node(config: Config) -> Node:
@@ -243,12 +237,19 @@ class Server:
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html")
 
+    async def favicon(self, request: web.Request) -> web.FileResponse:
+        # A 32x32 PNG in an ICO container: what a browser asks for unless a page links an icon.
+        return web.FileResponse(
+            STATIC_DIR / "favicon.ico", headers={"Content-Type": "image/x-icon"}
+        )
+
     async def vendor(self, request: web.Request) -> web.StreamResponse:
-        relative = VENDOR_FILES.get(request.match_info["name"])
-        path = node_modules_dir() / relative if relative else None
-        if path is None or not path.is_file():
-            return error_response(404, "not_found", "client library not installed: run ./run setup")
-        return web.FileResponse(path)
+        name = request.match_info["name"]
+        if name not in VENDOR_FILES:
+            served = ", ".join(sorted(VENDOR_FILES))
+            return error_response(404, "not_found", f"no such client library; served: {served}")
+        # RFC 9239's type, not whatever the host's mimetypes table says.
+        return web.FileResponse(VENDOR_DIR / name, headers={"Content-Type": JAVASCRIPT})
 
     # -- lifecycle -----------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
@@ -263,6 +264,8 @@ class Server:
         # every few thousand connects (docs/decisions.md, GC in connection storms).
         gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
         log.info("node %s ready on %s:%d", self.node.id, self.config.host, self.config.port)
+        # Which installation runs (a checkout or an installed wheel; tests/test_wheel.py).
+        log.debug("tidings %s from %s", __version__, PACKAGE_DIR)
 
     async def on_shutdown(self, app: web.Application) -> None:
         self.shutting_down = True
@@ -292,6 +295,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", server.metrics)
     app.router.add_get("/api/v1/openapi.json", server.openapi)
     app.router.add_get("/", server.index)
+    app.router.add_get("/favicon.ico", server.favicon)
     app.router.add_get("/vendor/{name}", server.vendor)
     app.router.add_routes(server.api.routes())
     app.on_startup.append(server.on_startup)

@@ -23,13 +23,15 @@ ERROR_CODES = (
     "forbidden",
     "too_large",
     "broker_unavailable",
+    "not_found",
 )
-LEGACY_ANSWER = "发送成功"  # the Spring seed's exact 200 body ("sent successfully")
+LEGACY_ANSWER = "发送成功"  # the Spring Boot service's exact 200 body ("sent successfully")
 
 _DESCRIPTION = """\
 Real-time notifications over STOMP 1.2 on WebSocket (`/stomp`). These HTTP endpoints
 publish messages to connected STOMP subscribers. Bodies are JSON in, JSON out (except
-the legacy `/pushToOneTest` answer, kept byte-for-byte from the Spring seed)."""
+the legacy `/pushToOneTest` answer, kept byte-for-byte from the Spring Boot service
+Tidings replaces)."""
 
 _SECURITY_DESCRIPTION = """\
 The API key configured on the server, sent as `Authorization: Bearer <key>`.
@@ -84,10 +86,15 @@ def openapi_document(*, version: str) -> dict[str, object]:
         "info": {"title": "Tidings", "version": version, "description": _DESCRIPTION},
         "tags": [
             {"name": "messages", "description": "Publish to STOMP subscribers."},
-            {"name": "legacy", "description": "The Spring seed's contract, kept as-is."},
+            {
+                "name": "legacy",
+                "description": "Spring's contract (the Spring Boot service Tidings replaces),"
+                " kept as-is.",
+            },
             {"name": "presence", "description": "Who is online, across every node."},
             {"name": "inbox", "description": "Each user's durable inbox and read state."},
             {"name": "operations", "description": "Probes and this document."},
+            {"name": "demo", "description": "The demo page and the files it loads."},
         ],
         "paths": _paths(),
         "components": {
@@ -118,6 +125,9 @@ def _paths() -> Json:
         "/readyz": {"get": _readyz()},
         "/metrics": {"get": _metrics()},
         "/api/v1/openapi.json": {"get": _openapi_json()},
+        "/": {"get": _demo_page()},
+        "/favicon.ico": {"get": _favicon()},
+        "/vendor/{name}": {"get": _vendor_file()},
     }
 
 
@@ -232,12 +242,13 @@ def _legacy_push() -> Json:
     return _publish_operation(
         operation_id="pushToOneTest",
         tag="legacy",
-        summary="Send content to one user (legacy Spring seed contract)",
+        summary="Send content to one user (Spring's contract, kept as-is)",
         description="Delivers `content` to the STOMP destination `/user/{to}/message`.",
         request_schema="LegacyPushRequest",
         success={
             "200": {
-                "description": "Delivered to the broker; the body is the seed's exact answer.",
+                "description": "Delivered to the broker; the body is the Spring service's"
+                " exact answer.",
                 "content": {
                     "text/plain": {
                         "schema": {"type": "string", "const": LEGACY_ANSWER},
@@ -376,6 +387,54 @@ def _openapi_json() -> Json:
     }
 
 
+def _demo_page() -> Json:
+    return _static_file(
+        "demoPage",
+        "The demo page: connects as user 42 over STOMP and shows notifications",
+        "The page.",
+        "text/html",
+    )
+
+
+def _favicon() -> Json:
+    return _static_file("favicon", "The icon browsers ask for", "A 32x32 icon.", "image/x-icon")
+
+
+def _vendor_file() -> Json:
+    operation = _static_file(
+        "vendorFile",
+        "A browser client library shipped in the package (@stomp/stompjs, sockjs-client)",
+        "The script.",
+        "text/javascript",
+    )
+    operation["parameters"] = [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "description": "The bundle's file name.",
+            "schema": {"type": "string", "enum": ["stomp.umd.min.js", "sockjs.min.js"]},
+        }
+    ]
+    operation["responses"]["404"] = {
+        "description": "No such file.",
+        "content": _json_content("Error"),
+    }
+    return operation
+
+
+def _static_file(operation_id: str, summary: str, description: str, media_type: str) -> Json:
+    return {
+        "operationId": operation_id,
+        "tags": ["demo"],
+        "summary": summary,
+        "security": [],
+        "responses": {
+            "200": {"description": description, "content": {media_type: {"schema": {}}}},
+        },
+    }
+
+
 # --- components -------------------------------------------------------------------
 
 
@@ -387,11 +446,11 @@ def _schemas() -> Json:
             {
                 "code": {
                     "type": "string",
-                    "description": "Seed contract field; not used for routing.",
+                    "description": "Field of Spring's contract; not used for routing.",
                 },
                 "form": {
                     "type": "string",
-                    "description": "Seed contract field (the sender); not used for routing.",
+                    "description": "Field of Spring's contract (the sender); not used for routing.",
                 },
                 "to": {
                     "type": ["string", "integer"],
