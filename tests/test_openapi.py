@@ -26,6 +26,8 @@ OPERATIONS = {
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
     ("/api/v1/openapi.json", "get"): {"200"},
+    ("/api/v1/openapi.yaml", "get"): {"200"},
+    ("/api/v1/docs", "get"): {"200"},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 

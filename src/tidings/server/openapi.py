@@ -163,6 +163,8 @@ def _paths() -> Json:
         "/readyz": {"get": _readyz()},
         "/metrics": {"get": _metrics()},
         "/api/v1/openapi.json": {"get": _openapi_json()},
+        "/api/v1/openapi.yaml": {"get": _openapi_yaml()},
+        "/api/v1/docs": {"get": _api_docs()},
     }
 
 
@@ -416,6 +418,36 @@ def _openapi_json() -> Json:
             "200": {
                 "description": "The OpenAPI document.",
                 "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    }
+
+
+def _openapi_yaml() -> Json:
+    return {
+        "operationId": "openapiDocumentYaml",
+        "tags": ["operations"],
+        "summary": "This OpenAPI 3.1 document as YAML",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The OpenAPI document.",
+                "content": {"application/yaml": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
+
+def _api_docs() -> Json:
+    return {
+        "operationId": "apiDocs",
+        "tags": ["operations"],
+        "summary": "This document rendered for people (an HTML page shipped with the server)",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The page; it renders openapi.json in the browser.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
             }
         },
     }
