@@ -28,6 +28,7 @@ from tidings.presence import MemoryPresence, Presence
 from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
 from tidings.server.edge import STOMP_SUBPROTOCOLS, start_websocket
 from tidings.server.openapi import openapi_document
+from tidings.server.openapi_yaml import to_yaml
 from tidings.server.session import CLOSE_GOING_AWAY, StompSession
 from tidings.server.sockjs import add_sockjs_routes, greeting_response
 from tidings.stomp.connection import ConnectRequested, State
@@ -234,6 +235,15 @@ class Server:
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document(version=__version__))
 
+    async def openapi_yaml(self, request: web.Request) -> web.Response:
+        """The same document as YAML (media type ``application/yaml``, RFC 9512)."""
+        text = to_yaml(openapi_document(version=__version__))
+        return web.Response(text=text, content_type="application/yaml", charset="utf-8")
+
+    async def api_docs(self, request: web.Request) -> web.FileResponse:
+        """The document rendered for people by a page shipped in the package (no CDN)."""
+        return web.FileResponse(STATIC_DIR / "api-docs.html")
+
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html")
 
@@ -294,6 +304,8 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/readyz", server.readyz)
     app.router.add_get("/metrics", server.metrics)
     app.router.add_get("/api/v1/openapi.json", server.openapi)
+    app.router.add_get("/api/v1/openapi.yaml", server.openapi_yaml)
+    app.router.add_get("/api/v1/docs", server.api_docs)
     app.router.add_get("/", server.index)
     app.router.add_get("/favicon.ico", server.favicon)
     app.router.add_get("/vendor/{name}", server.vendor)

@@ -7,11 +7,27 @@ operation and is only mentioned in ``info.description``.
 
 from typing import Any
 
-from tidings.publish_rules import MAX_BATCH, MAX_IDEMPOTENCY_KEY, RESERVED_HEADERS
+from tidings.publish_rules import (
+    DESTINATION_PATTERN,
+    HEADER_NAME_PATTERN,
+    HEADER_VALUE_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
+    INBOX_ID_PATTERN,
+    MAX_BATCH,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_NAME,
+    RESERVED_HEADERS,
+    TOPIC_PATTERN,
+    USER_PATTERN,
+)
 
 __all__ = ["OPENAPI_VERSION", "RESERVED_HEADERS", "openapi_document"]
 
 OPENAPI_VERSION = "3.1.0"
+MAX_SAFE_INTEGER = 2**53 - 1
+"""The largest integer every JSON parser reads exactly (ECMA-262 Number.MAX_SAFE_INTEGER)."""
+MAX_PRESENCE_QUERY = 10_000
+"""Most users one presence query asks about."""
 
 Json = dict[str, Any]
 
@@ -44,19 +60,48 @@ The message body. A JSON string is delivered as-is with content-type
 `text/plain;charset=UTF-8`; any other JSON value is serialized and delivered with
 content-type `application/json;charset=UTF-8`."""
 
-_IDEMPOTENCY_FIELD = {
+_IDEMPOTENCY_KEY = {
     "type": "string",
     "minLength": 1,
     "maxLength": MAX_IDEMPOTENCY_KEY,
-    "description": "Idempotency key (as the Idempotency-Key header): a retried publish with the"
-    " same key within 24 h is stored once and answers the first id.",
+    "pattern": IDEMPOTENCY_KEY_PATTERN,
+}
+_IDEMPOTENCY_DESCRIPTION = (
+    "Idempotency key (as the Idempotency-Key header): a retried publish with the same key"
+    " within 24 h is stored once and answers the first id. Text without control characters."
+)
+_IDEMPOTENCY_FIELD = _IDEMPOTENCY_KEY | {
+    "type": ["string", "null"],
+    "description": _IDEMPOTENCY_DESCRIPTION + " `null` is the same as no key. When the"
+    " Idempotency-Key header is given too, both must be valid and the header's is used.",
+}
+_USER_ID = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME,
+    "pattern": USER_PATTERN,
+    "description": "A user id: text without control characters or `/`, not only white space.",
+}
+_TOPIC_NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME,
+    "pattern": TOPIC_PATTERN,
+    "description": "A topic name: text without control characters, in `/`-separated"
+    " segments (`a/b`), none empty.",
+}
+_INBOX_ID = {
+    "type": "string",
+    "pattern": INBOX_ID_PATTERN,
+    "description": "An inbox id, `<ms>-<seq>` (STOMP `tidings-id`); `0` is before the first.",
 }
 
 _DESTINATION_FIELD = {
     "type": "string",
-    "pattern": "^(?!.*//)/.+$",
+    "pattern": DESTINATION_PATTERN,
     "default": "/message",
-    "description": "User-relative destination: starts with `/`, no empty segment.",
+    "description": "User-relative destination: starts with `/`, no empty segment, no control"
+    " character.",
 }
 
 _BATCH_DESCRIPTION = f"""\
@@ -125,6 +170,8 @@ def _paths() -> Json:
         "/readyz": {"get": _readyz()},
         "/metrics": {"get": _metrics()},
         "/api/v1/openapi.json": {"get": _openapi_json()},
+        "/api/v1/openapi.yaml": {"get": _openapi_yaml()},
+        "/api/v1/docs": {"get": _api_docs()},
         "/": {"get": _demo_page()},
         "/favicon.ico": {"get": _favicon()},
         "/vendor/{name}": {"get": _vendor_file()},
@@ -140,7 +187,7 @@ def _api_get(
         "tags": [tag],
         "summary": summary,
         "security": [{"bearer": []}, {}],
-        "parameters": [_path_parameter("user", "The user id.")],
+        "parameters": [_path_parameter("user", "The user id.", _USER_ID)],
         "responses": {"200": {"description": summary, "content": _json_content(schema)}}
         | {status: _ref("responses", _ERRORS[status][0]) for status in statuses},
     }
@@ -158,7 +205,7 @@ def _inbox_listing() -> Json:
             "name": "after",
             "in": "query",
             "description": "Inbox id to list after; `0` (default) lists from the oldest.",
-            "schema": {"type": "string", "default": "0"},
+            "schema": _INBOX_ID | {"default": "0"},
         },
         {
             "name": "limit",
@@ -174,7 +221,7 @@ def _inbox_unread() -> Json:
         "inboxUnread",
         "How many retained messages the user has not read",
         "Unread",
-        statuses=("401", "403", "503"),
+        statuses=("400", "401", "403", "503"),
     )
 
 
@@ -192,7 +239,7 @@ def _inbox_read() -> Json:
             "200": {"description": "The unread count after.", "content": _json_content("Unread")}
         },
     )
-    operation["parameters"] = [_path_parameter("user", "The user id.")]
+    operation["parameters"] = [_path_parameter("user", "The user id.", _USER_ID)]
     return operation
 
 
@@ -201,7 +248,7 @@ def _user_presence() -> Json:
         "userPresence",
         "Is one user online, on how many sessions and which nodes (cluster-wide)",
         "Presence",
-        statuses=("401", "403", "503"),
+        statuses=("400", "401", "403", "503"),
         tag="presence",
     )
 
@@ -265,8 +312,8 @@ def _idempotency_header() -> Json:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
-        "description": _IDEMPOTENCY_FIELD["description"],
+        "schema": _IDEMPOTENCY_KEY,
+        "description": _IDEMPOTENCY_DESCRIPTION,
     }
 
 
@@ -283,7 +330,7 @@ def _user_publish() -> Json:
         success=_accepted(),
     )
     operation["parameters"] = [
-        _path_parameter("user", "The recipient's user id."),
+        _path_parameter("user", "The recipient's user id.", _USER_ID),
         _idempotency_header(),
     ]
     return operation
@@ -299,7 +346,7 @@ def _topic_publish() -> Json:
         success=_accepted(),
     )
     operation["parameters"] = [
-        _path_parameter("topic", "The topic name; `/` separates segments (`a/b`), none empty."),
+        _path_parameter("topic", "The topic name.", _TOPIC_NAME),
         _idempotency_header(),
     ]
     return operation
@@ -387,6 +434,36 @@ def _openapi_json() -> Json:
     }
 
 
+def _openapi_yaml() -> Json:
+    return {
+        "operationId": "openapiDocumentYaml",
+        "tags": ["operations"],
+        "summary": "This OpenAPI 3.1 document as YAML",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The OpenAPI document.",
+                "content": {"application/yaml": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
+
+def _api_docs() -> Json:
+    return {
+        "operationId": "apiDocs",
+        "tags": ["operations"],
+        "summary": "This document rendered for people (an HTML page shipped with the server)",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The page; it renders openapi.json in the browser.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
+
 def _demo_page() -> Json:
     return _static_file(
         "demoPage",
@@ -445,17 +522,19 @@ def _schemas() -> Json:
         "LegacyPushRequest": _object(
             {
                 "code": {
-                    "type": "string",
-                    "description": "Field of Spring's contract; not used for routing.",
+                    "description": "Spring contract field; not used, any JSON value is taken.",
                 },
                 "form": {
-                    "type": "string",
-                    "description": "Field of Spring's contract (the sender); not used for routing.",
+                    "description": "Spring contract field (the sender); not used, any JSON"
+                    " value is taken.",
                 },
-                "to": {
+                "to": _USER_ID
+                | {
                     "type": ["string", "integer"],
-                    "minLength": 1,
-                    "description": "Recipient user id (an integer is taken as its decimal text).",
+                    "minimum": -MAX_SAFE_INTEGER,
+                    "maximum": MAX_SAFE_INTEGER,
+                    "description": "Recipient user id. Lenient as Spring's Jackson binding:"
+                    " an integer is taken as its decimal text.",
                 },
                 "content": _ref("schemas", "MessageBody"),
             },
@@ -548,8 +627,13 @@ def _schemas() -> Json:
         "ReadRequest": {
             "type": "object",
             "properties": {
-                "ids": {"type": "array", "items": {"type": "string"}},
-                "up_to": {"type": "string", "description": "Everything up to this id is read."},
+                "ids": {
+                    "type": "array",
+                    "items": _INBOX_ID,
+                    "description": "These messages are read (an empty list changes nothing).",
+                },
+                "up_to": _INBOX_ID
+                | {"type": ["string", "null"], "description": "Everything up to this id is read."},
             },
             "anyOf": [{"required": ["ids"]}, {"required": ["up_to"]}],
         },
@@ -565,8 +649,8 @@ def _schemas() -> Json:
             {
                 "users": {
                     "type": "array",
-                    "items": {"type": "string", "minLength": 1},
-                    "maxItems": 10000,
+                    "items": _USER_ID,
+                    "maxItems": MAX_PRESENCE_QUERY,
                 }
             },
             required=["users"],
@@ -595,12 +679,8 @@ def _batch_message() -> Json:
     """A message of a batch: a user's or a topic's request, with its recipient."""
     schema = _object(
         {
-            "user": {"type": "string", "minLength": 1, "description": "The recipient's user id."},
-            "topic": {
-                "type": "string",
-                "minLength": 1,
-                "description": "The topic name; `/` separates segments (`a/b`), none empty.",
-            },
+            "user": _USER_ID,
+            "topic": _TOPIC_NAME,
             "body": _ref("schemas", "MessageBody"),
             "destination": _DESTINATION_FIELD
             | {"description": "With `user` only: " + str(_DESTINATION_FIELD["description"])},
@@ -609,26 +689,32 @@ def _batch_message() -> Json:
         },
         required=["body"],
     )
-    schema["oneOf"] = [{"required": ["user"]}, {"required": ["topic"]}]
-    schema["description"] = "To one user (`user`) or on one topic (`topic`): exactly one."
+    schema["oneOf"] = [
+        {"required": ["user"], "not": {"required": ["topic"]}},
+        {
+            "required": ["topic"],
+            "not": {"anyOf": [{"required": ["user"]}, {"required": ["destination"]}]},
+        },
+    ]
+    schema["description"] = (
+        "To one user (`user`) or on one topic (`topic`): exactly one; `destination` only"
+        " with `user`."
+    )
     return schema
 
 
 def _stomp_headers() -> Json:
     """Extra STOMP MESSAGE headers (STOMP 1.2 §Augmenting, §Value Encoding)."""
     return {
-        "type": "object",
+        "type": ["object", "null"],
         "description": (
-            "Extra headers for the STOMP MESSAGE frame. Reserved names (compared"
+            "Extra headers for the STOMP MESSAGE frame (`null`: none). Reserved names (compared"
             " case-insensitively) may not be used: "
             + ", ".join(RESERVED_HEADERS)
             + ". `content-type` (any case) may be given to override the body's default."
         ),
-        "propertyNames": {
-            "pattern": "^[A-Za-z0-9_.-]{1,64}$",
-            "not": {"enum": list(RESERVED_HEADERS)},
-        },
-        "additionalProperties": {"type": "string", "pattern": "^[^\\r\\n\\u0000]*$"},
+        "propertyNames": {"pattern": HEADER_NAME_PATTERN},
+        "additionalProperties": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
     }
 
 
@@ -650,13 +736,13 @@ def _json_content(schema: str) -> Json:
     return {"application/json": {"schema": _ref("schemas", schema)}}
 
 
-def _path_parameter(name: str, description: str) -> Json:
+def _path_parameter(name: str, description: str, schema: Json) -> Json:
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string", "minLength": 1},
+        "schema": schema,
     }
 
 
