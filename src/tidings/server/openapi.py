@@ -443,7 +443,7 @@ def _openapi_yaml() -> Json:
         "responses": {
             "200": {
                 "description": "The OpenAPI document.",
-                "content": {"application/yaml": {"schema": {"type": "string"}}},
+                "content": {"application/yaml": {"schema": {"type": "object"}}},
             }
         },
     }
