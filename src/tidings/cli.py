@@ -250,9 +250,9 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "sockjs-disable-transport",
-        Many(Choice(choices=TRANSPORTS)),
+        Many(Choice(choices=TRANSPORTS, label="TRANSPORT")),
         [],
-        "SockJS transport to turn off, repeatable",
+        f"SockJS transport to turn off, repeatable: {', '.join(TRANSPORTS)}",
         "sockjs",
     ),
     Option(

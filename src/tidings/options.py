@@ -127,10 +127,11 @@ class Seconds(Kind):
 @dataclass
 class Choice(Kind):
     choices: tuple[str, ...] = ()
+    label: str = ""  # the metavar; "{a,b}" when empty
 
     @property
     def metavar(self) -> str:  # type: ignore[override]
-        return "{" + ",".join(self.choices) + "}"
+        return self.label or "{" + ",".join(self.choices) + "}"
 
     def check(self, value: str) -> str:
         if value.lower() not in self.choices:
