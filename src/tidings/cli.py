@@ -23,7 +23,7 @@ import signal
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -320,20 +320,15 @@ GROUPS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """argparse's one-line error (``tidings serve: error: ...``), exit code 2."""
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``tidings`` command line; ``tidings serve`` has every option of ``OPTIONS``."""
     return _build()[0]
 
 
 def _build() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    parser = _Parser(
+    # A bad option is argparse's error: the usage line, then "tidings serve: error: ...",
+    # exit code 2 (EXIT_USAGE).
+    parser = argparse.ArgumentParser(
         prog="tidings",
         description="Tidings: real-time notifications over STOMP/WebSocket.",
     )
@@ -384,22 +379,16 @@ def _add_flag(group: argparse._ArgumentGroup, option: Option) -> None:
 
 
 def _flag_type(option: Option) -> Any:
+    """argparse's ``type=``: the option's reading of one flag value, errors in its words."""
+
     def parse(text: str) -> Any:
-        value = option.kind.from_text(text)
-        return value[0] if option.kind.many else value
-
-    parse.__name__ = option.kind.expected  # argparse names it in "invalid ... value"
-    return _argparse_errors(parse)
-
-
-def _argparse_errors(parse: Any) -> Any:
-    def wrapped(text: str) -> Any:
         try:
-            return parse(text)
+            value = option.kind.from_text(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+        return value[0] if option.kind.many else value
 
-    return wrapped
+    return parse
 
 
 # -- from options to a Config -----------------------------------------------------------------
