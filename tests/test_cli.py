@@ -259,3 +259,16 @@ async def test_a_flood_of_bad_tokens_is_one_warning_line(tidings_server: StartSe
     assert " WARNING tidings.server.session: " in auth_lines[0]
     assert "invalid token signature" in auth_lines[0]
     assert bad not in log and API_KEY not in log
+
+
+def test_workers_that_cannot_start_stop_the_others_and_exit_1(redis_server: Any) -> None:
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        result = run_cli(
+            "serve", "--port", str(port), "--workers", "2", "--broker", redis_server.url
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in result.stderr
+    assert "Traceback" not in result.stderr and "listening on" not in result.stderr
