@@ -150,7 +150,7 @@ class StompSession:
         freed by reference counting, not left for a full collection (docs/decisions.md).
         """
         if not self.closed:
-            self._log_end("connection closed by the client")
+            self._log_end("connection ended without DISCONNECT")
         self.closed = True
         self._release()
         self.transport = None
