@@ -290,7 +290,9 @@ class RedisBroker:
                 await self._connect(link)
                 await self._serve(link)
             except (BrokerUnavailable, RedisError, OSError, TimeoutError, _Deaf) as exc:
-                if self._ready or failures == 0:
+                if not self._ever_ready and failures == 0:
+                    log.warning("redis unreachable: %s (retrying in the background)", exc)
+                elif self._ready or failures == 0:
                     log.warning("redis subscriber connection lost: %s", exc)
                 else:
                     log.debug("redis reconnect failed: %s", exc)

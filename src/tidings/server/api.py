@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -29,11 +30,16 @@ from tidings.config import Config
 from tidings.errors import BrokerUnavailable, InvalidPublish
 from tidings.inbox.base import Stored
 from tidings.inbox.read_state import parse_read_request
+from tidings.logs import RateLimited
 from tidings.message import Message, user_channel
 from tidings.server.openapi import LEGACY_ANSWER, MAX_PRESENCE_QUERY, MAX_SAFE_INTEGER
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
+
+log = logging.getLogger(__name__)
+# Refused publishers: one line per reason every 10 s, however many requests are refused.
+throttled = RateLimited(log)
 
 MAX_INBOX_PAGE = 1000
 
@@ -444,11 +450,20 @@ class PublishApi:
         if api_key:
             given = bearer_token(headers.get("authorization"))
             if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
+                reason = "API key missing" if given is None else "wrong API key"
+                caller = caller_address(peer, headers.get("x-forwarded-for"))
+                throttled.warning(reason, "publish refused: %s, from %s", reason, caller)
                 raise ApiError(
                     401, "unauthorized", "missing or wrong 'Authorization: Bearer <api key>'"
                 )
             return
-        if not _is_loopback(caller_address(peer, headers.get("x-forwarded-for"))):
+        caller = caller_address(peer, headers.get("x-forwarded-for"))
+        if not _is_loopback(caller):
+            throttled.warning(
+                "not loopback",
+                "publish refused: no --api-key is set and %s is not a loopback caller",
+                caller,
+            )
             raise ApiError(
                 403, "forbidden", "no --api-key is configured: only loopback callers may publish"
             )

@@ -101,17 +101,17 @@ class Server:
         )
         if not token:
             raise AuthError(
-                "authentication failed: no token (send 'Authorization: Bearer <jwt>' on CONNECT)"
+                "no token (send 'Authorization: Bearer <jwt>' on CONNECT)", reason="no token"
             )
-        try:
-            return self.verifier.verify(token)
-        except AuthError as exc:
-            raise AuthError(f"authentication failed: {exc}") from None
+        return self.verifier.verify(token)  # AuthError says why not
 
     def authorize_subscription(self, user: str | None, target: Route) -> None:
         """With ``--auth jwt`` a session may read only its own user's destinations."""
         if self.verifier is not None and target.user is not None and target.user != user:
-            raise AuthError(f"user {user} may not subscribe to messages of user {target.user}")
+            raise AuthError(
+                f"user {user} may not subscribe to messages of user {target.user}",
+                reason="subscription to another user",
+            )
 
     def send_allowed(self, destination: str) -> bool:
         return self._send_allow is not None and self._send_allow.fullmatch(destination) is not None
@@ -273,7 +273,7 @@ class Server:
         # per session, and with the default 700 the full passes over all sessions came
         # every few thousand connects (docs/decisions.md, GC in connection storms).
         gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
-        log.info("node %s ready on %s:%d", self.node.id, self.config.host, self.config.port)
+        # The start-up line is the CLI's, once the port is bound (cli.startup_line).
         # Which installation runs (a checkout or an installed wheel; tests/test_wheel.py).
         log.debug("tidings %s from %s", __version__, PACKAGE_DIR)
 
