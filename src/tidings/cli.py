@@ -179,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.presence_ttl_s,
     )
+    _add(
+        serve,
+        "--catchup-interval",
+        "seconds between two checks that every channel this node delivers is up to date "
+        "with its stored stream (missed live messages are then read from it); 0: never",
+        type=float,
+        default=defaults.catchup_interval_s,
+    )
     inbox = defaults.inbox
     _add(
         serve,
@@ -303,6 +311,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         gc_log=bool(args.gc_log),
         legacy_channel=args.legacy_channel or None,
         presence_ttl_s=float(args.presence_ttl),
+        catchup_interval_s=float(args.catchup_interval),
         inbox=InboxLimits(
             max_messages=int(args.inbox_max_messages),
             max_age_s=float(args.inbox_max_age),
