@@ -283,3 +283,49 @@ async def test_safety_net_delivers_a_stored_message_that_was_never_announced(
         assert (await node_metrics(node))["catchup_messages_total"] == 1
     finally:
         await client.close()
+
+
+async def test_missed_messages_beyond_retention_come_with_a_gap_header(
+    tidings_server: StartServer, durable_redis: RedisServer
+) -> None:
+    """Trimmed past what the node delivered: the next MESSAGE says tidings-gap:true."""
+    node = await tidings_server(
+        "--broker",
+        durable_redis.url,
+        "--node-id",
+        "A",
+        "--catchup-interval",
+        "0.3",
+        "--inbox-max-messages",
+        "3",
+    )
+    client = await StompWs.open(node.ws_url("/publicServer"))
+    try:
+        await client.connect(login="42")
+        await client.subscribe("sub-0", "/user/42/message")
+        async with aiohttp.ClientSession() as http:
+            url = f"{node.http_url}/api/v1/users/42/messages"
+            async with http.post(url, json={"body": "announced"}) as reply:
+                assert reply.status == 202
+                previous = (await reply.json())["id"]
+        await client.expect("MESSAGE", **{"tidings-id": previous})
+
+        # Five stored and never announced; the stream keeps three (MAXLEN 3).
+        redis = durable_redis.client()
+        silent = []
+        try:
+            for n in range(5):
+                stored = orjson.dumps(["", "u:42", "/message", f"s{n}", "text/plain", []])
+                fields = {"n": str(n + 2), "p": previous, "d": "/message", "m": stored}
+                previous = (
+                    await redis.xadd("tidings:inbox:u:42", fields, maxlen=3, approximate=False)
+                ).decode()
+                silent.append(previous)
+        finally:
+            await redis.aclose()
+        got = [await client.expect("MESSAGE", timeout=5) for _ in range(3)]
+        assert [m.get("tidings-id") for m in got] == silent[2:]
+        assert [m.get("tidings-gap") for m in got] == ["true", None, None]
+        assert (await node_metrics(node))["catchup_gaps_total"] == 1
+    finally:
+        await client.close()
