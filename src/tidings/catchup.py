@@ -40,6 +40,7 @@ from tidings.message import Message, id_key
 log = logging.getLogger(__name__)
 
 GAP_HEADER = "tidings-gap"
+"""Set to ``true`` on the MESSAGE (or RECEIPT) after which something was trimmed unseen."""
 PAGE = 200
 """Messages read per channel per round trip of a catch-up."""
 MAX_HELD = 10_000
