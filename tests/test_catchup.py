@@ -16,6 +16,7 @@ import pytest
 from tidings import catchup
 from tidings.brokers.memory import MemoryBroker
 from tidings.destinations import route
+from tidings.errors import BrokerUnavailable
 from tidings.hub import LocalSubscription
 from tidings.inbox.base import InboxLimits
 from tidings.inbox.memory import MemoryInbox
@@ -176,3 +177,30 @@ async def test_unsubscribed_channels_are_forgotten(node: Node) -> None:
         await asyncio.sleep(0)
     assert "u:8" not in node.catchup.last
     assert client.bodies == []
+
+
+async def test_a_failing_read_retries_then_a_bug_does_not_hold_live_messages_forever(
+    node: Node, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await subscribe(node, "4")
+    await baseline(node, "u:4")
+    real = node.inbox.histories
+    calls: list[str] = []
+
+    async def failing(after: dict[str, str], *, limit: int) -> object:
+        calls.append("call")
+        if len(calls) == 1:  # an outage: retried
+            raise BrokerUnavailable("redis unavailable: test")
+        if len(calls) == 2:  # a bug: given up, live delivery goes on
+            raise RuntimeError("a bug")
+        return await real(after, limit=limit)
+
+    monkeypatch.setattr(node.inbox, "histories", failing)
+    node.catchup.on_continuity(False)
+    await publish(node, "4", "held")
+    node.catchup.on_continuity(True)
+    await node.catchup.settle()
+    assert len(calls) == 2
+    assert client.bodies == [b"held"]  # released as it came
+    assert node.catchup.held == {}
+    assert "catch-up of 1 channels failed" in caplog.text

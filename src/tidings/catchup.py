@@ -208,6 +208,11 @@ class CatchUp:
                     failures += 1
                     log.info("catch-up of %d channels failed, retrying: %s", len(batch), exc)
                     await asyncio.sleep(min(RETRY_MAX_S, RETRY_INITIAL_S * 2**failures))
+                except Exception:
+                    # A bug, not an outage: do not hold these channels' live messages
+                    # forever. They go out as they came; the next check looks again.
+                    log.exception("catch-up of %d channels failed", len(batch))
+                    self._release(batch)
         finally:
             self._task = None
 
@@ -228,6 +233,10 @@ class CatchUp:
                     self._deliver_newer(channel, stored.message)
                 if len(history.messages) >= PAGE:
                     after[channel] = _id(self.last[channel])
+        self._release(channels)
+
+    def _release(self, channels: set[str]) -> None:
+        """Deliver the held live messages newer than the last delivered; go live."""
         for channel in channels:
             if self._deaf or channel in self._wanted or channel not in self.held:
                 continue  # lost again, or overflowed, meanwhile: read it again first
@@ -270,7 +279,7 @@ class CatchUp:
     def _set_baselines(self, tops: dict[str, str | None]) -> None:
         """A live message that arrived meanwhile already set a better starting point."""
         for channel, top in tops.items():
-            if channel not in self.last:
+            if channel not in self.last and self._keys_of(channel):  # still subscribed
                 self.last[channel] = id_key(top) if top is not None else (0, 0)
 
     # -- safety net ------------------------------------------------------------------
