@@ -88,6 +88,11 @@ def test_heartbeat_from_text_or_a_toml_array(tmp_path: Path) -> None:
     assert config(["--config", path]).heartbeat == (2000, 3000)
 
 
+def test_zero_turns_the_catch_up_safety_net_off() -> None:
+    assert config(["--catchup-interval", "0"], {}).catchup_interval_s == 0
+    assert config([], {}).catchup_interval_s == Config().catchup_interval_s > 0
+
+
 def test_an_empty_environment_variable_counts_as_unset() -> None:
     assert config([], {"TIDINGS_API_KEY": "", "TIDINGS_PORT": ""}) == Config()
 
@@ -99,6 +104,7 @@ def test_an_empty_environment_variable_counts_as_unset() -> None:
         ("port = '9908'", "tidings.toml: port: expected an integer, got a string ('9908')"),
         ("port = 99999", "tidings.toml: port: must be between 1 and 65535, got 99999"),
         ("head-timeout = 0", "tidings.toml: head-timeout: must be a positive number, got 0.0"),
+        ("catchup-interval = -1", "catchup-interval: must be a positive number or 0 (never)"),
         ("access-log = 'yes'", "tidings.toml: access-log: expected true or false, got a string"),
         ("send-allow = [1, 2]", "tidings.toml: send-allow: expected a list of strings"),
         ("max-frame-bytes = true", "max-frame-bytes: expected an integer, got a boolean"),

@@ -122,6 +122,14 @@ OPTIONS: tuple[Option, ...] = (
         "seconds after which the users of a node that stopped refreshing count as offline",
         "broker",
     ),
+    Option(
+        "catchup-interval",
+        Seconds(zero_means="never"),
+        _CONFIG.catchup_interval_s,
+        "seconds between two checks that every channel this node delivers is up to date "
+        "with its stored stream (missed live messages are then read from it); 0: never",
+        "broker",
+    ),
     # -- identity and permissions
     Option(
         "auth",
@@ -429,6 +437,7 @@ def config_from_options(values: Resolved) -> Config:
         gc_log=v["gc-log"],
         legacy_channel=v["legacy-channel"] or None,
         presence_ttl_s=v["presence-ttl"],
+        catchup_interval_s=v["catchup-interval"],
         inbox=InboxLimits(
             max_messages=v["inbox-max-messages"],
             max_age_s=v["inbox-max-age"],

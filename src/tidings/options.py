@@ -100,10 +100,12 @@ class Integer(Kind):
 
 @dataclass
 class Seconds(Kind):
-    """A positive number (of seconds, or of intervals)."""
+    """A positive number (of seconds, or of intervals); 0 too with ``zero_means``."""
 
     metavar: str = "SECONDS"
     expected: str = "a number"
+    zero_means: str = ""
+    """What 0 turns off, for options where it may (e.g. "never"); empty: 0 is refused."""
 
     def from_text(self, text: str) -> float:
         try:
@@ -118,8 +120,11 @@ class Seconds(Kind):
         return self.check(float(value))
 
     def check(self, value: float) -> float:
+        if value == 0 and self.zero_means:
+            return value
         if not value > 0 or value == float("inf"):
-            raise ValueError(f"must be a positive number, got {value}")
+            allowed = f" or 0 ({self.zero_means})" if self.zero_means else ""
+            raise ValueError(f"must be a positive number{allowed}, got {value}")
         return value
 
 

@@ -62,12 +62,25 @@ def build_node(config: Config) -> Node:
         broker = RedisBroker(config.broker, raw_channels=raw)
         presence: Presence = RedisPresence(broker.redis, node_id, ttl_s=config.presence_ttl_s)
         inbox = RedisInbox(broker, config.inbox)
-        return Node(broker, presence, inbox, node_id=node_id, legacy_channel=config.legacy_channel)
+        return Node(
+            broker,
+            presence,
+            inbox,
+            node_id=node_id,
+            legacy_channel=config.legacy_channel,
+            catchup_interval_s=config.catchup_interval_s,
+        )
     if config.legacy_channel:
         raise ValueError("--legacy-channel needs a redis:// broker")
     memory = broker_from_url(config.broker)  # ValueError naming the supported schemes
     assert isinstance(memory, MemoryBroker)
-    return Node(memory, MemoryPresence(node_id), MemoryInbox(memory, config.inbox), node_id=node_id)
+    return Node(
+        memory,
+        MemoryPresence(node_id),
+        MemoryInbox(memory, config.inbox),
+        node_id=node_id,
+        catchup_interval_s=config.catchup_interval_s,
+    )
 
 
 class Server:
@@ -218,6 +231,30 @@ class Server:
                 "counter",
                 "Broker subscriber reconnections",
                 [("", getattr(node.broker, "reconnects", 0))],
+            ),
+            (
+                "catchup_messages_total",
+                "counter",
+                "Stored messages missed live and delivered from the inbox by a catch-up",
+                [("", node.catchup.counters.messages)],
+            ),
+            (
+                "catchup_runs_total",
+                "counter",
+                "Catch-ups that read channels' streams (after a broker break or a check)",
+                [("", node.catchup.counters.runs)],
+            ),
+            (
+                "catchup_gaps_total",
+                "counter",
+                "Channels found trimmed past what this node had delivered",
+                [("", node.catchup.counters.gaps)],
+            ),
+            (
+                "catchup_checks_total",
+                "counter",
+                "Safety-net passes comparing every channel with its stream",
+                [("", node.catchup.counters.passes)],
             ),
         ]
         node_label = 'node="{}"'.format(node.id.replace("\\", "\\\\").replace('"', '\\"'))

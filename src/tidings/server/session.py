@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
+from tidings.catchup import GAP_HEADER
 from tidings.destinations import route
 from tidings.errors import AuthError, BrokerUnavailable, StompProtocolError
 from tidings.hub import LocalSubscription, SendFrame, encode_tail, opcode_for, send_message
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 throttled = RateLimited(log)
 
 RESUME_HEADER = "tidings-resume-after"
-GAP_HEADER = "tidings-gap"
 READ_DESTINATION = "/app/inbox/read"
 REPLAY_PAGE = 500
 MAX_REPLAY_BUFFER = 10_000  # live messages held while one subscription replays history
