@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import uvloop
@@ -361,34 +365,61 @@ def run_workers(config: Config, log_level: str = "info") -> int:
 
     Each worker is a full node with its own id (``<node-id>-w<i>``) bound with
     SO_REUSEPORT, so the kernel spreads connections over them; they meet through the broker.
+    Their /metrics answer for all of them (``<node-id>`` is their ``node`` label), from
+    prometheus-client multiprocess files in a private directory (``_metrics_dir``).
     Returns 0 when every worker exited cleanly.
     """
     base_id = config.node_id or secrets.token_hex(4)
     context = multiprocessing.get_context("spawn")
+    worker_config = config.replace(workers=1, reuse_port=True, metrics_node=base_id)
     workers = [
         context.Process(
             target=_worker,
-            args=(
-                config.replace(node_id=f"{base_id}-w{index}", workers=1, reuse_port=True),
-                log_level,
-            ),
+            args=(worker_config.replace(node_id=f"{base_id}-w{index}"), log_level),
             name=f"tidings-worker-{index}",
         )
         for index in range(config.workers)
     ]
-    for worker in workers:
-        worker.start()
-
-    def forward(signum: int, _frame: object) -> None:
+    with _metrics_dir() as mark_dead:
         for worker in workers:
-            if worker.pid is not None and worker.exitcode is None:
-                os.kill(worker.pid, signum)
+            worker.start()
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for worker in workers:
-        worker.join()
+        def forward(signum: int, _frame: object) -> None:
+            for worker in workers:
+                if worker.pid is not None and worker.exitcode is None:
+                    os.kill(worker.pid, signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        running = {worker.sentinel: worker for worker in workers}
+        while running:
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                worker = running.pop(cast("int", sentinel))  # sentinels are fds
+                worker.join()
+                mark_dead(worker.pid)
     return 0 if all(worker.exitcode == 0 for worker in workers) else 1
+
+
+@contextlib.contextmanager
+def _metrics_dir() -> Iterator[Callable[[int | None], None]]:
+    """A private PROMETHEUS_MULTIPROC_DIR for the workers, removed at exit; yields the
+    function that marks a worker dead (its live gauges leave /metrics, as the
+    prometheus-client docs ask of a multiprocess parent)."""
+    from prometheus_client import multiprocess  # noqa: PLC0415 - the parent's only use
+
+    from tidings.server.metrics import MULTIPROC_ENV  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="tidings-metrics-") as path:
+        os.environ[MULTIPROC_ENV] = path  # inherited by the spawned workers
+
+        def mark_dead(pid: int | None) -> None:
+            if pid is not None:
+                multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+        try:
+            yield mark_dead
+        finally:
+            del os.environ[MULTIPROC_ENV]
 
 
 def serve(config: Config) -> None:

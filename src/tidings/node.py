@@ -11,6 +11,8 @@ import asyncio
 import itertools
 import logging
 import secrets
+import time
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,6 +26,7 @@ from tidings.hub import Hub, LocalSubscription
 from tidings.inbox.base import Inbox, InboxLimits, split_announcement
 from tidings.inbox.memory import MemoryInbox
 from tidings.message import APPLICATION_JSON, Message, encode_body, user_channel
+from tidings.metrics import DELIVERY_LAG_BUCKETS, Histogram
 from tidings.outbound import Flusher, loop_flusher
 from tidings.presence import MemoryPresence, Presence
 
@@ -32,12 +35,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class Counters:
-    """Monotonic counters, exported by /metrics."""
+    """Monotonic counters, plain numbers read by /metrics at scrape time (metrics.py)."""
 
     published: int = 0
     received: dict[str, int] = field(default_factory=lambda: {"user": 0, "topic": 0, "legacy": 0})
     delivered: int = 0
     slow_consumers: int = 0
+    # Stored (the inbox id's millisecond) to written to the sockets, per message delivered.
+    delivery_lag: Histogram = field(default_factory=lambda: Histogram(DELIVERY_LAG_BUCKETS))
 
 
 _CHANNEL_KINDS = {"u": "user", "t": "topic"}
@@ -75,6 +80,8 @@ class Node:
         self._pending_unsubscribe: dict[str, asyncio.TimerHandle] = {}
         self._started = False
         self._flusher: Flusher | None = None  # the loop's, once started
+        # Stored milliseconds of messages whose frames wait for the loop turn's flush.
+        self._lag_pending: list[int] = []
 
     async def start(self) -> None:
         self._flusher = loop_flusher()
@@ -221,9 +228,32 @@ class Node:
         flusher = self._flusher or loop_flusher()
         started = flusher.begin_burst()  # a fan-out to a quiet node writes at once
         try:
-            self.counters.delivered += self.hub.deliver(message)
+            delivered = self.hub.deliver(message)
         finally:
             flusher.end_burst(started)
+        counters = self.counters
+        counters.delivered += delivered
+        # Delivery lag, stored -> written, once per message on this node (not per frame):
+        # now if every frame was written at once, else after this loop turn's flush.
+        order = message.order
+        if delivered and order is not None:
+            if flusher.flush_pending:
+                if not self._lag_pending:  # runs after the flush, scheduled before
+                    flusher.loop.call_soon(self._observe_pending_lag)
+                self._lag_pending.append(order[0])
+                return
+            lag = time.time() - order[0] / 1000
+            lag = lag if lag > 0 else 0.0  # another machine's clock may be ahead
+            histogram = counters.delivery_lag  # Histogram.observe inlined (~1k instructions)
+            histogram.counts[bisect_left(histogram.bounds, lag)] += 1
+            histogram.sum += lag
+
+    def _observe_pending_lag(self) -> None:
+        now = time.time()
+        observe = self.counters.delivery_lag.observe
+        for stored_ms in self._lag_pending:
+            observe(max(0.0, now - stored_ms / 1000))
+        self._lag_pending.clear()
 
     def _decode_legacy(self, payload: bytes) -> Message:
         """The seed's ``{code, form, to, content}`` JSON, delivered as /pushToOneTest does."""

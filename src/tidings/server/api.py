@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -47,6 +48,13 @@ Publish = Callable[[str, dict[str, object], Mapping[str, str]], "Answer | Pendin
 _USER_ROUTE = re.compile(r"/api/v1/users/([^{}/]+)/messages")
 _TOPIC_ROUTE = re.compile(r"/api/v1/topics/([^{}]+)/messages")
 _BATCH_ROUTE = "/api/v1/messages"
+# Their templates, as aiohttp's router spells them (``canonical``): the route label.
+PUBLISH_TEMPLATES = (
+    "/pushToOneTest",
+    "/api/v1/users/{user}/messages",
+    "/api/v1/topics/{topic}/messages",
+    _BATCH_ROUTE,
+)
 
 
 def client_max_size(config: Config) -> int:
@@ -165,6 +173,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 class PublishApi:
     def __init__(self, server: Server) -> None:
         self.server = server
+        # Responses by status of each publish route, as publish_route gives them out.
+        self._counts = [server.stats.route_counts(template) for template in PUBLISH_TEMPLATES]
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -185,19 +195,21 @@ class PublishApi:
             web.post("/api/v1/presence/query", self.presence_query),
         ]
 
-    def publish_route(self, path: str) -> tuple[Publish, str] | None:
-        """The publish route aiohttp's router picks for ``path`` and its parameter, or None.
+    def publish_route(self, path: str) -> tuple[Publish, str, dict[int, int]] | None:
+        """The publish route aiohttp's router picks for ``path``, its parameter, and the
+        count of its responses by status (``ServerStats.route_counts`` of its template,
+        aiohttp's ``canonical``), or None.
 
         ``path`` must have no %-escapes or dot segments, which aiohttp's router decodes.
         """
         if path == "/pushToOneTest":
-            return self.push_to_one_test, ""
+            return self.push_to_one_test, "", self._counts[0]
         if match := _USER_ROUTE.fullmatch(path):
-            return self.publish_to_user, match[1]
+            return self.publish_to_user, match[1], self._counts[1]
         if match := _TOPIC_ROUTE.fullmatch(path):
-            return self.publish_to_topic, match[1]
+            return self.publish_to_topic, match[1], self._counts[2]
         if path == _BATCH_ROUTE:
-            return self.publish_batch, ""
+            return self.publish_batch, "", self._counts[3]
         return None
 
     def start(
@@ -218,9 +230,14 @@ class PublishApi:
 
     def _served_by_aiohttp(self, route: Publish, param: str = "") -> Handler:
         async def handler(request: web.Request) -> web.Response:
+            started = time.perf_counter()
             data = await self._read_object(request)
             value = request.match_info[param] if param else ""
-            return (await finished(route(value, data, request.headers))).response()
+            outcome = route(value, data, request.headers)
+            answer = await finished(outcome)
+            if isinstance(outcome, Pending) and answer.status < 300:
+                self.server.stats.publish_latency.observe(time.perf_counter() - started)
+            return answer.response()
 
         return handler
 
@@ -408,11 +425,13 @@ class PublishApi:
         if api_key:
             given = bearer_token(headers.get("authorization"))
             if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
+                self.server.stats.auth_failure("bad_api_key")
                 raise ApiError(
                     401, "unauthorized", "missing or wrong 'Authorization: Bearer <api key>'"
                 )
             return
         if not _is_loopback(caller_address(peer, headers.get("x-forwarded-for"))):
+            self.server.stats.auth_failure("not_loopback")
             raise ApiError(
                 403, "forbidden", "no --api-key is configured: only loopback callers may publish"
             )

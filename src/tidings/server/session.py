@@ -129,6 +129,7 @@ class StompSession:
         except StompProtocolError as exc:
             self.fail(exc.message, exc.detail, CLOSE_PROTOCOL_ERROR)
         except AuthError as exc:
+            self.server.stats.auth_failure(exc.reason)
             self.fail(f"authentication failed: {exc}", "", CLOSE_POLICY_VIOLATION)
         except BrokerUnavailable as exc:
             self.fail("broker unavailable", str(exc), CLOSE_GOING_AWAY)
