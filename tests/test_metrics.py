@@ -22,9 +22,15 @@ import jwt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tidings.config import Config
+from tidings.message import Message, topic_channel
+from tidings.outbound import loop_flusher
+from tidings.server.app import Server
+
 from .conftest import StartServer, TidingsServer
 from .sockjs_support import Node, XhrSession, node_fixture, publish
 from .stompws import StompWs
+from .test_gc_pressure import subscribed_sessions
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 MAX_OUTBOUND = 30_000
@@ -365,3 +371,26 @@ async def test_metrics_stays_in_the_openapi_document_with_its_content_type(node:
         doc = await reply.json()
     ok = doc["paths"]["/metrics"]["get"]["responses"]["200"]
     assert set(ok["content"]) == {"text/plain; version=0.0.4; charset=utf-8"}
+
+
+async def test_a_queued_delivery_counts_its_lag_after_the_flush_that_writes_it() -> None:
+    """In process, with the real node, sessions and ``Outbound``; only the socket is a
+    sink (tests/test_gc_pressure.py). Two messages in one loop turn: the second one's
+    frames wait for the turn's flush, and so does its lag observation."""
+    server = Server(Config())
+    await server.node.start()
+    try:
+        transports = await subscribed_sessions(server, 50, "/topic/news")
+        lag = server.node.counters.delivery_lag
+        for n in range(2):
+            server.node.submit(Message("", topic_channel("news"), "/topic/news", b"%d" % n))
+        assert loop_flusher().flush_pending  # the second message's frames are queued
+        assert lag.count <= 1
+        written = sum(t.sink.writes for t in transports)
+        await asyncio.sleep(0)  # the flush
+        assert sum(t.sink.writes for t in transports) > written
+        assert lag.count == 2  # once per message, not per subscriber
+        assert 0 <= lag.sum < 1
+        assert server.node.counters.delivered == 100
+    finally:
+        await server.node.stop()

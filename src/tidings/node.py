@@ -8,6 +8,7 @@ churn does not thrash the broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import secrets
@@ -85,6 +86,7 @@ class Node:
 
     async def start(self) -> None:
         self._flusher = loop_flusher()
+        self._flusher.after_flush.append(self._observe_pending_lag)
         await self.broker.start(self._on_broker_message)
         await self.inbox.start()
         await self.presence.start()
@@ -92,6 +94,10 @@ class Node:
 
     async def stop(self) -> None:
         self._started = False
+        if self._flusher is not None:
+            with contextlib.suppress(ValueError):
+                self._flusher.after_flush.remove(self._observe_pending_lag)
+            self._lag_pending.clear()
         for handle in self._pending_unsubscribe.values():
             handle.cancel()
         self._pending_unsubscribe.clear()
@@ -237,10 +243,8 @@ class Node:
         # now if every frame was written at once, else after this loop turn's flush.
         order = message.order
         if delivered and order is not None:
-            if flusher.flush_pending:
-                if not self._lag_pending:  # runs after the flush, scheduled before
-                    flusher.loop.call_soon(self._observe_pending_lag)
-                self._lag_pending.append(order[0])
+            if flusher.flush_pending and flusher is self._flusher:
+                self._lag_pending.append(order[0])  # _observe_pending_lag, after the flush
                 return
             lag = time.time() - order[0] / 1000
             lag = lag if lag > 0 else 0.0  # another machine's clock may be ahead
@@ -249,11 +253,23 @@ class Node:
             histogram.sum += lag
 
     def _observe_pending_lag(self) -> None:
+        """The flusher has written this loop turn's frames: their messages' lag is now.
+
+        Called by the flusher after every flush (a loop callback per message cost ~5k
+        instructions a delivery under callgrind, this ~1k per flush).
+        """
+        pending = self._lag_pending
+        if not pending:
+            return
         now = time.time()
-        observe = self.counters.delivery_lag.observe
-        for stored_ms in self._lag_pending:
-            observe(max(0.0, now - stored_ms / 1000))
-        self._lag_pending.clear()
+        histogram = self.counters.delivery_lag
+        counts, bounds = histogram.counts, histogram.bounds
+        for stored_ms in pending:
+            lag = now - stored_ms / 1000
+            lag = lag if lag > 0 else 0.0
+            counts[bisect_left(bounds, lag)] += 1
+            histogram.sum += lag
+        pending.clear()
 
     def _decode_legacy(self, payload: bytes) -> Message:
         """The seed's ``{code, form, to, content}`` JSON, delivered as /pushToOneTest does."""

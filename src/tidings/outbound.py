@@ -41,7 +41,15 @@ class Flusher:
     as above (docs/decisions.md).
     """
 
-    __slots__ = ("_clock", "_dirty", "_loop", "_quiet_from", "flush_pending", "write_through")
+    __slots__ = (
+        "_clock",
+        "_dirty",
+        "_loop",
+        "_quiet_from",
+        "after_flush",
+        "flush_pending",
+        "write_through",
+    )
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float] = time.monotonic
@@ -54,6 +62,8 @@ class Flusher:
         self._quiet_from = 0.0  # write through from then on
         self.write_through = False
         """True within a burst that writes frames at once rather than queuing them."""
+        self.after_flush: list[Callable[[], None]] = []
+        """Called after each flush of queued frames (a node's delivery-lag count)."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -97,6 +107,8 @@ class Flusher:
             else:
                 self.flush_pending = False
             self._was_busy(started)
+        for callback in self.after_flush:
+            callback()
 
 
 _flusher: Flusher | None = None
