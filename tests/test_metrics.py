@@ -349,6 +349,30 @@ async def test_every_worker_answers_a_scrape_for_all_workers(
                 break
         assert answered == set(pids.values())  # each worker answered for both
 
+        # Histograms and labelled counters merge too (each worker's buckets add up).
+        published = 12
+        for n in range(published):  # a fresh connection each: both workers take some
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http,
+                http.post(
+                    f"{server.http_url}/api/v1/users/u1/messages", json={"body": f"m{n}"}
+                ) as reply,
+            ):
+                assert reply.status == 202
+        await until_total(server, "tidings_publish_latency_seconds_count", published)
+        samples = (await scrape_with_pid(server))[1]
+        buckets = sorted(
+            (float(dict(labels)["le"]), v)
+            for (n, labels), v in samples.items()
+            if n == "tidings_publish_latency_seconds_bucket"
+        )
+        assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+        assert buckets[-1] == (float("inf"), published)
+        assert value(samples, "tidings_publish_latency_seconds_sum") > 0
+        responses = "tidings_http_responses_total"
+        assert value(samples, responses, route=USER_ROUTE, status="202") == published
+        assert value(samples, "tidings_messages_published_total") == published
+
         # A worker dies: the parent marks it dead, its live gauges leave the sum; counters stay.
         os.kill(pids["W-w1"], signal.SIGKILL)
         await until_total(server, "tidings_connections", held["W-w0"])
