@@ -204,10 +204,6 @@ class Metrics:
             for collector in self._collectors:
                 self._registry.register(collector)
 
-    @property
-    def multiprocess(self) -> bool:
-        return self._mirror is not None
-
     def start(self) -> None:
         """In multiprocess mode, copy this worker's values to its files every second."""
         if self._mirror is not None:
