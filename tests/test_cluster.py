@@ -114,11 +114,11 @@ async def test_three_nodes_route_to_the_nodes_that_hold_the_user(
     await expect_bodies(watcher, ["end"])
 
     c_metrics = await metrics(c)
-    assert c_metrics['tidings_broker_messages_received_total{node="C",kind="user"}'] == 0
-    assert c_metrics['tidings_broker_messages_received_total{node="C",kind="topic"}'] == 1
+    assert c_metrics['tidings_broker_messages_received_total{kind="user",node="C"}'] == 0
+    assert c_metrics['tidings_broker_messages_received_total{kind="topic",node="C"}'] == 1
     assert c_metrics['tidings_messages_published_total{node="C"}'] == 21
     a_metrics = await metrics(a)
-    assert a_metrics['tidings_broker_messages_received_total{node="A",kind="user"}'] == 20
+    assert a_metrics['tidings_broker_messages_received_total{kind="user",node="A"}'] == 20
     assert a_metrics['tidings_frames_delivered_total{node="A"}'] == 21
 
 

@@ -86,3 +86,19 @@ async def test_publish_limit_matches_the_node(
         ("413", f"127.0.0.1:{node.port}"),
         ("413", ""),  # refused by nginx, never sent to a node
     ]
+
+
+async def test_metrics_is_refused_on_the_public_listener(
+    tidings_server: StartServer, nginx_proxy: StartNginx
+) -> None:
+    node = await tidings_server()
+    proxy = await nginx_proxy([node.port])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{node.port}/metrics") as reply:
+            assert reply.status == 200  # the node itself answers its scraper
+        for path in ("/metrics", "/metrics?format=x", "//metrics", "/%6Detrics", "/metrics/"):
+            async with http.get(proxy.http_url + path) as reply:
+                assert reply.status == 403, path
+                assert "tidings_" not in await reply.text()
+        async with http.get(proxy.http_url + "/healthz") as reply:
+            assert reply.status == 200  # the rest still goes through

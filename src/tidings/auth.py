@@ -80,7 +80,10 @@ class JwtVerifier:
         try:
             claims = self._decode(token)
         except jwt.PyJWTError as err:
-            raise AuthError(_failure_message(err)) from err
+            reason = (
+                "expired_token" if isinstance(err, jwt.ExpiredSignatureError) else "invalid_token"
+            )
+            raise AuthError(_failure_message(err), reason) from err
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise AuthError("token has no sub claim")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import logging
 import multiprocessing
@@ -21,9 +22,10 @@ import os
 import secrets
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvloop
 from aiohttp import web
@@ -520,15 +522,19 @@ def run_workers(config: Config, log_level: str = "info", log_format: str = "text
 
     Each worker is a full node with its own id (``<node-id>-w<i>``) bound with
     SO_REUSEPORT, so the kernel spreads connections over them; they meet through the broker.
-    If one cannot start, the others are stopped. Returns 0 when every worker exited cleanly.
+    If one cannot start, the others are stopped; one that dies later is logged and the
+    others go on (it is not replaced yet). Their /metrics answer for all of them
+    (``<node-id>`` is their ``node`` label), from prometheus-client multiprocess files in a
+    private directory (``_metrics_dir``). Returns 0 when every worker exited cleanly.
     """
     base_id = config.node_id or secrets.token_hex(4)
     context = multiprocessing.get_context("spawn")
+    worker_config = config.replace(workers=1, reuse_port=True, metrics_node=base_id)
     workers = [
         context.Process(
             target=_worker,
             args=(
-                config.replace(node_id=f"{base_id}-w{index}", workers=1, reuse_port=True),
+                worker_config.replace(node_id=f"{base_id}-w{index}"),
                 log_level,
                 log_format,
                 config.workers,
@@ -537,27 +543,60 @@ def run_workers(config: Config, log_level: str = "info", log_format: str = "text
         )
         for index in range(config.workers)
     ]
-    for worker in workers:
-        worker.start()
-
-    def forward(signum: int, _frame: object = None) -> None:
+    with _metrics_dir() as mark_dead:
         for worker in workers:
-            if worker.pid is not None and worker.exitcode is None:
-                os.kill(worker.pid, signum)
+            worker.start()
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    running = list(workers)
-    while running:
-        for sentinel in multiprocessing.connection.wait([w.sentinel for w in running]):
-            ended = next(w for w in running if w.sentinel == sentinel)
-            ended.join()
-            running.remove(ended)
-            if ended.exitcode not in (0, None) and running:
-                log.error("%s exited with %s: stopping the others", ended.name, ended.exitcode)
-                forward(signal.SIGTERM)
+        def forward(signum: int, _frame: object = None) -> None:
+            for worker in workers:
+                if worker.pid is not None and worker.exitcode is None:
+                    os.kill(worker.pid, signum)
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        running = {worker.sentinel: worker for worker in workers}
+        while running:
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                ended = running.pop(cast("int", sentinel))  # sentinels are fds
+                ended.join()
+                mark_dead(ended.pid)
+                if ended.exitcode == EXIT_START_FAILED and running:
+                    log.error("%s could not start: stopping the others", ended.name)
+                    forward(signal.SIGTERM)
+                elif ended.exitcode not in (0, None):
+                    # Not replaced yet (issue 13: supervised workers); the others go on.
+                    how = f"signal {-ended.exitcode}" if ended.exitcode < 0 else f"{ended.exitcode}"
+                    log.error(
+                        "%s died (%s); %d of %d workers still serve",
+                        ended.name,
+                        how,
+                        len(running),
+                        len(workers),
+                    )
     failed = [worker.exitcode for worker in workers if worker.exitcode != 0]
     return 0 if not failed else EXIT_START_FAILED
+
+
+@contextlib.contextmanager
+def _metrics_dir() -> Iterator[Callable[[int | None], None]]:
+    """A private PROMETHEUS_MULTIPROC_DIR for the workers, removed at exit; yields the
+    function that marks a worker dead (its live gauges leave /metrics, as the
+    prometheus-client docs ask of a multiprocess parent)."""
+    from prometheus_client import multiprocess  # noqa: PLC0415 - the parent's only use
+
+    from tidings.server.metrics import MULTIPROC_ENV  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory(prefix="tidings-metrics-") as path:
+        os.environ[MULTIPROC_ENV] = path  # inherited by the spawned workers
+
+        def mark_dead(pid: int | None) -> None:
+            if pid is not None:
+                multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+        try:
+            yield mark_dead
+        finally:
+            del os.environ[MULTIPROC_ENV]
 
 
 class StartFailed(Exception):

@@ -47,6 +47,9 @@ class Config:
     catchup_interval_s: float = 5.0
     inbox: InboxLimits = field(default_factory=InboxLimits)
     workers: int = 1
+    # The node label on /metrics when not node_id: the id every worker of one
+    # `tidings serve --workers N` shares, so their series merge (server/metrics.py).
+    metrics_node: str = ""
     reuse_port: bool = False
     # SockJS (docs/sockjs.md): Origin patterns allowed on SockJS requests ("*": any).
     sockjs_allowed_origins: tuple[str, ...] = ("*",)

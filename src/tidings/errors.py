@@ -34,13 +34,14 @@ class StompLimitExceeded(StompProtocolError):
 class AuthError(TidingsError):
     """Credentials are missing, expired or invalid; the message is safe to show to the peer.
 
-    ``reason`` names the kind of failure in a few words that never hold a user id or a
-    token (the key of its rate-limited log line); the message by default.
+    ``reason`` is a short machine name (the ``reason`` label of
+    ``tidings_auth_failures_total``): ``missing_token``, ``expired_token``,
+    ``invalid_token`` or ``forbidden_destination``.
     """
 
-    def __init__(self, message: str, reason: str | None = None) -> None:
+    def __init__(self, message: str, reason: str = "invalid_token") -> None:
         super().__init__(message)
-        self.reason = reason or message
+        self.reason = reason
 
 
 class InvalidPublish(TidingsError, ValueError):

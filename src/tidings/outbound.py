@@ -41,7 +41,15 @@ class Flusher:
     as above (docs/decisions.md).
     """
 
-    __slots__ = ("_clock", "_dirty", "_loop", "_quiet_from", "_scheduled", "write_through")
+    __slots__ = (
+        "_clock",
+        "_dirty",
+        "_loop",
+        "_quiet_from",
+        "after_flush",
+        "flush_pending",
+        "write_through",
+    )
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, clock: Callable[[], float] = time.monotonic
@@ -49,10 +57,13 @@ class Flusher:
         self._loop = loop
         self._clock = clock  # uvloop's loop.time() stands still within a loop turn
         self._dirty: list[Flushable] = []
-        self._scheduled = False
+        self.flush_pending = False
+        """True while frames wait for this loop turn's flush."""
         self._quiet_from = 0.0  # write through from then on
         self.write_through = False
         """True within a burst that writes frames at once rather than queuing them."""
+        self.after_flush: list[Callable[[], None]] = []
+        """Called after each flush of queued frames (a node's delivery-lag count)."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -61,14 +72,14 @@ class Flusher:
     def add(self, item: Flushable) -> None:
         """Flush ``item`` next loop turn; the caller adds it once per turn."""
         self._dirty.append(item)
-        if not self._scheduled:
-            self._scheduled = True
+        if not self.flush_pending:
+            self.flush_pending = True
             self._loop.call_soon(self._flush_all)
 
     def begin_burst(self) -> float:
         """A fan-out starts: set ``write_through``; returns the time to give ``end_burst``."""
         now = self._clock()
-        self.write_through = not self._scheduled and now >= self._quiet_from
+        self.write_through = not self.flush_pending and now >= self._quiet_from
         return now
 
     def end_burst(self, started: float) -> None:
@@ -94,8 +105,10 @@ class Flusher:
             if dirty:  # a flush raised: the rest still go, next turn
                 self._loop.call_soon(self._flush_all)
             else:
-                self._scheduled = False
+                self.flush_pending = False
             self._was_busy(started)
+        for callback in self.after_flush:
+            callback()
 
 
 _flusher: Flusher | None = None

@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -56,6 +57,14 @@ _INBOX_ID = re.compile(publish_rules.INBOX_ID_PATTERN)
 _LIMIT = re.compile(r"[0-9]{1,4}")
 _USER_RULE = (
     f"a user id is 1-{publish_rules.MAX_NAME} characters of text: no control character, no '/'"
+)
+# The publish routes' templates, as aiohttp's router spells them (``canonical``): the route
+# label of their response counts.
+PUBLISH_TEMPLATES = (
+    "/pushToOneTest",
+    "/api/v1/users/{user}/messages",
+    "/api/v1/topics/{topic}/messages",
+    _BATCH_ROUTE,
 )
 
 
@@ -200,6 +209,8 @@ def _is_api_path(path: str) -> bool:
 class PublishApi:
     def __init__(self, server: Server) -> None:
         self.server = server
+        # Responses by status of each publish route, as publish_route gives them out.
+        self._counts = [server.stats.route_counts(template) for template in PUBLISH_TEMPLATES]
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -220,19 +231,21 @@ class PublishApi:
             web.post("/api/v1/presence/query", self.presence_query),
         ]
 
-    def publish_route(self, path: str) -> tuple[Publish, str] | None:
-        """The publish route aiohttp's router picks for ``path`` and its parameter, or None.
+    def publish_route(self, path: str) -> tuple[Publish, str, dict[int, int]] | None:
+        """The publish route aiohttp's router picks for ``path``, its parameter, and the
+        count of its responses by status (``ServerStats.route_counts`` of its template,
+        aiohttp's ``canonical``), or None.
 
         ``path`` must have no %-escapes or dot segments, which aiohttp's router decodes.
         """
         if path == "/pushToOneTest":
-            return self.push_to_one_test, ""
+            return self.push_to_one_test, "", self._counts[0]
         if match := _USER_ROUTE.fullmatch(path):
-            return self.publish_to_user, match[1]
+            return self.publish_to_user, match[1], self._counts[1]
         if match := _TOPIC_ROUTE.fullmatch(path):
-            return self.publish_to_topic, match[1]
+            return self.publish_to_topic, match[1], self._counts[2]
         if path == _BATCH_ROUTE:
-            return self.publish_batch, ""
+            return self.publish_batch, "", self._counts[3]
         return None
 
     def start(
@@ -253,9 +266,14 @@ class PublishApi:
 
     def _served_by_aiohttp(self, route: Publish, param: str = "") -> Handler:
         async def handler(request: web.Request) -> web.Response:
+            started = time.perf_counter()
             data = await self._read_object(request)
             value = request.match_info[param] if param else ""
-            return (await finished(route(value, data, request.headers))).response()
+            outcome = route(value, data, request.headers)
+            answer = await finished(outcome)
+            if isinstance(outcome, Pending) and answer.status < 300:
+                self.server.stats.publish_latency.observe(time.perf_counter() - started)
+            return answer.response()
 
         return handler
 
@@ -450,6 +468,7 @@ class PublishApi:
         if api_key:
             given = bearer_token(headers.get("authorization"))
             if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
+                self.server.stats.auth_failure("bad_api_key")
                 reason = "API key missing" if given is None else "wrong API key"
                 caller = caller_address(peer, headers.get("x-forwarded-for"))
                 throttled.warning(reason, "publish refused: %s, from %s", reason, caller)
@@ -459,6 +478,7 @@ class PublishApi:
             return
         caller = caller_address(peer, headers.get("x-forwarded-for"))
         if not _is_loopback(caller):
+            self.server.stats.auth_failure("not_loopback")
             throttled.warning(
                 "not loopback",
                 "publish refused: no --api-key is set and %s is not a loopback caller",

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 import time
+from bisect import bisect_left
 from typing import TYPE_CHECKING, cast
 
 from tidings.http1 import (
@@ -48,9 +49,9 @@ _INTERNAL_ERROR = Answer(
     500, b"500 Internal Server Error\n\nServer got itself in trouble", "text/plain"
 )
 
-# The publish route's handler, its path parameter, and whether the request ends the
-# connection (Connection: close, RFC 9112 §9.6).
-Route = tuple[Publish, str, bool]
+# The publish route's handler, its path parameter, its responses by status (counted for
+# /metrics), and whether the request ends the connection (Connection: close, RFC 9112 §9.6).
+Route = tuple[Publish, str, dict[int, int], bool]
 _CONNECTION_OPTIONS = frozenset(("close", "keep-alive"))
 _DATE = DateField()
 _CONTENT_TYPES: dict[str, bytes] = {}  # as aiohttp writes them, with the charset
@@ -116,6 +117,7 @@ class ApiConnection(asyncio.Protocol):
         "_closing",
         "_edge",
         "_idle_since",
+        "_latency",
         "_loop",
         "_paused",
         "_peer",
@@ -127,10 +129,12 @@ class ApiConnection(asyncio.Protocol):
 
     def __init__(self, edge: Edge) -> None:
         self._edge = edge
+        self._latency = edge.server.stats.publish_latency
         self._reader = RequestReader(
             edge.api_route, max_head_bytes=MAX_HEAD_BYTES, max_body_bytes=edge.max_body_bytes
         )
-        self._pending: tuple[Request[Route], Pending] | None = None  # the request under way
+        # The request under way, its publish, and when it started (perf_counter).
+        self._pending: tuple[Request[Route], Pending, float] | None = None
         self._answered: asyncio.Future[None] | None = None  # for shut_down, once asked
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
@@ -173,21 +177,22 @@ class ApiConnection(asyncio.Protocol):
             if isinstance(request, Refused):
                 self._hand_over()
                 return
+            started = time.perf_counter()
             outcome = self._start(request)
             if isinstance(outcome, Pending):
                 if not outcome.outcome.done():
-                    self._pending = request, outcome
+                    self._pending = request, outcome, started
                     outcome.outcome.add_done_callback(self._settled)
                     return
                 # Done already (the memory broker's): answer now, not after this loop
                 # turn's other callbacks (a fan-out's flush can take milliseconds).
-                outcome = self._settle(request, outcome)
-            if not self._answer(outcome):
+                outcome = self._settle(request, outcome, started)
+            if not self._answer(request, outcome):
                 return
 
     def _start(self, request: Request[Route]) -> Answer | Pending:
         head = request.head
-        publish, param, close = request.route
+        publish, param, _, close = request.route
         if close:
             self._closing = True
         try:
@@ -202,24 +207,32 @@ class ApiConnection(asyncio.Protocol):
     def _settled(self, _: asyncio.Future[object]) -> None:
         """The publish under way has ended: its answer, then the next request."""
         assert self._pending is not None
-        (request, pending), self._pending = self._pending, None
-        if self._answer(self._settle(request, pending)):
+        (request, pending, started), self._pending = self._pending, None
+        if self._answer(request, self._settle(request, pending, started)):
             self._next()
         if self._answered is not None:
             self._answered.set_result(None)
             self._answered = None
 
-    def _settle(self, request: Request[Route], pending: Pending) -> Answer:
-        """The answer of a publish that has ended."""
+    def _settle(self, request: Request[Route], pending: Pending, started: float) -> Answer:
+        """The answer of a publish that has ended (started at ``started``, perf_counter)."""
         try:
-            return pending.settled()
+            answer = pending.settled()
         except Exception:
             log.exception("publish request %s %s failed", request.head.method, request.head.path)
             self._closing = True
             return _INTERNAL_ERROR
+        if answer.status < 300:
+            elapsed = time.perf_counter() - started
+            latency = self._latency  # Histogram.observe, inlined (a call: ~1k instructions)
+            latency.counts[bisect_left(latency.bounds, elapsed)] += 1
+            latency.sum += elapsed
+        return answer
 
-    def _answer(self, answer: Answer) -> bool:
+    def _answer(self, request: Request[Route], answer: Answer) -> bool:
         """Write ``answer``; False if the connection closes after it."""
+        counts, status = request.route[2], answer.status
+        counts[status] = counts.get(status, 0) + 1
         transport = self._transport
         if not transport.is_closing():
             transport.write(

@@ -23,15 +23,18 @@ from tidings.config import Config
 from tidings.destinations import Route, compile_globs
 from tidings.errors import AuthError
 from tidings.inbox.memory import MemoryInbox
+from tidings.metrics import ServerStats
 from tidings.node import Node
 from tidings.presence import MemoryPresence, Presence
 from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
 from tidings.server.edge import STOMP_SUBPROTOCOLS, start_websocket
+from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from tidings.server.metrics import UPGRADED, Metrics, response_counter
 from tidings.server.openapi import openapi_document
 from tidings.server.openapi_yaml import to_yaml
 from tidings.server.session import CLOSE_GOING_AWAY, StompSession
 from tidings.server.sockjs import add_sockjs_routes, greeting_response
-from tidings.stomp.connection import ConnectRequested, State
+from tidings.stomp.connection import ConnectRequested
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
 
 if TYPE_CHECKING:
@@ -92,6 +95,8 @@ class Server:
         # STOMP 1.2 §CONNECTED: server = name/version *(comment); the comment names the node.
         self.server_header = f"Tidings/{__version__} (node {self.node.id})"
         self.sessions: set[StompSession] = set()
+        self.stats = ServerStats()  # counted by the edges, read by /metrics
+        self.exporter = Metrics(self)
         self.api = PublishApi(self)
         self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
         self.shutting_down = False
@@ -114,16 +119,16 @@ class Server:
         )
         if not token:
             raise AuthError(
-                "no token (send 'Authorization: Bearer <jwt>' on CONNECT)", reason="no token"
+                "no token (send 'Authorization: Bearer <jwt>' on CONNECT)", "missing_token"
             )
-        return self.verifier.verify(token)  # AuthError says why not
+        return self.verifier.verify(token)  # AuthError says why not, and its reason
 
     def authorize_subscription(self, user: str | None, target: Route) -> None:
         """With ``--auth jwt`` a session may read only its own user's destinations."""
         if self.verifier is not None and target.user is not None and target.user != user:
             raise AuthError(
                 f"user {user} may not subscribe to messages of user {target.user}",
-                reason="subscription to another user",
+                "forbidden_destination",
             )
 
     def send_allowed(self, destination: str) -> bool:
@@ -160,6 +165,7 @@ class Server:
                 ended.set_result(None)
 
         transport.write(handshake.response)
+        request[UPGRADED] = True  # counted as a 101 (server/metrics.py)
         start_websocket(self, transport, request.query.get("access_token"), on_lost=on_lost)
         await ended
         return web.Response()  # not sent: the connection is gone; aiohttp wants a response
@@ -177,97 +183,9 @@ class Server:
         return web.json_response({"status": "ready"})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text exposition format 0.0.4."""
-        node = self.node
-        counters = node.counters
-        connected = sum(1 for s in self.sessions if s.conn.state is State.CONNECTED)
-        samples: list[tuple[str, str, str, list[tuple[str, float]]]] = [
-            ("connections", "gauge", "Open WebSocket connections", [("", len(self.sessions))]),
-            ("sessions", "gauge", "Connected STOMP sessions", [("", connected)]),
-            (
-                "subscriptions",
-                "gauge",
-                "Live STOMP subscriptions",
-                [("", node.hub.subscription_count)],
-            ),
-            (
-                "broker_channels",
-                "gauge",
-                "Broker channels this node subscribes to",
-                [("", len(node.hub.channels))],
-            ),
-            (
-                "broker_ready",
-                "gauge",
-                "1 while the broker takes publishes",
-                [("", int(node.ready))],
-            ),
-            (
-                "messages_published_total",
-                "counter",
-                "Messages this node handed to the broker",
-                [("", counters.published)],
-            ),
-            (
-                "broker_messages_received_total",
-                "counter",
-                "Messages this node received from the broker, by channel kind",
-                [(f',kind="{kind}"', count) for kind, count in counters.received.items()],
-            ),
-            (
-                "frames_delivered_total",
-                "counter",
-                "MESSAGE frames queued to clients",
-                [("", counters.delivered)],
-            ),
-            (
-                "slow_consumer_disconnects_total",
-                "counter",
-                "Clients disconnected for not reading",
-                [("", counters.slow_consumers)],
-            ),
-            (
-                "broker_reconnects_total",
-                "counter",
-                "Broker subscriber reconnections",
-                [("", getattr(node.broker, "reconnects", 0))],
-            ),
-            (
-                "catchup_messages_total",
-                "counter",
-                "Stored messages missed live and delivered from the inbox by a catch-up",
-                [("", node.catchup.counters.messages)],
-            ),
-            (
-                "catchup_runs_total",
-                "counter",
-                "Catch-ups that read channels' streams (after a broker break or a check)",
-                [("", node.catchup.counters.runs)],
-            ),
-            (
-                "catchup_gaps_total",
-                "counter",
-                "Channels found trimmed past what this node had delivered",
-                [("", node.catchup.counters.gaps)],
-            ),
-            (
-                "catchup_checks_total",
-                "counter",
-                "Safety-net passes comparing every channel with its stream",
-                [("", node.catchup.counters.passes)],
-            ),
-        ]
-        node_label = 'node="{}"'.format(node.id.replace("\\", "\\\\").replace('"', '\\"'))
-        lines = []
-        for name, kind, help_text, values in samples:
-            lines.append(f"# HELP tidings_{name} {help_text}")
-            lines.append(f"# TYPE tidings_{name} {kind}")
-            lines.extend(
-                f"tidings_{name}{{{node_label}{extra}}} {value}" for extra, value in values
-            )
-        return web.Response(
-            text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8"
-        )
+        """Prometheus text exposition format 0.0.4 (server/metrics.py)."""
+        body = self.exporter.exposition()
+        return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document(version=__version__))
@@ -301,6 +219,7 @@ class Server:
     # -- lifecycle -----------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
         await self.node.start()
+        self.exporter.start()
         # Modules, classes and the app live as long as the process: keep them out of every
         # later full collection (56k objects here, 18 ms per gen-2 pass that stalls delivery;
         # docs/benchmarks.md found gen-2 pauses behind the S1 tail latency).
@@ -324,6 +243,7 @@ class Server:
             await asyncio.wait(busy, timeout=self.config.shutdown_grace_s)
 
     async def on_cleanup(self, app: web.Application) -> None:
+        self.exporter.stop()
         await self.node.stop()
 
 
@@ -332,7 +252,8 @@ SERVER_KEY = web.AppKey("server", Server)
 
 def create_app(config: Config) -> web.Application:
     server = Server(config)
-    app = web.Application(middlewares=[json_errors], client_max_size=client_max_size(config))
+    middlewares = [response_counter(server.stats), json_errors]
+    app = web.Application(middlewares=middlewares, client_max_size=client_max_size(config))
     app[SERVER_KEY] = server
     for endpoint in config.endpoints:
         app.router.add_get(endpoint, server.websocket)

@@ -155,6 +155,7 @@ class EdgeProtocol(asyncio.Protocol):
         token = parse_qs(query).get("access_token") if query else None
         transport = self._transport
         transport.write(handshake.response)
+        server.stats.response(request.path, 101)  # aiohttp's route template: the same path
         start_websocket(server, transport, token[0] if token else None, rest)
         return True
 
@@ -172,6 +173,7 @@ def start_websocket(
     on_lost: Callable[[BaseException | None], None] | None = None,
 ) -> StompWebSocket:
     """Make ``transport`` (handshake answered) a STOMP session's WebSocket."""
+    server.stats.connection_opened("websocket")
     session = StompSession(server, access_token)
     protocol = StompWebSocket(
         session, max_payload=4 * server.config.stomp_limits.max_frame_bytes, on_lost=on_lost

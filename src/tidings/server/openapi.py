@@ -20,6 +20,7 @@ from tidings.publish_rules import (
     TOPIC_PATTERN,
     USER_PATTERN,
 )
+from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 __all__ = ["OPENAPI_VERSION", "RESERVED_HEADERS", "openapi_document"]
 
@@ -275,11 +276,15 @@ def _metrics() -> Json:
         "operationId": "metrics",
         "tags": ["operations"],
         "summary": "Prometheus metrics of this node (text exposition format 0.0.4)",
+        "description": "Every `tidings_*` family is labelled with the node id; with "
+        "`--workers N` any worker answers for all of them (docs/deploy.md). Keep this route "
+        "off the public listener: the nginx example refuses it there.",
         "security": [],
         "responses": {
             "200": {
-                "description": "Counters and gauges, each labelled with the node id.",
-                "content": {"text/plain": {"schema": {"type": "string"}}},
+                "description": "Counters, gauges and histograms of the node, its process "
+                "(`process_*`) and its garbage collector (`python_gc_*`).",
+                "content": {METRICS_CONTENT_TYPE: {"schema": {"type": "string"}}},
             }
         },
     }

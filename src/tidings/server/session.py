@@ -132,6 +132,7 @@ class StompSession:
         except StompProtocolError as exc:
             self.fail(exc.message, exc.detail, CLOSE_PROTOCOL_ERROR)
         except AuthError as exc:
+            self.server.stats.auth_failure(exc.reason)
             throttled.warning(
                 f"auth: {exc.reason}",
                 "session %s: authentication failed: %s",

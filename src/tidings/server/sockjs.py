@@ -583,7 +583,7 @@ class SockJSService:
         session_id = request.match_info["session"]
 
         async def here(write: Write) -> bool:
-            session = self.sessions.get(session_id) or self._open(request)
+            session = self.sessions.get(session_id) or self._open(request, kind.name)
             wrap, _ = wrap_and_prelude(transport, callback)
             limit = self.stream_limit if kind.streaming else None
             receiver = Receiver(wrap, streaming=kind.streaming, limit=limit)
@@ -677,7 +677,9 @@ class SockJSService:
         headers.update(_cors(request))
         return web.Response(status=204, headers=headers)
 
-    def _open(self, request: web.Request) -> HttpSession:
+    def _open(self, request: web.Request, transport: str) -> HttpSession:
+        """A new session, opened by a receiving request of ``transport`` (its client name)."""
+        self.server.stats.connection_opened(f"sockjs-{transport}")
         session_id = request.match_info["session"]
         session = HttpSession(self, session_id, request.query.get("access_token"))
         self.sessions[session_id] = session
@@ -700,6 +702,7 @@ class SockJSService:
         if not ws.can_prepare(request).ok:
             return _error(400, 'Can "Upgrade" only to "WebSocket".')
         await ws.prepare(request)
+        self.server.stats.connection_opened("sockjs-websocket")
         stomp = StompSession(self.server, request.query.get("access_token"))
         transport = WebSocketSession(self, request, stomp)
         stomp.attach(transport)
