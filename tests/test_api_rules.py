@@ -10,11 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import string
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tidings.publish_rules import IDEMPOTENCY_KEY_PATTERN, TOPIC_PATTERN, USER_PATTERN
+from tidings.publish_rules import (
+    IDEMPOTENCY_KEY_PATTERN,
+    TOPIC_PATTERN,
+    USER_PATTERN,
+    valid_user,
+)
 from tidings.server.openapi import openapi_document
 
 from .sockjs_support import Node, node_fixture
@@ -157,3 +165,10 @@ def test_the_document_carries_the_servers_own_patterns() -> None:
     for pattern in (USER_PATTERN, TOPIC_PATTERN, IDEMPOTENCY_KEY_PATTERN):
         assert repr(pattern) in text
         re.compile(pattern)
+
+
+@settings(max_examples=500, derandomize=True)
+@given(st.text(max_size=210) | st.text(alphabet=string.ascii_letters + string.digits, max_size=210))
+def test_the_user_id_shortcut_agrees_with_the_pattern(user: str) -> None:
+    """valid_user skips the regex for ASCII letters and digits: never a different answer."""
+    assert valid_user(user) == bool(re.fullmatch(USER_PATTERN, user))

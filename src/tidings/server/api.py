@@ -310,7 +310,7 @@ class PublishApi:
         return publish_rules.user_message(
             user,
             _body(data),
-            destination=data.get("destination", "/message"),
+            destination=data.get("destination", publish_rules.DEFAULT_DESTINATION),
             headers=data.get("headers"),
             max_bytes=self._max_bytes,
         )
