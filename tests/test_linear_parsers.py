@@ -1,0 +1,80 @@
+"""Every parser costs time linear in its input (issue 14; DESIGN.md §5b).
+
+Each test feeds a parser ~1 MB of the input that used to cost it quadratic (or worse)
+time and ~1 MB of benign input fed the same way (same size, same number of calls), and
+asserts the pathological input costs at most ``MAX_RATIO`` times the benign one. Both
+are timed in the same process, best of ``RUNS``, which damps the noise of a shared
+machine; a quadratic parser misses the ratio by orders of magnitude, not by a factor.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tidings.stomp.frames import FrameParser
+
+MAX_RATIO = 10.0
+RUNS = 3
+MB = 1 << 20
+
+
+def best_time(run: Callable[[], object]) -> float:
+    """The shortest of RUNS wall-clock timings of ``run()``."""
+    best = float("inf")
+    for _ in range(RUNS):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def assert_linear(pathological: Callable[[], object], benign: Callable[[], object]) -> None:
+    bad, good = best_time(pathological), best_time(benign)
+    assert bad <= MAX_RATIO * good, (
+        f"pathological input took {bad * 1000:.1f} ms, benign {good * 1000:.1f} ms "
+        f"({bad / good:.0f}x; at most {MAX_RATIO:.0f}x)"
+    )
+
+
+def chunks(data: bytes, size: int) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+# -- STOMP (stomp/frames.py) ---------------------------------------------------------------
+
+
+def test_stomp_crlf_frames_parse_in_linear_time() -> None:
+    """The issue's input: 256 KB WebSocket messages of tiny CR LF frames (6.5 s for 768 KB)
+    against the same frames with LF line ends."""
+    crlf = b"ACK\r\nid:x\r\n\r\n\0" * (MB // 14)
+    lf = b"ACK\nid:wxyz\n\n\0" * (MB // 14)  # the same size and frame count
+    assert len(crlf) == len(lf)
+
+    def parse(data: bytes) -> Callable[[], object]:
+        def run() -> int:
+            parser = FrameParser()
+            frames = sum(len(parser.feed(chunk)) for chunk in chunks(data, 256 * 1024))
+            assert frames == MB // 14
+            return frames
+
+        return run
+
+    assert_linear(parse(crlf), parse(lf))
+
+
+def test_stomp_frame_split_in_tiny_pieces_parses_in_linear_time() -> None:
+    """A frame near the size limit, byte by byte in 16-byte pieces, against tiny frames."""
+    big = b"SEND\r\ndestination:/topic/a\r\n\r\n" + b"x" * (60 * 1024) + b"\0"
+    pathological = chunks(big * (MB // len(big)), 16)
+    benign = chunks(b"ACK\nid:wxyz\n\n\0" * (MB // len(big) * len(big) // 14), 16)
+
+    def parse(pieces: list[bytes]) -> Callable[[], object]:
+        def run() -> None:
+            parser = FrameParser()
+            for piece in pieces:
+                parser.feed(piece)
+
+        return run
+
+    assert_linear(parse(pathological), parse(benign))
