@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 
 from tidings.stomp.frames import FrameParser
+from tidings.wsframe import OP_BINARY, ClientFrameReader
+
+from .test_wsframe import masked_frame
 
 MAX_RATIO = 10.0
 RUNS = 3
@@ -78,3 +81,25 @@ def test_stomp_frame_split_in_tiny_pieces_parses_in_linear_time() -> None:
         return run
 
     assert_linear(parse(pathological), parse(benign))
+
+
+# -- WebSocket (wsframe.py) ----------------------------------------------------------------
+
+
+def test_websocket_frame_fed_in_tiny_pieces_reads_in_linear_time() -> None:
+    """One 1 MB frame in 16-byte pieces (each piece used to copy the whole buffer) against
+    16-byte frames one per piece."""
+    big = masked_frame(b"x" * (MB - 14), OP_BINARY)
+    small = masked_frame(b"x" * 10, OP_BINARY)
+    assert len(big) == MB and len(small) == 16
+    pathological, benign = chunks(big, 16), [small] * (MB // 16)
+
+    def read(pieces: list[bytes]) -> Callable[[], object]:
+        def run() -> None:
+            reader = ClientFrameReader(MB)
+            payload = sum(len(p) for piece in pieces for _, p in reader.feed(piece))
+            assert payload in (MB - 14, 10 * (MB // 16))
+
+        return run
+
+    assert_linear(read(pathological), read(benign))
