@@ -12,6 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from tidings.http1 import Request, RequestHead, RequestReader
+from tidings.sockjs.framing import decode_send
 from tidings.stomp.frames import FrameParser
 from tidings.wsframe import OP_BINARY, ClientFrameReader
 
@@ -103,3 +105,73 @@ def test_websocket_frame_fed_in_tiny_pieces_reads_in_linear_time() -> None:
         return run
 
     assert_linear(read(pathological), read(benign))
+
+
+# -- HTTP/1 (http1.py) ---------------------------------------------------------------------
+
+
+def _route(head: RequestHead) -> str:
+    return head.target
+
+
+def test_http_body_fed_in_tiny_pieces_reads_in_linear_time() -> None:
+    """A 1 MB POST body in 16-byte pieces against pipelined 64-byte requests, in 16-byte
+    pieces too."""
+    head = b"POST /a HTTP/1.1\r\nContent-Length: %d\r\n\r\n"
+    body = b"x" * (MB - len(head % MB))
+    big = head % len(body) + body
+    small = b"POST /a HTTP/1.1\r\nContent-Length: 24\r\n\r\n" + b"y" * 24
+    assert len(big) == MB and len(small) == 64
+    pathological, benign = chunks(big, 16), chunks(small * (MB // 64), 16)
+
+    def read(pieces: list[bytes]) -> Callable[[], object]:
+        def run() -> None:
+            reader: RequestReader[str] = RequestReader(
+                _route, max_head_bytes=16 * 1024, max_body_bytes=MB
+            )
+            for piece in pieces:
+                reader.feed(piece)
+                while isinstance(reader.next_request(), Request):
+                    pass
+            assert reader.buffered == 0
+
+        return run
+
+    assert_linear(read(pathological), read(benign))
+
+
+def test_http_head_fed_in_tiny_pieces_reads_in_linear_time() -> None:
+    """Heads near the 16 KB limit, 16 bytes per piece, against short heads, 16 bytes each."""
+    field = b"X-Pad: " + b"p" * 500 + b"\r\n"
+    long_head = b"POST /a HTTP/1.1\r\n" + field * 30 + b"\r\n"
+    short_head = b"POST /a HTTP/1.1\r\nX-Pad: " + b"p" * 35 + b"\r\n\r\n"
+    assert len(short_head) == 64
+    count = MB // len(long_head)
+    pathological = chunks(long_head * count, 16)
+    benign = chunks(short_head * (count * len(long_head) // 64), 16)
+
+    def read(pieces: list[bytes]) -> Callable[[], object]:
+        def run() -> None:
+            reader: RequestReader[str] = RequestReader(
+                _route, max_head_bytes=16 * 1024, max_body_bytes=MB
+            )
+            for piece in pieces:
+                reader.feed(piece)
+                while isinstance(reader.next_request(), Request):
+                    pass
+            assert reader.buffered == 0
+
+        return run
+
+    assert_linear(read(pathological), read(benign))
+
+
+# -- SockJS (sockjs/framing.py) ------------------------------------------------------------
+
+
+def test_sockjs_send_body_decodes_in_linear_time() -> None:
+    """An xhr_send body of ~1 MB of short strings made of escapes, against plain ones."""
+    pathological = b"[" + b'"\\u0000\\n",' * (MB // 12) + b'""]'
+    benign = b"[" + b'"abcdefgh",' * (MB // 12) + b'""]'
+    assert len(benign) == len(pathological)
+    assert_linear(lambda: decode_send(pathological), lambda: decode_send(benign))
