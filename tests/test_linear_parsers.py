@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from tidings.destinations import compile_globs
 from tidings.http1 import Request, RequestHead, RequestReader
 from tidings.sockjs.framing import decode_send
 from tidings.stomp.frames import FrameParser
@@ -175,3 +176,21 @@ def test_sockjs_send_body_decodes_in_linear_time() -> None:
     benign = b"[" + b'"abcdefgh",' * (MB // 12) + b'""]'
     assert len(benign) == len(pathological)
     assert_linear(lambda: decode_send(pathological), lambda: decode_send(benign))
+
+
+# -- --send-allow globs (destinations.py) -------------------------------------------------
+
+
+def test_send_allow_glob_with_three_double_stars_matches_in_linear_time() -> None:
+    """Three ``**`` against a long destination that almost matches (28 s at 7.2 KB before),
+    against a pattern without them on a destination of the same length."""
+    destination = "/topic/" + "a" * 7200
+    bad = compile_globs(("/topic/**a**a**b",))
+    good = compile_globs(("/topic/*",))
+    assert bad is not None and good is not None
+    assert not bad.matches(destination)
+    assert good.matches(destination)
+    assert_linear(
+        lambda: [bad.matches(destination) for _ in range(10)],
+        lambda: [good.matches(destination) for _ in range(10)],
+    )

@@ -119,7 +119,7 @@ class Server:
             raise AuthError(f"user {user} may not subscribe to messages of user {target.user}")
 
     def send_allowed(self, destination: str) -> bool:
-        return self._send_allow is not None and self._send_allow.fullmatch(destination) is not None
+        return self._send_allow is not None and self._send_allow.matches(destination)
 
     # -- handlers ------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
