@@ -60,6 +60,14 @@ def _pair(text: str) -> tuple[int, int]:
     return first, second
 
 
+def _positive(text: str) -> float:
+    """A positive number of seconds."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tidings",
@@ -259,9 +267,33 @@ def build_parser() -> argparse.ArgumentParser:
         serve,
         "--head-timeout",
         "seconds a connection's first request head may take to arrive once it has started;"
-        " a slower one is served by the general HTTP handler",
+        " a slower one is answered 408 and the connection closed",
         type=float,
         default=defaults.head_timeout_s,
+    )
+    _add(
+        serve,
+        "--connect-timeout",
+        "seconds a STOMP session (WebSocket or SockJS) has to send CONNECT once open;"
+        " then ERROR and close",
+        type=_positive,
+        default=defaults.connect_timeout_s,
+    )
+    _add(
+        serve,
+        "--keepalive-timeout",
+        "seconds an HTTP connection may stay idle (before its first request, between"
+        " requests, or with a request never finished) before it is closed",
+        type=_positive,
+        default=defaults.keepalive_timeout_s,
+    )
+    _add(
+        serve,
+        "--max-connections-per-ip",
+        "open connections one client address may hold (0: no cap; behind a proxy every"
+        " client has the proxy's address, so cap there instead)",
+        type=int,
+        default=defaults.max_connections_per_ip,
     )
     _add(serve, "--log-level", "debug, info, warning or error", default="info")
     _add(serve, "--access-log", "log every HTTP request", action="store_true")
@@ -300,6 +332,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_message_bytes=int(args.max_message_bytes),
         access_log=bool(args.access_log),
         head_timeout_s=float(args.head_timeout),
+        connect_timeout_s=float(args.connect_timeout),
+        keepalive_timeout_s=float(args.keepalive_timeout),
+        max_connections_per_ip=max(int(args.max_connections_per_ip), 0),
         gc_log=bool(args.gc_log),
         legacy_channel=args.legacy_channel or None,
         presence_ttl_s=float(args.presence_ttl),
@@ -406,6 +441,7 @@ def serve(config: Config) -> None:
         handle_signals=True,  # SIGINT/SIGTERM raise GracefulExit out of the loop
         access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
         shutdown_timeout=config.shutdown_grace_s,
+        keepalive_timeout=config.keepalive_timeout_s,  # aiohttp's own: an hour
     )
     try:
         loop.run_until_complete(_start(runner, config))

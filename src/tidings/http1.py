@@ -142,6 +142,11 @@ class RequestReader(Generic[R]):
         """Bytes fed and not handed out in a request."""
         return len(self._buffer) - self._pos
 
+    @property
+    def awaiting_body(self) -> bool:
+        """The next request's head is read and its body is not complete yet."""
+        return self._pending is not None
+
     def feed(self, data: bytes) -> None:
         buffer = self._buffer
         if self._pos:

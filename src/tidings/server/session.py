@@ -107,10 +107,27 @@ class StompSession:
 
     # -- reading ------------------------------------------------------------------------
     def attach(self, transport: FrameTransport) -> None:
-        """Give the session its way to the client; call before the first ``receive``."""
+        """Give the session its way to the client; call before the first ``receive``.
+
+        The client has ``--connect-timeout`` from now to send CONNECT (issue 14: a
+        WebSocket that never did stayed open for good). The timer is the one that later
+        watches heart-beats: no extra slot per session.
+        """
         self.transport = transport
         self.send_frame = transport.send
         self.server.sessions.add(self)
+        loop = asyncio.get_running_loop()
+        timeout = self.server.config.connect_timeout_s
+        self._alive_timer = loop.call_later(timeout, self._connect_timed_out)
+
+    def _connect_timed_out(self) -> None:
+        self._alive_timer = None
+        timeout = self.server.config.connect_timeout_s
+        self.fail(
+            "no CONNECT frame",
+            f"a STOMP session must start with CONNECT within {timeout:g} s of opening",
+            CLOSE_POLICY_VIOLATION,
+        )
 
     async def receive(self, data: bytes) -> None:
         """Act on bytes from the client, in order; the transport must not call concurrently."""
@@ -164,6 +181,9 @@ class StompSession:
                 self.close(1000, "client disconnected")
 
     async def _connect(self, event: ConnectRequested) -> None:
+        if self._alive_timer is not None:  # the CONNECT came in time
+            self._alive_timer.cancel()
+            self._alive_timer = None
         self.user = self.server.identify(event, self.access_token)
         self.version = event.version
         if self.user is not None:
