@@ -68,9 +68,11 @@ class AddressCap:
 
     def admit(self, transport: asyncio.BaseTransport) -> bool:
         """Track ``transport``; False if its address is at the cap (do not serve it)."""
+        if not self.limit:
+            return True
         peer = transport.get_extra_info("peername")
-        if not self.limit or not isinstance(peer, tuple | list):
-            return True  # no cap, or not an IP connection (a unix socket)
+        if not isinstance(peer, tuple | list):
+            return True  # not an IP connection (a unix socket)
         address = str(peer[0])
         open_ = self._by_address.setdefault(address, set())
         if len(open_) >= self.limit:
