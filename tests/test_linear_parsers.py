@@ -86,6 +86,22 @@ def test_stomp_frame_split_in_tiny_pieces_parses_in_linear_time() -> None:
     assert_linear(parse(pathological), parse(benign))
 
 
+def test_stomp_heartbeat_flood_parses_in_linear_time() -> None:
+    """1 MB of CR LF heart-beats (each skipped by a loop in Python) against LF frames."""
+    heartbeats = b"\r\n" * (MB // 2)
+    frames = b"ACK\nid:wxyz\n\n\0" * (MB // 14)
+
+    def parse(data: bytes) -> Callable[[], object]:
+        def run() -> None:
+            parser = FrameParser()
+            for chunk in chunks(data, 256 * 1024):
+                parser.feed(chunk)
+
+        return run
+
+    assert_linear(parse(heartbeats), parse(frames))
+
+
 # -- WebSocket (wsframe.py) ----------------------------------------------------------------
 
 
