@@ -1151,6 +1151,24 @@ def markdown(data: Result, made: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+KEPT_SECTIONS = ("## Catch-up and safety net (issue 13)",)
+"""Sections other benchmarks write into this page (bench/micro_catchup.py): a full run
+keeps them, from their heading to the next one."""
+
+
+def kept_sections(previous: str) -> str:
+    """The KEPT_SECTIONS of the page as it was, to append to the new one."""
+    kept = []
+    for heading in KEPT_SECTIONS:
+        _, found, rest = previous.partition(heading + "\n")
+        if found:
+            body, _, _ = rest.partition("\n## ")
+            kept.append(f"\n{heading}\n{body.rstrip()}\n")
+    return "".join(kept)
+
+
 def write(data: Result, out: Path) -> None:
     made = charts(data, out)
-    (out / "benchmarks.md").write_text(markdown(data, made))
+    page = out / "benchmarks.md"
+    previous = page.read_text() if page.exists() else ""
+    page.write_text(markdown(data, made) + kept_sections(previous))

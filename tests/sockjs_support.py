@@ -24,7 +24,7 @@ import aiohttp
 import orjson
 import pytest
 
-from .conftest import free_port
+from .ports import free_port
 
 START_TIMEOUT = 15.0
 START_ATTEMPTS = 3
@@ -53,15 +53,25 @@ class Node:
         return self.log_path.read_text(errors="replace")
 
 
+@dataclass(frozen=True)
+class Program:
+    """How to start ``tidings``: this checkout's ``python -m tidings`` unless told otherwise
+    (tests/wheel_support.py starts an installed wheel's ``tidings`` script)."""
+
+    command: tuple[str, ...] = (sys.executable, "-m", "tidings")
+    cwd: Path | None = None
+    env: Mapping[str, str] | None = None  # the whole environment; None: this process's
+
+
 @contextlib.contextmanager
-def running_node(log_dir: Path, *args: str) -> Iterator[Node]:
+def running_node(log_dir: Path, *args: str, program: Program | None = None) -> Iterator[Node]:
     """Start a node with ``args``, wait for /healthz, and stop it afterwards.
 
     The machine is shared: if another process takes the free port first, the node is
     started again on another one.
     """
     for attempt in range(START_ATTEMPTS):
-        node = _start(log_dir, args)
+        node = _start(log_dir, args, program or Program())
         try:
             if _wait_healthy(node, last_attempt=attempt == START_ATTEMPTS - 1):
                 break
@@ -88,18 +98,19 @@ def node_fixture(name: str, *args: str) -> Callable[..., Iterator[Node]]:
     return started
 
 
-def _start(log_dir: Path, args: tuple[str, ...]) -> Node:
+def _start(log_dir: Path, args: tuple[str, ...], program: Program) -> Node:
     port = free_port()
     log_path = log_dir / f"tidings-{port}.log"
-    command = [sys.executable, "-m", "tidings", "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), *args]
+    command = [*program.command, "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    env = os.environ if program.env is None else program.env
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=program.cwd,
+            env={**env, "PYTHONUNBUFFERED": "1"},
         )
     return Node(proc, port, log_path)
 

@@ -1,4 +1,4 @@
-"""The publish API over real HTTP: the seed's contract, v1, errors, health, OpenAPI."""
+"""The publish API over real HTTP: Spring's contract, v1, errors, health, OpenAPI."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import subprocess
 
 import aiohttp
 import pytest
+
+from tidings.server.app import VENDOR_DIR
 
 from .conftest import StartServer, TidingsServer, free_port
 from .stompws import StompWs
@@ -24,7 +26,7 @@ async def post(url: str, data: bytes | str, **headers: str) -> tuple[int, object
         return r.status, await r.text()
 
 
-async def test_push_to_one_test_keeps_the_seed_contract(server: TidingsServer) -> None:
+async def test_push_to_one_test_keeps_springs_contract(server: TidingsServer) -> None:
     client = await StompWs.open(server.ws_url("/privateServer"))
     try:
         await client.connect()
@@ -132,18 +134,28 @@ async def test_health_ready_and_openapi(server: TidingsServer) -> None:
         # Every documented operation exists on the server (no 404/405).
         for path, operations in document["paths"].items():
             concrete = path.replace("{user}", "42").replace("{topic}", "public")
+            concrete = concrete.replace("{name}", "sockjs.min.js")
             for method in operations:
                 async with http.request(method, server.http_url + concrete, data="{}") as r:
                     assert r.status not in (404, 405), (method, path, r.status)
 
 
-async def test_demo_page_and_its_client_library(server: TidingsServer) -> None:
+async def test_demo_page_and_its_client_libraries(server: TidingsServer) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{server.http_url}/") as r:
             assert r.status == 200 and r.content_type == "text/html"
             assert "/vendor/stomp.umd.min.js" in await r.text()
-        async with http.get(f"{server.http_url}/vendor/stomp.umd.min.js") as r:
-            assert r.status == 200, "run ./run setup to install the npm client libraries"
-            assert "StompJs" in await r.text()
-        async with http.get(f"{server.http_url}/vendor/nope.js") as r:
-            assert r.status == 404
+        # Served from the package (static/vendor/), byte for byte.
+        for name in ("stomp.umd.min.js", "sockjs.min.js"):
+            async with http.get(f"{server.http_url}/vendor/{name}") as r:
+                assert r.status == 200
+                assert r.content_type == "text/javascript"
+                assert await r.read() == (VENDOR_DIR / name).read_bytes()
+        async with http.get(f"{server.http_url}/favicon.ico") as r:
+            assert r.status == 200 and r.content_type == "image/x-icon"
+            icon = await r.read()
+            assert icon[:4] == b"\0\0\1\0" and icon[22:26] == b"\x89PNG"  # ICO holding a PNG
+        for missing in ("nope.js", "manifest.json", "..%2Fvendor%2Fsockjs.min.js"):
+            async with http.get(f"{server.http_url}/vendor/{missing}") as r:
+                assert r.status == 404
+                assert (await r.json())["error"] == "not_found"

@@ -366,7 +366,7 @@ def test_a_head_timeout_that_is_not_positive_is_refused(value: str) -> None:
         timeout=30,
     )
     assert result.returncode == 2, result
-    assert "--head-timeout must be a positive number of seconds" in result.stderr
+    assert "argument --head-timeout: must be a positive number" in result.stderr
 
 
 async def test_a_handshake_stalled_past_the_head_timeout_is_answered_408(brisk_node: Node) -> None:

@@ -159,6 +159,18 @@ class TestContract:
         await subject.barrier("u:9")
         assert subject.got.on("u:9")[:-1] == sent
 
+    async def test_no_break_reported_while_delivery_is_whole(self, subject: Subject) -> None:
+        reports: list[bool] = []
+        subject.broker.on_continuity(reports.append)
+        await subject.start()
+        await subject.broker.subscribe("u:6")
+        await subject.broker.publish("u:6", b"whole")
+        await subject.barrier("u:6")
+        assert subject.got.on("u:6")[0] == b"whole"
+        assert False not in reports  # (Redis reports True when first hearing its channels)
+        await subject.broker.close()
+        assert False not in reports  # closing is not a break
+
     async def test_publish_after_close_is_refused(self, subject: Subject) -> None:
         await subject.start()
         await subject.broker.subscribe("u:5")
@@ -372,6 +384,43 @@ class TestRedis:
         await redis_server.publish("webSocketMsgPush", b"raw")
         await eventually(lambda: got.on("t:public") == [b"topic"])
         await eventually(lambda: got.on("webSocketMsgPush") == [b"raw"])
+
+    async def test_breaks_are_reported_and_then_the_channels_are_heard(
+        self, redis_server: RedisServer
+    ) -> None:
+        """The node's catch-up (tidings.catchup) relies on both reports: False from the
+        loss on, True only once every channel's SUBSCRIBE is confirmed again."""
+        got = Recorder()
+        broker = RedisBroker(redis_server.url)
+        reports: list[bool] = []
+        heard_at_report: list[bool] = []
+
+        async def publish_at_report() -> None:
+            await redis_server.publish("tidings:u:42", b"right after")
+
+        def on_continuity(hearing: bool) -> None:
+            reports.append(hearing)
+            if hearing and reports[:-1]:  # hearing again: a publish now must arrive
+                heard_at_report.append(broker.ready)
+                asyncio.get_running_loop().create_task(publish_at_report())
+
+        broker.on_continuity(on_continuity)
+        try:
+            await broker.start(got)
+            await broker.subscribe("u:42")
+            assert reports == [True]
+            assert await redis_server.kill_pubsub_clients() == 1
+            await eventually(lambda: len(reports) == 3, what="lost, then heard again")
+            assert reports == [True, False, True] and heard_at_report == [True]
+            await eventually(lambda: got.on("u:42") == [b"right after"])
+            await redis_server.stop()
+            await eventually(lambda: reports[-1] is False, within=2, what="lost on stop")
+            await redis_server.start()
+            await eventually(lambda: reports[-1] is True, within=3, what="heard on restart")
+            assert reports == [True, False, True, False, True]
+        finally:
+            await broker.close()
+        assert reports[-1] is True  # closing is not a break
 
     async def test_probe_detects_a_silently_dead_subscriber(
         self, redis_server: RedisServer, redis_broker: Harness

@@ -337,6 +337,45 @@ class TestHistory:
         assert (await s.other.history("t:live", ids[2], limit=10)).gap is False
 
 
+class TestCatchUpReads:
+    """What a node's catch-up asks (tidings.catchup): many channels in few round trips."""
+
+    async def test_histories_of_many_channels_with_gaps(self, make: Make) -> None:
+        s = await make(max_messages=3, topic_history=2)
+        users = {f"u:{n}": await publish_n(s.inbox, f"u:{n}", 2) for n in range(50)}
+        trimmed = await publish_n(s.inbox, "u:trim", 5)  # the first two are gone
+        topic = await publish_n(s.inbox, "t:news", 1)
+        after = {channel: ids[0] for channel, ids in users.items()}
+        after |= {"u:trim": trimmed[0], "t:news": "0", "u:none": "0", "u:gone": "5-0"}
+        pages = await s.other.histories(after, limit=10)
+        assert list(pages) == list(after)  # every channel answered, in the asked order
+        for channel, ids in users.items():
+            assert (ids_of(pages[channel].messages), pages[channel].gap) == (ids[1:], False)
+        assert (ids_of(pages["u:trim"].messages), pages["u:trim"].gap) == (trimmed[2:], True)
+        assert (ids_of(pages["t:news"].messages), pages["t:news"].gap) == (topic, False)
+        assert (pages["u:none"].messages, pages["u:none"].gap) == ([], False)
+        assert (pages["u:gone"].messages, pages["u:gone"].gap) == ([], True)  # unknown
+        paged = await s.other.histories({"u:trim": trimmed[0]}, limit=2)
+        assert ids_of(paged["u:trim"].messages) == trimmed[2:4]
+        assert await s.other.histories({}, limit=10) == {}
+
+    async def test_last_ids_and_behind(self, make: Make) -> None:
+        s = await make()
+        channels = [f"u:{n}" for n in range(1500)]  # more than one batch
+        tops = {c: (await publish_n(s.inbox, c, 2))[-1] for c in channels[:1200:3]}
+        last = await s.other.last_ids([*channels, "t:quiet"])
+        assert last == {**dict.fromkeys([*channels, "t:quiet"]), **tops}
+        assert await s.other.last_ids([]) == {}
+
+        # Up to date everywhere: nothing behind, whatever the number of channels.
+        after = {c: tops.get(c, "0") for c in channels}
+        assert await s.other.behind(after) == []
+        newer = {c: await s.inbox.publish(msg(c)) for c in channels[3:1500:500]}
+        assert sorted(await s.other.behind(after)) == sorted(newer)
+        assert await s.other.behind({c: i for c, i in newer.items()}) == []
+        assert await s.other.behind({}) == []
+
+
 class TestIdempotency:
     async def test_same_key_stores_and_announces_once(self, make: Make) -> None:
         s = await make()

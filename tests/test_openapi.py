@@ -5,9 +5,11 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import jsonschema_rs
 import pytest
 
-from tidings.publish_rules import MAX_BATCH
+from tidings.publish_rules import MAX_BATCH, USER_PATTERN
+from tidings.server.app import VENDOR_FILES
 from tidings.server.openapi import RESERVED_HEADERS, openapi_document
 
 POST_ERRORS = {"400", "401", "403", "413", "503"}
@@ -16,15 +18,20 @@ OPERATIONS = {
     ("/api/v1/users/{user}/messages", "post"): {"202"} | POST_ERRORS,
     ("/api/v1/topics/{topic}/messages", "post"): {"202"} | POST_ERRORS,
     ("/api/v1/messages", "post"): {"202"} | POST_ERRORS,
-    ("/api/v1/users/{user}/presence", "get"): {"200", "401", "403", "503"},
+    ("/api/v1/users/{user}/presence", "get"): {"200", "400", "401", "403", "503"},
     ("/api/v1/users/{user}/inbox", "get"): {"200", "400", "401", "403", "503"},
-    ("/api/v1/users/{user}/inbox/unread", "get"): {"200", "401", "403", "503"},
+    ("/api/v1/users/{user}/inbox/unread", "get"): {"200", "400", "401", "403", "503"},
     ("/api/v1/users/{user}/inbox/read", "post"): {"200"} | POST_ERRORS,
     ("/api/v1/presence/query", "post"): {"200"} | POST_ERRORS,
     ("/metrics", "get"): {"200"},
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
     ("/api/v1/openapi.json", "get"): {"200"},
+    ("/", "get"): {"200"},
+    ("/favicon.ico", "get"): {"200"},
+    ("/vendor/{name}", "get"): {"200", "404"},
+    ("/api/v1/openapi.yaml", "get"): {"200"},
+    ("/api/v1/docs", "get"): {"200"},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -174,14 +181,15 @@ def test_legacy_request(doc: dict[str, Any]) -> None:
     schema = request_schema(doc, "/pushToOneTest")
     assert set(schema["required"]) == {"to", "content"}
     assert set(schema["properties"]) == {"code", "form", "to", "content"}
-    assert schema["properties"]["code"]["type"] == "string"
-    assert schema["properties"]["form"]["type"] == "string"
-    assert "string" in schema["properties"]["to"]["type"]
-    assert schema["properties"]["to"]["minLength"] == 1
+    # Spring's contract is lenient: code and form are never read, so any value is taken.
+    assert "type" not in schema["properties"]["code"]
+    assert "type" not in schema["properties"]["form"]
+    assert schema["properties"]["to"]["type"] == ["string", "integer"]
+    assert schema["properties"]["to"]["pattern"] == USER_PATTERN
     assert "type" not in deref(doc, schema["properties"]["content"])  # any JSON value
 
 
-def test_legacy_answer_is_the_seed_text(doc: dict[str, Any]) -> None:
+def test_legacy_answer_is_springs_text(doc: dict[str, Any]) -> None:
     ok = operation(doc, "/pushToOneTest", "post")["responses"]["200"]
     assert set(ok["content"]) == {"text/plain"}
     assert ok["content"]["text/plain"]["schema"]["const"] == "发送成功"
@@ -227,7 +235,13 @@ def test_batch_request_and_answer(doc: dict[str, Any]) -> None:
     assert (messages["minItems"], messages["maxItems"]) == (1, MAX_BATCH)
     item = deref(doc, messages["items"])
     assert item["required"] == ["body"]
-    assert item["oneOf"] == [{"required": ["user"]}, {"required": ["topic"]}]
+    # Exactly one of user and topic; destination only with user.
+    validator = jsonschema_rs.validator_for({"oneOf": item["oneOf"]})
+    assert validator.is_valid({"user": "u"}) and validator.is_valid({"topic": "t"})
+    assert validator.is_valid({"user": "u", "destination": "/d"})
+    assert not validator.is_valid({"topic": "t", "destination": "/d"})
+    assert not validator.is_valid({"user": "u", "topic": "t"})
+    assert not validator.is_valid({})
     assert set(item["properties"]) == {"user", "topic", "body", "destination", "headers", "id"}
     destination = request_schema(doc, "/api/v1/users/{user}/messages")["properties"]["destination"]
     assert item["properties"]["destination"]["pattern"] == destination["pattern"]
@@ -241,11 +255,14 @@ def test_batch_request_and_answer(doc: dict[str, Any]) -> None:
 
 def test_stomp_headers_schema(doc: dict[str, Any]) -> None:
     headers = doc["components"]["schemas"]["StompHeaders"]
-    assert headers["type"] == "object"
+    assert headers["type"] == ["object", "null"]
     name = re.compile(headers["propertyNames"]["pattern"])
     assert name.search("x-priority") and name.search("content-type") and name.search("a" * 64)
     assert not any(name.search(n) for n in ["", "a" * 65, "bad name", "x:y", "é"])
-    assert set(headers["propertyNames"]["not"]["enum"]) == set(RESERVED_HEADERS)
+    # Reserved names, in any case, are refused by the pattern as by the server.
+    for reserved in RESERVED_HEADERS:
+        assert not name.search(reserved) and not name.search(reserved.upper())
+        assert name.search(reserved + "s")
     assert "content-type" not in RESERVED_HEADERS
     value = re.compile(headers["additionalProperties"]["pattern"])
     assert value.search("anything: goes, even \\ and é")
@@ -260,6 +277,14 @@ def test_error_schema_is_used_by_every_post_error(doc: dict[str, Any]) -> None:
         if method == "post":
             for status in POST_ERRORS:
                 assert response_schema(doc, path, method, status) is error
+
+
+def test_demo_files(doc: dict[str, Any]) -> None:
+    favicon = operation(doc, "/favicon.ico", "get")["responses"]["200"]
+    assert set(favicon["content"]) == {"image/x-icon"}
+    (name,) = operation(doc, "/vendor/{name}", "get")["parameters"]
+    assert set(name["schema"]["enum"]) == VENDOR_FILES  # what the server serves
+    assert set(operation(doc, "/", "get")["responses"]["200"]["content"]) == {"text/html"}
 
 
 def test_probe_answers(doc: dict[str, Any]) -> None:

@@ -103,6 +103,9 @@ async def test_a_client_that_stops_reading_is_disconnected_and_others_get_everyt
         assert received < count
         closed = await stalled.next()
         assert isinstance(closed, Closed) and closed.code == POLICY_VIOLATION
+        # The operator hears of it at warning level (rate-limited: tidings/logs.py).
+        warnings = [line for line in server.log().splitlines() if "slow consumer" in line]
+        assert len(warnings) == 1 and " WARNING tidings.server.session: " in warnings[0]
     finally:
         await reader.close()
         await stalled.close()

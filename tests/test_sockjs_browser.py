@@ -14,6 +14,10 @@ The page is loaded from two places:
 
 Then the demo page at / connects, shows a published notification, and is photographed for
 the docs (docs/demo.png, rewritten when TIDINGS_UPDATE_SCREENSHOT=1 or missing).
+
+Every test runs twice: against this checkout (``python -m tidings``), and against the
+wheel installed into a virtualenv outside the checkout (tests/wheel_support.py), which
+must serve the demo page and both bundles from the package alone.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -31,7 +35,8 @@ from aiohttp import web
 
 from .browser import Browser
 from .conftest import free_port
-from .sockjs_support import Node, node_fixture
+from .sockjs_support import Node, running_node
+from .wheel_support import InstalledWheel
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -93,7 +98,21 @@ window.stop = (transport) => window.runs[transport].client.deactivate();
 """
 
 
-node = node_fixture("sockjs-browser", "--send-allow", "/topic/chat/**")
+NODE_ARGS = ("--send-allow", "/topic/chat/**")
+
+
+@pytest.fixture(scope="module", params=["checkout", "wheel"])
+def node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
+    """A node of this checkout, or of the installed wheel."""
+    program = None
+    if request.param == "wheel":
+        installed: InstalledWheel = request.getfixturevalue("installed_wheel")
+        program = installed.program
+    log_dir = tmp_path_factory.mktemp(f"sockjs-browser-{request.param}")
+    with running_node(log_dir, *NODE_ARGS, program=program) as started:
+        yield started
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -169,10 +188,12 @@ async def test_same_origin_page(browser: Browser, node: Node, transport: str) ->
     await run_transport(browser, node, transport)
 
 
-async def test_demo_page(browser: Browser, node: Node, tmp_path: Path) -> None:
+async def test_demo_page(
+    browser: Browser, node: Node, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """As the README says: the page connects on load as user 42 and shows what arrives."""
+    browser.console.clear()
     await browser.goto(node.url("/"))
-    await browser.fill("#user", "42")
-    await browser.click("#connect")
     await browser.wait("document.getElementById('status').textContent === 'connected as 42'")
     # Connected and subscribed are two steps: publish until the page shows it.
     for _ in range(20):
@@ -194,5 +215,42 @@ async def test_demo_page(browser: Browser, node: Node, tmp_path: Path) -> None:
     shot = tmp_path / "demo.png"
     await browser.screenshot(shot)
     assert shot.stat().st_size > 10_000
-    if os.environ.get("TIDINGS_UPDATE_SCREENSHOT") == "1" or not DEMO_SCREENSHOT.exists():
+    if request.node.callspec.params["node"] == "checkout" and (
+        os.environ.get("TIDINGS_UPDATE_SCREENSHOT") == "1" or not DEMO_SCREENSHOT.exists()
+    ):
         shutil.copyfile(shot, DEMO_SCREENSHOT)
+    # Every resource the page asked for loaded (a 404 favicon or script shows up here).
+    failed = [line for line in browser.console if "Failed to load resource" in line]
+    assert failed == []
+
+
+async def test_demo_page_takes_the_user_from_the_address(browser: Browser, node: Node) -> None:
+    user = uuid.uuid4().hex[:8]
+    await browser.goto(node.url(f"/?user={user}"))
+    await browser.wait(f"document.getElementById('status').textContent === 'connected as {user}'")
+    assert await browser.eval("document.getElementById('user-destination').textContent") == (
+        f"/user/{user}/message"
+    )
+    for _ in range(20):
+        await publish(node, f"/api/v1/users/{user}/messages", "for you")
+        if await browser.eval("document.getElementById('inbox').textContent.includes('for you')"):
+            break
+        await browser.wait("true", timeout=0.2)
+    else:
+        pytest.fail("the demo page never showed the notification")
+
+
+async def test_favicon_is_an_icon_chromium_decodes(browser: Browser, node: Node) -> None:
+    """A 404 there is what a browser logs on every page; ours is a 32x32 icon it decodes."""
+    await browser.goto(node.url("/"))
+    # The query: once a context route is set (test_same_origin_page sets one), Playwright
+    # fails every page request for exactly /favicon.ico, never reaching the server.
+    size = await browser.eval(
+        """new Promise((resolve, reject) => {
+          const icon = new Image();
+          icon.onload = () => resolve([icon.naturalWidth, icon.naturalHeight]);
+          icon.onerror = () => reject(new Error("/favicon.ico is not an image Chromium reads"));
+          icon.src = "/favicon.ico?probe";
+        })"""
+    )
+    assert size == [32, 32]

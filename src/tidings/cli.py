@@ -1,402 +1,553 @@
-"""``tidings serve``: every option is a flag and a ``TIDINGS_<NAME>`` environment variable."""
+"""``tidings serve``: run a node. Options come from flags, ``TIDINGS_*`` and a TOML file.
+
+``OPTIONS`` is the table of every option (tidings/options.py reads it: precedence,
+types, ranges); ``config_from_options`` turns the resolved values into a ``Config``.
+A new option is one ``Option(...)`` row here and one line there.
+
+Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 when the node cannot start (the
+port is taken, Redis is too old), 2 for a bad option (argparse's convention), each with
+a one-line message and no traceback (docs/deploy.md, Exit codes).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import secrets
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
 import uvloop
 from aiohttp import web
 
-from tidings import __version__, gclog
+from tidings import __version__, gclog, logs
+from tidings.auth import JwtVerifier
 from tidings.config import DEFAULT_ENDPOINTS, Config
+from tidings.errors import TidingsError
 from tidings.inbox.base import InboxLimits
+from tidings.options import (
+    CONFIG_ENV,
+    BrokerUrl,
+    Choice,
+    EndpointPath,
+    Integer,
+    Many,
+    Option,
+    OptionError,
+    Pair,
+    Resolved,
+    Seconds,
+    Switch,
+    Text,
+    load_toml,
+    redact_url,
+    resolve,
+)
 from tidings.server.app import SERVER_KEY, create_app
 from tidings.server.edge import EdgeSite
+from tidings.server.sockjs import TRANSPORTS
 from tidings.stomp.frames import Limits
 
-_ENV_PREFIX = "TIDINGS_"
+log = logging.getLogger("tidings")
 
+EXIT_START_FAILED = 1
+EXIT_USAGE = 2
+PORT_RANGE = Integer(1, 65535, metavar="PORT")
+_CONFIG = Config()
+_LIMITS = Limits()
+_INBOX = InboxLimits()
 
-def _env(dest: str) -> str | None:
-    return os.environ.get(_ENV_PREFIX + dest.upper())
+OPTIONS: tuple[Option, ...] = (
+    # -- listening
+    Option(
+        "host", Text("ADDRESS"), _CONFIG.host, "interface to listen on (0.0.0.0: all)", "listen"
+    ),
+    Option("port", PORT_RANGE, _CONFIG.port, "TCP port to listen on (1-65535)", "listen"),
+    Option(
+        "endpoint",
+        Many(EndpointPath()),
+        list(DEFAULT_ENDPOINTS),
+        "URL path of a STOMP WebSocket endpoint, repeatable; each also answers SockJS and "
+        "<path>/websocket",
+        "listen",
+        shown_default=",".join(DEFAULT_ENDPOINTS),
+    ),
+    Option(
+        "workers",
+        Integer(1),
+        _CONFIG.workers,
+        "node processes sharing the port (the kernel spreads connections over them); "
+        "more than 1 needs a redis:// broker",
+        "listen",
+    ),
+    # -- broker
+    Option(
+        "broker",
+        BrokerUrl(),
+        _CONFIG.broker,
+        "where nodes meet and messages are stored: memory:// keeps everything in this one "
+        "process; redis://[:password@]host:port/db (rediss:// for TLS) shares it between "
+        "nodes and survives restarts",
+        "broker",
+    ),
+    Option(
+        "node-id",
+        Text("NAME"),
+        "",
+        "name of this node in logs, metrics and presence",
+        "broker",
+        shown_default="random",
+    ),
+    Option(
+        "legacy-channel",
+        Text("CHANNEL"),
+        None,
+        "also deliver the {code, form, to, content} JSON that the Spring Boot service "
+        "publishes on this Redis channel (e.g. webSocketMsgPush), as POST /pushToOneTest "
+        "does; needs a redis:// broker",
+        "broker",
+    ),
+    Option(
+        "presence-ttl",
+        Seconds(),
+        _CONFIG.presence_ttl_s,
+        "seconds after which the users of a node that stopped refreshing count as offline",
+        "broker",
+    ),
+    Option(
+        "catchup-interval",
+        Seconds(zero_means="never"),
+        _CONFIG.catchup_interval_s,
+        "seconds between two checks that every channel this node delivers is up to date "
+        "with its stored stream (missed live messages are then read from it); 0: never",
+        "broker",
+    ),
+    # -- identity and permissions
+    Option(
+        "auth",
+        Choice(choices=("none", "jwt")),
+        _CONFIG.auth,
+        "who a client is: 'none' trusts the login header of its CONNECT frame; 'jwt' "
+        "requires a signed token whose sub claim is the user id",
+        "auth",
+    ),
+    Option("jwt-secret", Text("SECRET"), None, "HS256 secret (32+ bytes) for --auth jwt", "auth"),
+    Option(
+        "jwt-public-key",
+        Text("PEM_FILE"),
+        None,
+        "file with the RS256 or ES256 public key (or certificate) for --auth jwt",
+        "auth",
+    ),
+    Option(
+        "api-key",
+        Text("KEY"),
+        None,
+        "back ends must send 'Authorization: Bearer KEY' to publish; without a key only "
+        "callers on this machine (loopback) may publish",
+        "auth",
+    ),
+    Option(
+        "send-allow",
+        Many(Text("GLOB")),
+        [],
+        "destination clients may SEND to, repeatable ('*' matches one path segment, '**' "
+        "any number); clients may SEND nowhere by default",
+        "auth",
+    ),
+    # -- STOMP sessions and limits
+    Option(
+        "heartbeat",
+        Pair(),
+        _CONFIG.heartbeat,
+        "STOMP heart-beat the server offers: send every SEND_MS, expect every EXPECT_MS",
+        "limits",
+        shown_default="10000,10000",
+    ),
+    Option(
+        "heartbeat-grace",
+        Seconds("INTERVALS"),
+        _CONFIG.heartbeat_grace,
+        "a client silent for this many expected heart-beat intervals is disconnected",
+        "limits",
+    ),
+    Option(
+        "max-frame-bytes",
+        Integer(1),
+        _LIMITS.max_frame_bytes,
+        "largest STOMP frame a client may send",
+        "limits",
+    ),
+    Option("max-headers", Integer(1), _LIMITS.max_headers, "most headers in a frame", "limits"),
+    Option(
+        "max-header-line",
+        Integer(1),
+        _LIMITS.max_header_line,
+        "longest header line, in bytes",
+        "limits",
+    ),
+    Option(
+        "max-subscriptions",
+        Integer(1),
+        _LIMITS.max_subscriptions,
+        "most subscriptions one session may hold",
+        "limits",
+    ),
+    Option(
+        "max-outbound-bytes",
+        Integer(1),
+        _CONFIG.max_outbound_bytes,
+        "bytes that may wait to be sent to one client; past this it is disconnected as a "
+        "slow consumer",
+        "limits",
+    ),
+    Option(
+        "max-message-bytes",
+        Integer(1),
+        _CONFIG.max_message_bytes,
+        "largest message body a back end may publish",
+        "limits",
+    ),
+    Option(
+        "head-timeout",
+        Seconds(),
+        _CONFIG.head_timeout_s,
+        "seconds a request head may take to arrive once it has started; a slower one is "
+        "answered 408 and the connection closed",
+        "limits",
+    ),
+    Option(
+        "connect-timeout",
+        Seconds(),
+        _CONFIG.connect_timeout_s,
+        "seconds a STOMP session (WebSocket or SockJS) has to send CONNECT once open; "
+        "then ERROR and close",
+        "limits",
+    ),
+    Option(
+        "keepalive-timeout",
+        Seconds(),
+        _CONFIG.keepalive_timeout_s,
+        "seconds an HTTP connection may stay idle (before its first request, between "
+        "requests, or with a request never finished) before it is closed",
+        "limits",
+    ),
+    Option(
+        "max-connections-per-ip",
+        Integer(0),
+        _CONFIG.max_connections_per_ip,
+        "open connections one client address may hold; 0: no cap (behind a proxy every "
+        "client has the proxy's address: cap there instead)",
+        "limits",
+    ),
+    # -- inbox
+    Option(
+        "inbox-max-messages",
+        Integer(1),
+        _INBOX.max_messages,
+        "messages kept per user inbox; the oldest go first",
+        "inbox",
+    ),
+    Option(
+        "inbox-max-age",
+        Seconds(),
+        _INBOX.max_age_s,
+        "seconds a message stays in an inbox or a topic's history",
+        "inbox",
+    ),
+    Option(
+        "topic-history",
+        Integer(0),
+        _INBOX.topic_history,
+        "messages kept per topic, for clients that resume (0: none)",
+        "inbox",
+    ),
+    # -- SockJS
+    Option(
+        "sockjs-allowed-origin",
+        Many(Text("ORIGIN")),
+        list(_CONFIG.sockjs_allowed_origins),
+        "Origin allowed on SockJS requests, repeatable, '*' wildcards "
+        "(e.g. https://*.example.com); same-origin requests always pass",
+        "sockjs",
+        shown_default="*",
+    ),
+    Option(
+        "sockjs-disable-transport",
+        Many(Choice(choices=TRANSPORTS, label="TRANSPORT")),
+        [],
+        f"SockJS transport to turn off, repeatable: {', '.join(TRANSPORTS)}",
+        "sockjs",
+    ),
+    Option(
+        "sockjs-heartbeat",
+        Seconds(),
+        _CONFIG.sockjs_heartbeat_s,
+        "seconds between SockJS 'h' frames on an idle receiving request",
+        "sockjs",
+    ),
+    Option(
+        "sockjs-session-timeout",
+        Seconds(),
+        _CONFIG.sockjs_session_timeout_s,
+        "seconds a SockJS HTTP session lives after its last receiving request",
+        "sockjs",
+    ),
+    Option(
+        "sockjs-client-url",
+        Text("URL"),
+        _CONFIG.sockjs_client_url,
+        "sockjs-client script the SockJS iframe page loads",
+        "sockjs",
+    ),
+    Option(
+        "sockjs-cookie-needed",
+        Switch(),
+        False,
+        "set a JSESSIONID cookie on SockJS requests, for balancers that stick on it",
+        "sockjs",
+    ),
+    Option(
+        "sockjs-stream-limit",
+        Integer(1),
+        _CONFIG.sockjs_stream_limit,
+        "bytes one SockJS streaming response carries before the client opens another",
+        "sockjs",
+    ),
+    # -- logs
+    Option("log-level", Choice(choices=logs.LEVELS), "info", "least severe level logged", "logs"),
+    Option(
+        "log-format",
+        Choice(choices=logs.FORMATS),
+        "text",
+        "text lines, or one JSON object per line (time, level, logger, message, extras)",
+        "logs",
+    ),
+    Option("access-log", Switch(), False, "log every HTTP request", "logs"),
+    Option(
+        "gc-log",
+        Switch(),
+        False,
+        "log every garbage collection and its pause (to diagnose event-loop stalls)",
+        "logs",
+    ),
+)
 
-
-def _add(parser: argparse.ArgumentParser, flag: str, help_: str, **kwargs: object) -> None:
-    """Add ``flag`` whose default comes from TIDINGS_<FLAG> when that is set."""
-    dest = flag.lstrip("-").replace("-", "_")
-    env_name = _ENV_PREFIX + dest.upper()
-    env_value = _env(dest)
-    if env_value is not None:
-        if kwargs.get("action") == "store_true":
-            kwargs["default"] = env_value.lower() in ("1", "true", "yes", "on")
-        elif kwargs.get("action") == "append":
-            kwargs["default"] = [item for item in env_value.split(",") if item]
-        else:
-            kwargs["default"] = env_value
-    default = kwargs.get("default")
-    shown = "" if default in (None, [], ()) else f" (default: {default})"
-    parser.add_argument(flag, dest=dest, help=f"{help_}{shown} [env {env_name}]", **kwargs)  # type: ignore[arg-type]
-
-
-def _pair(text: str) -> tuple[int, int]:
-    try:
-        first, second = (int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected two integers like 10000,10000, got {text!r}"
-        ) from None
-    if first < 0 or second < 0:
-        raise argparse.ArgumentTypeError("heart-beat values must not be negative")
-    return first, second
-
-
-def _positive(text: str) -> float:
-    """A positive number of seconds."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+GROUPS = {
+    "listen": "listening",
+    "broker": "broker and scale-out",
+    "auth": "identity and permissions",
+    "limits": "STOMP sessions and limits",
+    "inbox": "inbox and topic history",
+    "sockjs": "SockJS",
+    "logs": "logs",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tidings`` command line; ``tidings serve`` has every option of ``OPTIONS``."""
+    return _build()[0]
+
+
+def _build() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    # A bad option is argparse's error: the usage line, then "tidings serve: error: ...",
+    # exit code 2 (EXIT_USAGE).
     parser = argparse.ArgumentParser(
         prog="tidings",
         description="Tidings: real-time notifications over STOMP/WebSocket.",
     )
-    parser.add_argument("--version", action="version", version=f"tidings {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"tidings {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
         help="run a node",
-        description="Run a Tidings node: STOMP over WebSocket on each endpoint, the publish "
-        "API under /api/v1 and /pushToOneTest, a demo page at /.",
+        usage="tidings serve [--config FILE] [OPTION ...]",
+        description="Run a Tidings node: STOMP over WebSocket (and SockJS) on each endpoint, "
+        "the publish API under /api/v1 and POST /pushToOneTest, health at /healthz and "
+        "/readyz, metrics at /metrics, a demo page at /. Every option is also an "
+        "environment variable (--api-key: TIDINGS_API_KEY) and a key of the --config "
+        'file (api-key = "..."); a flag beats the environment, which beats the file.',
+        epilog="Exit codes: 0 stopped cleanly, 1 could not start (e.g. port taken), "
+        "2 bad option. docs/deploy.md has a config file example.",
     )
-    limits = Limits()
-    defaults = Config()
-    _add(serve, "--host", "interface to listen on", default=defaults.host)
-    _add(serve, "--port", "TCP port", type=int, default=defaults.port)
-    _add(
-        serve, "--broker", "broker URL: memory:// (embedded, one process)", default=defaults.broker
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML file of options, keyed by long option name (port = 9908) [env {CONFIG_ENV}]",
     )
-    _add(serve, "--node-id", "name of this node in logs and metrics (default: random)", default="")
-    _add(
-        serve,
-        "--endpoint",
-        "STOMP WebSocket endpoint path, repeatable; each is also served at <path>/websocket "
-        f"(default: {','.join(DEFAULT_ENDPOINTS)})",
-        action="append",
-    )
-    _add(
-        serve,
-        "--auth",
-        "identity: 'none' trusts the CONNECT login header; 'jwt' requires a token",
-        choices=["none", "jwt"],
-        default=defaults.auth,
-    )
-    _add(serve, "--jwt-secret", "HS256 secret for --auth jwt")
-    _add(serve, "--jwt-public-key", "PEM file with the RS256/ES256 public key for --auth jwt")
-    _add(
-        serve,
-        "--api-key",
-        "require 'Authorization: Bearer <key>' on the publish API; without it only loopback "
-        "callers may publish",
-    )
-    _add(
-        serve,
-        "--send-allow",
-        "destination glob clients may SEND to, repeatable ('*' one segment, '**' any depth); "
-        "none by default",
-        action="append",
-    )
-    _add(
-        serve,
-        "--heartbeat",
-        "STOMP heart-beat the server offers: send-every-ms,expect-every-ms",
-        type=_pair,
-        default="10000,10000",
-    )
-    _add(
-        serve,
-        "--heartbeat-grace",
-        "a client silent for this many expected heart-beat intervals is closed",
-        type=float,
-        default=defaults.heartbeat_grace,
-    )
-    _add(
-        serve,
-        "--max-frame-bytes",
-        "largest STOMP frame a client may send",
-        type=int,
-        default=limits.max_frame_bytes,
-    )
-    _add(
-        serve,
-        "--max-headers",
-        "most headers in one client frame",
-        type=int,
-        default=limits.max_headers,
-    )
-    _add(
-        serve,
-        "--max-header-line",
-        "longest header line, bytes",
-        type=int,
-        default=limits.max_header_line,
-    )
-    _add(
-        serve,
-        "--max-subscriptions",
-        "most subscriptions per session",
-        type=int,
-        default=limits.max_subscriptions,
-    )
-    _add(
-        serve,
-        "--max-outbound-bytes",
-        "bytes waiting to be sent to one client before it is disconnected as a slow consumer",
-        type=int,
-        default=defaults.max_outbound_bytes,
-    )
-    _add(
-        serve,
-        "--max-message-bytes",
-        "largest published message body",
-        type=int,
-        default=defaults.max_message_bytes,
-    )
-    _add(
-        serve,
-        "--legacy-channel",
-        "also deliver the seed's {code, form, to, content} JSON published on this Redis "
-        "channel (e.g. webSocketMsgPush), as /pushToOneTest does; needs a redis:// broker",
-    )
-    _add(
-        serve,
-        "--presence-ttl",
-        "seconds after which the sessions of a node that stopped refreshing count as offline",
-        type=float,
-        default=defaults.presence_ttl_s,
-    )
-    inbox = defaults.inbox
-    _add(
-        serve,
-        "--inbox-max-messages",
-        "messages kept per user inbox (oldest trimmed first)",
-        type=int,
-        default=inbox.max_messages,
-    )
-    _add(
-        serve,
-        "--inbox-max-age",
-        "seconds a message stays in an inbox or topic history",
-        type=float,
-        default=inbox.max_age_s,
-    )
-    _add(
-        serve,
-        "--topic-history",
-        "messages kept per topic for resume",
-        type=int,
-        default=inbox.topic_history,
-    )
-    _add(
-        serve,
-        "--workers",
-        "node processes sharing the port (SO_REUSEPORT) and the broker; needs redis://",
-        type=int,
-        default=defaults.workers,
-    )
-    _add(
-        serve,
-        "--sockjs-allowed-origin",
-        "Origin allowed on SockJS requests, repeatable, '*' wildcards "
-        "(e.g. https://*.example.com); same-origin requests always pass (default: *)",
-        action="append",
-    )
-    _add(
-        serve,
-        "--sockjs-disable-transport",
-        "SockJS transport to turn off, repeatable: websocket, xhr-streaming, xhr-polling, "
-        "eventsource, htmlfile, jsonp-polling, iframe",
-        action="append",
-    )
-    _add(
-        serve,
-        "--sockjs-heartbeat",
-        "seconds between SockJS 'h' frames on an idle receiving request",
-        type=float,
-        default=defaults.sockjs_heartbeat_s,
-    )
-    _add(
-        serve,
-        "--sockjs-session-timeout",
-        "seconds a SockJS HTTP session lives after its last receiving request",
-        type=float,
-        default=defaults.sockjs_session_timeout_s,
-    )
-    _add(
-        serve,
-        "--sockjs-client-url",
-        "sockjs-client script the SockJS iframe page loads",
-        default=defaults.sockjs_client_url,
-    )
-    _add(
-        serve,
-        "--sockjs-cookie-needed",
-        "set a JSESSIONID cookie on SockJS requests, for balancers that stick on it",
-        action="store_true",
-    )
-    _add(
-        serve,
-        "--sockjs-stream-limit",
-        "bytes one SockJS streaming response carries before the client must open another",
-        type=int,
-        default=defaults.sockjs_stream_limit,
-    )
-    _add(
-        serve,
-        "--head-timeout",
-        "seconds a connection's first request head may take to arrive once it has started;"
-        " a slower one is answered 408 and the connection closed",
-        type=float,
-        default=defaults.head_timeout_s,
-    )
-    _add(
-        serve,
-        "--connect-timeout",
-        "seconds a STOMP session (WebSocket or SockJS) has to send CONNECT once open;"
-        " then ERROR and close",
-        type=_positive,
-        default=defaults.connect_timeout_s,
-    )
-    _add(
-        serve,
-        "--keepalive-timeout",
-        "seconds an HTTP connection may stay idle (before its first request, between"
-        " requests, or with a request never finished) before it is closed",
-        type=_positive,
-        default=defaults.keepalive_timeout_s,
-    )
-    _add(
-        serve,
-        "--max-connections-per-ip",
-        "open connections one client address may hold (0: no cap; behind a proxy every"
-        " client has the proxy's address, so cap there instead)",
-        type=int,
-        default=defaults.max_connections_per_ip,
-    )
-    _add(serve, "--log-level", "debug, info, warning or error", default="info")
-    _add(serve, "--access-log", "log every HTTP request", action="store_true")
-    _add(
-        serve,
-        "--gc-log",
-        "log every garbage collection and its pause (a diagnostic of loop stalls)",
-        action="store_true",
-    )
-    return parser
+    groups = {key: serve.add_argument_group(title) for key, title in GROUPS.items()}
+    for option in OPTIONS:
+        _add_flag(groups[option.group], option)
+    return parser, serve
 
 
-def config_from_args(args: argparse.Namespace) -> Config:
-    heartbeat = args.heartbeat if isinstance(args.heartbeat, tuple) else _pair(args.heartbeat)
-    public_key = Path(args.jwt_public_key).read_text() if args.jwt_public_key else None
-    return Config(
-        host=args.host,
-        port=int(args.port),
-        broker=args.broker,
-        node_id=args.node_id,
-        endpoints=tuple(args.endpoint) if args.endpoint else DEFAULT_ENDPOINTS,
-        auth=args.auth,
-        jwt_secret=args.jwt_secret,
+def _add_flag(group: argparse._ArgumentGroup, option: Option) -> None:
+    """The option's flag; its default is None so that a flag given can be told apart."""
+    kind = option.kind
+    shown = option.shown_default if option.shown_default is not None else option.default
+    default = "" if shown in (None, "", [], False) else f" (default: {shown})"
+    help_ = f"{option.help}{default} [env {option.env}]"
+    if kind.switch:
+        group.add_argument(
+            option.flag, dest=option.dest, action=argparse.BooleanOptionalAction, help=help_
+        )
+        return
+    group.add_argument(
+        option.flag,
+        dest=option.dest,
+        metavar=kind.metavar,
+        type=_flag_type(option),
+        action="append" if kind.many else "store",
+        help=help_,
+    )
+
+
+def _flag_type(option: Option) -> Any:
+    """argparse's ``type=``: the option's reading of one flag value, errors in its words."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = option.kind.from_text(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value[0] if option.kind.many else value
+
+    return parse
+
+
+# -- from options to a Config -----------------------------------------------------------------
+def resolve_options(args: argparse.Namespace, environ: Mapping[str, str]) -> Resolved:
+    """The value of every option, by precedence; OptionError naming what is wrong."""
+    config_path = args.config or environ.get(CONFIG_ENV) or None
+    document = load_toml(config_path) if config_path else None
+    return resolve(OPTIONS, vars(args), environ, document, config_path or "config file")
+
+
+def config_from_options(values: Resolved) -> Config:
+    """The node's Config; OptionError for combinations that cannot work."""
+    v = values.values
+    public_key = _read_key(v["jwt-public-key"]) if v["jwt-public-key"] else None
+    config = Config(
+        host=v["host"],
+        port=v["port"],
+        broker=v["broker"],
+        node_id=v["node-id"],
+        endpoints=tuple(v["endpoint"]) or DEFAULT_ENDPOINTS,
+        auth=v["auth"],
+        jwt_secret=v["jwt-secret"] or None,
         jwt_public_key=public_key,
-        api_key=args.api_key or None,
-        send_allow=tuple(args.send_allow or ()),
-        heartbeat=heartbeat,
-        heartbeat_grace=float(args.heartbeat_grace),
+        api_key=v["api-key"] or None,
+        send_allow=tuple(v["send-allow"]),
+        heartbeat=v["heartbeat"],
+        heartbeat_grace=v["heartbeat-grace"],
         stomp_limits=Limits(
-            max_frame_bytes=int(args.max_frame_bytes),
-            max_headers=int(args.max_headers),
-            max_header_line=int(args.max_header_line),
-            max_subscriptions=int(args.max_subscriptions),
+            max_frame_bytes=v["max-frame-bytes"],
+            max_headers=v["max-headers"],
+            max_header_line=v["max-header-line"],
+            max_subscriptions=v["max-subscriptions"],
         ),
-        max_outbound_bytes=int(args.max_outbound_bytes),
-        max_message_bytes=int(args.max_message_bytes),
-        access_log=bool(args.access_log),
-        head_timeout_s=float(args.head_timeout),
-        connect_timeout_s=float(args.connect_timeout),
-        keepalive_timeout_s=float(args.keepalive_timeout),
-        max_connections_per_ip=max(int(args.max_connections_per_ip), 0),
-        gc_log=bool(args.gc_log),
-        legacy_channel=args.legacy_channel or None,
-        presence_ttl_s=float(args.presence_ttl),
+        max_outbound_bytes=v["max-outbound-bytes"],
+        max_message_bytes=v["max-message-bytes"],
+        access_log=v["access-log"],
+        head_timeout_s=v["head-timeout"],
+        connect_timeout_s=v["connect-timeout"],
+        keepalive_timeout_s=v["keepalive-timeout"],
+        max_connections_per_ip=v["max-connections-per-ip"],
+        gc_log=v["gc-log"],
+        legacy_channel=v["legacy-channel"] or None,
+        presence_ttl_s=v["presence-ttl"],
+        catchup_interval_s=v["catchup-interval"],
         inbox=InboxLimits(
-            max_messages=int(args.inbox_max_messages),
-            max_age_s=float(args.inbox_max_age),
-            topic_history=int(args.topic_history),
+            max_messages=v["inbox-max-messages"],
+            max_age_s=v["inbox-max-age"],
+            topic_history=v["topic-history"],
         ),
-        workers=int(args.workers),
-        sockjs_allowed_origins=tuple(args.sockjs_allowed_origin or ("*",)),
-        sockjs_disabled_transports=tuple(args.sockjs_disable_transport or ()),
-        sockjs_heartbeat_s=float(args.sockjs_heartbeat),
-        sockjs_session_timeout_s=float(args.sockjs_session_timeout),
-        sockjs_client_url=args.sockjs_client_url,
-        sockjs_cookie_needed=bool(args.sockjs_cookie_needed),
-        sockjs_stream_limit=int(args.sockjs_stream_limit),
+        workers=v["workers"],
+        sockjs_allowed_origins=tuple(v["sockjs-allowed-origin"]) or ("*",),
+        sockjs_disabled_transports=tuple(v["sockjs-disable-transport"]),
+        sockjs_heartbeat_s=v["sockjs-heartbeat"],
+        sockjs_session_timeout_s=v["sockjs-session-timeout"],
+        sockjs_client_url=v["sockjs-client-url"],
+        sockjs_cookie_needed=v["sockjs-cookie-needed"],
+        sockjs_stream_limit=v["sockjs-stream-limit"],
     )
+    check_config(config, values)
+    return config
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.auth == "jwt" and not (args.jwt_secret or args.jwt_public_key):
-        parser.error("--auth jwt needs --jwt-secret (HS256) or --jwt-public-key (RS256/ES256)")
+def _read_key(path: str) -> str:
     try:
-        config = config_from_args(args)
-    except (OSError, argparse.ArgumentTypeError, ValueError) as exc:
-        parser.error(str(exc))
-    if config.workers < 1:
-        parser.error("--workers must be at least 1")
-    if not config.head_timeout_s > 0:
-        parser.error("--head-timeout must be a positive number of seconds")
-    if config.workers > 1 and urlsplit(config.broker).scheme not in ("redis", "rediss"):
-        parser.error(
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OptionError(f"--jwt-public-key: cannot read {path}: {reason}") from None
+
+
+def check_config(config: Config, values: Resolved) -> None:
+    """What no single option can check: options that need one another."""
+    shared = config.broker.split(":", 1)[0] in ("redis", "rediss")
+    if config.auth == "jwt":
+        if not (config.jwt_secret or config.jwt_public_key):
+            raise OptionError(
+                "--auth jwt needs --jwt-secret (HS256) or --jwt-public-key (RS256/ES256)"
+            )
+        if config.jwt_secret and config.jwt_public_key:
+            raise OptionError("give --jwt-secret or --jwt-public-key, not both")
+        key = "--jwt-secret" if config.jwt_secret else "--jwt-public-key"
+        try:
+            JwtVerifier(secret=config.jwt_secret, public_key_pem=config.jwt_public_key)
+        except ValueError as exc:
+            raise OptionError(f"{key}: {exc}") from None
+    elif config.jwt_secret or config.jwt_public_key:
+        key = "jwt-secret" if config.jwt_secret else "jwt-public-key"
+        raise OptionError(
+            f"{values.origins[key]} is set but --auth is 'none', so no token would be "
+            "checked: add --auth jwt, or remove it"
+        )
+    if config.workers > 1 and not shared:
+        raise OptionError(
             "--workers N needs a shared broker (--broker redis://...): with memory:// each "
             "worker would be a separate island and messages would not cross between them"
         )
-    if config.legacy_channel and urlsplit(config.broker).scheme not in ("redis", "rediss"):
-        parser.error("--legacy-channel needs a redis:// broker")
-    _configure_logging(args.log_level)
+    if config.legacy_channel and not shared:
+        raise OptionError("--legacy-channel needs a redis:// broker")
+
+
+# -- main ---------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:
+    parser, serve_parser = _build()
+    args = parser.parse_args(argv)
+    try:
+        values = resolve_options(args, os.environ if environ is None else environ)
+        config = config_from_options(values)
+    except OptionError as exc:
+        serve_parser.error(str(exc))
+    log_level, log_format = values["log-level"], values["log-format"]
+    logs.configure(log_level, log_format)
     if config.workers > 1:
-        sys.exit(run_workers(config, args.log_level))
-    serve(config)
+        sys.exit(run_workers(config, log_level, log_format))
+    sys.exit(serve(config))
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+def _worker(config: Config, log_level: str, log_format: str, workers: int) -> None:
+    logs.configure(log_level, log_format)
+    sys.exit(serve(config, workers=workers))
 
 
-def _worker(config: Config, log_level: str) -> None:
-    _configure_logging(log_level)
-    serve(config)
-
-
-def run_workers(config: Config, log_level: str = "info") -> int:
+def run_workers(config: Config, log_level: str = "info", log_format: str = "text") -> int:
     """Start ``config.workers`` node processes on one port; forward SIGINT/SIGTERM to them.
 
     Each worker is a full node with its own id (``<node-id>-w<i>``) bound with
     SO_REUSEPORT, so the kernel spreads connections over them; they meet through the broker.
-    Returns 0 when every worker exited cleanly.
+    If one cannot start, the others are stopped. Returns 0 when every worker exited cleanly.
     """
     base_id = config.node_id or secrets.token_hex(4)
     context = multiprocessing.get_context("spawn")
@@ -406,6 +557,8 @@ def run_workers(config: Config, log_level: str = "info") -> int:
             args=(
                 config.replace(node_id=f"{base_id}-w{index}", workers=1, reuse_port=True),
                 log_level,
+                log_format,
+                config.workers,
             ),
             name=f"tidings-worker-{index}",
         )
@@ -414,28 +567,42 @@ def run_workers(config: Config, log_level: str = "info") -> int:
     for worker in workers:
         worker.start()
 
-    def forward(signum: int, _frame: object) -> None:
+    def forward(signum: int, _frame: object = None) -> None:
         for worker in workers:
             if worker.pid is not None and worker.exitcode is None:
                 os.kill(worker.pid, signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for worker in workers:
-        worker.join()
-    return 0 if all(worker.exitcode == 0 for worker in workers) else 1
+    running = list(workers)
+    while running:
+        for sentinel in multiprocessing.connection.wait([w.sentinel for w in running]):
+            ended = next(w for w in running if w.sentinel == sentinel)
+            ended.join()
+            running.remove(ended)
+            if ended.exitcode not in (0, None) and running:
+                log.error("%s exited with %s: stopping the others", ended.name, ended.exitcode)
+                forward(signal.SIGTERM)
+    failed = [worker.exitcode for worker in workers if worker.exitcode != 0]
+    return 0 if not failed else EXIT_START_FAILED
 
 
-def serve(config: Config) -> None:
-    """Run one node until SIGINT/SIGTERM, then close every session with a reason and exit 0."""
+class StartFailed(Exception):
+    """The node cannot start; the message says why in one line."""
+
+
+def serve(config: Config, *, workers: int = 1) -> int:
+    """Run one node until SIGINT/SIGTERM, then close every session with a reason.
+
+    ``workers``: how many node processes share the port (for the start-up line).
+    Returns the exit code: 0 after a clean stop, 1 if the node could not start.
+    """
     if config.gc_log:
         gclog.install()
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    try:
-        app = create_app(config)
-    except ValueError as exc:
-        sys.exit(f"tidings: {exc}")
+    app = create_app(config)
+    server = app[SERVER_KEY]
     runner = web.AppRunner(
         app,
         handle_signals=True,  # SIGINT/SIGTERM raise GracefulExit out of the loop
@@ -443,21 +610,78 @@ def serve(config: Config) -> None:
         shutdown_timeout=config.shutdown_grace_s,
         keepalive_timeout=config.keepalive_timeout_s,  # aiohttp's own: an hour
     )
+    code = 0
     try:
         loop.run_until_complete(_start(runner, config))
-        print(f"======== Running on http://{config.host}:{config.port} ========", flush=True)
+        ready = server.node.ready
+        message, extra = startup_line(config, server.node.id, ready=ready, workers=workers)
+        log.info(message, extra=extra)
         loop.run_forever()
     except (web.GracefulExit, KeyboardInterrupt):
-        pass
+        log.info(
+            "node %s draining: closing %d sessions, up to %.1f s for requests in flight",
+            server.node.id,
+            len(server.sessions),
+            config.shutdown_grace_s,
+        )
+    except StartFailed as exc:
+        log.error("node %s cannot start: %s", server.node.id, exc)
+        code = EXIT_START_FAILED
     finally:
         loop.run_until_complete(runner.cleanup())
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+    if code == 0:
+        log.info("node %s stopped", server.node.id)
+    return code
 
 
 async def _start(runner: web.AppRunner, config: Config) -> None:
-    await runner.setup()
+    try:
+        await runner.setup()  # starts the node: broker, inbox, presence
+    except TidingsError as exc:
+        raise StartFailed(str(exc)) from None
     site = EdgeSite(
         runner, runner.app[SERVER_KEY], config.host, config.port, reuse_port=config.reuse_port
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise StartFailed(
+            f"cannot listen on {config.host}:{config.port}: {reason or exc}"
+        ) from None
+
+
+def startup_line(
+    config: Config, node_id: str, *, ready: bool, workers: int = 1
+) -> tuple[str, dict[str, Any]]:
+    """The one info line a node logs once it listens, and the same facts as JSON extras.
+
+    Never the API key or JWT secret; the broker URL without its password.
+    """
+    broker = redact_url(config.broker)
+    if config.auth == "jwt":
+        auth = "jwt (HS256)" if config.jwt_secret else "jwt (public key)"
+    else:
+        auth = "none (the CONNECT login names the user)"
+    api_key = "set" if config.api_key else "not set (only loopback callers may publish)"
+    listen = f"http://{config.host}:{config.port}"
+    broker_state = "" if ready else " (unreachable: retrying; /readyz answers 503 until then)"
+    message = (
+        f"tidings {__version__} node {node_id} listening on {listen}; "
+        f"broker {broker}{broker_state}; auth {auth}; API key {api_key}; "
+        f"endpoints {','.join(config.endpoints)}; workers {workers}"
+    )
+    extra = {
+        "version": __version__,
+        "node": node_id,
+        "listen": listen,
+        "broker": broker,
+        "broker_ready": ready,
+        "auth": config.auth,
+        "api_key_set": bool(config.api_key),
+        "endpoints": list(config.endpoints),
+        "workers": workers,
+    }
+    return message, extra

@@ -46,6 +46,8 @@ class Config:
     # Also deliver the seed's {code, form, to, content} JSON published on this Redis channel.
     legacy_channel: str | None = None
     presence_ttl_s: float = 15.0
+    # Seconds between two passes of the catch-up safety net (tidings.catchup); 0: none.
+    catchup_interval_s: float = 5.0
     inbox: InboxLimits = field(default_factory=InboxLimits)
     workers: int = 1
     reuse_port: bool = False

@@ -53,13 +53,6 @@ def route(destination: str, session_user: str | None) -> Route:
     )
 
 
-def user_destination(destination: str) -> str:
-    """Validate the user-relative destination of the publish API (``/message`` by default)."""
-    if not destination.startswith("/") or len(destination) < 2 or "//" in destination:
-        raise ValueError("destination must start with '/' and name a path, like /message")
-    return destination
-
-
 _MEMO_ENTRIES = 1024
 _MEMO_MAX_LENGTH = 256
 

@@ -32,7 +32,15 @@ class StompLimitExceeded(StompProtocolError):
 
 
 class AuthError(TidingsError):
-    """Credentials are missing, expired or invalid; the message is safe to show to the peer."""
+    """Credentials are missing, expired or invalid; the message is safe to show to the peer.
+
+    ``reason`` names the kind of failure in a few words that never hold a user id or a
+    token (the key of its rate-limited log line); the message by default.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class InvalidPublish(TidingsError, ValueError):

@@ -124,6 +124,10 @@ class Hub:
     def has_channel(self, channel: str) -> bool:
         return channel in self._by_channel
 
+    def keys_of(self, channel: str) -> list[str]:
+        """The destinations subscribed on ``channel`` (the keys messages match on)."""
+        return list(self._by_channel.get(channel, ()))
+
     @property
     def channels(self) -> list[str]:
         return list(self._by_channel)

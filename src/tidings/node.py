@@ -19,6 +19,7 @@ import orjson
 
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
+from tidings.catchup import DEFAULT_INTERVAL_S, CatchUp
 from tidings.errors import BrokerUnavailable
 from tidings.hub import Hub, LocalSubscription
 from tidings.inbox.base import Inbox, InboxLimits, split_announcement
@@ -54,6 +55,7 @@ class Node:
         node_id: str = "",
         unsubscribe_delay_s: float = 2.0,
         legacy_channel: str | None = None,
+        catchup_interval_s: float = DEFAULT_INTERVAL_S,
     ) -> None:
         self.broker = broker
         self.id = node_id or secrets.token_hex(4)
@@ -75,19 +77,35 @@ class Node:
         self._pending_unsubscribe: dict[str, asyncio.TimerHandle] = {}
         self._started = False
         self._flusher: Flusher | None = None  # the loop's, once started
+        self.catchup = CatchUp(
+            inbox,
+            self._deliver,
+            channels=lambda: self.hub.channels,
+            keys_of=self.hub.keys_of,
+            ready=lambda: self.ready,
+            interval_s=catchup_interval_s,
+        )
+        # The catch-up's state, read on every delivery (src/tidings/catchup.py).
+        self._last_delivered = self.catchup.last
+        self._held = self.catchup.held
+        self._gaps = self.catchup.gaps
 
     async def start(self) -> None:
         self._flusher = loop_flusher()
+        self.broker.on_continuity(self.catchup.on_continuity)
         await self.broker.start(self._on_broker_message)
         await self.inbox.start()
         await self.presence.start()
         self._started = True
+        self.catchup.start()
 
     async def stop(self) -> None:
         self._started = False
         for handle in self._pending_unsubscribe.values():
             handle.cancel()
         self._pending_unsubscribe.clear()
+        self.broker.on_continuity(None)
+        await self.catchup.stop()
         await self.presence.close()
         await self.inbox.close()
         await self.broker.close()
@@ -123,6 +141,7 @@ class Node:
             raise BrokerUnavailable(f"cannot subscribe to {channel}: {exc}") from exc
         if self._channel_ready.get(channel) is ready:
             self._channel_ready[channel] = True
+            self.catchup.subscribed(channel)
 
     def unsubscribe(self, sub: LocalSubscription) -> None:
         if self.hub.remove(sub):
@@ -141,6 +160,7 @@ class Node:
         if self.hub.has_channel(channel):
             return
         self._channel_ready.pop(channel, None)
+        self.catchup.forget(channel)
         task = asyncio.ensure_future(self.broker.unsubscribe(channel))
         task.add_done_callback(_log_failure)
 
@@ -218,6 +238,20 @@ class Node:
         except (ValueError, TypeError, KeyError, UnicodeError) as exc:
             log.warning("ignoring an undecodable message on %s: %s", channel, exc)
             return
+        order = message.order
+        if order is not None:  # stored: the catch-up's bookkeeping, O(1) per message
+            if self._held:
+                buffer = self._held.get(channel)
+                if buffer is not None:  # a catch-up of this channel is due or running
+                    self.catchup.hold(buffer, channel, message)
+                    return
+            self._last_delivered[channel] = order
+        self._deliver(message)
+
+    def _deliver(self, message: Message) -> None:
+        """Hand ``message`` to the local subscribers (live, or from a catch-up)."""
+        if self._gaps:
+            message = self.catchup.with_gap(message)
         flusher = self._flusher or loop_flusher()
         started = flusher.begin_burst()  # a fan-out to a quiet node writes at once
         try:

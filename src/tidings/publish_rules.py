@@ -3,6 +3,11 @@
 Shared by the HTTP API (``server/api.py``) and the direct publisher (``publisher.py``), so
 both accept and refuse exactly the same things. Every refusal is an InvalidPublish whose
 ``code`` is the HTTP API's error code; nothing here does I/O.
+
+Each rule on a string is one regular expression, written once here: the server checks
+with it and the OpenAPI document (``server/openapi.py``) publishes it as the field's
+``pattern``, so the two cannot disagree. The patterns use only syntax that JSON Schema's
+ECMA-262 dialect and Python's ``re`` read alike.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import re
 from collections.abc import Mapping
 from typing import TypeGuard
 
-from tidings.destinations import user_destination
 from tidings.errors import InvalidPublish
 from tidings.message import Message, build_message, encode_body, topic_channel, user_channel
 
@@ -20,16 +24,59 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 RESERVED_HEADERS = ("destination", "subscription", "message-id", "content-length", "ack", "receipt")
 """Header names the server sets on a MESSAGE; a publish may not (compared case-insensitively)."""
 MAX_IDEMPOTENCY_KEY = 200
+MAX_NAME = 200
+"""Longest user id or topic name, in characters."""
 MAX_BATCH = 100
 """Most messages a batch publish (``POST /api/v1/messages``) takes in one request."""
 
-_HEADER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_BAD_VALUE_CHARS = re.compile(r"[\r\n\0]")
+_TEXT = r"[^\x00-\x1f\x7f-\x9f]"
+"""One character of text: no C0 or C1 control, no DEL. (No lone surrogate arrives either:
+orjson refuses one in JSON, and a %-escaped one stays escaped in a path.)"""
+_SEGMENT = r"[^\x00-\x1f\x7f-\x9f/]"
+"""The same, and no ``/``."""
+USER_PATTERN = rf"^(?!\s*$){_SEGMENT}{{1,{MAX_NAME}}}$"
+"""A user id: 1-200 characters of text, no ``/`` (it is one segment of
+``/user/<id>/...``), not only white space."""
+TOPIC_PATTERN = rf"^(?!\s*$)(?=.{{1,{MAX_NAME}}}$){_SEGMENT}+(?:/{_SEGMENT}+)*$"
+"""A topic name: 1-200 characters of text in ``/``-separated segments, none empty."""
+IDEMPOTENCY_KEY_PATTERN = rf"^{_TEXT}{{1,{MAX_IDEMPOTENCY_KEY}}}$"
+"""An idempotency key: 1-200 characters of text."""
+INBOX_ID_PATTERN = r"^[0-9]{1,19}(?:-[0-9]{1,19})?$"
+"""An inbox id ``<ms>-<seq>`` (a Redis stream id; ``0`` sorts first)."""
+DESTINATION_PATTERN = rf"^(?!.*//)/{_TEXT}{{1,{MAX_NAME}}}$"
+"""A user-relative destination (``/message``): the rest of ``/user/<id>/...``."""
+HEADER_NAME_PATTERN = (
+    "^(?!(?:"
+    + "|".join(
+        "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in name)
+        for name in RESERVED_HEADERS
+    )
+    + ")$)[A-Za-z0-9_.-]{1,64}$"
+)
+"""A MESSAGE header name a publish may set: not one the server sets, in any case."""
+HEADER_VALUE_PATTERN = r"^[^\r\n\x00]*$"
+
+_USER = re.compile(USER_PATTERN)
+_TOPIC = re.compile(TOPIC_PATTERN)
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+_DESTINATION = re.compile(DESTINATION_PATTERN)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
+_BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
 
 
-def valid_name(name: object) -> TypeGuard[str]:
-    """A user id or topic name: non-empty printable text, not only spaces."""
-    return isinstance(name, str) and bool(name) and name.isprintable() and not name.isspace()
+def matches(value: object, pattern: re.Pattern[str]) -> TypeGuard[str]:
+    """``value`` is a string the whole of which ``pattern`` matches.
+
+    ``$`` in Python also matches before a final newline, which ECMA-262's does not: the
+    patterns forbid newlines anyway, and ``fullmatch`` makes sure.
+    """
+    return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def valid_user(user: object) -> TypeGuard[str]:
+    """A user id as USER_PATTERN says."""
+    return matches(user, _USER)
 
 
 def user_message(
@@ -44,14 +91,17 @@ def user_message(
 
     ``user`` may not contain ``/`` (it is one segment of ``/user/<id>/...``).
     """
-    if not valid_name(user) or "/" in user:
-        raise InvalidPublish("invalid_field", "user id must be non-empty printable text, no '/'")
-    if not isinstance(destination, str):
-        raise InvalidPublish("invalid_field", "'destination' must be a string like /message")
-    try:
-        user_destination(destination)
-    except ValueError as exc:
-        raise InvalidPublish("invalid_field", f"'destination': {exc}") from None
+    if not valid_user(user):
+        raise InvalidPublish(
+            "invalid_field",
+            f"user id must be 1-{MAX_NAME} characters of text: no control character, no '/'",
+        )
+    if not matches(destination, _DESTINATION):
+        raise InvalidPublish(
+            "invalid_field",
+            "'destination' must start with '/' and name a path of text, like /message"
+            " (no empty segment, no control character)",
+        )
     return message(user_channel(user), destination, body, headers, max_bytes=max_bytes)
 
 
@@ -63,8 +113,12 @@ def topic_message(
     max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> Message:
     """The message ``POST /api/v1/topics/{topic}/messages`` publishes (to ``/topic/<topic>``)."""
-    if not valid_name(topic) or "//" in topic or topic.endswith("/"):
-        raise InvalidPublish("invalid_field", "topic must be a name like 'public' or 'a/b'")
+    if not matches(topic, _TOPIC):
+        raise InvalidPublish(
+            "invalid_field",
+            f"topic must be a name like 'public' or 'a/b' (1-{MAX_NAME} characters of text,"
+            " no empty segment)",
+        )
     return message(topic_channel(topic), f"/topic/{topic}", body, headers, max_bytes=max_bytes)
 
 
@@ -104,13 +158,13 @@ def checked_headers(headers: object) -> dict[str, str]:
         raise InvalidPublish("invalid_field", "'headers' must map header names to strings")
     checked: dict[str, str] = {}
     for name, value in headers.items():
-        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        lowered = name.lower() if isinstance(name, str) else ""
+        if lowered in RESERVED_HEADERS:
+            raise InvalidPublish("invalid_field", f"header {name!r} is set by the server")
+        if not matches(name, _HEADER_NAME):
             raise InvalidPublish(
                 "invalid_field", f"header name {name!r} must match [A-Za-z0-9_.-]{{1,64}}"
             )
-        lowered = name.lower()
-        if lowered in RESERVED_HEADERS:
-            raise InvalidPublish("invalid_field", f"header {name!r} is set by the server")
         if not isinstance(value, str) or _BAD_VALUE_CHARS.search(value):
             raise InvalidPublish(
                 "invalid_field", f"header {name!r} must be a string without CR, LF or NUL"
@@ -120,12 +174,15 @@ def checked_headers(headers: object) -> dict[str, str]:
 
 
 def idempotency_key(key: object) -> str | None:
-    """The key a retried publish is stored once under (1-200 printable chars), or None."""
+    """The key a retried publish is stored once under, or None (absent or JSON null)."""
     if key is None:
         return None
-    if not (isinstance(key, str) and 1 <= len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
+    # A header's undecodable bytes come as lone surrogates (aiohttp's surrogateescape):
+    # not text either, though no JSON string or document pattern can carry one.
+    if not matches(key, _IDEMPOTENCY_KEY) or _SURROGATE.search(key):
         raise InvalidPublish(
             "invalid_field",
-            f"the idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} printable chars",
+            f"the idempotency key must be 1-{MAX_IDEMPOTENCY_KEY} characters of text"
+            " (no control character)",
         )
     return key

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from tidings.brokers.base import Broker, MessageHandler
+from tidings.brokers.base import Broker, ContinuityHandler, MessageHandler
 from tidings.brokers.memory import MemoryBroker
 
-__all__ = ["Broker", "MemoryBroker", "MessageHandler", "broker_from_url"]
+__all__ = ["Broker", "ContinuityHandler", "MemoryBroker", "MessageHandler", "broker_from_url"]
 
 
 def broker_from_url(url: str) -> Broker:

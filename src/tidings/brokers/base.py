@@ -15,12 +15,22 @@ MessageHandler = Callable[[str, bytes], None]
 """Called with (channel, payload) for each message received on a subscribed channel."""
 
 
+ContinuityHandler = Callable[[bool], None]
+"""Called with False when the broker may have stopped hearing its channels (the
+subscriber connection was lost) and with True once it hears every one of them again.
+What was published in between never arrives live: the node reads it from the inbox
+(DESIGN.md §5, "pub/sub is not the source of truth, the stream is")."""
+
+
 class Broker(Protocol):
     async def start(self, handler: MessageHandler) -> None:
         """Connect and begin delivering messages of subscribed channels to ``handler``."""
 
     async def close(self) -> None:
         """Disconnect; no handler calls after this returns."""
+
+    def on_continuity(self, handler: ContinuityHandler | None) -> None:
+        """Report breaks in delivery to ``handler`` (a broker that never has one never calls)."""
 
     async def subscribe(self, channel: str) -> None:
         """Receive this channel's messages from now on (idempotent)."""

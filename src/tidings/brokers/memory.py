@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tidings.brokers.base import MessageHandler
+from tidings.brokers.base import ContinuityHandler, MessageHandler
 from tidings.errors import BrokerUnavailable
 
 
@@ -19,6 +19,9 @@ class MemoryBroker:
     async def close(self) -> None:
         self._handler = None
         self._channels.clear()
+
+    def on_continuity(self, handler: ContinuityHandler | None) -> None:
+        """A publish reaches the handler in the same call: delivery never breaks."""
 
     async def subscribe(self, channel: str) -> None:
         self._channels.add(channel)

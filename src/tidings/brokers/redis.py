@@ -35,7 +35,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from tidings.brokers.base import MessageHandler
+from tidings.brokers.base import ContinuityHandler, MessageHandler
 from tidings.brokers.redis_pubsub import PubSubConnection
 from tidings.errors import BrokerUnavailable
 from tidings.redis_connect import connection_params, open_connection
@@ -126,6 +126,7 @@ class RedisBroker:
         # (b"SUBSCRIBE", key, waiter) or (b"UNSUBSCRIBE", key, None).
         self._pending: list[tuple[bytes, bytes, _Waiter | None]] = []
         self._handler: MessageHandler | None = None
+        self._continuity: ContinuityHandler | None = None
         self._link: PubSubConnection | None = None  # the subscriber connection, once set up
         self._ready = False
         self._ever_ready = False
@@ -174,6 +175,11 @@ class RedisBroker:
         if link is not None:
             link.close()
         await self.redis.aclose()
+
+    def on_continuity(self, handler: ContinuityHandler | None) -> None:
+        """``handler(False)`` when the subscriber connection is lost (or goes deaf),
+        ``handler(True)`` when a new one has confirmed every channel's SUBSCRIBE."""
+        self._continuity = handler
 
     async def subscribe(self, channel: str) -> None:
         """Return once Redis has confirmed the subscription (idempotent).
@@ -290,7 +296,9 @@ class RedisBroker:
                 await self._connect(link)
                 await self._serve(link)
             except (BrokerUnavailable, RedisError, OSError, TimeoutError, _Deaf) as exc:
-                if self._ready or failures == 0:
+                if not self._ever_ready and failures == 0:
+                    log.warning("redis unreachable: %s (retrying in the background)", exc)
+                elif self._ready or failures == 0:
                     log.warning("redis subscriber connection lost: %s", exc)
                 else:
                     log.debug("redis reconnect failed: %s", exc)
@@ -368,9 +376,12 @@ class RedisBroker:
             self.reconnects += 1
             log.info("redis subscriber reconnected (%d reconnects)", self.reconnects)
         self._ever_ready = True
+        self._report_continuity(True)
 
     def _lost(self) -> None:
         """Forget the subscriber connection: not ready, pending subscribes fail."""
+        if self._ready:
+            self._report_continuity(False)
         self._ready = False
         self._became_ready.clear()
         self._link = None
@@ -380,6 +391,15 @@ class RedisBroker:
             for waiter in queue:
                 if not waiter.done():
                     waiter.set_result("lost with the connection")
+
+    def _report_continuity(self, hearing: bool) -> None:
+        handler = self._continuity
+        if handler is None or self._closed:
+            return
+        try:
+            handler(hearing)
+        except Exception:
+            log.exception("broker continuity handler failed")
 
     def _backoff(self, failures: int) -> float:
         """Capped exponential delay before reconnect attempt ``failures``, with jitter."""

@@ -19,7 +19,7 @@ device agrees. Both forget ids that have been trimmed from the inbox.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -103,6 +103,23 @@ class Inbox(Protocol):
         """Retained messages of ``channel`` with id > ``after`` (``"0"``: all), oldest first.
 
         ``gap`` is True when messages with id > ``after`` existed but were trimmed.
+        """
+
+    async def histories(self, after: Mapping[str, str], *, limit: int) -> dict[str, History]:
+        """``history`` of each channel of ``after`` after its id, in few round trips.
+
+        For the node's catch-up (DESIGN.md §5: the stream, not pub/sub, is the source of
+        truth): every channel a node may have missed announcements on, read at once.
+        """
+
+    async def last_ids(self, channels: Sequence[str]) -> dict[str, str | None]:
+        """The newest retained id of each channel, None for one with nothing retained."""
+
+    async def behind(self, after: Mapping[str, str]) -> list[str]:
+        """The channels of ``after`` that hold a message with an id > the given one.
+
+        The node's periodic safety net asks this for every channel it delivers: cheap
+        per channel (a lookup, no message read) and in batches.
         """
 
     async def unacked(self, user: str, destination: str, *, limit: int) -> list[Stored]:

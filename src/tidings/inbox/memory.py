@@ -21,7 +21,7 @@ import asyncio
 import bisect
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -235,6 +235,28 @@ class MemoryInbox:
             return History([], gap=after_key != (0, 0))
         gap = after_key != (0, 0) and after_key < stream.gap_below
         return History([Stored(m) for _, m in _after(stream, after_key, limit)], gap=gap)
+
+    async def histories(self, after: Mapping[str, str], *, limit: int) -> dict[str, History]:
+        return {
+            channel: await self.history(channel, a, limit=limit) for channel, a in after.items()
+        }
+
+    async def last_ids(self, channels: Sequence[str]) -> dict[str, str | None]:
+        out: dict[str, str | None] = {}
+        for channel in channels:
+            stream = self._stream(channel, user_of(channel))
+            last = stream.keys[-1] if stream is not None and stream.keys else None
+            out[channel] = None if last is None else f"{last[0]}-{last[1]}"
+        return out
+
+    async def behind(self, after: Mapping[str, str]) -> list[str]:
+        self._check_open()
+        out = []
+        for channel, inbox_id in after.items():
+            stream = self._streams.get(channel)
+            if stream is not None and stream.keys and stream.keys[-1] > parse_id(inbox_id):
+                out.append(channel)
+        return out
 
     async def unacked(self, user: str, destination: str, *, limit: int) -> list[Stored]:
         stream = self._stream(f"u:{user}", user)

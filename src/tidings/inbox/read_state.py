@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from tidings.message import id_key
+import re
+
+from tidings.publish_rules import INBOX_ID_PATTERN, matches
+
+_INBOX_ID = re.compile(INBOX_ID_PATTERN)
 
 
 def parse_read_request(data: object) -> tuple[list[str], str | None]:
-    """``{"ids": [...]}`` and/or ``{"up_to": id}`` → (ids, up_to); ValueError says what is wrong."""
+    """``{"ids": [...]}`` and/or ``{"up_to": id}`` → (ids, up_to); ValueError says what is wrong.
+
+    An empty ``ids`` without ``up_to`` marks nothing read: the answer is the unread count.
+    """
     if not isinstance(data, dict):
         raise ValueError('expected a JSON object like {"ids": [...]} or {"up_to": "<id>"}')
     ids = data.get("ids", [])
@@ -15,11 +22,9 @@ def parse_read_request(data: object) -> tuple[list[str], str | None]:
         raise ValueError("'ids' must be a list of inbox id strings")
     if up_to is not None and not isinstance(up_to, str):
         raise ValueError("'up_to' must be an inbox id string")
-    if not ids and up_to is None:
+    if "ids" not in data and up_to is None:
         raise ValueError("give 'ids' or 'up_to'")
-    for inbox_id in [*ids, *([up_to] if up_to else [])]:
-        try:
-            id_key(inbox_id)
-        except ValueError:
-            raise ValueError(f"{inbox_id!r} is not an inbox id like 1700000000000-0") from None
+    for inbox_id in [*ids, *([] if up_to is None else [up_to])]:
+        if not matches(inbox_id, _INBOX_ID):
+            raise ValueError(f"{inbox_id!r} is not an inbox id like 1700000000000-0")
     return ids, up_to

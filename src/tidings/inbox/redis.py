@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -346,6 +346,20 @@ end
 return out
 """
 
+# KEYS: streams. Returns each one's newest id, '' where it has no entry. A new channel
+# subscription's starting point for the node's catch-up (tidings.catchup).
+_LAST_IDS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local e = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
+  out[i] = e and e[1] or ''
+end
+return out
+"""
+
+CATCHUP_BATCH = 1000
+"""Channels per command of ``behind`` and ``last_ids`` (all in one round trip)."""
+
 _PACKED_CHANNELS = 4096
 """How many channels' packed publish arguments an InboxWriter keeps (then starts over)."""
 
@@ -473,6 +487,7 @@ class RedisInbox(InboxWriter):
         self._mark_read = register(_PRELUDE + _MARK_READ)
         self._ack = register(_PRELUDE + _ACK)
         self._unacked = register(_PRELUDE + _UNACKED)
+        self._last_ids = register(_LAST_IDS)
 
     async def history(self, channel: str, after: str, *, limit: int) -> History:
         after = canonical_id(after)
@@ -481,6 +496,55 @@ class RedisInbox(InboxWriter):
         reply = await self._run(self._history, keys, [after, count, self._max_age_ms])
         pairs = list(zip(reply[1::2], reply[2::2], strict=True))[: max(limit, 0)]
         return History([Stored(_decode(i, m)) for i, m in pairs], gap=bool(reply[0]))
+
+    async def histories(self, after: Mapping[str, str], *, limit: int) -> dict[str, History]:
+        """One pipeline of the ``history`` script per channel: one round trip for all."""
+        self._check_open()
+        if not after:
+            return {}
+        count = max(limit, 1)
+        pipe = self._redis.pipeline(transaction=False)
+        for channel, inbox_id in after.items():
+            keys = [self._stream(channel), *self._sets(user_of(channel))]
+            args: list[str | int] = [canonical_id(inbox_id), count, self._max_age_ms]
+            await self._history(keys=keys, args=args, client=pipe)
+        replies = await self._execute(pipe)
+        out = {}
+        for channel, reply in zip(after, replies, strict=True):
+            pairs = list(zip(reply[1::2], reply[2::2], strict=True))[: max(limit, 0)]
+            out[channel] = History([Stored(_decode(i, m)) for i, m in pairs], gap=bool(reply[0]))
+        return out
+
+    async def last_ids(self, channels: Sequence[str]) -> dict[str, str | None]:
+        """The ``_LAST_IDS`` script on batches of CATCHUP_BATCH streams, pipelined."""
+        self._check_open()
+        if not channels:
+            return {}
+        pipe = self._redis.pipeline(transaction=False)
+        for start in range(0, len(channels), CATCHUP_BATCH):
+            keys = [self._stream(channel) for channel in channels[start : start + CATCHUP_BATCH]]
+            await self._last_ids(keys=keys, args=[], client=pipe)
+        replies = await self._execute(pipe)
+        ids = [i.decode("ascii") if i else None for reply in replies for i in reply]
+        return dict(zip(channels, ids, strict=True))
+
+    async def behind(self, after: Mapping[str, str]) -> list[str]:
+        """``XREAD COUNT 1 STREAMS <keys> <ids>`` in batches: Redis answers only for the
+        streams with an entry after the given id, so an up-to-date channel costs one
+        lookup and nothing on the wire."""
+        self._check_open()
+        if not after:
+            return []
+        channels = list(after)
+        by_key = {self._stream(channel).encode(): channel for channel in channels}
+        pipe = self._redis.pipeline(transaction=False)
+        for start in range(0, len(channels), CATCHUP_BATCH):
+            batch = channels[start : start + CATCHUP_BATCH]
+            ids = [canonical_id(after[channel]) for channel in batch]
+            keys = [self._stream(channel) for channel in batch]
+            pipe.execute_command("XREAD", "COUNT", 1, "STREAMS", *keys, *ids)
+        replies = await self._execute(pipe)
+        return [by_key[bytes(key)] for reply in replies if reply for key, _ in reply]
 
     async def unacked(self, user: str, destination: str, *, limit: int) -> list[Stored]:
         if limit <= 0:
@@ -531,6 +595,15 @@ class RedisInbox(InboxWriter):
             *self._sets(user),
             f"{self._prefix}readfloor:{user}",
         ]
+
+    async def _execute(self, pipe: Any) -> list[Any]:
+        try:
+            replies: list[Any] = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+        finally:
+            await pipe.reset()
+        return replies
 
     async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         self._check_open()

@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -29,13 +30,17 @@ from tidings.config import Config
 from tidings.errors import BrokerUnavailable, InvalidPublish
 from tidings.inbox.base import Stored
 from tidings.inbox.read_state import parse_read_request
-from tidings.message import Message, id_key, user_channel
-from tidings.server.openapi import LEGACY_ANSWER
+from tidings.logs import RateLimited
+from tidings.message import Message, user_channel
+from tidings.server.openapi import LEGACY_ANSWER, MAX_PRESENCE_QUERY, MAX_SAFE_INTEGER
 
 if TYPE_CHECKING:
     from tidings.server.app import Server
 
-MAX_PRESENCE_QUERY = 10_000
+log = logging.getLogger(__name__)
+# Refused publishers: one line per reason every 10 s, however many requests are refused.
+throttled = RateLimited(log)
+
 MAX_INBOX_PAGE = 1000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -47,6 +52,11 @@ Publish = Callable[[str, dict[str, object], Mapping[str, str]], "Answer | Pendin
 _USER_ROUTE = re.compile(r"/api/v1/users/([^{}/]+)/messages")
 _TOPIC_ROUTE = re.compile(r"/api/v1/topics/([^{}]+)/messages")
 _BATCH_ROUTE = "/api/v1/messages"
+_INBOX_ID = re.compile(publish_rules.INBOX_ID_PATTERN)
+_LIMIT = re.compile(r"[0-9]{1,4}")
+_USER_RULE = (
+    f"a user id is 1-{publish_rules.MAX_NAME} characters of text: no control character, no '/'"
+)
 
 
 def client_max_size(config: Config) -> int:
@@ -155,11 +165,36 @@ def error_response(
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure of an API handler into a JSON error body."""
+    """Turn every failure of an API handler into a JSON error body, and on the API's paths
+    (``/api/v1/...``, ``/pushToOneTest``) the router's 404 and 405 too."""
     try:
         return await handler(request)
     except FAILURES as exc:
         return failure_answer(exc).response()
+    except web.HTTPMethodNotAllowed as exc:
+        if not _is_api_path(request.path):
+            raise
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        answer = Answer.json(
+            {
+                "error": "method_not_allowed",
+                "message": f"{request.method} is not allowed here: use {allowed}",
+            },
+            405,
+        )
+        response = answer.response()
+        response.headers["Allow"] = allowed
+        return response
+    except web.HTTPNotFound:
+        if not _is_api_path(request.path):
+            raise
+        return Answer.json(
+            {"error": "not_found", "message": f"no API route {request.path}"}, 404
+        ).response()
+
+
+def _is_api_path(path: str) -> bool:
+    return path.startswith("/api/") or path == "/pushToOneTest"
 
 
 class PublishApi:
@@ -230,10 +265,12 @@ class PublishApi:
     ) -> Pending:
         """The seed's contract: ``{code, form, to, content}``; ``content`` to /user/{to}/message."""
         to = data.get("to")
-        if isinstance(to, int) and not isinstance(to, bool):
-            to = str(to)
-        if not publish_rules.valid_name(to):
-            raise ApiError(400, "invalid_field", "'to' must be a non-empty user id string")
+        if isinstance(to, float) and to.is_integer():
+            to = int(to)  # JSON Schema: 1.0 is an integer
+        if isinstance(to, int) and not isinstance(to, bool) and abs(to) <= MAX_SAFE_INTEGER:
+            to = str(to)  # as Spring's Jackson binds a JSON number to a String field
+        if not publish_rules.valid_user(to):
+            raise ApiError(400, "invalid_field", f"'to': {_USER_RULE}")
         if "content" not in data:
             raise ApiError(400, "missing_field", "'content' is required")
         message = publish_rules.message(
@@ -270,9 +307,12 @@ class PublishApi:
     ) -> Pending:
         """Store and announce; 202 with the inbox id once the message is durably stored.
 
-        The idempotency key is the ``Idempotency-Key`` header, or the body's ``id`` field.
+        The idempotency key is the ``Idempotency-Key`` header, or the body's ``id`` field;
+        both are checked when both are given, and the header wins.
         """
-        key = publish_rules.idempotency_key(headers.get("idempotency-key", data.get("id")))
+        key = publish_rules.idempotency_key(data.get("id"))
+        if "idempotency-key" in headers:
+            key = publish_rules.idempotency_key(headers["idempotency-key"])
         return Pending(self.server.node.submit(message, idempotency_key=key), _accepted)
 
     def publish_batch(
@@ -327,6 +367,8 @@ class PublishApi:
             raise ApiError(400, "invalid_field", "give exactly one of 'user' and 'topic'")
         if "user" in item:
             message = self._user_message(item["user"], item)
+        elif "destination" in item:
+            raise ApiError(400, "invalid_field", "'destination' is for a user's message only")
         else:
             message = self._topic_message(item["topic"], item)
         return message, publish_rules.idempotency_key(item.get("id"))
@@ -339,40 +381,37 @@ class PublishApi:
     async def inbox_listing(self, request: web.Request) -> web.Response:
         """The user's retained messages after ``after``, with ids and read flags."""
         self._check_caller(request)
-        user = request.match_info["user"]
+        user = _user(request)
         after = request.query.get("after", "0")
-        try:
-            id_key(after)
-            limit = int(request.query.get("limit", "100"))
-        except ValueError:
-            raise ApiError(
-                400, "invalid_field", "'after' must be an inbox id (or 0), 'limit' an integer"
-            ) from None
+        if not publish_rules.matches(after, _INBOX_ID):
+            raise ApiError(400, "invalid_field", "'after' must be an inbox id like 1700000000000-0")
+        limit_text = request.query.get("limit", "100")
+        limit = int(limit_text) if _LIMIT.fullmatch(limit_text) else 0
         if not 1 <= limit <= MAX_INBOX_PAGE:
-            raise ApiError(400, "invalid_field", f"'limit' must be 1..{MAX_INBOX_PAGE}")
+            raise ApiError(400, "invalid_field", f"'limit' must be an integer 1..{MAX_INBOX_PAGE}")
         stored = await self.server.node.inbox.listing(user, after, limit=limit)
         return web.json_response({"messages": [_stored_json(s) for s in stored]})
 
     async def inbox_unread(self, request: web.Request) -> web.Response:
         self._check_caller(request)
-        unread = await self.server.node.inbox.unread(request.match_info["user"])
+        unread = await self.server.node.inbox.unread(_user(request))
         return web.json_response({"unread": unread})
 
     async def inbox_mark_read(self, request: web.Request) -> web.Response:
         """``{"ids": [...]}`` or ``{"up_to": id}``; the user's sessions get an inbox-state event."""
         data = await self._read_object(request)
+        user = _user(request)
         try:
             ids, up_to = parse_read_request(data)
         except ValueError as exc:
             raise ApiError(400, "invalid_field", str(exc)) from None
-        user = request.match_info["user"]
         unread = await self.server.node.mark_read(user, ids=ids, up_to=up_to)
         return web.json_response({"unread": unread})
 
     async def user_presence(self, request: web.Request) -> web.Response:
         """``{"online", "sessions", "nodes"}`` for one user, cluster-wide."""
         self._check_caller(request)
-        presence = await self.server.node.presence.get(request.match_info["user"])
+        presence = await self.server.node.presence.get(_user(request))
         return web.json_response(
             {"online": presence.online, "sessions": presence.sessions, "nodes": presence.nodes}
         )
@@ -381,8 +420,11 @@ class PublishApi:
         """``{"users": [...]}`` → ``{"users": {user: online}}`` in one broker round trip."""
         data = await self._read_object(request)
         users = data.get("users")
-        if not isinstance(users, list) or not all(isinstance(u, str) and u for u in users):
-            raise ApiError(400, "invalid_field", "'users' must be a list of user id strings")
+        if not isinstance(users, list):
+            raise ApiError(400, "invalid_field", "'users' must be a list of user ids")
+        for index, user in enumerate(users):
+            if not publish_rules.valid_user(user):
+                raise ApiError(400, "invalid_field", f"'users'[{index}]: {_USER_RULE}")
         if len(users) > MAX_PRESENCE_QUERY:
             raise ApiError(
                 400, "invalid_field", f"ask for at most {MAX_PRESENCE_QUERY} users at a time"
@@ -408,11 +450,20 @@ class PublishApi:
         if api_key:
             given = bearer_token(headers.get("authorization"))
             if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
+                reason = "API key missing" if given is None else "wrong API key"
+                caller = caller_address(peer, headers.get("x-forwarded-for"))
+                throttled.warning(reason, "publish refused: %s, from %s", reason, caller)
                 raise ApiError(
                     401, "unauthorized", "missing or wrong 'Authorization: Bearer <api key>'"
                 )
             return
-        if not _is_loopback(caller_address(peer, headers.get("x-forwarded-for"))):
+        caller = caller_address(peer, headers.get("x-forwarded-for"))
+        if not _is_loopback(caller):
+            throttled.warning(
+                "not loopback",
+                "publish refused: no --api-key is set and %s is not a loopback caller",
+                caller,
+            )
             raise ApiError(
                 403, "forbidden", "no --api-key is configured: only loopback callers may publish"
             )
@@ -474,6 +525,14 @@ def _stored_json(stored: Stored) -> dict[str, object]:
         "body": body,
         "read": stored.read,
     }
+
+
+def _user(request: web.Request) -> str:
+    """The ``{user}`` of a route's path, checked as a publish checks it."""
+    user = request.match_info["user"]
+    if not publish_rules.valid_user(user):
+        raise ApiError(400, "invalid_field", f"the user id in the path: {_USER_RULE}")
+    return user
 
 
 def _body(data: dict[str, object]) -> object:

@@ -28,6 +28,7 @@ from tidings.presence import MemoryPresence, Presence
 from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
 from tidings.server.edge import STOMP_SUBPROTOCOLS, start_websocket
 from tidings.server.openapi import openapi_document
+from tidings.server.openapi_yaml import to_yaml
 from tidings.server.session import CLOSE_GOING_AWAY, StompSession
 from tidings.server.sockjs import add_sockjs_routes, greeting_response
 from tidings.stomp.connection import ConnectRequested, State
@@ -38,20 +39,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # src/tidings, or an installed one
 STATIC_DIR = Path(__file__).parent / "static"
 GC_YOUNG_THRESHOLD = 10_000  # tracked allocations between young collections (default 700)
-# Browser libraries are installed from npm by `./run setup`, never committed.
-VENDOR_FILES = {
-    "stomp.umd.min.js": "@stomp/stompjs/bundles/stomp.umd.min.js",
-    "sockjs.min.js": "sockjs-client/dist/sockjs.min.js",
-}
-
-
-def node_modules_dir() -> Path:
-    configured = os.environ.get("TIDINGS_NODE_MODULES")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[3] / "node_modules"
+# The browser bundles the package ships (static/vendor/manifest.json: npm package, version,
+# license, sha256; copied from node_modules by `./run vendor`, tests/test_vendor.py).
+VENDOR_DIR = STATIC_DIR / "vendor"
+VENDOR_FILES = frozenset({"stomp.umd.min.js", "sockjs.min.js"})
+JAVASCRIPT = "text/javascript; charset=utf-8"
 
 
 def build_node(config: Config) -> Node:
@@ -67,12 +62,25 @@ def build_node(config: Config) -> Node:
         broker = RedisBroker(config.broker, raw_channels=raw)
         presence: Presence = RedisPresence(broker.redis, node_id, ttl_s=config.presence_ttl_s)
         inbox = RedisInbox(broker, config.inbox)
-        return Node(broker, presence, inbox, node_id=node_id, legacy_channel=config.legacy_channel)
+        return Node(
+            broker,
+            presence,
+            inbox,
+            node_id=node_id,
+            legacy_channel=config.legacy_channel,
+            catchup_interval_s=config.catchup_interval_s,
+        )
     if config.legacy_channel:
         raise ValueError("--legacy-channel needs a redis:// broker")
     memory = broker_from_url(config.broker)  # ValueError naming the supported schemes
     assert isinstance(memory, MemoryBroker)
-    return Node(memory, MemoryPresence(node_id), MemoryInbox(memory, config.inbox), node_id=node_id)
+    return Node(
+        memory,
+        MemoryPresence(node_id),
+        MemoryInbox(memory, config.inbox),
+        node_id=node_id,
+        catchup_interval_s=config.catchup_interval_s,
+    )
 
 
 class Server:
@@ -106,17 +114,17 @@ class Server:
         )
         if not token:
             raise AuthError(
-                "authentication failed: no token (send 'Authorization: Bearer <jwt>' on CONNECT)"
+                "no token (send 'Authorization: Bearer <jwt>' on CONNECT)", reason="no token"
             )
-        try:
-            return self.verifier.verify(token)
-        except AuthError as exc:
-            raise AuthError(f"authentication failed: {exc}") from None
+        return self.verifier.verify(token)  # AuthError says why not
 
     def authorize_subscription(self, user: str | None, target: Route) -> None:
         """With ``--auth jwt`` a session may read only its own user's destinations."""
         if self.verifier is not None and target.user is not None and target.user != user:
-            raise AuthError(f"user {user} may not subscribe to messages of user {target.user}")
+            raise AuthError(
+                f"user {user} may not subscribe to messages of user {target.user}",
+                reason="subscription to another user",
+            )
 
     def send_allowed(self, destination: str) -> bool:
         return self._send_allow is not None and self._send_allow.matches(destination)
@@ -224,6 +232,30 @@ class Server:
                 "Broker subscriber reconnections",
                 [("", getattr(node.broker, "reconnects", 0))],
             ),
+            (
+                "catchup_messages_total",
+                "counter",
+                "Stored messages missed live and delivered from the inbox by a catch-up",
+                [("", node.catchup.counters.messages)],
+            ),
+            (
+                "catchup_runs_total",
+                "counter",
+                "Catch-ups that read channels' streams (after a broker break or a check)",
+                [("", node.catchup.counters.runs)],
+            ),
+            (
+                "catchup_gaps_total",
+                "counter",
+                "Channels found trimmed past what this node had delivered",
+                [("", node.catchup.counters.gaps)],
+            ),
+            (
+                "catchup_checks_total",
+                "counter",
+                "Safety-net passes comparing every channel with its stream",
+                [("", node.catchup.counters.passes)],
+            ),
         ]
         node_label = 'node="{}"'.format(node.id.replace("\\", "\\\\").replace('"', '\\"'))
         lines = []
@@ -240,15 +272,31 @@ class Server:
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document(version=__version__))
 
+    async def openapi_yaml(self, request: web.Request) -> web.Response:
+        """The same document as YAML (media type ``application/yaml``, RFC 9512)."""
+        text = to_yaml(openapi_document(version=__version__))
+        return web.Response(text=text, content_type="application/yaml", charset="utf-8")
+
+    async def api_docs(self, request: web.Request) -> web.FileResponse:
+        """The document rendered for people by a page shipped in the package (no CDN)."""
+        return web.FileResponse(STATIC_DIR / "api-docs.html")
+
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html")
 
+    async def favicon(self, request: web.Request) -> web.FileResponse:
+        # A 32x32 PNG in an ICO container: what a browser asks for unless a page links an icon.
+        return web.FileResponse(
+            STATIC_DIR / "favicon.ico", headers={"Content-Type": "image/x-icon"}
+        )
+
     async def vendor(self, request: web.Request) -> web.StreamResponse:
-        relative = VENDOR_FILES.get(request.match_info["name"])
-        path = node_modules_dir() / relative if relative else None
-        if path is None or not path.is_file():
-            return error_response(404, "not_found", "client library not installed: run ./run setup")
-        return web.FileResponse(path)
+        name = request.match_info["name"]
+        if name not in VENDOR_FILES:
+            served = ", ".join(sorted(VENDOR_FILES))
+            return error_response(404, "not_found", f"no such client library; served: {served}")
+        # RFC 9239's type, not whatever the host's mimetypes table says.
+        return web.FileResponse(VENDOR_DIR / name, headers={"Content-Type": JAVASCRIPT})
 
     # -- lifecycle -----------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
@@ -262,7 +310,9 @@ class Server:
         # per session, and with the default 700 the full passes over all sessions came
         # every few thousand connects (docs/decisions.md, GC in connection storms).
         gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
-        log.info("node %s ready on %s:%d", self.node.id, self.config.host, self.config.port)
+        # The start-up line is the CLI's, once the port is bound (cli.startup_line).
+        # Which installation runs (a checkout or an installed wheel; tests/test_wheel.py).
+        log.debug("tidings %s from %s", __version__, PACKAGE_DIR)
 
     async def on_shutdown(self, app: web.Application) -> None:
         self.shutting_down = True
@@ -291,7 +341,10 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/readyz", server.readyz)
     app.router.add_get("/metrics", server.metrics)
     app.router.add_get("/api/v1/openapi.json", server.openapi)
+    app.router.add_get("/api/v1/openapi.yaml", server.openapi_yaml)
+    app.router.add_get("/api/v1/docs", server.api_docs)
     app.router.add_get("/", server.index)
+    app.router.add_get("/favicon.ico", server.favicon)
     app.router.add_get("/vendor/{name}", server.vendor)
     app.router.add_routes(server.api.routes())
     app.on_startup.append(server.on_startup)

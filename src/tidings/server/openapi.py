@@ -7,11 +7,27 @@ operation and is only mentioned in ``info.description``.
 
 from typing import Any
 
-from tidings.publish_rules import MAX_BATCH, MAX_IDEMPOTENCY_KEY, RESERVED_HEADERS
+from tidings.publish_rules import (
+    DESTINATION_PATTERN,
+    HEADER_NAME_PATTERN,
+    HEADER_VALUE_PATTERN,
+    IDEMPOTENCY_KEY_PATTERN,
+    INBOX_ID_PATTERN,
+    MAX_BATCH,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_NAME,
+    RESERVED_HEADERS,
+    TOPIC_PATTERN,
+    USER_PATTERN,
+)
 
 __all__ = ["OPENAPI_VERSION", "RESERVED_HEADERS", "openapi_document"]
 
 OPENAPI_VERSION = "3.1.0"
+MAX_SAFE_INTEGER = 2**53 - 1
+"""The largest integer every JSON parser reads exactly (ECMA-262 Number.MAX_SAFE_INTEGER)."""
+MAX_PRESENCE_QUERY = 10_000
+"""Most users one presence query asks about."""
 
 Json = dict[str, Any]
 
@@ -23,13 +39,15 @@ ERROR_CODES = (
     "forbidden",
     "too_large",
     "broker_unavailable",
+    "not_found",
 )
-LEGACY_ANSWER = "发送成功"  # the Spring seed's exact 200 body ("sent successfully")
+LEGACY_ANSWER = "发送成功"  # the Spring Boot service's exact 200 body ("sent successfully")
 
 _DESCRIPTION = """\
 Real-time notifications over STOMP 1.2 on WebSocket (`/stomp`). These HTTP endpoints
 publish messages to connected STOMP subscribers. Bodies are JSON in, JSON out (except
-the legacy `/pushToOneTest` answer, kept byte-for-byte from the Spring seed)."""
+the legacy `/pushToOneTest` answer, kept byte-for-byte from the Spring Boot service
+Tidings replaces)."""
 
 _SECURITY_DESCRIPTION = """\
 The API key configured on the server, sent as `Authorization: Bearer <key>`.
@@ -42,19 +60,48 @@ The message body. A JSON string is delivered as-is with content-type
 `text/plain;charset=UTF-8`; any other JSON value is serialized and delivered with
 content-type `application/json;charset=UTF-8`."""
 
-_IDEMPOTENCY_FIELD = {
+_IDEMPOTENCY_KEY = {
     "type": "string",
     "minLength": 1,
     "maxLength": MAX_IDEMPOTENCY_KEY,
-    "description": "Idempotency key (as the Idempotency-Key header): a retried publish with the"
-    " same key within 24 h is stored once and answers the first id.",
+    "pattern": IDEMPOTENCY_KEY_PATTERN,
+}
+_IDEMPOTENCY_DESCRIPTION = (
+    "Idempotency key (as the Idempotency-Key header): a retried publish with the same key"
+    " within 24 h is stored once and answers the first id. Text without control characters."
+)
+_IDEMPOTENCY_FIELD = _IDEMPOTENCY_KEY | {
+    "type": ["string", "null"],
+    "description": _IDEMPOTENCY_DESCRIPTION + " `null` is the same as no key. When the"
+    " Idempotency-Key header is given too, both must be valid and the header's is used.",
+}
+_USER_ID = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME,
+    "pattern": USER_PATTERN,
+    "description": "A user id: text without control characters or `/`, not only white space.",
+}
+_TOPIC_NAME = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME,
+    "pattern": TOPIC_PATTERN,
+    "description": "A topic name: text without control characters, in `/`-separated"
+    " segments (`a/b`), none empty.",
+}
+_INBOX_ID = {
+    "type": "string",
+    "pattern": INBOX_ID_PATTERN,
+    "description": "An inbox id, `<ms>-<seq>` (STOMP `tidings-id`); `0` is before the first.",
 }
 
 _DESTINATION_FIELD = {
     "type": "string",
-    "pattern": "^(?!.*//)/.+$",
+    "pattern": DESTINATION_PATTERN,
     "default": "/message",
-    "description": "User-relative destination: starts with `/`, no empty segment.",
+    "description": "User-relative destination: starts with `/`, no empty segment, no control"
+    " character.",
 }
 
 _BATCH_DESCRIPTION = f"""\
@@ -84,10 +131,15 @@ def openapi_document(*, version: str) -> dict[str, object]:
         "info": {"title": "Tidings", "version": version, "description": _DESCRIPTION},
         "tags": [
             {"name": "messages", "description": "Publish to STOMP subscribers."},
-            {"name": "legacy", "description": "The Spring seed's contract, kept as-is."},
+            {
+                "name": "legacy",
+                "description": "Spring's contract (the Spring Boot service Tidings replaces),"
+                " kept as-is.",
+            },
             {"name": "presence", "description": "Who is online, across every node."},
             {"name": "inbox", "description": "Each user's durable inbox and read state."},
             {"name": "operations", "description": "Probes and this document."},
+            {"name": "demo", "description": "The demo page and the files it loads."},
         ],
         "paths": _paths(),
         "components": {
@@ -118,6 +170,11 @@ def _paths() -> Json:
         "/readyz": {"get": _readyz()},
         "/metrics": {"get": _metrics()},
         "/api/v1/openapi.json": {"get": _openapi_json()},
+        "/api/v1/openapi.yaml": {"get": _openapi_yaml()},
+        "/api/v1/docs": {"get": _api_docs()},
+        "/": {"get": _demo_page()},
+        "/favicon.ico": {"get": _favicon()},
+        "/vendor/{name}": {"get": _vendor_file()},
     }
 
 
@@ -130,7 +187,7 @@ def _api_get(
         "tags": [tag],
         "summary": summary,
         "security": [{"bearer": []}, {}],
-        "parameters": [_path_parameter("user", "The user id.")],
+        "parameters": [_path_parameter("user", "The user id.", _USER_ID)],
         "responses": {"200": {"description": summary, "content": _json_content(schema)}}
         | {status: _ref("responses", _ERRORS[status][0]) for status in statuses},
     }
@@ -148,7 +205,7 @@ def _inbox_listing() -> Json:
             "name": "after",
             "in": "query",
             "description": "Inbox id to list after; `0` (default) lists from the oldest.",
-            "schema": {"type": "string", "default": "0"},
+            "schema": _INBOX_ID | {"default": "0"},
         },
         {
             "name": "limit",
@@ -164,7 +221,7 @@ def _inbox_unread() -> Json:
         "inboxUnread",
         "How many retained messages the user has not read",
         "Unread",
-        statuses=("401", "403", "503"),
+        statuses=("400", "401", "403", "503"),
     )
 
 
@@ -182,7 +239,7 @@ def _inbox_read() -> Json:
             "200": {"description": "The unread count after.", "content": _json_content("Unread")}
         },
     )
-    operation["parameters"] = [_path_parameter("user", "The user id.")]
+    operation["parameters"] = [_path_parameter("user", "The user id.", _USER_ID)]
     return operation
 
 
@@ -191,7 +248,7 @@ def _user_presence() -> Json:
         "userPresence",
         "Is one user online, on how many sessions and which nodes (cluster-wide)",
         "Presence",
-        statuses=("401", "403", "503"),
+        statuses=("400", "401", "403", "503"),
         tag="presence",
     )
 
@@ -232,12 +289,13 @@ def _legacy_push() -> Json:
     return _publish_operation(
         operation_id="pushToOneTest",
         tag="legacy",
-        summary="Send content to one user (legacy Spring seed contract)",
+        summary="Send content to one user (Spring's contract, kept as-is)",
         description="Delivers `content` to the STOMP destination `/user/{to}/message`.",
         request_schema="LegacyPushRequest",
         success={
             "200": {
-                "description": "Delivered to the broker; the body is the seed's exact answer.",
+                "description": "Delivered to the broker; the body is the Spring service's"
+                " exact answer.",
                 "content": {
                     "text/plain": {
                         "schema": {"type": "string", "const": LEGACY_ANSWER},
@@ -254,8 +312,8 @@ def _idempotency_header() -> Json:
         "name": "Idempotency-Key",
         "in": "header",
         "required": False,
-        "schema": {"type": "string", "minLength": 1, "maxLength": 200},
-        "description": _IDEMPOTENCY_FIELD["description"],
+        "schema": _IDEMPOTENCY_KEY,
+        "description": _IDEMPOTENCY_DESCRIPTION,
     }
 
 
@@ -272,7 +330,7 @@ def _user_publish() -> Json:
         success=_accepted(),
     )
     operation["parameters"] = [
-        _path_parameter("user", "The recipient's user id."),
+        _path_parameter("user", "The recipient's user id.", _USER_ID),
         _idempotency_header(),
     ]
     return operation
@@ -288,7 +346,7 @@ def _topic_publish() -> Json:
         success=_accepted(),
     )
     operation["parameters"] = [
-        _path_parameter("topic", "The topic name; `/` separates segments (`a/b`), none empty."),
+        _path_parameter("topic", "The topic name.", _TOPIC_NAME),
         _idempotency_header(),
     ]
     return operation
@@ -376,6 +434,84 @@ def _openapi_json() -> Json:
     }
 
 
+def _openapi_yaml() -> Json:
+    return {
+        "operationId": "openapiDocumentYaml",
+        "tags": ["operations"],
+        "summary": "This OpenAPI 3.1 document as YAML",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The OpenAPI document.",
+                "content": {"application/yaml": {"schema": {"type": "object"}}},
+            }
+        },
+    }
+
+
+def _api_docs() -> Json:
+    return {
+        "operationId": "apiDocs",
+        "tags": ["operations"],
+        "summary": "This document rendered for people (an HTML page shipped with the server)",
+        "security": [],
+        "responses": {
+            "200": {
+                "description": "The page; it renders openapi.json in the browser.",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
+    }
+
+
+def _demo_page() -> Json:
+    return _static_file(
+        "demoPage",
+        "The demo page: connects as user 42 over STOMP and shows notifications",
+        "The page.",
+        "text/html",
+    )
+
+
+def _favicon() -> Json:
+    return _static_file("favicon", "The icon browsers ask for", "A 32x32 icon.", "image/x-icon")
+
+
+def _vendor_file() -> Json:
+    operation = _static_file(
+        "vendorFile",
+        "A browser client library shipped in the package (@stomp/stompjs, sockjs-client)",
+        "The script.",
+        "text/javascript",
+    )
+    operation["parameters"] = [
+        {
+            "name": "name",
+            "in": "path",
+            "required": True,
+            "description": "The bundle's file name.",
+            "schema": {"type": "string", "enum": ["stomp.umd.min.js", "sockjs.min.js"]},
+        }
+    ]
+    operation["responses"]["404"] = {
+        "description": "No such file.",
+        "content": _json_content("Error"),
+    }
+    return operation
+
+
+def _static_file(operation_id: str, summary: str, description: str, media_type: str) -> Json:
+    return {
+        "operationId": operation_id,
+        "tags": ["demo"],
+        "summary": summary,
+        "security": [],
+        "responses": {
+            "200": {"description": description, "content": {media_type: {"schema": {}}}},
+        },
+    }
+
+
 # --- components -------------------------------------------------------------------
 
 
@@ -386,17 +522,19 @@ def _schemas() -> Json:
         "LegacyPushRequest": _object(
             {
                 "code": {
-                    "type": "string",
-                    "description": "Seed contract field; not used for routing.",
+                    "description": "Spring contract field; not used, any JSON value is taken.",
                 },
                 "form": {
-                    "type": "string",
-                    "description": "Seed contract field (the sender); not used for routing.",
+                    "description": "Spring contract field (the sender); not used, any JSON"
+                    " value is taken.",
                 },
-                "to": {
+                "to": _USER_ID
+                | {
                     "type": ["string", "integer"],
-                    "minLength": 1,
-                    "description": "Recipient user id (an integer is taken as its decimal text).",
+                    "minimum": -MAX_SAFE_INTEGER,
+                    "maximum": MAX_SAFE_INTEGER,
+                    "description": "Recipient user id. Lenient as Spring's Jackson binding:"
+                    " an integer is taken as its decimal text.",
                 },
                 "content": _ref("schemas", "MessageBody"),
             },
@@ -489,8 +627,13 @@ def _schemas() -> Json:
         "ReadRequest": {
             "type": "object",
             "properties": {
-                "ids": {"type": "array", "items": {"type": "string"}},
-                "up_to": {"type": "string", "description": "Everything up to this id is read."},
+                "ids": {
+                    "type": "array",
+                    "items": _INBOX_ID,
+                    "description": "These messages are read (an empty list changes nothing).",
+                },
+                "up_to": _INBOX_ID
+                | {"type": ["string", "null"], "description": "Everything up to this id is read."},
             },
             "anyOf": [{"required": ["ids"]}, {"required": ["up_to"]}],
         },
@@ -506,8 +649,8 @@ def _schemas() -> Json:
             {
                 "users": {
                     "type": "array",
-                    "items": {"type": "string", "minLength": 1},
-                    "maxItems": 10000,
+                    "items": _USER_ID,
+                    "maxItems": MAX_PRESENCE_QUERY,
                 }
             },
             required=["users"],
@@ -536,12 +679,8 @@ def _batch_message() -> Json:
     """A message of a batch: a user's or a topic's request, with its recipient."""
     schema = _object(
         {
-            "user": {"type": "string", "minLength": 1, "description": "The recipient's user id."},
-            "topic": {
-                "type": "string",
-                "minLength": 1,
-                "description": "The topic name; `/` separates segments (`a/b`), none empty.",
-            },
+            "user": _USER_ID,
+            "topic": _TOPIC_NAME,
             "body": _ref("schemas", "MessageBody"),
             "destination": _DESTINATION_FIELD
             | {"description": "With `user` only: " + str(_DESTINATION_FIELD["description"])},
@@ -550,26 +689,32 @@ def _batch_message() -> Json:
         },
         required=["body"],
     )
-    schema["oneOf"] = [{"required": ["user"]}, {"required": ["topic"]}]
-    schema["description"] = "To one user (`user`) or on one topic (`topic`): exactly one."
+    schema["oneOf"] = [
+        {"required": ["user"], "not": {"required": ["topic"]}},
+        {
+            "required": ["topic"],
+            "not": {"anyOf": [{"required": ["user"]}, {"required": ["destination"]}]},
+        },
+    ]
+    schema["description"] = (
+        "To one user (`user`) or on one topic (`topic`): exactly one; `destination` only"
+        " with `user`."
+    )
     return schema
 
 
 def _stomp_headers() -> Json:
     """Extra STOMP MESSAGE headers (STOMP 1.2 §Augmenting, §Value Encoding)."""
     return {
-        "type": "object",
+        "type": ["object", "null"],
         "description": (
-            "Extra headers for the STOMP MESSAGE frame. Reserved names (compared"
+            "Extra headers for the STOMP MESSAGE frame (`null`: none). Reserved names (compared"
             " case-insensitively) may not be used: "
             + ", ".join(RESERVED_HEADERS)
             + ". `content-type` (any case) may be given to override the body's default."
         ),
-        "propertyNames": {
-            "pattern": "^[A-Za-z0-9_.-]{1,64}$",
-            "not": {"enum": list(RESERVED_HEADERS)},
-        },
-        "additionalProperties": {"type": "string", "pattern": "^[^\\r\\n\\u0000]*$"},
+        "propertyNames": {"pattern": HEADER_NAME_PATTERN},
+        "additionalProperties": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
     }
 
 
@@ -591,13 +736,13 @@ def _json_content(schema: str) -> Json:
     return {"application/json": {"schema": _ref("schemas", schema)}}
 
 
-def _path_parameter(name: str, description: str) -> Json:
+def _path_parameter(name: str, description: str, schema: Json) -> Json:
     return {
         "name": name,
         "in": "path",
         "required": True,
         "description": description,
-        "schema": {"type": "string", "minLength": 1},
+        "schema": schema,
     }
 
 

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
+from tidings.catchup import GAP_HEADER
 from tidings.destinations import route
 from tidings.errors import AuthError, BrokerUnavailable, StompProtocolError
 from tidings.hub import LocalSubscription, SendFrame, encode_tail, opcode_for, send_message
 from tidings.inbox.read_state import parse_read_request
+from tidings.logs import RateLimited
 from tidings.message import TEXT_PLAIN, Message, id_key
 from tidings.stomp.connection import (
     AckReceived,
@@ -39,9 +41,10 @@ if TYPE_CHECKING:
     from tidings.server.app import Server
 
 log = logging.getLogger(__name__)
+# Auth failures and slow consumers: one line per reason every 10 s (a flood stays one line).
+throttled = RateLimited(log)
 
 RESUME_HEADER = "tidings-resume-after"
-GAP_HEADER = "tidings-gap"
 READ_DESTINATION = "/app/inbox/read"
 REPLAY_PAGE = 500
 MAX_REPLAY_BUFFER = 10_000  # live messages held while one subscription replays history
@@ -146,6 +149,13 @@ class StompSession:
         except StompProtocolError as exc:
             self.fail(exc.message, exc.detail, CLOSE_PROTOCOL_ERROR)
         except AuthError as exc:
+            throttled.warning(
+                f"auth: {exc.reason}",
+                "session %s: authentication failed: %s",
+                self.id,
+                exc,
+                session=self.id,
+            )
             self.fail(f"authentication failed: {exc}", "", CLOSE_POLICY_VIOLATION)
         except BrokerUnavailable as exc:
             self.fail("broker unavailable", str(exc), CLOSE_GOING_AWAY)
@@ -156,6 +166,8 @@ class StompSession:
         The links to the transport go too, so a closed session and its transport are
         freed by reference counting, not left for a full collection (docs/decisions.md).
         """
+        if not self.closed:
+            self._log_end("connection ended without DISCONNECT")
         self.closed = True
         self._release()
         self.transport = None
@@ -190,6 +202,13 @@ class StompSession:
             await self.server.node.presence.add(self.user, self.id)
         self.send_frame(self.conn.accept(session_id=self.id, user_name=self.user))
         self._start_heartbeats()
+        if log.isEnabledFor(logging.DEBUG):
+            transport = type(self.transport).__name__
+            log.debug(
+                "session %s connected: user %s, STOMP %s, %s",
+                *(self.id, self.user, self.version, transport),
+                extra={"session": self.id, "user": self.user, "transport": transport},
+            )
 
     async def _subscribe(self, event: SubscribeRequested) -> None:
         target = route(event.destination, self.user)
@@ -399,15 +418,31 @@ class StompSession:
         """Release the session, then close its transport with ``code`` and ``reason``."""
         if self.closed:
             return
+        self._log_end(f"{reason} ({code})")
         self.closed = True
         self._release()
         if self.transport is not None:
             self.transport.close(code, reason)
 
+    def _log_end(self, why: str) -> None:
+        if log.isEnabledFor(logging.DEBUG) and self in self.server.sessions:
+            log.debug(
+                "session %s disconnected: user %s, %s",
+                *(self.id, self.user, why),
+                extra={"session": self.id, "user": self.user},
+            )
+
     def on_slow_consumer(self, limit: int) -> None:
         """The transport's bound was crossed: end the session, telling the client why."""
         self.server.node.counters.slow_consumers += 1
-        log.info("session %s: slow consumer, over %d bytes pending", self.id, limit)
+        throttled.warning(
+            "slow consumer",
+            "session %s (user %s): slow consumer, disconnected with over %d bytes waiting",
+            self.id,
+            self.user,
+            limit,
+            session=self.id,
+        )
         self.fail(
             "slow consumer",
             f"more than {limit} bytes were waiting to be sent to this client",

@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SUBSCRIBE_RETRY_MAX_S = 1.0  # Redis down at start: retry the node channel this often at most
+
 DIRECTORY_TTL_S = 60.0
 """Life of a directory entry; its owner refreshes it every third of that."""
 NODE_TTL_S = 10.0
@@ -187,10 +189,22 @@ class Relay:
     async def start(self) -> None:
         """Listen on this node's channel and keep the directory entries fresh."""
         self._channel = self.node.on_node_message(self._on_message)
-        await self.node.broker.subscribe(self._channel)
+        try:
+            await self.node.broker.subscribe(self._channel)
+        except BrokerUnavailable:
+            # Redis down at start: the node starts not ready (docs/deploy.md) and the
+            # channel is subscribed once Redis is back; the broker keeps it after that.
+            self._spawn(self._subscribe_when_back())
         with contextlib.suppress(RedisError, OSError):  # else the refresher retries
             await self.directory.beat(self.node_id)
         self._refresher = asyncio.create_task(self._refresh(), name="tidings-sockjs-directory")
+
+    async def _subscribe_when_back(self) -> None:
+        for attempt in itertools.count():
+            await asyncio.sleep(min(SUBSCRIBE_RETRY_MAX_S, 0.05 * 2**attempt))
+            with contextlib.suppress(BrokerUnavailable):
+                await self.node.broker.subscribe(self._channel)
+                return
 
     async def shut_down(self) -> None:
         """End the requests relayed to other nodes, and say this node is gone: its
