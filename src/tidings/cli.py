@@ -247,6 +247,7 @@ OPTIONS: tuple[Option, ...] = (
         "open connections one client address may hold; 0: no cap (behind a proxy every "
         "client has the proxy's address: cap there instead)",
         "limits",
+        shown_default="0",
     ),
     # -- inbox
     Option(
