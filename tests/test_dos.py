@@ -252,6 +252,25 @@ async def test_a_websocket_that_never_sends_connect_is_closed(node: Node) -> Non
     assert CONNECT_TIMEOUT * 0.9 <= time.monotonic() - started < CONNECT_TIMEOUT + 3
 
 
+async def test_sessions_opened_at_different_times_each_get_the_whole_timeout(
+    node: Node,
+) -> None:
+    """One timer serves every session's deadline: each is closed at its own."""
+
+    async def opened_then_closed(delay: float) -> tuple[float, float]:
+        await asyncio.sleep(delay)  # spaces the openings; not a synchronisation
+        async with raw(node) as client:
+            await client.handshake()
+            opened = time.monotonic()
+            await client.expect("ERROR")
+            await client.expect_close(1008)
+            return opened, time.monotonic()
+
+    spans = await asyncio.gather(*(opened_then_closed(d) for d in (0.0, 0.4, 0.8)))
+    for opened, closed in spans:
+        assert CONNECT_TIMEOUT * 0.9 <= closed - opened < CONNECT_TIMEOUT + 1.5, spans
+
+
 async def test_a_sockjs_session_that_never_sends_connect_is_closed(node: Node) -> None:
     url = node.session_url()
     started = time.monotonic()

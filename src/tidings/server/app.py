@@ -29,7 +29,7 @@ from tidings.server.api import PublishApi, client_max_size, error_response, json
 from tidings.server.edge import STOMP_SUBPROTOCOLS, start_websocket
 from tidings.server.openapi import openapi_document
 from tidings.server.openapi_yaml import to_yaml
-from tidings.server.session import CLOSE_GOING_AWAY, StompSession
+from tidings.server.session import CLOSE_GOING_AWAY, ConnectDeadlines, StompSession
 from tidings.server.sockjs import add_sockjs_routes, greeting_response
 from tidings.stomp.connection import ConnectRequested, State
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
@@ -92,6 +92,7 @@ class Server:
         # STOMP 1.2 §CONNECTED: server = name/version *(comment); the comment names the node.
         self.server_header = f"Tidings/{__version__} (node {self.node.id})"
         self.sessions: set[StompSession] = set()
+        self.connect_deadlines = ConnectDeadlines(config.connect_timeout_s)
         self.api = PublishApi(self)
         self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
         self.shutting_down = False
