@@ -223,8 +223,33 @@ OPTIONS: tuple[Option, ...] = (
         Seconds(),
         _CONFIG.head_timeout_s,
         "seconds a request head may take to arrive once it has started; a slower one is "
-        "served by the general (slower) HTTP handler",
+        "answered 408 and the connection closed",
         "limits",
+    ),
+    Option(
+        "connect-timeout",
+        Seconds(),
+        _CONFIG.connect_timeout_s,
+        "seconds a STOMP session (WebSocket or SockJS) has to send CONNECT once open; "
+        "then ERROR and close",
+        "limits",
+    ),
+    Option(
+        "keepalive-timeout",
+        Seconds(),
+        _CONFIG.keepalive_timeout_s,
+        "seconds an HTTP connection may stay idle (before its first request, between "
+        "requests, or with a request never finished) before it is closed",
+        "limits",
+    ),
+    Option(
+        "max-connections-per-ip",
+        Integer(0),
+        _CONFIG.max_connections_per_ip,
+        "open connections one client address may hold; 0: no cap (behind a proxy every "
+        "client has the proxy's address: cap there instead)",
+        "limits",
+        shown_default="0",
     ),
     # -- inbox
     Option(
@@ -436,6 +461,9 @@ def config_from_options(values: Resolved) -> Config:
         max_message_bytes=v["max-message-bytes"],
         access_log=v["access-log"],
         head_timeout_s=v["head-timeout"],
+        connect_timeout_s=v["connect-timeout"],
+        keepalive_timeout_s=v["keepalive-timeout"],
+        max_connections_per_ip=v["max-connections-per-ip"],
         gc_log=v["gc-log"],
         legacy_channel=v["legacy-channel"] or None,
         presence_ttl_s=v["presence-ttl"],
@@ -620,6 +648,7 @@ def serve(config: Config, *, workers: int = 1) -> int:
         handle_signals=True,  # SIGINT/SIGTERM raise GracefulExit out of the loop
         access_log=logging.getLogger("aiohttp.access") if config.access_log else None,
         shutdown_timeout=config.shutdown_grace_s,
+        keepalive_timeout=config.keepalive_timeout_s,  # aiohttp's own: an hour
     )
     code = 0
     try:

@@ -36,8 +36,11 @@ class Config:
     max_outbound_bytes: int = 1024 * 1024  # per connection; past it: slow consumer, disconnect
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # body of one published message
     shutdown_grace_s: float = 5.0
-    # A request head still incomplete this long after its first byte goes to aiohttp.
-    head_timeout_s: float = 5.0
+    # Timeouts and caps against one client holding resources (docs/security.md).
+    head_timeout_s: float = 5.0  # a request head incomplete this long: 408, closed
+    connect_timeout_s: float = 10.0  # a STOMP session without CONNECT this long: ERROR, closed
+    keepalive_timeout_s: float = 75.0  # an HTTP connection idle this long is closed
+    max_connections_per_ip: int = 0  # open connections per client address; 0: no cap
     access_log: bool = False  # one log line per HTTP request
     gc_log: bool = False  # one log line per garbage collection (tidings.gclog)
     # Also deliver the seed's {code, form, to, content} JSON published on this Redis channel.

@@ -12,7 +12,6 @@ Destinations understood:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from tidings.errors import StompProtocolError
@@ -54,12 +53,101 @@ def route(destination: str, session_user: str | None) -> Route:
     )
 
 
-def compile_globs(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One regex for a list of destination globs: ``*`` is one path segment, ``**`` any depth."""
-    if not patterns:
-        return None
-    parts = []
-    for pattern in patterns:
-        escaped = re.escape(pattern).replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
-        parts.append(f"(?:{escaped})")
-    return re.compile("|".join(parts))
+_MEMO_ENTRIES = 1024
+_MEMO_MAX_LENGTH = 256
+
+
+class GlobSet:
+    """Destination globs: ``*`` is any run of characters but ``/`` (one path segment or
+    part of one), ``**`` any run but a line feed (any depth); everything else is literal.
+
+    Matched as a nondeterministic automaton, every pattern at once, with one bit per
+    pattern position in an int (shift-and): time linear in the destination's length
+    times the patterns' total length / 64, whatever the patterns. A backtracking regex
+    of the same globs took 28 s for three ``**`` against a 7.2 KB destination (issue 14).
+    """
+
+    __slots__ = (
+        "_accept",
+        "_chars",
+        "_double",
+        "_memo",
+        "_single",
+        "_star_runs",
+        "_stars",
+        "_start",
+    )
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        chars: dict[str, int] = {}  # character -> bits of the positions that consume it
+        single = double = start = accept = 0
+        star_runs = 1  # the longest run of consecutive stars (closure steps needed)
+        bit = 0
+        for pattern in patterns:
+            start |= 1 << bit
+            run = 0
+            index = 0
+            while index < len(pattern):
+                if pattern.startswith("**", index):
+                    double |= 1 << bit
+                    index += 2
+                    run += 1
+                elif pattern[index] == "*":
+                    single |= 1 << bit
+                    index += 1
+                    run += 1
+                else:
+                    chars[pattern[index]] = chars.get(pattern[index], 0) | 1 << bit
+                    index += 1
+                    run = 0
+                star_runs = max(star_runs, run)
+                bit += 1
+            accept |= 1 << bit
+            bit += 1  # the accepting position consumes nothing: no shift crosses it
+        self._chars = chars
+        self._single = single
+        self._double = double
+        self._stars = single | double
+        self._start = start
+        self._accept = accept
+        self._star_runs = star_runs
+        # Outcomes for short destinations: a session SENDs to a few, again and again, and a
+        # dict lookup costs a twentieth of the automaton's walk. Bounded: cleared when full.
+        self._memo: dict[str, bool] = {}
+
+    def _close(self, states: int) -> int:
+        """Add the positions after every star reached: a star may match nothing."""
+        stars = self._stars
+        for _ in range(self._star_runs):
+            states |= (states & stars) << 1
+        return states
+
+    def matches(self, destination: str) -> bool:
+        """True if ``destination`` matches one of the patterns as a whole."""
+        memo = self._memo
+        known = memo.get(destination)
+        if known is not None:
+            return known
+        matched = self._run(destination)
+        if len(destination) <= _MEMO_MAX_LENGTH:
+            if len(memo) >= _MEMO_ENTRIES:
+                memo.clear()
+            memo[destination] = matched
+        return matched
+
+    def _run(self, destination: str) -> bool:
+        chars, single, double = self._chars, self._single, self._double
+        states = self._close(self._start)
+        for char in destination:
+            # A literal moves on; a star stays (``*`` not over "/", ``**`` not over LF).
+            stay = (single if char != "/" else 0) | (double if char != "\n" else 0)
+            states = ((states & chars.get(char, 0)) << 1) | (states & stay)
+            if not states:
+                return False
+            states = self._close(states)
+        return bool(states & self._accept)
+
+
+def compile_globs(patterns: tuple[str, ...]) -> GlobSet | None:
+    """The matcher of a list of destination globs (``--send-allow``); None for no globs."""
+    return GlobSet(patterns) if patterns else None

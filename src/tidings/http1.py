@@ -45,7 +45,7 @@ class RequestHead:
         return self.target.partition("?")[2]
 
 
-def parse_request_head(head: bytes) -> RequestHead | None:
+def parse_request_head(head: bytes | bytearray) -> RequestHead | None:
     """The request line (§3) and fields (§5) of ``head`` (without the final CRLF CRLF).
 
     None when it is not a plain, well-formed HTTP/1.x request head: the caller then lets
@@ -116,6 +116,7 @@ class RequestReader(Generic[R]):
         "_pos",
         "_refused",
         "_route",
+        "_scanned",
         "max_body_bytes",
         "max_head_bytes",
     )
@@ -126,8 +127,12 @@ class RequestReader(Generic[R]):
         self._route = route
         self.max_head_bytes = max_head_bytes
         self.max_body_bytes = max_body_bytes
-        self._buffer = b""
+        # What was fed and not handed out (from _pos). The data of one feed as it came;
+        # a bytearray appended to in place once a request spans feeds, so a request sent
+        # a few bytes at a time costs linear time, not a copy of the buffer per piece.
+        self._buffer: bytes | bytearray = b""
         self._pos = 0  # where the first request not handed out starts
+        self._scanned = 0  # bytes after _pos already searched for the end of the head
         # The head read but its body incomplete: (head, route, body start, end), from _pos.
         self._pending: tuple[RequestHead, R, int, int] | None = None
         self._refused: Refused | None = None
@@ -137,15 +142,29 @@ class RequestReader(Generic[R]):
         """Bytes fed and not handed out in a request."""
         return len(self._buffer) - self._pos
 
+    @property
+    def awaiting_body(self) -> bool:
+        """The next request's head is read and its body is not complete yet."""
+        return self._pending is not None
+
     def feed(self, data: bytes) -> None:
+        buffer = self._buffer
         if self._pos:
-            self._buffer = self._buffer[self._pos :]
+            if isinstance(buffer, bytearray):
+                del buffer[: self._pos]
+            else:
+                buffer = self._buffer = buffer[self._pos :]
             self._pos = 0
-        self._buffer = self._buffer + data if self._buffer else data
+        if not buffer:
+            self._buffer = data
+        elif isinstance(buffer, bytearray):
+            buffer += data
+        else:
+            self._buffer = bytearray(buffer) + data
 
     def unread(self) -> bytes:
         """Every byte fed and not handed out in a request."""
-        return self._buffer[self._pos :]
+        return bytes(self._buffer[self._pos :])
 
     def next_request(self) -> Request[R] | Refused | None:
         """The next complete request; None until it is complete; Refused from then on
@@ -165,19 +184,30 @@ class RequestReader(Generic[R]):
         if len(self._buffer) - start < end:
             return None
         body = self._buffer[start + body_start : start + end]
+        if isinstance(body, bytearray):
+            body = bytes(body)
         self._pending = None
         self._pos = start + end
+        self._scanned = 0
         if self._pos == len(self._buffer):
             self._buffer = b""
             self._pos = 0
         return Request(head, body, route)
 
     def _read_head(self) -> tuple[RequestHead, R, int, int] | Refused | None:
-        buffer, pos = self._buffer, self._pos
-        end = buffer.find(b"\r\n\r\n", pos, pos + self.max_head_bytes + 4)
+        buffer, pos, limit = self._buffer, self._pos, self.max_head_bytes
+        # Search only what the last call has not: a head sent in small pieces is
+        # searched once, not once per piece (issue 14).
+        scan_from = pos + self._scanned
+        end = buffer.find(b"\r\n\r\n", scan_from, pos + limit + 4)
         if end < 0:
-            if len(buffer) - pos > self.max_head_bytes:
-                return self._refuse(f"head over {self.max_head_bytes} bytes")
+            if len(buffer) - pos > limit:
+                return self._refuse(f"head over {limit} bytes")
+            # §2.2 allows a bare LF as a line end, but this reader does not take it: a
+            # full HTTP server answers such a request rather than it waiting for a CRLF.
+            if buffer.find(b"\n\n", scan_from, pos + limit + 2) >= 0:
+                return self._refuse("bare LF line ends")
+            self._scanned = max(len(buffer) - pos - 3, 0)  # the delimiter may straddle
             return None
         head = parse_request_head(buffer[pos:end])
         if head is None:

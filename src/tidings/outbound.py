@@ -189,7 +189,12 @@ class Outbound:
         return True
 
     def send_raw(self, data: bytes) -> None:
-        """Write already-framed bytes now, ahead of the bound (ERROR, close, heart-beat)."""
+        """Write already-framed bytes now, ahead of the bound (ERROR, close, heart-beat).
+
+        Only for frames whose number the server bounds itself: one ERROR and one close
+        per connection, a heart-beat per interval. Anything a client can make us send
+        at will (a PONG per PING) goes through ``send`` and its bound (issue 14).
+        """
         self.flush()
         if not self._transport.is_closing():
             self._transport.write(data)

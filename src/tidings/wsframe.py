@@ -101,21 +101,34 @@ class ClientFrameReader:
     streams message data (STOMP does: frames may span messages) never reassembles.
     """
 
-    __slots__ = ("_buffer", "_message", "_utf8_tail", "max_payload")
+    __slots__ = ("_buffer", "_message", "_need", "_utf8_tail", "max_payload")
 
     def __init__(self, max_payload: int) -> None:
-        self._buffer = b""
+        # The start of a frame not complete yet; an idle connection shares the empty b"".
+        self._buffer: bytes | bytearray = b""
+        self._need = 0  # bytes _buffer must hold before that frame can be read further
         self._message = 0  # opcode of the fragmented data message in progress; 0: none
         self._utf8_tail = b""  # an incomplete UTF-8 sequence ending a text fragment
         self.max_payload = max_payload
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Frames completed by ``data``; raises WebSocketError when a rule is broken."""
-        if self._buffer:
-            data = self._buffer + data
+        """Frames completed by ``data``; raises WebSocketError when a rule is broken.
+
+        Time is linear in the bytes fed however they are split: an incomplete frame is
+        appended to until it has the bytes it needs (joining the buffer to every piece
+        made a frame sent a few bytes at a time cost quadratic time; issue 14).
+        """
+        buffer = self._buffer
+        if buffer:
+            buffer += data  # a bytearray: appended in place
+            if len(buffer) < self._need:
+                return []
+            data = bytes(buffer)
+            self._buffer = b""
         frames: list[tuple[int, bytes]] = []
         end = len(data)
         pos = 0
+        need = 2
         while end - pos >= 2:
             first, second = data[pos], data[pos + 1]
             length = second & 0x7F
@@ -123,20 +136,25 @@ class ClientFrameReader:
             if length == 126:
                 start = pos + 8
                 if end < start:
+                    need = 8
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 4], "big")
             elif length == 127:
                 start = pos + 14
                 if end < start:
+                    need = 14
                     break
                 length = int.from_bytes(data[pos + 2 : pos + 10], "big")
             self._check_header(first, second, length)
             if end < start + length:
+                need = start + length - pos
                 break
             payload = unmask(data[start : start + length], data[start - 4 : start])
             pos = start + length
             frames.append(self._frame(first, payload))
-        self._buffer = data[pos:] if pos < end else b""
+        if pos < end:
+            self._buffer = bytearray(data[pos:])
+            self._need = need
         return frames
 
     def _check_header(self, first: int, second: int, length: int) -> None:

@@ -17,6 +17,8 @@ import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING, cast
 
+import orjson
+
 from tidings.http1 import (
     DateField,
     Refused,
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KEEPALIVE_TIMEOUT_S = 3630.0  # aiohttp's: a connection idle this long is closed
 # aiohttp's max_line_size and max_field_size: a longer head could hold a line it refuses.
 MAX_HEAD_BYTES = 8190
 MAX_FIELDS = 128  # aiohttp's max_headers
@@ -55,6 +56,16 @@ Route = tuple[Publish, str, dict[int, int], bool]
 _CONNECTION_OPTIONS = frozenset(("close", "keep-alive"))
 _DATE = DateField()
 _CONTENT_TYPES: dict[str, bytes] = {}  # as aiohttp writes them, with the charset
+
+
+def refuse(transport: asyncio.Transport, status: int, code: str, message: str) -> None:
+    """Answer ``status`` with the API's JSON error body and close the connection."""
+    body = orjson.dumps({"error": code, "message": message})
+    response = encode_response(
+        status, b"application/json", body, date=_DATE.at(time.time()), close=True
+    )
+    transport.write(response)
+    transport.close()
 
 
 def _content_type(media_type: str) -> bytes:
@@ -110,12 +121,18 @@ class ApiConnection(asyncio.Protocol):
     buffers at most one more request of the largest size, then reading pauses. A request
     under way runs to its end even if the client goes away (as aiohttp's handlers do): a
     publish is stored or not, never cut.
+
+    Timeouts (docs/security.md): a request head incomplete ``--head-timeout`` after its
+    first byte is answered 408 and the connection closed; with no publish under way, a
+    connection is closed ``--keepalive-timeout`` after its last answer (or its start),
+    whether it sent nothing more or a request never finished.
     """
 
     __slots__ = (
         "_answered",
         "_closing",
         "_edge",
+        "_head_since",
         "_idle_since",
         "_latency",
         "_loop",
@@ -137,6 +154,7 @@ class ApiConnection(asyncio.Protocol):
         self._pending: tuple[Request[Route], Pending, float] | None = None
         self._answered: asyncio.Future[None] | None = None  # for shut_down, once asked
         self._timer: asyncio.TimerHandle | None = None
+        self._head_since: float | None = None  # when the incomplete head buffered began
         self._paused = False
         self._closing = False  # Connection: close asked, or the server shutting down
 
@@ -148,7 +166,9 @@ class ApiConnection(asyncio.Protocol):
         self._edge.server.api_connections.add(self)
         loop = self._loop = asyncio.get_running_loop()  # each call costs a getpid(2)
         self._idle_since = loop.time()
-        self._timer = loop.call_at(self._idle_since + KEEPALIVE_TIMEOUT_S, self._check_idle)
+        self._timer = loop.call_at(
+            self._idle_since + self._edge.keepalive_timeout_s, self._check_idle
+        )
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -173,6 +193,8 @@ class ApiConnection(asyncio.Protocol):
                 if self._paused:
                     self._paused = False
                     self._transport.resume_reading()
+                if self._reader.buffered and self._head_since is None:
+                    self._head_started()
                 return
             if isinstance(request, Refused):
                 self._hand_over()
@@ -245,6 +267,7 @@ class ApiConnection(asyncio.Protocol):
                 )
             )
         self._idle_since = self._loop.time()
+        self._head_since = None
         if self._closing:
             transport.close()
             return False
@@ -261,15 +284,39 @@ class ApiConnection(asyncio.Protocol):
         return self._answered
 
     # -- ending -----------------------------------------------------------------------------
+    def _head_started(self) -> None:
+        """Part of a request is buffered: if of its head, the head timeout runs from now."""
+        if self._reader.awaiting_body:
+            return
+        self._head_since = self._loop.time()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_at(
+            self._head_since + self._edge.head_timeout_s, self._check_idle
+        )
+
     def _check_idle(self) -> None:
-        """Close the connection once idle for KEEPALIVE_TIMEOUT_S, as aiohttp does."""
+        """408 for a head incomplete after the head timeout; close once idle after the
+        keep-alive timeout (aiohttp's rule, with our timeout)."""
+        self._timer = None
         now = self._loop.time()
-        if self._pending is None and now >= self._idle_since + KEEPALIVE_TIMEOUT_S:
-            self._timer = None
+        keepalive, head_timeout = self._edge.keepalive_timeout_s, self._edge.head_timeout_s
+        if self._pending is not None:
+            self._timer = self._loop.call_at(now + keepalive, self._check_idle)
+            return
+        head_since = self._head_since
+        if head_since is not None and now >= head_since + head_timeout:
+            self._release()
+            message = f"the request head did not arrive within {head_timeout:g} s"
+            refuse(self._transport, 408, "request_head_timeout", message)
+            return
+        if now >= self._idle_since + keepalive:
             self._transport.close()
             return
-        since = now if self._pending is not None else self._idle_since
-        self._timer = self._loop.call_at(since + KEEPALIVE_TIMEOUT_S, self._check_idle)
+        deadline = self._idle_since + keepalive
+        if head_since is not None:
+            deadline = min(deadline, head_since + head_timeout)
+        self._timer = self._loop.call_at(deadline, self._check_idle)
 
     def _hand_over(self) -> None:
         self._release()

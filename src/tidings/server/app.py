@@ -32,7 +32,7 @@ from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tidings.server.metrics import UPGRADED, Metrics, response_counter
 from tidings.server.openapi import openapi_document
 from tidings.server.openapi_yaml import to_yaml
-from tidings.server.session import CLOSE_GOING_AWAY, StompSession
+from tidings.server.session import CLOSE_GOING_AWAY, ConnectDeadlines, StompSession
 from tidings.server.sockjs import add_sockjs_routes, greeting_response
 from tidings.stomp.connection import ConnectRequested
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
@@ -97,6 +97,7 @@ class Server:
         self.sessions: set[StompSession] = set()
         self.stats = ServerStats()  # counted by the edges, read by /metrics
         self.exporter = Metrics(self)
+        self.connect_deadlines = ConnectDeadlines(config.connect_timeout_s)
         self.api = PublishApi(self)
         self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
         self.shutting_down = False
@@ -132,7 +133,7 @@ class Server:
             )
 
     def send_allowed(self, destination: str) -> bool:
-        return self._send_allow is not None and self._send_allow.fullmatch(destination) is not None
+        return self._send_allow is not None and self._send_allow.matches(destination)
 
     # -- handlers ------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:

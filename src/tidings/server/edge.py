@@ -6,13 +6,16 @@ answered here and the connection becomes a ``StompWebSocket``: no aiohttp object
 on per session, which is most of an idle session's memory and of a handshake's CPU
 (docs/decisions.md). A connection that starts with a POST becomes an ``ApiConnection``
 (server/api_edge.py), which serves publishes without aiohttp until a request it does
-not serve. Anything else - other requests, malformed or refused handshakes, heads
-still incomplete ``--head-timeout`` after their first byte - goes unread to aiohttp's
-request handler, which answers it as before (the same route also upgrades a kept-alive
-connection, e.g. one nginx reuses). A connection that sends nothing waits for its first
-request as long as aiohttp would let it (its keep-alive timeout), then is closed: clients
-that open connections ahead of need (a back end's pool, a browser's preconnect) get the
-edge whenever their first request comes.
+not serve. Anything else - other requests, malformed or refused handshakes - goes
+to aiohttp's request handler once its head is complete (or over 16 KB), which answers it
+as before (the same route also upgrades a kept-alive connection, e.g. one nginx reuses).
+
+Limits (docs/security.md): a head still incomplete ``--head-timeout`` after its first
+byte is answered 408 and closed (aiohttp would wait for it as long as for an idle
+connection); a connection that sends nothing is closed after ``--keepalive-timeout``
+(clients that open connections ahead of need, a back end's pool or a browser's
+preconnect, get the edge whenever their first request comes before that); with
+``--max-connections-per-ip`` a connection past the cap is answered 503 and closed.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from aiohttp import web
 
 from tidings.http1 import parse_request_head
 from tidings.server.api import client_max_size
-from tidings.server.api_edge import KEEPALIVE_TIMEOUT_S, ApiConnection, ApiEdgeRoute
+from tidings.server.api_edge import ApiConnection, ApiEdgeRoute, refuse
 from tidings.server.session import StompSession
 from tidings.server.websocket import StompWebSocket
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
@@ -38,6 +41,57 @@ MAX_HEAD_BYTES = 16 * 1024  # a longer head is aiohttp's to judge (it answers 4x
 _GET = b"GET "
 _POST = b"POST "
 STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")  # IANA-registered names
+
+
+def _head_complete(head: bytes) -> bool:
+    """The blank line that ends a head has come (CR LF, or bare LF for a full server)."""
+    return b"\r\n\r\n" in head or b"\n\n" in head
+
+
+class AddressCap:
+    """At most ``limit`` open connections per client address (``--max-connections-per-ip``).
+
+    The connections are tracked by transport: a protocol change (to a WebSocket, to
+    aiohttp) does not lose them, and a closed transport stops counting as soon as
+    ``is_closing()`` says so. Closed ones are pruned from an address when it is at its
+    cap, and from every address once the tracked total doubles (amortized O(1) per
+    connection); with no cap nothing is tracked.
+    """
+
+    __slots__ = ("_by_address", "_sweep_at", "_tracked", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._by_address: dict[str, set[asyncio.BaseTransport]] = {}
+        self._tracked = 0
+        self._sweep_at = 1024
+
+    def admit(self, transport: asyncio.BaseTransport) -> bool:
+        """Track ``transport``; False if its address is at the cap (do not serve it)."""
+        if not self.limit:
+            return True
+        peer = transport.get_extra_info("peername")
+        if not isinstance(peer, tuple | list):
+            return True  # not an IP connection (a unix socket)
+        address = str(peer[0])
+        open_ = self._by_address.setdefault(address, set())
+        if len(open_) >= self.limit:
+            open_.difference_update([t for t in open_ if t.is_closing()])
+            if len(open_) >= self.limit:
+                return False
+        open_.add(transport)
+        self._tracked += 1
+        if self._tracked >= self._sweep_at:
+            self._sweep()
+        return True
+
+    def _sweep(self) -> None:
+        for address, open_ in list(self._by_address.items()):
+            open_.difference_update([t for t in open_ if t.is_closing()])
+            if not open_:
+                del self._by_address[address]
+        self._tracked = sum(len(open_) for open_ in self._by_address.values())
+        self._sweep_at = max(2 * self._tracked, 1024)
 
 
 class Edge:
@@ -55,8 +109,10 @@ class Edge:
         self.serves_publishes = not server.config.access_log
         self.api_route = ApiEdgeRoute(self)
         self.max_body_bytes = client_max_size(server.config)
-        # A head still incomplete this long after its first byte is aiohttp's to judge.
+        # A head still incomplete this long after its first byte is answered 408.
         self.head_timeout_s = server.config.head_timeout_s
+        self.keepalive_timeout_s = server.config.keepalive_timeout_s
+        self.address_cap = AddressCap(server.config.max_connections_per_ip)
 
     def protocol(self) -> EdgeProtocol:
         return EdgeProtocol(self)
@@ -84,8 +140,19 @@ class EdgeProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
-        # Nothing sent yet: closed when aiohttp would close a connection idle from the start.
-        self._timer = asyncio.get_running_loop().call_later(KEEPALIVE_TIMEOUT_S, transport.close)
+        edge = self._edge
+        if not edge.address_cap.admit(transport):
+            refuse(
+                self._transport,
+                503,
+                "too_many_connections",
+                f"at most {edge.address_cap.limit} connections per client address",
+            )
+            return
+        # Nothing sent yet: closed when idle as long as a kept-alive connection may be.
+        self._timer = asyncio.get_running_loop().call_later(
+            edge.keepalive_timeout_s, transport.close
+        )
 
     def data_received(self, data: bytes) -> None:
         head = self._head + data if self._head else data
@@ -93,15 +160,15 @@ class EdgeProtocol(asyncio.Protocol):
             self._read_get(head)
         elif head.startswith(_POST) and self._edge.serves_publishes:
             self._serve_publishes(head)
-        elif _GET.startswith(head) or _POST.startswith(head):
-            self._keep(head)
-        else:
+        elif _head_complete(head) or len(head) > MAX_HEAD_BYTES:
             self._hand_over(head)
+        else:  # the start of any request: wait for its head (or the head timeout)
+            self._keep(head)
 
     def _read_get(self, head: bytes) -> None:
         end = head.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
         if end < 0:
-            if len(head) > MAX_HEAD_BYTES:
+            if len(head) > MAX_HEAD_BYTES or b"\n\n" in head:  # bare LF: aiohttp's to judge
                 self._hand_over(head)
             else:
                 self._keep(head)
@@ -114,8 +181,20 @@ class EdgeProtocol(asyncio.Protocol):
         if not self._head:
             self._cancel_timer()
             loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._edge.head_timeout_s, self._hand_over)
+            self._timer = loop.call_later(self._edge.head_timeout_s, self._head_timed_out)
         self._head = head
+
+    def _head_timed_out(self) -> None:
+        """RFC 9110 §15.5.9: 408, the server closes the connection it will not wait on."""
+        self._timer = None
+        self._head = b""
+        if not self._transport.is_closing():
+            refuse(
+                self._transport,
+                408,
+                "request_head_timeout",
+                f"the request head did not arrive within {self._edge.head_timeout_s:g} s",
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()

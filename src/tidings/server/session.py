@@ -76,6 +76,50 @@ class FrameTransport(Protocol):
         """Flush, close with this code and reason; the session is already released."""
 
 
+class ConnectDeadlines:
+    """Ends the sessions that have not sent CONNECT ``timeout`` s after opening (issue 14).
+
+    One timer for all of them, not one per session: a per-session timer, cancelled at the
+    CONNECT, cost a loop timer per connect and, on asyncio's loop, stayed in its heap (two
+    objects the collector tracks per idle session; tests/test_gc_pressure.py). Sessions
+    wait in a dict in opening order, which is deadline order (one timeout, a monotonic
+    clock); the timer fires at the oldest deadline, ends every session past its own and
+    is set again for the next. A session that connects or closes leaves the dict at once.
+    """
+
+    __slots__ = ("_timer", "_waiting", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._waiting: dict[StompSession, float] = {}  # session -> its deadline (loop time)
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, session: StompSession) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        self._waiting[session] = deadline
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire)
+
+    def discard(self, session: StompSession) -> None:
+        self._waiting.pop(session, None)
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        expired = []
+        for session, deadline in self._waiting.items():
+            if deadline > now:
+                break
+            expired.append(session)
+        for session in expired:
+            del self._waiting[session]
+            session.connect_timed_out()
+        if self._waiting:
+            self._timer = loop.call_at(next(iter(self._waiting.values())), self._expire)
+
+
 class StompSession:
     """A connected client; implements the hub's Subscriber protocol."""
 
@@ -110,10 +154,24 @@ class StompSession:
 
     # -- reading ------------------------------------------------------------------------
     def attach(self, transport: FrameTransport) -> None:
-        """Give the session its way to the client; call before the first ``receive``."""
+        """Give the session its way to the client; call before the first ``receive``.
+
+        The client has ``--connect-timeout`` from now to send CONNECT (issue 14: a
+        WebSocket that never did stayed open for good).
+        """
         self.transport = transport
         self.send_frame = transport.send
         self.server.sessions.add(self)
+        self.server.connect_deadlines.add(self)
+
+    def connect_timed_out(self) -> None:
+        """No CONNECT within ``--connect-timeout``: ERROR, then close 1008."""
+        timeout = self.server.config.connect_timeout_s
+        self.fail(
+            "no CONNECT frame",
+            f"a STOMP session must start with CONNECT within {timeout:g} s of opening",
+            CLOSE_POLICY_VIOLATION,
+        )
 
     async def receive(self, data: bytes) -> None:
         """Act on bytes from the client, in order; the transport must not call concurrently."""
@@ -177,6 +235,7 @@ class StompSession:
                 self.close(1000, "client disconnected")
 
     async def _connect(self, event: ConnectRequested) -> None:
+        self.server.connect_deadlines.discard(self)  # the CONNECT came in time
         self.user = self.server.identify(event, self.access_token)
         self.version = event.version
         if self.user is not None:
@@ -436,6 +495,7 @@ class StompSession:
             if timer is not None:
                 timer.cancel()
         self._beat_timer = self._alive_timer = None  # a handle holds its bound callback
+        self.server.connect_deadlines.discard(self)
         for sub in self._subscriptions.values():
             self.server.node.unsubscribe(sub)
         self._subscriptions.clear()

@@ -90,7 +90,9 @@ class StompWebSocket(asyncio.Protocol):
                 if opcode in (OP_TEXT, OP_BINARY):
                     chunks.append(payload)
                 elif opcode == OP_PING:  # §5.5.2: answer with the same payload
-                    self.outbound.send_raw(encode_frame(payload, OP_PONG))
+                    # Within the outbound bound like any frame: a client that pings and
+                    # never reads is a slow consumer, not a way to grow our memory.
+                    self.outbound.send(payload, OP_PONG)
                 elif opcode == OP_CLOSE:
                     self._close_received = parse_close(payload)
                     break

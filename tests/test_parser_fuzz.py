@@ -1,0 +1,198 @@
+"""Property tests of the wire parsers besides STOMP's (tests/test_stomp_fuzz.py has that):
+WebSocket frames (wsframe.py), HTTP/1 requests (http1.py), SockJS bodies
+(sockjs/framing.py) and ``--send-allow`` globs (destinations.py).
+
+Each has a fixed budget and a fixed seed (``derandomize``): the suite runs the same
+examples every time. The chunking properties are the ones the linear-time rewrites must
+keep (issue 14): however the bytes are split, the same frames, requests or error come out.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import orjson
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tidings.destinations import compile_globs
+from tidings.http1 import Refused, Request, RequestHead, RequestReader
+from tidings.sockjs.framing import SockJSPayloadError, decode_send
+from tidings.wsframe import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_TEXT,
+    ClientFrameReader,
+    WebSocketError,
+)
+
+from .test_wsframe import masked_frame
+
+FUZZ = settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` cut at the given offsets (taken modulo its length, sorted)."""
+    points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+CUTS = st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=40)
+
+
+# -- WebSocket frames ----------------------------------------------------------------------
+
+WS_FRAMES = st.lists(
+    st.one_of(
+        st.builds(
+            lambda payload, opcode, fin: masked_frame(payload, opcode, fin=fin),
+            st.binary(max_size=150),
+            st.sampled_from([OP_TEXT, OP_BINARY, OP_CONTINUATION, OP_PING, OP_CLOSE]),
+            st.booleans(),
+        ),
+        st.builds(lambda text: masked_frame(text.encode(), OP_TEXT), st.text(max_size=40)),
+        st.binary(min_size=1, max_size=8),  # garbage
+    ),
+    max_size=8,
+).map(b"".join)
+
+
+def read_ws(pieces: list[bytes]) -> tuple[list[tuple[int, bytes]], int | None]:
+    reader = ClientFrameReader(200)
+    frames: list[tuple[int, bytes]] = []
+    try:
+        for piece in pieces:
+            frames.extend(reader.feed(piece))
+    except WebSocketError as exc:
+        return frames, exc.code
+    return frames, None
+
+
+@FUZZ
+@given(WS_FRAMES, CUTS)
+def test_websocket_frames_do_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
+    whole, error = read_ws([data])
+    for pieces in (split(data, cuts), [data[i : i + 1] for i in range(len(data))]):
+        frames, code = read_ws(pieces)
+        assert code == error
+        if error is None:
+            assert frames == whole
+        else:  # frames of the feed that raised are not returned: fewer when fed whole
+            assert frames[: len(whole)] == whole
+
+
+# -- HTTP/1 requests -----------------------------------------------------------------------
+
+HTTP_REQUESTS = st.lists(
+    st.one_of(
+        st.builds(
+            lambda path, body: (
+                (
+                    f"POST /{path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body
+            ),
+            st.text("abc/", max_size=10),
+            st.binary(max_size=60),
+        ),
+        st.builds(lambda path: f"GET /{path} HTTP/1.1\r\n\r\n".encode(), st.text("ab", max_size=5)),
+        st.sampled_from(
+            [
+                b"POST / HTTP/1.1\nContent-Length: 0\n\n",  # bare LF
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+                b"POST / HTTP/1.1\r\nContent-Length: 99999\r\n\r\n",
+                b"POST / HTTP/1.1\r\nX-Big: " + b"b" * 300 + b"\r\n\r\n",
+            ]
+        ),
+        st.binary(max_size=12),
+    ),
+    max_size=6,
+).map(b"".join)
+
+
+def _route(head: RequestHead) -> str | None:
+    return None if head.path == "/refused" else head.target
+
+
+def read_http(pieces: list[bytes]) -> tuple[list[tuple[str, bytes]], str | None, bytes]:
+    reader: RequestReader[str] = RequestReader(_route, max_head_bytes=200, max_body_bytes=100)
+    requests: list[tuple[str, bytes]] = []
+    refused: str | None = None
+    for piece in pieces:
+        reader.feed(piece)
+        while refused is None:
+            request = reader.next_request()
+            if isinstance(request, Request):
+                requests.append((request.route, request.body))
+            elif isinstance(request, Refused):
+                refused = request.reason
+            else:
+                break
+    return requests, refused, reader.unread()
+
+
+@FUZZ
+@given(HTTP_REQUESTS, CUTS)
+def test_http_requests_do_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
+    requests, refused, unread = read_http([data])
+    chunked = read_http(split(data, cuts))
+    # A head over the limit may be seen as such before its end arrives: same requests,
+    # refused either way, and the same bytes left for the full server.
+    assert chunked[0] == requests
+    assert (chunked[1] is None) == (refused is None)
+    assert chunked[2] == unread
+    assert len(unread) + sum(len(body) for _, body in requests) <= len(data)
+
+
+# -- SockJS send bodies --------------------------------------------------------------------
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_sockjs_send_body_is_messages_or_a_payload_error(body: bytes) -> None:
+    try:
+        messages = decode_send(body)
+    except SockJSPayloadError as exc:
+        assert str(exc) in ("Payload expected.", "Broken JSON encoding.")
+    else:
+        assert all(isinstance(message, str) for message in messages)
+
+
+@FUZZ
+@given(st.lists(st.text(st.characters(exclude_categories=["Cs"]), max_size=20), max_size=10))
+def test_sockjs_send_body_round_trips(messages: list[str]) -> None:
+    assert decode_send(orjson.dumps(messages)) == messages
+
+
+# -- --send-allow globs --------------------------------------------------------------------
+
+
+def reference_globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """The backtracking regex the globs used to compile to: the meaning to keep."""
+    parts = []
+    for pattern in patterns:
+        escaped = re.escape(pattern).replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        parts.append(f"(?:{escaped})")
+    return re.compile("|".join(parts))
+
+
+@settings(FUZZ, max_examples=2000)
+@given(
+    st.lists(st.text("ab/*\n.", max_size=8), min_size=1, max_size=3).map(tuple),
+    st.text("ab/\n.", max_size=12),
+)
+def test_globs_match_as_the_regex_did(patterns: tuple[str, ...], destination: str) -> None:
+    globs = compile_globs(patterns)
+    assert globs is not None
+    expected = reference_globs(patterns).fullmatch(destination) is not None
+    assert globs.matches(destination) == expected
+    assert globs.matches(destination) == expected  # the memoized answer too
