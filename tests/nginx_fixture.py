@@ -50,7 +50,8 @@ ACCESS_LOG_FORMAT = (
     "}';"
 )
 
-_DROPPED = re.compile(r"(?m)^[ \t]*(?:user|pid|error_log|access_log)\b[^;]*;[^\n]*\n")
+_DROPPED = re.compile(r"(?m)^[ \t]*(?:user|pid|error_log)\b[^;]*;[^\n]*\n")
+_ACCESS_LOG = re.compile(r"(?m)^([ \t]*access_log)[ \t]+\S+([^;]*;)")
 _LISTEN = re.compile(r"(?m)^([ \t]*)listen\b[^;]*;[^\n]*\n")
 _UPSTREAM = re.compile(r"(?ms)^([ \t]*upstream\s+\S+\s*\{)(.*?)(^[ \t]*\})")
 _SERVER = re.compile(r"(?m)^([ \t]*)server\s[^;]*;[^\n]*\n")
@@ -85,14 +86,19 @@ def _replace_all_with_one(pattern: re.Pattern[str], text: str, make: Callable[[s
 def render_config(template: str, *, port: int, upstream_ports: Sequence[int], prefix: Path) -> str:
     """deploy/nginx.conf made runnable in a test; every proxy setting is kept as it is.
 
-    Drops `user` (workers must be able to write `prefix`), `pid`, `error_log` and
-    `access_log`, and adds those in `prefix`; replaces each `upstream` block's `server`
-    lines with 127.0.0.1:<upstream_ports> and the `listen` lines with 127.0.0.1:<port>; puts
-    the temp paths in `prefix`. Raises ValueError if the template lacks any of those parts.
+    Drops `user` (workers must be able to write `prefix`), `pid` and `error_log`, and adds
+    those in `prefix`; keeps each `access_log` in its shipped format but writes it to
+    `prefix`/shipped-access.log, and adds the JSON `access.log` the tests parse; replaces
+    each `upstream` block's `server` lines with 127.0.0.1:<upstream_ports> and the
+    `listen` lines with 127.0.0.1:<port>; puts the temp paths in `prefix`. Raises
+    ValueError if the template lacks any of those parts.
     """
     if not upstream_ports:
         raise ValueError("need at least one upstream port")
     text = _DROPPED.sub("", template)
+    text = _ACCESS_LOG.sub(
+        lambda match: f"{match.group(1)} {prefix / 'shipped-access.log'}{match.group(2)}", text
+    )
     text = _replace_all_with_one(
         _LISTEN, text, lambda indent: f"{indent}listen 127.0.0.1:{port};\n"
     )
@@ -149,6 +155,11 @@ class NginxProxy:
     def access_log(self) -> str:
         """The access log so far: one JSON object per finished request."""
         path = self.prefix / "access.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def shipped_access_log(self) -> str:
+        """What deploy/nginx.conf's own log format wrote so far."""
+        path = self.prefix / "shipped-access.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def requests(self) -> list[dict[str, Any]]:

@@ -45,7 +45,8 @@ def private_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
 
 
 def claims(**extra: Any) -> dict[str, Any]:
-    return {"sub": "42", "iat": int(time.time()), **extra}
+    now = int(time.time())
+    return {"sub": "42", "iat": now, "exp": now + 300, **extra}
 
 
 def b64url(data: dict[str, Any]) -> str:
@@ -159,8 +160,35 @@ def test_es256_token_is_accepted(es: JwtVerifier) -> None:
     assert es.verify(jwt.encode(claims(sub="bob"), EC_KEY, algorithm="ES256")) == "bob"
 
 
-def test_token_without_exp_is_accepted(hs: JwtVerifier) -> None:
-    assert hs.verify(jwt.encode({"sub": "42"}, SECRET, "HS256")) == "42"
+def test_token_without_exp_is_refused_by_default(hs: JwtVerifier) -> None:
+    assert_rejected(hs, jwt.encode({"sub": "42"}, SECRET, "HS256"), "token has no exp claim")
+
+
+def test_token_without_exp_is_accepted_when_allowed() -> None:
+    verifier = JwtVerifier(secret=SECRET, require_exp=False)
+    identity = verifier.identity(jwt.encode({"sub": "42"}, SECRET, "HS256"))
+    assert identity == ("42", None)
+
+
+def test_identity_carries_the_expiry(hs: JwtVerifier) -> None:
+    exp = int(time.time()) + 60
+    assert hs.identity(jwt.encode(claims(exp=exp), SECRET, "HS256")) == ("42", exp)
+
+
+@pytest.mark.parametrize(
+    "sub",
+    ["42\r\nforged: yes", "a\nb", "nul\x00", "tab\t", "del\x7f", "c1\x85", "a/b", " ", "x" * 201],
+    ids=["crlf", "lf", "nul", "tab", "del", "c1", "slash", "blank", "too-long"],
+)
+def test_sub_must_be_a_valid_user_id(hs: JwtVerifier, sub: str) -> None:
+    """The same rule as the HTTP API's user ids (publish_rules.USER_PATTERN)."""
+    token = jwt.encode(claims(sub=sub), SECRET, "HS256")
+    assert_rejected(hs, token, "token sub is not a valid user id")
+
+
+def test_longest_and_non_ascii_sub_are_accepted(hs: JwtVerifier) -> None:
+    for sub in ("x" * 200, "Zoë 李"):
+        assert hs.verify(jwt.encode(claims(sub=sub), SECRET, "HS256")) == sub
 
 
 def test_leeway_absorbs_clock_skew() -> None:
@@ -234,6 +262,7 @@ def test_payload_that_is_not_an_object_is_malformed(hs: JwtVerifier) -> None:
     ids=["absent", "empty", "int", "null", "list"],
 )
 def test_sub_must_be_a_non_empty_string(hs: JwtVerifier, payload: dict[str, Any]) -> None:
+    payload["exp"] = int(time.time()) + 60
     assert_rejected(hs, jwt.encode(payload, SECRET, "HS256"), "token has no sub claim")
 
 

@@ -102,3 +102,31 @@ async def test_metrics_is_refused_on_the_public_listener(
                 assert "tidings_" not in await reply.text()
         async with http.get(proxy.http_url + "/healthz") as reply:
             assert reply.status == 200  # the rest still goes through
+
+
+async def test_the_shipped_log_format_writes_no_token_and_no_sockjs_session(
+    tidings_server: StartServer, nginx_proxy: StartNginx
+) -> None:
+    """deploy/nginx.conf's own log format: no query string (a client may put its token in
+    ?access_token=) and no SockJS session id (it lets one read the session; issue 14)."""
+    node = await tidings_server()
+    proxy = await nginx_proxy([node.port])
+    secret = "tok3n-in-the-url"
+    session = "s3ssion-id"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{proxy.http_url}/stomp?access_token={secret}") as reply:
+            assert reply.status == 200  # the SockJS greeting
+        url = f"{proxy.http_url}/stomp/000/{session}/xhr?access_token={secret}"
+        async with http.post(url) as reply:
+            assert reply.status == 200 and (await reply.text()).startswith("o")
+        ws_url = proxy.ws_url(f"/stomp/001/{session}x/websocket?access_token={secret}")
+        async with http.ws_connect(ws_url) as ws:
+            assert (await ws.receive_str(timeout=5)) == "o"
+    await proxy.wait_for_requests(3)
+    shipped = proxy.shipped_access_log()
+    lines = shipped.splitlines()
+    assert len(lines) == 3, shipped
+    assert '"GET /stomp HTTP/1.1" 200' in lines[0]
+    assert '"POST /stomp/-/-/xhr HTTP/1.1" 200' in lines[1]
+    assert '"GET /stomp/-/-/websocket HTTP/1.1" 101' in lines[2]
+    assert secret not in shipped and session not in shipped and "access_token" not in shipped

@@ -75,6 +75,24 @@ def test_lists_a_flag_replaces_and_the_environment_splits_on_commas(tmp_path: Pa
     assert config(flags, env).send_allow == ("/x", "/y")
 
 
+def test_jwt_hardening_options_reach_the_config() -> None:
+    env = {"TIDINGS_JWT_SECRET": "x" * 40, "TIDINGS_JWT_AUDIENCE": "tidings"}
+    flags = ["--auth", "jwt", "--jwt-issuer", "https://idp", "--jwt-allow-no-exp"]
+    result = config([*flags, "--allow-query-token"], env)
+    assert (result.jwt_audience, result.jwt_issuer) == ("tidings", "https://idp")
+    assert result.jwt_allow_no_exp is True and result.allow_query_token is True
+    strict = config(["--auth", "jwt"], env)
+    assert strict.jwt_allow_no_exp is False and strict.allow_query_token is False
+
+
+@pytest.mark.parametrize(
+    "flag", [["--jwt-audience", "a"], ["--jwt-issuer", "i"], ["--jwt-allow-no-exp"]]
+)
+def test_jwt_options_without_auth_jwt_are_refused(flag: list[str]) -> None:
+    with pytest.raises(OptionError, match="is set but --auth is 'none'"):
+        config(flag)
+
+
 def test_a_switch_can_be_turned_off_by_a_flag(tmp_path: Path) -> None:
     path = write(tmp_path, "access-log = true\n")
     assert config(["--config", path]).access_log is True

@@ -59,7 +59,9 @@ node = node_fixture(
 quiet_node = node_fixture("edge-quiet")
 
 
-jwt_node = node_fixture("edge-jwt", "--auth", "jwt", "--jwt-secret", JWT_SECRET)
+jwt_node = node_fixture(
+    "edge-jwt", "--auth", "jwt", "--jwt-secret", JWT_SECRET, "--allow-query-token"
+)
 
 
 # -- a raw client ------------------------------------------------------------------------------

@@ -3,12 +3,17 @@
 Implements the checks of RFC 7519 §7.2 with PyJWT, pinned to one algorithm chosen
 from the configured key (RFC 8725 §3.1): HS256 for a shared secret, RS256 for an
 RSA public key, ES256 for an EC P-256 public key (RFC 7518 §3.2-3.4). ``alg: none``
-is never accepted. ``exp`` (RFC 7519 §4.1.4) and ``nbf`` (§4.1.5) are honoured when
-present, but a token without ``exp`` is accepted: the issuer decides token lifetime.
+is never accepted. ``exp`` (RFC 7519 §4.1.4) is required unless ``require_exp=False``
+(``--jwt-allow-no-exp``), ``nbf`` (§4.1.5) is honoured when present, and ``aud``/``iss``
+(§4.1.3, §4.1.1) are checked when an audience or issuer is configured. ``sub`` (§4.1.2)
+must be a user id by the HTTP API's rule (``publish_rules.USER_PATTERN``): it becomes
+``/user/<sub>/...`` destinations and the CONNECTED frame's ``user-name`` header.
 """
 
+from __future__ import annotations
+
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jwt
 from cryptography import x509
@@ -17,8 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from tidings.errors import AuthError
+from tidings.publish_rules import valid_user
 
-__all__ = ["JwtVerifier", "bearer_token"]
+if TYPE_CHECKING:
+    from tidings.config import Config
+
+__all__ = ["Identity", "JwtVerifier", "bearer_token", "verifier_for"]
 
 MIN_HMAC_SECRET_BYTES = 32  # RFC 7518 §3.2: key at least as long as the SHA-256 output
 MIN_RSA_KEY_BITS = 2048  # RFC 7518 §3.3
@@ -39,6 +48,13 @@ _FAILURES: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
 )
 
 
+class Identity(NamedTuple):
+    """Who a verified token names, and until when (``exp``, Unix seconds; None: no ``exp``)."""
+
+    user: str
+    expires_at: float | None
+
+
 class JwtVerifier:
     """Verifies bearer JWTs and returns the user id carried in ``sub``."""
 
@@ -50,12 +66,14 @@ class JwtVerifier:
         leeway_s: float = 0.0,
         audience: str | None = None,
         issuer: str | None = None,
+        require_exp: bool = True,
     ) -> None:
         """Configure exactly one of ``secret`` (HS256) or ``public_key_pem`` (RS256/ES256).
 
         ``audience`` and ``issuer``, when set, must match the ``aud`` and ``iss``
         claims (RFC 7519 §4.1.3, §4.1.1); a token carrying ``aud`` is rejected when
         no audience is configured. ``leeway_s`` absorbs clock skew for exp/nbf/iat.
+        ``require_exp=False`` accepts tokens without ``exp`` (they never expire).
         """
         self._key: VerificationKey
         if secret is not None and public_key_pem is None:
@@ -69,14 +87,24 @@ class JwtVerifier:
         self._leeway_s = leeway_s
         self._audience = audience
         self._issuer = issuer
+        self._required = ["exp"] if require_exp else []
 
     @property
     def algorithm(self) -> str:
         """The single JWS algorithm this verifier accepts."""
         return self._algorithm
 
+    @property
+    def leeway_s(self) -> float:
+        """Clock skew allowed past ``exp``: a session ends this long after its token's exp."""
+        return self._leeway_s
+
     def verify(self, token: str) -> str:
         """Verify ``token`` and return its ``sub`` claim; raise ``AuthError`` otherwise."""
+        return self.identity(token).user
+
+    def identity(self, token: str) -> Identity:
+        """Verify ``token``: its ``sub`` and ``exp``; raise ``AuthError`` otherwise."""
         try:
             claims = self._decode(token)
         except jwt.PyJWTError as err:
@@ -87,7 +115,11 @@ class JwtVerifier:
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise AuthError("token has no sub claim")
-        return subject
+        if not valid_user(subject):
+            # CR, LF, NUL in a sub would reach STOMP headers and logs (issue 14).
+            raise AuthError("token sub is not a valid user id")
+        exp = claims.get("exp")  # PyJWT checked it is a number when present
+        return Identity(subject, float(exp) if exp is not None else None)
 
     def _decode(self, token: str) -> dict[str, Any]:
         return jwt.decode(
@@ -97,8 +129,20 @@ class JwtVerifier:
             audience=self._audience,
             issuer=self._issuer,
             leeway=self._leeway_s,
-            options={"verify_sub": False},  # checked in verify(): must be a non-empty string
+            # sub is checked in identity(): a user id by the HTTP API's rule
+            options={"verify_sub": False, "require": self._required},
         )
+
+
+def verifier_for(config: Config) -> JwtVerifier:
+    """The verifier the ``--jwt-*`` options describe; ValueError for a bad key."""
+    return JwtVerifier(
+        secret=config.jwt_secret,
+        public_key_pem=config.jwt_public_key,
+        audience=config.jwt_audience,
+        issuer=config.jwt_issuer,
+        require_exp=not config.jwt_allow_no_exp,
+    )
 
 
 def bearer_token(value: str | None) -> str | None:

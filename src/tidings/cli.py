@@ -31,7 +31,7 @@ import uvloop
 from aiohttp import web
 
 from tidings import __version__, gclog, logs
-from tidings.auth import JwtVerifier
+from tidings.auth import verifier_for
 from tidings.config import DEFAULT_ENDPOINTS, Config
 from tidings.errors import TidingsError
 from tidings.inbox.base import InboxLimits
@@ -147,6 +147,36 @@ OPTIONS: tuple[Option, ...] = (
         Text("PEM_FILE"),
         None,
         "file with the RS256 or ES256 public key (or certificate) for --auth jwt",
+        "auth",
+    ),
+    Option(
+        "jwt-audience",
+        Text("AUD"),
+        None,
+        "tokens must name this audience in their aud claim (RFC 7519 §4.1.3)",
+        "auth",
+    ),
+    Option(
+        "jwt-issuer",
+        Text("ISS"),
+        None,
+        "tokens must carry this iss claim (RFC 7519 §4.1.1)",
+        "auth",
+    ),
+    Option(
+        "jwt-allow-no-exp",
+        Switch(),
+        False,
+        "accept tokens without an exp claim (they never expire); by default exp is required "
+        "and a session is ended when its token expires",
+        "auth",
+    ),
+    Option(
+        "allow-query-token",
+        Switch(),
+        False,
+        "also take the token from an access_token query parameter (it may end up in proxy "
+        "and browser logs); by default only the CONNECT frame carries it",
         "auth",
     ),
     Option(
@@ -447,6 +477,10 @@ def config_from_options(values: Resolved) -> Config:
         auth=v["auth"],
         jwt_secret=v["jwt-secret"] or None,
         jwt_public_key=public_key,
+        jwt_audience=v["jwt-audience"] or None,
+        jwt_issuer=v["jwt-issuer"] or None,
+        jwt_allow_no_exp=v["jwt-allow-no-exp"],
+        allow_query_token=v["allow-query-token"],
         api_key=v["api-key"] or None,
         send_allow=tuple(v["send-allow"]),
         heartbeat=v["heartbeat"],
@@ -494,6 +528,13 @@ def _read_key(path: str) -> str:
         raise OptionError(f"--jwt-public-key: cannot read {path}: {reason}") from None
 
 
+JWT_ONLY_OPTIONS = (
+    *("jwt-secret", "jwt-public-key", "jwt-audience", "jwt-issuer"),
+    *("jwt-allow-no-exp", "allow-query-token"),
+)
+"""Options that mean something only with ``--auth jwt``: refused without it."""
+
+
 def check_config(config: Config, values: Resolved) -> None:
     """What no single option can check: options that need one another."""
     shared = config.broker.split(":", 1)[0] in ("redis", "rediss")
@@ -506,11 +547,11 @@ def check_config(config: Config, values: Resolved) -> None:
             raise OptionError("give --jwt-secret or --jwt-public-key, not both")
         key = "--jwt-secret" if config.jwt_secret else "--jwt-public-key"
         try:
-            JwtVerifier(secret=config.jwt_secret, public_key_pem=config.jwt_public_key)
+            verifier_for(config)
         except ValueError as exc:
             raise OptionError(f"{key}: {exc}") from None
-    elif config.jwt_secret or config.jwt_public_key:
-        key = "jwt-secret" if config.jwt_secret else "jwt-public-key"
+    elif jwt_only := [key for key in JWT_ONLY_OPTIONS if values.values[key]]:
+        key = jwt_only[0]
         raise OptionError(
             f"{values.origins[key]} is set but --auth is 'none', so no token would be "
             "checked: add --auth jwt, or remove it"

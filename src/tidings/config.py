@@ -25,6 +25,10 @@ class Config:
     auth: str = "none"
     jwt_secret: str | None = None
     jwt_public_key: str | None = None  # PEM text, not a path
+    jwt_audience: str | None = None  # required aud claim, when set
+    jwt_issuer: str | None = None  # required iss claim, when set
+    jwt_allow_no_exp: bool = False  # accept tokens without exp (they never expire)
+    allow_query_token: bool = False  # also take the token from ?access_token=
     api_key: str | None = None
     # Glob patterns of destinations a client may SEND to (e.g. "/topic/chat/**"); none by default.
     send_allow: tuple[str, ...] = ()

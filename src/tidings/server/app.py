@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from tidings import __version__
-from tidings.auth import JwtVerifier, bearer_token
+from tidings.auth import Identity, JwtVerifier, bearer_token, verifier_for
 from tidings.brokers import MemoryBroker, broker_from_url
 from tidings.config import Config
 from tidings.destinations import Route, compile_globs
@@ -103,26 +103,36 @@ class Server:
         self.shutting_down = False
         self.verifier: JwtVerifier | None = None
         if config.auth == "jwt":
-            self.verifier = JwtVerifier(
-                secret=config.jwt_secret, public_key_pem=config.jwt_public_key
-            )
+            self.verifier = verifier_for(config)
         self._send_allow = compile_globs(config.send_allow)
 
     # -- identity and permissions ----------------------------------------------------------
-    def identify(self, event: ConnectRequested, access_token: str | None) -> str | None:
-        """The session's user: the CONNECT login (``--auth none``) or a verified token's sub."""
+    def identify(self, event: ConnectRequested, access_token: str | None) -> Identity | None:
+        """The session's user: the CONNECT login (``--auth none``, never expiring) or a
+        verified token's sub and exp; None for an anonymous ``--auth none`` session.
+
+        ``access_token`` is the ``?access_token=`` of the WebSocket or SockJS URL: used
+        only with ``--allow-query-token``, since URLs end up in proxy and browser logs.
+        """
         if self.verifier is None:
-            return event.login or None
+            return Identity(event.login, None) if event.login else None
         token = (
             bearer_token(event.frame.get("Authorization") or event.frame.get("authorization"))
             or event.passcode
-            or access_token
         )
+        if not token and access_token:
+            if not self.config.allow_query_token:
+                raise AuthError(
+                    "tokens in the URL are not accepted (send 'Authorization: Bearer <jwt>' "
+                    "on CONNECT)",
+                    "missing_token",
+                )
+            token = access_token
         if not token:
             raise AuthError(
                 "no token (send 'Authorization: Bearer <jwt>' on CONNECT)", "missing_token"
             )
-        return self.verifier.verify(token)  # AuthError says why not, and its reason
+        return self.verifier.identity(token)  # AuthError says why not, and its reason
 
     def authorize_subscription(self, user: str | None, target: Route) -> None:
         """With ``--auth jwt`` a session may read only its own user's destinations."""

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import logging
 import secrets
+import time
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
@@ -144,6 +145,7 @@ class StompSession:
         self._pending_acks: dict[str, tuple[LocalSubscription, Message]] = {}
         self._beat_timer: asyncio.TimerHandle | None = None
         self._alive_timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None  # --auth jwt: at the token's exp
         self._last_read = asyncio.get_running_loop().time()
         self.closed = False
 
@@ -236,8 +238,11 @@ class StompSession:
 
     async def _connect(self, event: ConnectRequested) -> None:
         self.server.connect_deadlines.discard(self)  # the CONNECT came in time
-        self.user = self.server.identify(event, self.access_token)
+        identity = self.server.identify(event, self.access_token)
+        self.user = identity.user if identity is not None else None
         self.version = event.version
+        if identity is not None and identity.expires_at is not None:
+            self._end_at_expiry(identity.expires_at)
         if self.user is not None:
             await self.server.node.presence.add(self.user, self.id)
         self.send_frame(self.conn.accept(session_id=self.id, user_name=self.user))
@@ -408,6 +413,23 @@ class StompSession:
         else:
             self.send_frame(self.conn.receipt(receipt))
 
+    # -- token expiry (RFC 7519 §4.1.4; issue 14) ------------------------------------------
+    def _end_at_expiry(self, expires_at: float) -> None:
+        """One timer per session, set at CONNECT: nothing is checked per message."""
+        verifier = self.server.verifier
+        leeway = verifier.leeway_s if verifier is not None else 0.0
+        delay = max(0.0, expires_at + leeway - time.time())  # exp is wall-clock time
+        self._expiry_timer = asyncio.get_running_loop().call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry_timer = None
+        self.fail(
+            "token expired",
+            f"Reconnect with a fresh token and SUBSCRIBE with {RESUME_HEADER}: <last "
+            "tidings-id received> to receive what was sent meanwhile.",
+            CLOSE_POLICY_VIOLATION,
+        )
+
     # -- heart-beats (STOMP 1.2 §Heart-beating) -------------------------------------------
     def _start_heartbeats(self) -> None:
         loop = asyncio.get_running_loop()
@@ -491,10 +513,11 @@ class StompSession:
 
     def _release(self) -> None:
         """Drop every subscription and timer; safe to call more than once."""
-        for timer in (self._beat_timer, self._alive_timer):
+        for timer in (self._beat_timer, self._alive_timer, self._expiry_timer):
             if timer is not None:
                 timer.cancel()
-        self._beat_timer = self._alive_timer = None  # a handle holds its bound callback
+        # A handle holds its bound callback, and with it the session.
+        self._beat_timer = self._alive_timer = self._expiry_timer = None
         self.server.connect_deadlines.discard(self)
         for sub in self._subscriptions.values():
             self.server.node.unsubscribe(sub)
