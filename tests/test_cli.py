@@ -348,7 +348,8 @@ async def test_workers_that_keep_dying_stop_the_server_with_one_clear_line(
         crash[0],
     ), crash
     assert log.count("starting it again in") == 4  # the 5th death is not replaced
-    assert log.count("starting worker C-w") == 4
+    # At most 4 starts: a restart still in its backoff at the 5th death is cancelled.
+    assert 3 <= log.count("starting worker C-w") <= 4
     after = log[log.index(crash[0]) :]
     assert "starting worker" not in after  # (one that was starting may still log its start)
     assert len(killed) >= 5
