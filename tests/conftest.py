@@ -123,6 +123,40 @@ class TidingsServer:
 StartServer = Callable[..., Awaitable[TidingsServer]]
 
 
+async def worker_health(server: TidingsServer) -> tuple[str, int] | None:
+    """``(node id, pid)`` of the worker that takes a fresh connection's GET /healthz, or
+    None when nothing answers (every worker is down)."""
+    try:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http,
+            http.get(f"{server.http_url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as r,
+        ):
+            health = await r.json()
+    except (aiohttp.ClientError, TimeoutError):
+        return None
+    return health["node"], health["pid"]
+
+
+async def worker_pids(
+    server: TidingsServer,
+    workers: int,
+    *,
+    within: float = 20.0,
+    not_pids: frozenset[int] = frozenset(),
+) -> dict[str, int]:
+    """``{node id: pid}`` of every worker, from /healthz on fresh connections (the kernel
+    spreads them over the workers); pids in ``not_pids`` (dead workers) do not count."""
+    pids: dict[str, int] = {}
+    async with asyncio.timeout(within):
+        while len(pids) < workers:
+            health = await worker_health(server)
+            if health is None or health[1] in not_pids:
+                await asyncio.sleep(HEALTH_POLL_INTERVAL)  # a poll interval
+                continue
+            pids[health[0]] = health[1]
+    return pids
+
+
 @pytest.fixture
 async def tidings_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     """Factory: `server = await tidings_server(*extra_args, env=None, port=None)`.

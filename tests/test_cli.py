@@ -7,7 +7,10 @@ tidings`` and look at what it prints, how it exits, and what a real server logs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +25,7 @@ import pytest
 
 from tidings import __version__
 
-from .conftest import StartServer, TidingsServer, http_status
+from .conftest import StartServer, TidingsServer, http_status, worker_health, worker_pids
 from .ports import free_port
 from .redis_fixture import RedisServer
 from .stompws import StompWs
@@ -272,3 +275,120 @@ def test_workers_that_cannot_start_stop_the_others_and_exit_1(redis_server: Any)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: address already in use" in result.stderr
     assert "Traceback" not in result.stderr and "listening on" not in result.stderr
+
+
+# -- supervised workers (issue 13, item 5; src/tidings/workers.py) ---------------------------
+
+
+async def test_a_killed_worker_is_logged_and_replaced_under_the_same_node_id(
+    tidings_server: StartServer, redis_server: RedisServer
+) -> None:
+    server = await tidings_server("--workers", "2", "--broker", redis_server.url, "--node-id", "K")
+    pids = await worker_pids(server, 2)
+    os.kill(pids["K-w1"], signal.SIGKILL)
+    died = f"worker K-w1 (pid {pids['K-w1']}) died (signal 9 (SIGKILL)); 1 of 2 workers still serve"
+    await wait_for_log(server, died, within=10)
+    replaced = await worker_pids(server, 2, not_pids=frozenset({pids["K-w1"]}))
+    assert replaced["K-w0"] == pids["K-w0"]  # the other worker went on
+    assert replaced["K-w1"] != pids["K-w1"]
+    log = await wait_for_log(server, "starting worker K-w1 again")
+    assert log.count("node K-w1 listening on") == 2 and log.count("node K-w0 listening on") == 1
+
+    # Clients reach the new worker and receive what is published through either worker.
+    clients: list[StompWs] = []
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                client = await StompWs.open(server.ws_url())
+                clients.append(client)
+                user = f"u{len(clients)}"
+                connected = await client.connect(login=user)
+                if "(node K-w1)" in (connected.get("server") or ""):
+                    break
+        await client.subscribe("s", f"/user/{user}/message")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{server.http_url}/api/v1/users/{user}/messages", json={"body": "after"}
+            ) as reply,
+        ):
+            assert reply.status == 202
+        message = await client.expect("MESSAGE", timeout=10)
+        assert b"after" in message.body
+    finally:
+        for each in clients:
+            await each.close()
+    assert server.running
+    assert await server.stop() == 0
+    assert "Traceback" not in server.log()
+
+
+async def test_workers_that_keep_dying_stop_the_server_with_one_clear_line(
+    tidings_server: StartServer, redis_server: RedisServer
+) -> None:
+    server = await tidings_server("--workers", "2", "--broker", redis_server.url, "--node-id", "C")
+    killed: set[int] = set()
+    async with asyncio.timeout(60):  # every worker that answers is killed, old or new
+        while server.running:
+            health = await worker_health(server)
+            if health is None or health[1] in killed:
+                await asyncio.sleep(0.05)  # a poll interval
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(health[1], signal.SIGKILL)
+            killed.add(health[1])
+        code = await server.proc.wait()
+    assert code == 1
+    log = server.log()
+    crash = [line for line in log.splitlines() if "workers keep dying" in line]
+    assert len(crash) == 1, log
+    assert re.search(
+        r"ERROR tidings: workers keep dying: 5 deaths within 60 s \(the last: C-w\d, "
+        r"signal 9 \(SIGKILL\)\); stopping the other \d and exiting$",
+        crash[0],
+    ), crash
+    assert log.count("starting it again in") == 4  # the 5th death is not replaced
+    # At most 4 starts: a restart still in its backoff at the 5th death is cancelled.
+    assert 3 <= log.count("starting worker C-w") <= 4
+    after = log[log.index(crash[0]) :]
+    assert "starting worker" not in after  # (one that was starting may still log its start)
+    assert len(killed) >= 5
+    assert "Traceback" not in log
+
+
+async def test_sigterm_drains_every_worker_and_exits_0(
+    tidings_server: StartServer, redis_server: RedisServer
+) -> None:
+    server = await tidings_server("--workers", "2", "--broker", redis_server.url, "--node-id", "D")
+    pids = await worker_pids(server, 2)
+    client = await StompWs.open(server.ws_url())
+    await client.connect(login="u1")
+    server.proc.send_signal(signal.SIGTERM)
+    error = await client.expect("ERROR", timeout=10)
+    assert error.get("message") == "server shutting down"
+    await client.close()
+    assert await asyncio.wait_for(server.proc.wait(), 15) == 0
+    log = server.log()
+    for node in pids:
+        assert f"node {node} draining" in log and f"node {node} stopped" in log
+    assert log.count("listening on") == 2
+    assert "died" not in log and "starting worker" not in log and "Traceback" not in log
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+async def test_a_worker_that_dies_during_shutdown_is_not_replaced(
+    tidings_server: StartServer, redis_server: RedisServer
+) -> None:
+    server = await tidings_server("--workers", "2", "--broker", redis_server.url, "--node-id", "S")
+    pids = await worker_pids(server, 2)
+    os.kill(pids["S-w1"], signal.SIGSTOP)  # it cannot drain: SIGTERM waits for it
+    server.proc.send_signal(signal.SIGTERM)
+    await wait_for_log(server, "node S-w0 stopped", within=10)  # the parent is shutting down
+    os.kill(pids["S-w1"], signal.SIGKILL)
+    assert await asyncio.wait_for(server.proc.wait(), 15) == 1  # not every worker was clean
+    log = server.log()
+    assert f"worker S-w1 (pid {pids['S-w1']}) ended during shutdown (signal 9 (SIGKILL))" in log
+    assert "starting worker" not in log and log.count("listening on") == 2
+    assert "Traceback" not in log

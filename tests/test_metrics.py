@@ -27,7 +27,7 @@ from tidings.message import Message, topic_channel
 from tidings.outbound import loop_flusher
 from tidings.server.app import Server
 
-from .conftest import StartServer, TidingsServer
+from .conftest import StartServer, TidingsServer, worker_pids
 from .sockjs_support import Node, XhrSession, node_fixture, publish
 from .stompws import StompWs
 from .test_gc_pressure import subscribed_sessions
@@ -275,20 +275,6 @@ async def scrape_with_pid(server: TidingsServer) -> tuple[int, Samples]:
     return pid, samples
 
 
-async def worker_pids(server: TidingsServer, workers: int) -> dict[str, int]:
-    """``{node id: pid}`` of every worker, from /healthz on fresh connections."""
-    pids: dict[str, int] = {}
-    async with asyncio.timeout(TIMEOUT):
-        while len(pids) < workers:
-            async with (
-                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http,
-                http.get(f"{server.http_url}/healthz") as reply,
-            ):
-                health = await reply.json()
-            pids[health["node"]] = health["pid"]
-    return pids
-
-
 async def until_total(server: TidingsServer, name: str, total: float) -> None:
     """Scrape until ``name`` is ``total``: another worker's values reach its files within
     a second (server/metrics.py, SYNC_INTERVAL_S)."""
@@ -373,8 +359,11 @@ async def test_every_worker_answers_a_scrape_for_all_workers(
         assert value(samples, responses, route=USER_ROUTE, status="202") == published
         assert value(samples, "tidings_messages_published_total") == published
 
-        # A worker dies: the parent marks it dead, its live gauges leave the sum; counters stay.
+        # A worker dies: the parent marks it dead, its live gauges leave the sum; counters
+        # stay. Its replacement (a new pid, same node id) holds no connection yet.
         os.kill(pids["W-w1"], signal.SIGKILL)
+        replaced = await worker_pids(server, 2, not_pids=frozenset({pids["W-w1"]}))
+        assert replaced["W-w0"] == pids["W-w0"] and replaced["W-w1"] != pids["W-w1"]
         await until_total(server, "tidings_connections", held["W-w0"])
         samples = (await scrape_with_pid(server))[1]
         assert value(samples, "tidings_sessions") == held["W-w0"]

@@ -5,8 +5,9 @@ types, ranges); ``config_from_options`` turns the resolved values into a ``Confi
 A new option is one ``Option(...)`` row here and one line there.
 
 Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 when the node cannot start (the
-port is taken, Redis is too old), 2 for a bad option (argparse's convention), each with
-a one-line message and no traceback (docs/deploy.md, Exit codes).
+port is taken, Redis is too old) or, under ``--workers``, workers keep dying, 2 for a
+bad option (argparse's convention), each with a one-line message and no traceback
+(docs/deploy.md, Exit codes).
 """
 
 from __future__ import annotations
@@ -17,15 +18,15 @@ import contextlib
 import errno
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
 import secrets
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import uvloop
 from aiohttp import web
@@ -57,10 +58,10 @@ from tidings.server.app import SERVER_KEY, create_app
 from tidings.server.edge import EdgeSite
 from tidings.server.sockjs import TRANSPORTS
 from tidings.stomp.frames import Limits
+from tidings.workers import EXIT_START_FAILED, READY, Supervisor
 
 log = logging.getLogger("tidings")
 
-EXIT_START_FAILED = 1
 EXIT_USAGE = 2
 PORT_RANGE = Integer(1, 65535, metavar="PORT")
 _CONFIG = Config()
@@ -581,69 +582,50 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     sys.exit(serve(config))
 
 
-def _worker(config: Config, log_level: str, log_format: str, workers: int) -> None:
+def _worker(
+    config: Config, log_level: str, log_format: str, workers: int, ready: Connection
+) -> None:
     logs.configure(log_level, log_format)
-    sys.exit(serve(config, workers=workers))
+
+    def report_ready() -> None:
+        with contextlib.suppress(OSError):  # the parent is gone: nothing to tell
+            ready.send_bytes(READY)
+        ready.close()
+
+    sys.exit(serve(config, workers=workers, on_listening=report_ready))
 
 
 def run_workers(config: Config, log_level: str = "info", log_format: str = "text") -> int:
-    """Start ``config.workers`` node processes on one port; forward SIGINT/SIGTERM to them.
+    """Start ``config.workers`` node processes on one port and supervise them (workers.py).
 
     Each worker is a full node with its own id (``<node-id>-w<i>``) bound with
     SO_REUSEPORT, so the kernel spreads connections over them; they meet through the broker.
-    If one cannot start, the others are stopped; one that dies later is logged and the
-    others go on (it is not replaced yet). Their /metrics answer for all of them
-    (``<node-id>`` is their ``node`` label), from prometheus-client multiprocess files in a
-    private directory (``_metrics_dir``). Returns 0 when every worker exited cleanly.
+    If one cannot start, the others are stopped (exit 1); one that dies later is logged and
+    started again with backoff, unless workers keep dying (exit 1); SIGINT/SIGTERM drains
+    them all. Their /metrics answer for all of them (``<node-id>`` is their ``node``
+    label), from prometheus-client multiprocess files in a private directory
+    (``_metrics_dir``). Returns 0 when every worker exited cleanly.
     """
     base_id = config.node_id or secrets.token_hex(4)
     context = multiprocessing.get_context("spawn")
     worker_config = config.replace(workers=1, reuse_port=True, metrics_node=base_id)
-    workers = [
-        context.Process(
+    names = [f"{base_id}-w{index}" for index in range(config.workers)]
+
+    def make(index: int, ready: Connection) -> BaseProcess:
+        return context.Process(
             target=_worker,
             args=(
-                worker_config.replace(node_id=f"{base_id}-w{index}"),
+                worker_config.replace(node_id=names[index]),
                 log_level,
                 log_format,
                 config.workers,
+                ready,
             ),
             name=f"tidings-worker-{index}",
         )
-        for index in range(config.workers)
-    ]
+
     with _metrics_dir() as mark_dead:
-        for worker in workers:
-            worker.start()
-
-        def forward(signum: int, _frame: object = None) -> None:
-            for worker in workers:
-                if worker.pid is not None and worker.exitcode is None:
-                    os.kill(worker.pid, signum)
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        running = {worker.sentinel: worker for worker in workers}
-        while running:
-            for sentinel in multiprocessing.connection.wait(list(running)):
-                ended = running.pop(cast("int", sentinel))  # sentinels are fds
-                ended.join()
-                mark_dead(ended.pid)
-                if ended.exitcode == EXIT_START_FAILED and running:
-                    log.error("%s could not start: stopping the others", ended.name)
-                    forward(signal.SIGTERM)
-                elif ended.exitcode not in (0, None):
-                    # Not replaced yet (issue 13: supervised workers); the others go on.
-                    how = f"signal {-ended.exitcode}" if ended.exitcode < 0 else f"{ended.exitcode}"
-                    log.error(
-                        "%s died (%s); %d of %d workers still serve",
-                        ended.name,
-                        how,
-                        len(running),
-                        len(workers),
-                    )
-    failed = [worker.exitcode for worker in workers if worker.exitcode != 0]
-    return 0 if not failed else EXIT_START_FAILED
+        return Supervisor(names, make, mark_dead).run()
 
 
 @contextlib.contextmanager
@@ -672,10 +654,14 @@ class StartFailed(Exception):
     """The node cannot start; the message says why in one line."""
 
 
-def serve(config: Config, *, workers: int = 1) -> int:
+def serve(
+    config: Config, *, workers: int = 1, on_listening: Callable[[], None] | None = None
+) -> int:
     """Run one node until SIGINT/SIGTERM, then close every session with a reason.
 
-    ``workers``: how many node processes share the port (for the start-up line).
+    ``workers``: how many node processes share the port (for the start-up line);
+    ``on_listening``: called once the port is bound and the start-up line logged (a worker
+    tells its supervisor it started).
     Returns the exit code: 0 after a clean stop, 1 if the node could not start.
     """
     if config.gc_log:
@@ -697,6 +683,8 @@ def serve(config: Config, *, workers: int = 1) -> int:
         ready = server.node.ready
         message, extra = startup_line(config, server.node.id, ready=ready, workers=workers)
         log.info(message, extra=extra)
+        if on_listening is not None:
+            on_listening()
         loop.run_forever()
     except (web.GracefulExit, KeyboardInterrupt):
         log.info(
