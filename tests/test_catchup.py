@@ -86,7 +86,7 @@ async def baseline(node: Node, channel: str) -> None:
         if channel in node.catchup.last:
             return
         await node.catchup.settle()
-        await asyncio.sleep(0)  # one loop turn: the batched last_ids goes out
+        await asyncio.sleep(0)  # one loop turn: the last_ids settle() asked for goes out
     raise AssertionError(f"no starting point for {channel}")
 
 

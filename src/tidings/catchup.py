@@ -50,6 +50,11 @@ DEFAULT_INTERVAL_S = 5.0
 """Seconds between two safety-net passes (``--catchup-interval``)."""
 RETRY_INITIAL_S = 0.05
 RETRY_MAX_S = 1.0
+BASELINE_DELAY_S = 0.05
+"""New channels' starting points are read together, this long after the first of them is
+heard: in a connection storm one read then covers hundreds of channels. Read at the next
+loop turn instead, 5,000 connects + subscribes (bench S4) took 2.4 s instead of 1.5 s
+(docs/decisions.md)."""
 
 OrderKey = tuple[int, int]
 
@@ -107,7 +112,8 @@ class CatchUp:
         """Channels trimmed past ``last``: the destinations whose next MESSAGE says so."""
         self._wanted: set[str] = set()  # held channels to read, once the broker hears
         self._deaf = False  # between a reported loss and the broker hearing again
-        self._baselines: set[str] = set()  # new channels, for one last_ids next loop turn
+        self._baselines: set[str] = set()  # new channels, for one last_ids BASELINE_DELAY_S on
+        self._baseline_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._safety_net: asyncio.Task[None] | None = None
@@ -119,6 +125,9 @@ class CatchUp:
             self._safety_net = asyncio.create_task(self._run_safety_net(), name="tidings-catchup")
 
     async def stop(self) -> None:
+        if self._baseline_timer is not None:
+            self._baseline_timer.cancel()
+            self._baseline_timer = None
         tasks = [t for t in (self._safety_net, self._task, *self._tasks) if t is not None]
         self._safety_net = self._task = None
         for task in tasks:
@@ -145,7 +154,9 @@ class CatchUp:
         if not _stored(channel) or channel in self.last:
             return
         if not self._baselines:
-            asyncio.get_running_loop().call_soon(self._fetch_baselines)
+            self._baseline_timer = asyncio.get_running_loop().call_later(
+                BASELINE_DELAY_S, self._fetch_baselines
+            )
         self._baselines.add(channel)
 
     def forget(self, channel: str) -> None:
@@ -185,7 +196,10 @@ class CatchUp:
         return dataclasses.replace(message, headers=(*message.headers, (GAP_HEADER, "true")))
 
     async def settle(self) -> None:
-        """Return once no catch-up is wanted or running (for tests and benchmarks)."""
+        """Return once no catch-up is wanted or running, and the starting points of the
+        channels heard so far are asked for now (for tests and benchmarks)."""
+        if self._baselines:
+            self._fetch_baselines()
         while self._task is not None:
             await asyncio.shield(self._task)
 
@@ -262,6 +276,9 @@ class CatchUp:
     # -- starting points -------------------------------------------------------------
 
     def _fetch_baselines(self) -> None:
+        if self._baseline_timer is not None:
+            self._baseline_timer.cancel()  # when called early (settle)
+            self._baseline_timer = None
         channels, self._baselines = list(self._baselines), set()
         if channels:
             task = asyncio.create_task(self._baseline(channels))
