@@ -425,48 +425,33 @@ def _probe(operation_id: str, summary: str, answers: dict[str, tuple[str, str]])
 
 
 def _openapi_json() -> Json:
-    return {
-        "operationId": "openapiDocument",
-        "tags": ["operations"],
-        "summary": "This OpenAPI 3.1 document",
-        "security": [],
-        "responses": {
-            "200": {
-                "description": "The OpenAPI document.",
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            }
-        },
-    }
+    return _public_get(
+        "openapiDocument",
+        "This OpenAPI 3.1 document",
+        "The OpenAPI document.",
+        "application/json",
+        schema={"type": "object"},
+    )
 
 
 def _openapi_yaml() -> Json:
-    return {
-        "operationId": "openapiDocumentYaml",
-        "tags": ["operations"],
-        "summary": "This OpenAPI 3.1 document as YAML",
-        "security": [],
-        "responses": {
-            "200": {
-                "description": "The OpenAPI document.",
-                "content": {"application/yaml": {"schema": {"type": "object"}}},
-            }
-        },
-    }
+    return _public_get(
+        "openapiDocumentYaml",
+        "This OpenAPI 3.1 document as YAML",
+        "The OpenAPI document.",
+        "application/yaml",
+        schema={"type": "object"},  # what a client reads the YAML as
+    )
 
 
 def _api_docs() -> Json:
-    return {
-        "operationId": "apiDocs",
-        "tags": ["operations"],
-        "summary": "This document rendered for people (an HTML page shipped with the server)",
-        "security": [],
-        "responses": {
-            "200": {
-                "description": "The page; it renders openapi.json in the browser.",
-                "content": {"text/html": {"schema": {"type": "string"}}},
-            }
-        },
-    }
+    return _public_get(
+        "apiDocs",
+        "This document rendered for people (an HTML page shipped with the server)",
+        "The page; it renders openapi.json in the browser.",
+        "text/html",
+        schema={"type": "string"},
+    )
 
 
 def _demo_page() -> Json:
@@ -506,13 +491,26 @@ def _vendor_file() -> Json:
 
 
 def _static_file(operation_id: str, summary: str, description: str, media_type: str) -> Json:
+    return _public_get(operation_id, summary, description, media_type, schema={}, tag="demo")
+
+
+def _public_get(
+    operation_id: str,
+    summary: str,
+    description: str,
+    media_type: str,
+    *,
+    schema: Json,
+    tag: str = "operations",
+) -> Json:
+    """A GET anyone may call, answering 200 with one media type."""
     return {
         "operationId": operation_id,
-        "tags": ["demo"],
+        "tags": [tag],
         "summary": summary,
         "security": [],
         "responses": {
-            "200": {"description": description, "content": {media_type: {"schema": {}}}},
+            "200": {"description": description, "content": {media_type: {"schema": schema}}},
         },
     }
 
