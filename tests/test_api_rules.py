@@ -172,3 +172,30 @@ def test_the_document_carries_the_servers_own_patterns() -> None:
 def test_the_user_id_shortcut_agrees_with_the_pattern(user: str) -> None:
     """valid_user skips the regex for ASCII letters and digits: never a different answer."""
     assert valid_user(user) == bool(re.fullmatch(USER_PATTERN, user))
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("after=0", 200),
+        ("after=1700000000000-3&limit=5", 200),
+        ("after=%C3%87%0B", 400),  # the document's inbox id pattern refuses it, so must we
+        ("after=%D9%A1-0", 400),  # an Arabic-Indic digit: int() reads it, the pattern does not
+        ("limit=%2B5", 400),  # "+5": int() reads it, an integer parameter is digits
+    ],
+)
+async def test_the_inbox_listing_takes_what_the_document_says(
+    node: Node, query: str, status: int
+) -> None:
+    got, _, body = await call(node, "GET", f"/api/v1/users/rules-list/inbox?{query}")
+    assert got == status, body
+    if status == 400:
+        assert isinstance(body, dict) and body["error"] == "invalid_field", body
+
+
+async def test_an_idempotency_key_is_any_text_the_pattern_takes(node: Node) -> None:
+    """Printable was too narrow for the document to state: text without controls is the rule."""
+    path = "/api/v1/users/rules-key/messages"
+    first = await call(node, "POST", path, '{"body": 1, "id": "ö key \\u2028 1"}')
+    again = await call(node, "POST", path, '{"body": 2, "id": "ö key \\u2028 1"}')
+    assert first[0] == again[0] == 202 and first[2] == again[2], (first, again)
