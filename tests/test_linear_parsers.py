@@ -131,6 +131,22 @@ def _route(head: RequestHead) -> str:
     return head.target
 
 
+def read_requests(pieces: list[bytes]) -> Callable[[], object]:
+    """A run that feeds ``pieces`` to one HTTP/1 reader and takes every request out."""
+
+    def run() -> None:
+        reader: RequestReader[str] = RequestReader(
+            _route, max_head_bytes=16 * 1024, max_body_bytes=MB
+        )
+        for piece in pieces:
+            reader.feed(piece)
+            while isinstance(reader.next_request(), Request):
+                pass
+        assert reader.buffered == 0
+
+    return run
+
+
 def test_http_body_fed_in_tiny_pieces_reads_in_linear_time() -> None:
     """A 1 MB POST body in 16-byte pieces against pipelined 64-byte requests, in 16-byte
     pieces too."""
@@ -141,20 +157,7 @@ def test_http_body_fed_in_tiny_pieces_reads_in_linear_time() -> None:
     assert len(big) == MB and len(small) == 64
     pathological, benign = chunks(big, 16), chunks(small * (MB // 64), 16)
 
-    def read(pieces: list[bytes]) -> Callable[[], object]:
-        def run() -> None:
-            reader: RequestReader[str] = RequestReader(
-                _route, max_head_bytes=16 * 1024, max_body_bytes=MB
-            )
-            for piece in pieces:
-                reader.feed(piece)
-                while isinstance(reader.next_request(), Request):
-                    pass
-            assert reader.buffered == 0
-
-        return run
-
-    assert_linear(read(pathological), read(benign))
+    assert_linear(read_requests(pathological), read_requests(benign))
 
 
 def test_http_head_fed_in_tiny_pieces_reads_in_linear_time() -> None:
@@ -167,20 +170,7 @@ def test_http_head_fed_in_tiny_pieces_reads_in_linear_time() -> None:
     pathological = chunks(long_head * count, 16)
     benign = chunks(short_head * (count * len(long_head) // 64), 16)
 
-    def read(pieces: list[bytes]) -> Callable[[], object]:
-        def run() -> None:
-            reader: RequestReader[str] = RequestReader(
-                _route, max_head_bytes=16 * 1024, max_body_bytes=MB
-            )
-            for piece in pieces:
-                reader.feed(piece)
-                while isinstance(reader.next_request(), Request):
-                    pass
-            assert reader.buffered == 0
-
-        return run
-
-    assert_linear(read(pathological), read(benign))
+    assert_linear(read_requests(pathological), read_requests(benign))
 
 
 # -- SockJS (sockjs/framing.py) ------------------------------------------------------------
