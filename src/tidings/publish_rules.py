@@ -60,6 +60,7 @@ DEFAULT_DESTINATION = "/message"
 """Where a user's message goes when the publish names no destination (Spring's contract)."""
 
 _USER = re.compile(USER_PATTERN)
+_INBOX_ID = re.compile(INBOX_ID_PATTERN)
 _TOPIC = re.compile(TOPIC_PATTERN)
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 _DESTINATION = re.compile(DESTINATION_PATTERN)
@@ -75,6 +76,11 @@ def matches(value: object, pattern: re.Pattern[str]) -> TypeGuard[str]:
     patterns forbid newlines anyway, and ``fullmatch`` makes sure.
     """
     return isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def valid_inbox_id(inbox_id: object) -> TypeGuard[str]:
+    """An inbox id as INBOX_ID_PATTERN says (the HTTP API's ``after``, a read request's ids)."""
+    return matches(inbox_id, _INBOX_ID)
 
 
 def valid_user(user: object) -> TypeGuard[str]:

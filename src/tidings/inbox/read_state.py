@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import re
-
-from tidings.publish_rules import INBOX_ID_PATTERN, matches
-
-_INBOX_ID = re.compile(INBOX_ID_PATTERN)
+from tidings.publish_rules import valid_inbox_id
 
 
 def parse_read_request(data: object) -> tuple[list[str], str | None]:
@@ -25,6 +21,6 @@ def parse_read_request(data: object) -> tuple[list[str], str | None]:
     if "ids" not in data and up_to is None:
         raise ValueError("give 'ids' or 'up_to'")
     for inbox_id in [*ids, *([] if up_to is None else [up_to])]:
-        if not matches(inbox_id, _INBOX_ID):
+        if not valid_inbox_id(inbox_id):
             raise ValueError(f"{inbox_id!r} is not an inbox id like 1700000000000-0")
     return ids, up_to

@@ -53,7 +53,6 @@ Publish = Callable[[str, dict[str, object], Mapping[str, str]], "Answer | Pendin
 _USER_ROUTE = re.compile(r"/api/v1/users/([^{}/]+)/messages")
 _TOPIC_ROUTE = re.compile(r"/api/v1/topics/([^{}]+)/messages")
 _BATCH_ROUTE = "/api/v1/messages"
-_INBOX_ID = re.compile(publish_rules.INBOX_ID_PATTERN)
 _LIMIT = re.compile(r"[0-9]{1,4}")
 _USER_RULE = (
     f"a user id is 1-{publish_rules.MAX_NAME} characters of text: no control character, no '/'"
@@ -401,7 +400,7 @@ class PublishApi:
         self._check_caller(request)
         user = _user(request)
         after = request.query.get("after", "0")
-        if not publish_rules.matches(after, _INBOX_ID):
+        if not publish_rules.valid_inbox_id(after):
             raise ApiError(400, "invalid_field", "'after' must be an inbox id like 1700000000000-0")
         limit_text = request.query.get("limit", "100")
         limit = int(limit_text) if _LIMIT.fullmatch(limit_text) else 0
