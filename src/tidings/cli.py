@@ -250,6 +250,21 @@ OPTIONS: tuple[Option, ...] = (
         "limits",
     ),
     Option(
+        "send-rate",
+        Integer(0),
+        _CONFIG.send_rate,
+        "SEND frames one STOMP session may publish per second, on average; past it (and "
+        "its --send-burst) the session is ended with an ERROR; 0: no limit",
+        "limits",
+    ),
+    Option(
+        "send-burst",
+        Integer(1),
+        _CONFIG.send_burst,
+        "SEND frames one STOMP session may publish at once above --send-rate",
+        "limits",
+    ),
+    Option(
         "head-timeout",
         Seconds(),
         _CONFIG.head_timeout_s,
@@ -494,6 +509,8 @@ def config_from_options(values: Resolved) -> Config:
         ),
         max_outbound_bytes=v["max-outbound-bytes"],
         max_message_bytes=v["max-message-bytes"],
+        send_rate=v["send-rate"],
+        send_burst=v["send-burst"],
         access_log=v["access-log"],
         head_timeout_s=v["head-timeout"],
         connect_timeout_s=v["connect-timeout"],

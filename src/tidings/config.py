@@ -39,6 +39,9 @@ class Config:
     stomp_limits: Limits = field(default_factory=Limits)
     max_outbound_bytes: int = 1024 * 1024  # per connection; past it: slow consumer, disconnect
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # body of one published message
+    # SEND frames one session may publish: per second, and in one burst; 0: no limit.
+    send_rate: int = 100
+    send_burst: int = 200
     shutdown_grace_s: float = 5.0
     # Timeouts and caps against one client holding resources (docs/security.md).
     head_timeout_s: float = 5.0  # a request head incomplete this long: 408, closed

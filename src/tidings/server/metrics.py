@@ -131,6 +131,12 @@ class NodeCollector(Collector):
         )
         yield single(
             CounterMetricFamily,
+            "send_rate_disconnects",
+            "Sessions ended for sending faster than --send-rate",
+            counters.send_rate_limited,
+        )
+        yield single(
+            CounterMetricFamily,
             "broker_reconnects",
             "Broker subscriber reconnections",
             getattr(node.broker, "reconnects", 0),

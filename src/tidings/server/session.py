@@ -24,6 +24,7 @@ from tidings.hub import LocalSubscription, SendFrame, encode_tail, opcode_for, s
 from tidings.inbox.read_state import parse_read_request
 from tidings.logs import RateLimited
 from tidings.message import TEXT_PLAIN, Message, id_key
+from tidings.ratelimit import TokenBucket
 from tidings.stomp.connection import (
     AckReceived,
     ConnectRequested,
@@ -146,6 +147,7 @@ class StompSession:
         self._beat_timer: asyncio.TimerHandle | None = None
         self._alive_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None  # --auth jwt: at the token's exp
+        self._sends: TokenBucket | None = None  # --send-rate, made at the first SEND
         self._last_read = asyncio.get_running_loop().time()
         self.closed = False
 
@@ -385,6 +387,8 @@ class StompSession:
             self.server.node.unsubscribe(sub)
 
     async def _send(self, event: SendRequested) -> None:
+        if not self._send_allowed_now(event):
+            return
         if event.destination == READ_DESTINATION:
             await self._mark_read(event)
             return
@@ -403,6 +407,33 @@ class StompSession:
         )
         await self.server.node.publish(message)
         self._receipt(event.receipt)
+
+    def _send_allowed_now(self, event: SendRequested) -> bool:
+        """Take a token of ``--send-rate``; without one, end the session (issue 14)."""
+        config = self.server.config
+        if not config.send_rate:
+            return True
+        now = asyncio.get_running_loop().time()
+        if self._sends is None:
+            self._sends = TokenBucket(config.send_rate, config.send_burst, now)
+        if self._sends.take(now):
+            return True
+        self.server.node.counters.send_rate_limited += 1
+        throttled.warning(
+            "send rate",
+            "session %s (user %s): SEND rate limit exceeded, disconnected",
+            self.id,
+            self.user,
+            session=self.id,
+        )
+        self.fail(
+            "SEND rate limit exceeded",
+            f"at most {config.send_rate} SEND frames a second (bursts of "
+            f"{config.send_burst}) per session",
+            CLOSE_POLICY_VIOLATION,
+            receipt=event.frame.get("receipt"),  # set in a transaction too
+        )
+        return False
 
     def _receipt(self, receipt: str | None, *, gap: bool = False) -> None:
         if receipt is None:
@@ -469,11 +500,11 @@ class StompSession:
         self._alive_timer = loop.call_later(limit - silent, self._check_alive)
 
     # -- ending ---------------------------------------------------------------------------
-    def fail(self, message: str, detail: str, code: int) -> None:
-        """Send an ERROR frame (STOMP 1.2 §ERROR) and close the WebSocket."""
+    def fail(self, message: str, detail: str, code: int, *, receipt: str | None = None) -> None:
+        """Send an ERROR frame (STOMP 1.2 §ERROR; ``receipt-id`` when ``receipt``) and close."""
         if self.closed or self.transport is None:
             return
-        self.transport.send_now(self.conn.error(message, detail=detail))
+        self.transport.send_now(self.conn.error(message, detail=detail, receipt=receipt))
         self.close(code, message)
 
     def close(self, code: int, reason: str) -> None:

@@ -1,0 +1,146 @@
+"""Client SENDs, end to end against real nodes (issue 14): ``--send-rate``/``--send-burst``.
+
+A flooding client is ended with ``ERROR message:SEND rate limit exceeded`` (its
+``receipt-id`` the SEND that found the bucket empty) and close 1008, every SEND before
+it answered; a bystander on the same node keeps receiving meanwhile. A client within the
+defaults (a burst of 200, then 100 a second) is never refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import aiohttp
+
+from tidings.config import Config
+from tidings.wsframe import OP_BINARY
+
+from .sockjs_support import Node, node_fixture
+from .stompws import StompWs
+from .test_dos import metric
+from .test_websocket_edge import CONNECT, raw, stomp
+from .test_wsframe import masked_frame
+
+TIMEOUT = 10.0
+RATE, BURST = 50, 100
+
+limited = node_fixture(
+    "send-limited",
+    "--send-allow",
+    "/topic/**",
+    "--send-rate",
+    str(RATE),
+    "--send-burst",
+    str(BURST),
+)
+defaults = node_fixture("send-defaults", "--send-allow", "/topic/**")
+
+
+def ws_url(node: Node) -> str:
+    return node.url("/stomp").replace("http", "ws", 1)
+
+
+def sends(destination: str, first: int, count: int) -> bytes:
+    """``count`` SEND frames with receipts r<first>.. in one masked WebSocket frame."""
+    frames = b"".join(
+        stomp("SEND", b"hi", destination=destination, receipt=f"r{n}")
+        for n in range(first, first + count)
+    )
+    return masked_frame(frames, OP_BINARY)
+
+
+async def test_a_send_flood_is_ended_with_an_error_naming_the_refused_send(
+    limited: Node,
+) -> None:
+    destination = f"/topic/flood-{uuid.uuid4().hex}"
+    before = await metric(limited, "send_rate_disconnects_total")
+    async with raw(limited) as client:
+        await client.handshake()
+        await client.send(masked_frame(CONNECT))
+        await client.expect("CONNECTED")
+        await client.send(sends(destination, 0, 10 * BURST))
+        receipts = 0
+        while (frame := await client.stomp()).command == "RECEIPT":
+            assert frame.get("receipt-id") == f"r{receipts}", frame  # in order, none skipped
+            receipts += 1
+        assert frame.command == "ERROR", frame
+        assert frame.get("message") == "SEND rate limit exceeded", frame
+        assert frame.get("receipt-id") == f"r{receipts}", frame  # the first one refused
+        await client.expect_close(1008)
+    # The burst, and what the rate refilled while it was handled; far from all 1,000.
+    assert BURST <= receipts < BURST + RATE, receipts
+    assert await metric(limited, "send_rate_disconnects_total") == before + 1
+
+
+async def test_a_bystander_keeps_receiving_while_a_client_floods(limited: Node) -> None:
+    """Another client of the same node gets messages published during a flood within
+    a bounded time; the flooder is cut, however many connections it keeps opening."""
+    news = f"/topic/news-{uuid.uuid4().hex}"
+    bystander = await StompWs.open(ws_url(limited))
+    await bystander.connect()
+    await bystander.subscribe("s", news)
+    stop = asyncio.Event()
+    cut = 0
+
+    async def flood() -> None:
+        nonlocal cut
+        while not stop.is_set():
+            async with raw(limited) as client:
+                await client.handshake()
+                await client.send(masked_frame(CONNECT))
+                await client.expect("CONNECTED")
+                batch = sends(f"/topic/flood-{uuid.uuid4().hex}", 0, 4 * BURST)
+                await client.send(batch)
+                while (await client.stomp()).command == "RECEIPT":
+                    pass
+                await client.expect_close(1008)
+                cut += 1
+
+    flooder = asyncio.create_task(flood())
+    latencies = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            for n in range(20):
+                started = time.monotonic()
+                url = limited.url(f"/api/v1/topics/{news.rsplit('/', 1)[1]}/messages")
+                async with http.post(url, json={"body": f"m{n}"}) as reply:
+                    assert reply.status == 202, await reply.text()
+                message = await bystander.expect("MESSAGE", timeout=TIMEOUT)
+                assert message.body == f"m{n}".encode(), message
+                latencies.append(time.monotonic() - started)
+    finally:
+        stop.set()
+        async with asyncio.timeout(TIMEOUT):
+            await flooder
+        await bystander.close()
+    assert cut >= 1
+    assert max(latencies) < 1.0, latencies
+
+
+async def test_the_default_limit_takes_a_burst_of_200_then_100_a_second(
+    defaults: Node,
+) -> None:
+    """What a chat client does (a message every few seconds, a paste of many at once)
+    stays far below: 200 SENDs in one write are all taken, and 100 more a second later."""
+    assert (Config().send_rate, Config().send_burst) == (100, 200)
+    destination = f"/topic/chat-{uuid.uuid4().hex}"
+    listener = await StompWs.open(ws_url(defaults))
+    await listener.connect()
+    await listener.subscribe("s", destination)
+    async with raw(defaults) as client:
+        await client.handshake()
+        await client.send(masked_frame(CONNECT))
+        await client.expect("CONNECTED")
+        await client.send(sends(destination, 0, 200))
+        for n in range(200):
+            await client.expect("RECEIPT", receipt_id=f"r{n}")
+        await asyncio.sleep(1.0)  # the bucket refills: the time is what is tested
+        await client.send(sends(destination, 200, 100))
+        for n in range(200, 300):
+            await client.expect("RECEIPT", receipt_id=f"r{n}")
+    for _ in range(300):
+        message = await listener.expect("MESSAGE")
+        assert message.body == b"hi"
+    await listener.close()
