@@ -273,6 +273,14 @@ OPTIONS: tuple[Option, ...] = (
         "limits",
     ),
     Option(
+        "body-timeout",
+        Seconds(),
+        _CONFIG.body_timeout_s,
+        "seconds a request body may take to arrive once its head has; a slower one is "
+        "answered 408 and the connection closed",
+        "limits",
+    ),
+    Option(
         "connect-timeout",
         Seconds(),
         _CONFIG.connect_timeout_s,
@@ -513,6 +521,7 @@ def config_from_options(values: Resolved) -> Config:
         send_burst=v["send-burst"],
         access_log=v["access-log"],
         head_timeout_s=v["head-timeout"],
+        body_timeout_s=v["body-timeout"],
         connect_timeout_s=v["connect-timeout"],
         keepalive_timeout_s=v["keepalive-timeout"],
         max_connections_per_ip=v["max-connections-per-ip"],

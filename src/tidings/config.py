@@ -45,6 +45,7 @@ class Config:
     shutdown_grace_s: float = 5.0
     # Timeouts and caps against one client holding resources (docs/security.md).
     head_timeout_s: float = 5.0  # a request head incomplete this long: 408, closed
+    body_timeout_s: float = 10.0  # a request body incomplete this long after its head: 408
     connect_timeout_s: float = 10.0  # a STOMP session without CONNECT this long: ERROR, closed
     keepalive_timeout_s: float = 75.0  # an HTTP connection idle this long is closed
     max_connections_per_ip: int = 0  # open connections per client address; 0: no cap

@@ -177,7 +177,12 @@ class Server:
 
         transport.write(handshake.response)
         request[UPGRADED] = True  # counted as a 101 (server/metrics.py)
-        start_websocket(self, transport, request.query.get("access_token"), on_lost=on_lost)
+        # Frames the client wrote behind its upgrade request (issue 14: they were lost)
+        # are what aiohttp's parser read past the head, kept as its message tail.
+        handler = request.protocol
+        rest, handler._message_tail = handler._message_tail, b""
+        token = request.query.get("access_token")
+        start_websocket(self, transport, token, rest, on_lost=on_lost)
         await ended
         return web.Response()  # not sent: the connection is gone; aiohttp wants a response
 
