@@ -11,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from pathlib import Path
 
 import aiohttp
+import redis.asyncio
 
 from tidings.config import Config
 from tidings.wsframe import OP_BINARY
 
-from .sockjs_support import Node, node_fixture
+from .redis_fixture import RedisServer
+from .sockjs_support import Node, node_fixture, running_node
 from .stompws import StompWs
-from .test_dos import metric
+from .test_dos import metric, rss_bytes
 from .test_websocket_edge import CONNECT, raw, stomp
 from .test_wsframe import masked_frame
 
@@ -144,3 +147,95 @@ async def test_the_default_limit_takes_a_burst_of_200_then_100_a_second(
         message = await listener.expect("MESSAGE")
         assert message.body == b"hi"
     await listener.close()
+
+
+# -- what client SENDs keep stored: --max-send-stored-bytes ----------------------------------
+
+BODY_BYTES = 60_000
+STORED_BUDGET = 4 * 1024 * 1024
+TOPICS = 200  # 3x what the budget takes: every SEND past it is refused
+
+
+async def send_to_distinct_topics(node: Node, topics: int, body: bytes) -> tuple[int, int]:
+    """One SEND with a receipt to each of ``topics`` new topics, reconnecting after an
+    ERROR; returns (SENDs taken, SENDs refused with the storage ERROR)."""
+    taken = refused = 0
+    prefix = f"/topic/store-{uuid.uuid4().hex}"
+    n = 0
+    while n < topics:
+        async with raw(node) as client:
+            await client.handshake()
+            await client.send(masked_frame(CONNECT))
+            await client.expect("CONNECTED")
+            while n < topics:
+                frame = stomp("SEND", body, destination=f"{prefix}/{n}", receipt=f"r{n}")
+                await client.send(masked_frame(frame, OP_BINARY))
+                answer = await client.stomp()
+                n += 1
+                if answer.command == "RECEIPT":
+                    taken += 1
+                    continue
+                assert answer.get("message") == "SEND storage limit reached", answer
+                assert answer.get("receipt-id") == f"r{n - 1}", answer
+                await client.expect_close(1008)
+                refused += 1
+                break
+    return taken, refused
+
+
+async def redis_keys(url: str, pattern: str) -> int:
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        return len([key async for key in client.scan_iter(match=pattern, count=1000)])
+    finally:
+        await client.aclose()
+
+
+async def flood_stored_sends(tmp_path: Path, *broker: str) -> tuple[int, int]:
+    """200 SENDs of 60 KB to distinct topics on a node with a 4 MiB SEND budget; the
+    SENDs taken, and how much the node grew (RSS bytes)."""
+    args = ["--send-allow", "/topic/**", "--send-rate", "0", *broker]
+    args += ["--max-send-stored-bytes", str(STORED_BUDGET)]
+    with running_node(tmp_path, *args) as node:
+        before = rss_bytes(node.proc.pid)
+        taken, refused = await send_to_distinct_topics(node, TOPICS, b"x" * BODY_BYTES)
+        grown = rss_bytes(node.proc.pid) - before
+        refusals = await metric(node, "send_storage_refusals_total")
+    most = STORED_BUDGET // BODY_BYTES
+    assert most - 2 <= taken <= most, taken
+    assert refused == TOPICS - taken
+    assert refusals == refused
+    return taken, grown
+
+
+async def test_what_client_sends_keep_stored_is_capped_on_the_memory_broker(
+    tmp_path: Path,
+) -> None:
+    """The memory broker held +60 MB after 1,000 SENDs of 60 KB to distinct topics; with
+    a 4 MiB budget the SENDs past it are refused with an ERROR and it holds no more."""
+    _, grown = await flood_stored_sends(tmp_path)
+    assert grown < 3 * STORED_BUDGET, f"the node grew by {grown} bytes"
+
+
+async def test_what_client_sends_keep_stored_is_capped_on_redis(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """On Redis the same flood left 1,000 stream keys, each kept 7 days: now one per SEND
+    taken, and none for the SENDs refused."""
+    taken, _ = await flood_stored_sends(tmp_path, "--broker", redis_server.url)
+    assert await redis_keys(redis_server.url, "tidings:inbox:t:*") == taken
+
+
+async def test_a_send_body_is_capped_like_a_published_one(tmp_path: Path) -> None:
+    """--max-message-bytes bounds a SEND's body too, not only --max-frame-bytes."""
+    args = ("--send-allow", "/topic/**", "--max-message-bytes", "1000")
+    with running_node(tmp_path, *args) as node:
+        async with raw(node) as client:
+            await client.handshake()
+            await client.send(masked_frame(CONNECT))
+            await client.expect("CONNECTED")
+            frame = stomp("SEND", b"x" * 1001, destination="/topic/big")
+            await client.send(masked_frame(frame, OP_BINARY))
+            error = await client.expect("ERROR")
+            assert error.get("message") == "SEND body too large", error
+            await client.expect_close(1002)

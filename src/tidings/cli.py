@@ -265,6 +265,14 @@ OPTIONS: tuple[Option, ...] = (
         "limits",
     ),
     Option(
+        "max-send-stored-bytes",
+        Integer(0),
+        _CONFIG.max_send_stored_bytes,
+        "bytes that client SENDs to this node may keep stored in topic histories and "
+        "inboxes; a SEND past it is refused with an ERROR; 0: no cap",
+        "limits",
+    ),
+    Option(
         "head-timeout",
         Seconds(),
         _CONFIG.head_timeout_s,
@@ -519,6 +527,7 @@ def config_from_options(values: Resolved) -> Config:
         max_message_bytes=v["max-message-bytes"],
         send_rate=v["send-rate"],
         send_burst=v["send-burst"],
+        max_send_stored_bytes=v["max-send-stored-bytes"],
         access_log=v["access-log"],
         head_timeout_s=v["head-timeout"],
         body_timeout_s=v["body-timeout"],

@@ -42,6 +42,8 @@ class Config:
     # SEND frames one session may publish: per second, and in one burst; 0: no limit.
     send_rate: int = 100
     send_burst: int = 200
+    # Bytes the stored SENDs of this node's clients may hold (tidings.send_budget); 0: no cap.
+    max_send_stored_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 5.0
     # Timeouts and caps against one client holding resources (docs/security.md).
     head_timeout_s: float = 5.0  # a request head incomplete this long: 408, closed

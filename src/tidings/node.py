@@ -44,6 +44,7 @@ class Counters:
     delivered: int = 0
     slow_consumers: int = 0
     send_rate_limited: int = 0  # sessions ended past --send-rate
+    send_store_refused: int = 0  # SENDs refused past --max-send-stored-bytes
     # Stored (the inbox id's millisecond) to written to the sockets, per message delivered.
     delivery_lag: Histogram = field(default_factory=lambda: Histogram(DELIVERY_LAG_BUCKETS))
 

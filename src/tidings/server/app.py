@@ -26,6 +26,7 @@ from tidings.inbox.memory import MemoryInbox
 from tidings.metrics import ServerStats
 from tidings.node import Node
 from tidings.presence import MemoryPresence, Presence
+from tidings.send_budget import SendBudget
 from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
 from tidings.server.edge import STOMP_SUBPROTOCOLS, start_websocket
 from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -105,6 +106,7 @@ class Server:
         if config.auth == "jwt":
             self.verifier = verifier_for(config)
         self._send_allow = compile_globs(config.send_allow)
+        self.send_budget = SendBudget(config.max_send_stored_bytes, config.inbox)
 
     # -- identity and permissions ----------------------------------------------------------
     def identify(self, event: ConnectRequested, access_token: str | None) -> Identity | None:

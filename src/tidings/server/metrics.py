@@ -137,6 +137,12 @@ class NodeCollector(Collector):
         )
         yield single(
             CounterMetricFamily,
+            "send_storage_refusals",
+            "SENDs refused because --max-send-stored-bytes was reached",
+            counters.send_store_refused,
+        )
+        yield single(
+            CounterMetricFamily,
             "broker_reconnects",
             "Broker subscriber reconnections",
             getattr(node.broker, "reconnects", 0),

@@ -19,7 +19,7 @@ import orjson
 
 from tidings.catchup import GAP_HEADER
 from tidings.destinations import route
-from tidings.errors import AuthError, BrokerUnavailable, StompProtocolError
+from tidings.errors import AuthError, BrokerUnavailable, StompLimitExceeded, StompProtocolError
 from tidings.hub import LocalSubscription, SendFrame, encode_tail, opcode_for, send_message
 from tidings.inbox.read_state import parse_read_request
 from tidings.logs import RateLimited
@@ -398,6 +398,8 @@ class StompSession:
                 "Clients may SEND only to destinations in the server's --send-allow list.",
             )
         target = route(event.destination, self.user)
+        if not self._send_stored(event, target.channel):
+            return
         message = Message(
             id="",  # the inbox assigns it when it stores the message
             channel=target.channel,
@@ -432,6 +434,36 @@ class StompSession:
             f"{config.send_burst}) per session",
             CLOSE_POLICY_VIOLATION,
             receipt=event.frame.get("receipt"),  # set in a transaction too
+        )
+        return False
+
+    def _send_stored(self, event: SendRequested, channel: str) -> bool:
+        """A SEND body is a published body (``--max-message-bytes``), and what this node's
+        clients keep stored is capped (``--max-send-stored-bytes``; tidings.send_budget):
+        past it the session ends with an ERROR (issue 14). False if the SEND was refused."""
+        server = self.server
+        limit = server.config.max_message_bytes
+        if len(event.body) > limit:
+            raise StompLimitExceeded(
+                "SEND body too large", f"a SEND body may be at most {limit} bytes"
+            )
+        size = len(event.body) + len(event.destination)
+        budget = server.send_budget
+        if budget.admit(channel, size, asyncio.get_running_loop().time()):
+            return True
+        server.node.counters.send_store_refused += 1
+        throttled.warning(
+            "send storage",
+            "session %s: SEND refused, --max-send-stored-bytes %d reached",
+            self.id,
+            budget.limit,
+            session=self.id,
+        )
+        self.fail(
+            "SEND storage limit reached",
+            "the server keeps no more messages sent by clients for now; try again later",
+            CLOSE_POLICY_VIOLATION,
+            receipt=event.frame.get("receipt"),
         )
         return False
 
