@@ -9,6 +9,7 @@ defaults (a burst of 200, then 100 a second) is never refused.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from pathlib import Path
@@ -17,6 +18,7 @@ import aiohttp
 import redis.asyncio
 
 from tidings.config import Config
+from tidings.stomp.frames import Frame
 from tidings.wsframe import OP_BINARY
 
 from .redis_fixture import RedisServer
@@ -75,6 +77,35 @@ async def test_a_send_flood_is_ended_with_an_error_naming_the_refused_send(
     # The burst, and what the rate refilled while it was handled; far from all 1,000.
     assert BURST <= receipts < BURST + RATE, receipts
     assert await metric(limited, "send_rate_disconnects_total") == before + 1
+
+
+async def test_a_commit_past_the_limit_ends_the_session_midway(limited: Node) -> None:
+    """A COMMIT's SENDs take a token each as they are released: the one past the limit
+    ends the session (no receipt-id: a held SEND's RECEIPT came when it was held); those
+    before it are published, as with any error in a COMMIT."""
+    destination = f"/topic/tx-{uuid.uuid4().hex}"
+    listener = await StompWs.open(ws_url(limited))
+    await listener.connect()
+    await listener.subscribe("s", destination)
+    async with raw(limited) as client:
+        await client.handshake()
+        await client.send(masked_frame(CONNECT))
+        await client.expect("CONNECTED")
+        held = b"".join(
+            stomp("SEND", b"t", destination=destination, transaction="t") for _ in range(2 * BURST)
+        )
+        frames = stomp("BEGIN", transaction="t") + held + stomp("COMMIT", transaction="t")
+        await client.send(masked_frame(frames, OP_BINARY))
+        error = await client.expect("ERROR")
+        assert error.get("message") == "SEND rate limit exceeded", error
+        assert error.get("receipt-id") is None, error
+        await client.expect_close(1008)
+    published = 0
+    with contextlib.suppress(TimeoutError):  # a second with nothing more: all are in
+        while isinstance(await listener.next(timeout=1.0), Frame):
+            published += 1
+    await listener.close()
+    assert BURST <= published < BURST + RATE, published
 
 
 async def test_a_bystander_keeps_receiving_while_a_client_floods(limited: Node) -> None:

@@ -411,7 +411,11 @@ class StompSession:
         self._receipt(event.receipt)
 
     def _send_allowed_now(self, event: SendRequested) -> bool:
-        """Take a token of ``--send-rate``; without one, end the session (issue 14)."""
+        """Take a token of ``--send-rate``; without one, end the session (issue 14).
+
+        A COMMIT's SENDs take one each as they are released: one past the limit ends the
+        session there, the SENDs before it published (as any error in a COMMIT does).
+        """
         config = self.server.config
         if not config.send_rate:
             return True
@@ -433,7 +437,8 @@ class StompSession:
             f"at most {config.send_rate} SEND frames a second (bursts of "
             f"{config.send_burst}) per session",
             CLOSE_POLICY_VIOLATION,
-            receipt=event.frame.get("receipt"),  # set in a transaction too
+            # A SEND held in a transaction had its RECEIPT then: none here (event.receipt).
+            receipt=event.receipt,
         )
         return False
 
@@ -463,7 +468,7 @@ class StompSession:
             "SEND storage limit reached",
             "the server keeps no more messages sent by clients for now; try again later",
             CLOSE_POLICY_VIOLATION,
-            receipt=event.frame.get("receipt"),
+            receipt=event.receipt,
         )
         return False
 
