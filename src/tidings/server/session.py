@@ -288,15 +288,19 @@ class StompSession:
 
     async def _send_inbox_state(self, sub: LocalSubscription, user: str) -> None:
         """A new ``/user/queue/inbox-state`` subscriber gets the current state at once, then
-        the changes (issue 16): a bell shows the right count without asking the back end."""
-        unread = await self.server.node.inbox.unread(user)
+        the changes (issue 16): a bell shows the right count without asking the back end.
+
+        ``last`` is the newest stored id when the count was taken: a client adds one for
+        each message it receives with a greater id (tidings.js does).
+        """
+        unread, last = await self.server.node.inbox.unread_state(user)
         if self.closed or self._subscriptions.get(sub.id) is not sub:
             return
         state = Message(
             id=self.server.node.new_message_id(),
             channel=sub.route.channel,
             destination=INBOX_STATE_DESTINATION,
-            body=orjson.dumps({"unread": unread, "read": [], "up_to": None}),
+            body=orjson.dumps({"unread": unread, "read": [], "up_to": None, "last": last}),
             content_type=APPLICATION_JSON,
         )
         send_message(sub, state, encode_tail(state, self.version), opcode_for(state))
