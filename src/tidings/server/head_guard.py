@@ -12,8 +12,9 @@ head. A partial head that arrives behind a complete request, then silence, leave
 idle: its keep-alive timeout closes the connection, as for any idle one.
 
 Two of aiohttp's private attributes are read, ``_waiter`` (the future its request loop
-awaits between requests) and ``_request_count`` (requests parsed);
-tests/test_dos.py fails if they change meaning.
+awaits between requests) and ``_request_count`` (requests parsed). Should a release drop
+them, the guard does nothing (connections are served as before, bounded by the keep-alive
+timeout) and tests/test_dos.py fails.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class HeadGuard(asyncio.Protocol):
         if not self._idle():
             self._cancel()
         elif self._timer is None and data:
-            self._count = handler._request_count
+            self._count = getattr(handler, "_request_count", 0)
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._timeout, self._timed_out)
 
@@ -68,15 +69,15 @@ class HeadGuard(asyncio.Protocol):
 
     def _idle(self) -> bool:
         """aiohttp waits for the next request (its loop awaits ``_waiter``)."""
-        waiter = self._handler._waiter
-        return waiter is not None and not waiter.done()
+        waiter = getattr(self._handler, "_waiter", None)
+        return isinstance(waiter, asyncio.Future) and not waiter.done()
 
     def _timed_out(self) -> None:
         self._timer = None
         transport = self._transport
         if transport.is_closing() or not self._idle():
             return
-        if self._handler._request_count != self._count:
+        if getattr(self._handler, "_request_count", 0) != self._count:
             return  # a request came meanwhile; aiohttp is idle after answering it
         message = f"the request head did not arrive within {self._timeout:g} s"
         refuse(transport, 408, "request_head_timeout", message)
