@@ -65,8 +65,7 @@ class Config:
     # `tidings serve --workers N` shares, so their series merge (server/metrics.py).
     metrics_node: str = ""
     reuse_port: bool = False
-    # SockJS (docs/sockjs.md): Origin patterns allowed on SockJS requests ("*": any).
-    sockjs_allowed_origins: tuple[str, ...] = ("*",)
+    # SockJS (docs/sockjs.md); its Origin check is allowed_origins'.
     # Transports turned off, by sockjs-client's names (websocket, xhr-streaming, ...).
     sockjs_disabled_transports: tuple[str, ...] = ()
     sockjs_heartbeat_s: float = 25.0  # an idle receiving request gets an "h" frame this often
