@@ -158,6 +158,7 @@ def test_the_api_key_is_a_bearer_token_and_loopback_does_not_replace_it() -> Non
     assert policy.api_refusal(None, "127.0.0.1", None) == MISSING_KEY
     assert policy.api_refusal("Bearer wrong", "127.0.0.1", None) == WRONG_KEY
     assert policy.api_refusal("Basic k3y-._~+/==", "127.0.0.1", None) == MISSING_KEY
+    assert policy.has_api_key and not TrustPolicy().has_api_key
     assert policy.may_admin("Bearer k3y-._~+/==", "203.0.113.9", None)
     assert not policy.may_admin(None, "127.0.0.1", None)
 

@@ -282,6 +282,11 @@ class TrustPolicy:
         client = self.proxies.client_address(peer, forwarded_for)
         return None if client is not None and client.is_loopback else NOT_LOOPBACK
 
+    @property
+    def has_api_key(self) -> bool:
+        """``--api-key`` is set: the HTTP API (and the admin routes) require it."""
+        return self._api_key is not None
+
     def may_admin(
         self, authorization: str | None, peer: str | None, forwarded_for: str | None
     ) -> bool:
