@@ -119,6 +119,7 @@ def test_the_walk_is_bounded() -> None:
     policy = TrustPolicy()
     within = ", ".join(["127.0.0.1"] * MAX_FORWARDED_HOPS)
     assert client(policy, "127.0.0.1", within) == "127.0.0.1"
+    assert client(policy, "127.0.0.1", within + ", , ,") == "127.0.0.1"  # empty: no hop
     beyond = ", ".join(["127.0.0.1"] * (MAX_FORWARDED_HOPS + 1))
     assert client(policy, "127.0.0.1", beyond) is None
     assert policy.api_refusal(None, "127.0.0.1", beyond) == NOT_LOOPBACK

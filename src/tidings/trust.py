@@ -189,12 +189,13 @@ class TrustedProxies:
         address = _address(peer)
         if address is None or not forwarded_for or not self.trusts(address):
             return address
-        entries = forwarded_for.split(",")
-        for hop, entry in enumerate(reversed(entries)):
+        hops = 0
+        for entry in reversed(forwarded_for.split(",")):
             if not entry.strip():
                 continue  # "a,,b" or a trailing comma: nginx skips empty entries too
-            if hop >= MAX_FORWARDED_HOPS:
+            if hops == MAX_FORWARDED_HOPS:
                 return None
+            hops += 1
             address = _address(entry)
             if address is None:
                 return None
