@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from tidings import __version__
+from tidings.app_webhook import AppWebhook
 from tidings.brokers import MemoryBroker, broker_from_url
 from tidings.config import Config
 from tidings.inbox.memory import MemoryInbox
@@ -101,6 +102,17 @@ class Server:
         self.node = build_node(config)
         self.trust = TrustPolicy.from_config(config)  # every "may they?" (tidings/trust.py)
         self.stats = ServerStats()  # counted by the edges, read by /metrics
+        app_webhook: AppWebhook | None = None
+        if config.app_webhook:
+            app_webhook = AppWebhook(
+                config.app_webhook,
+                prefix=config.app_prefix,
+                token=config.app_webhook_token,
+                timeout_s=config.app_webhook_timeout_s,
+                max_in_flight=config.app_webhook_concurrency,
+                max_message_bytes=config.max_message_bytes,
+            )
+        self.app_webhook = app_webhook
         self.context = SessionContext(
             config,
             self.node,
@@ -109,6 +121,7 @@ class Server:
             # STOMP 1.2 §CONNECTED: server = name/version *(comment); the comment names the node.
             f"Tidings/{__version__} (node {self.node.id})",
             ConnectDeadlines(config.connect_timeout_s),
+            app_webhook,
         )
         self.exporter = Metrics(self.context)
         self.api = PublishApi(
@@ -220,6 +233,8 @@ class Server:
     # -- lifecycle -----------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
         await self.node.start()
+        if self.app_webhook is not None:
+            await self.app_webhook.start()
         self.exporter.start()
         # Modules, classes and the app live as long as the process: keep them out of every
         # later full collection (56k objects here, 18 ms per gen-2 pass that stalls delivery;
@@ -245,6 +260,8 @@ class Server:
 
     async def on_cleanup(self, app: web.Application) -> None:
         self.exporter.stop()
+        if self.app_webhook is not None:
+            await self.app_webhook.close()
         await self.node.stop()
 
 
