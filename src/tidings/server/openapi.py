@@ -53,8 +53,9 @@ Tidings replaces)."""
 _SECURITY_DESCRIPTION = """\
 The API key configured on the server, sent as `Authorization: Bearer <key>`.
 When an API key is configured it is required from every caller (401 otherwise).
-When none is configured, publishing is allowed from loopback addresses only
-(127.0.0.0/8, ::1) and answered 403 for any other caller."""
+When none is configured, publishing is allowed from loopback clients only
+(127.0.0.0/8, ::1) and answered 403 for any other caller. The client is the TCP peer,
+or behind a trusted proxy the rightmost X-Forwarded-For address that is not one."""
 
 _BODY_DESCRIPTION = """\
 The message body. A JSON string is delivered as-is with content-type

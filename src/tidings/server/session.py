@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
@@ -42,7 +43,10 @@ from tidings.stomp.frames import Frame, serialize
 from tidings.wsframe import OP_TEXT
 
 if TYPE_CHECKING:
-    from tidings.server.app import Server
+    from tidings.config import Config
+    from tidings.metrics import ServerStats
+    from tidings.node import Node
+    from tidings.trust import TrustPolicy
 
 log = logging.getLogger(__name__)
 # Auth failures and slow consumers: one line per reason every 10 s (a flood stays one line).
@@ -127,10 +131,33 @@ class ConnectDeadlines:
             self._timer = loop.call_at(next(iter(self._waiting.values())), self._expire)
 
 
-class StompSession:
-    """A connected client; implements the hub's Subscriber protocol."""
+@dataclass(eq=False, slots=True)
+class SessionContext:
+    """What the STOMP sessions of one node share, and all they see of it.
 
-    def __init__(self, server: Server, access_token: str | None = None) -> None:
+    A session asks ``trust`` every "may they?" (tidings/trust.py) and reaches the rest of
+    the node through ``node``; it never sees the aiohttp ``Server`` (server/app.py builds
+    this and hands it to the edge, SockJS and /metrics too).
+    """
+
+    config: Config
+    node: Node
+    trust: TrustPolicy
+    stats: ServerStats
+    server_header: str  # STOMP 1.2 §CONNECTED: server = name/version *(comment)
+    connect_deadlines: ConnectDeadlines
+    app_webhook: AppWebhook | None = None  # client SENDs to --app-prefix go there
+    sessions: set[StompSession] = field(default_factory=set)
+    shutting_down: bool = False  # new sessions and publishes are refused
+
+
+class StompSession:
+    """A connected client; implements the hub's Subscriber protocol.
+
+    ``server`` is the node's ``SessionContext`` (the name is older than the class).
+    """
+
+    def __init__(self, server: SessionContext, access_token: str | None = None) -> None:
         self.server = server
         self.id = secrets.token_hex(8)
         self.user: str | None = None
@@ -246,7 +273,7 @@ class StompSession:
 
     async def _connect(self, event: ConnectRequested) -> None:
         self.server.connect_deadlines.discard(self)  # the CONNECT came in time
-        identity = self.server.identify(event, self.access_token)
+        identity = self.server.trust.identify(event, self.access_token)
         self.user = identity.user if identity is not None else None
         self.version = event.version
         if identity is not None and identity.expires_at is not None:
@@ -265,7 +292,7 @@ class StompSession:
 
     async def _subscribe(self, event: SubscribeRequested) -> None:
         target = route(event.destination, self.user)
-        self.server.authorize_subscription(self.user, target)
+        self.server.trust.authorize_subscription(self.user, target)
         resume_after = event.frame.get(RESUME_HEADER)
         if resume_after is not None:
             _check_inbox_id(resume_after, RESUME_HEADER)
@@ -427,7 +454,7 @@ class StompSession:
                 _APP_TASKS.add(task)
                 task.add_done_callback(_APP_TASKS.discard)
             return
-        if not self.server.send_allowed(event.destination):
+        if not self.server.trust.may_send(event.destination):
             raise StompProtocolError(
                 f"SEND to {event.destination} is not allowed",
                 "Clients may SEND only to destinations in the server's --send-allow list.",
@@ -515,8 +542,7 @@ class StompSession:
     # -- token expiry (RFC 7519 §4.1.4; issue 14) ------------------------------------------
     def _end_at_expiry(self, expires_at: float) -> None:
         """One timer per session, set at CONNECT: nothing is checked per message."""
-        verifier = self.server.verifier
-        leeway = verifier.leeway_s if verifier is not None else 0.0
+        leeway = self.server.trust.token_leeway_s
         delay = max(0.0, expires_at + leeway - time.time())  # exp is wall-clock time
         self._expiry_timer = asyncio.get_running_loop().call_later(delay, self._expire)
 
