@@ -123,6 +123,10 @@ class Limits:
     """Frames held back across all open transactions of a session."""
     max_transaction_bytes: int = 1024 * 1024
     """Body bytes held back across all open transactions of a session."""
+    max_user_headers: int = 16
+    """User-defined headers a SEND passes through to its MESSAGE (STOMP 1.2 §SEND)."""
+    max_user_header_bytes: int = 4096
+    """UTF-8 bytes of those headers' names and values together (stored with the message)."""
 
 
 DEFAULT_LIMITS = Limits()
