@@ -639,6 +639,21 @@ def test_error_carries_the_offending_frames_receipt() -> None:
     assert frame.get("message") == "SEND frame needs a 'destination' header"
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"SUBSCRIBE\nid:1\nreceipt:r7\ndestination:/a\\t\n\n\0",  # undefined escape
+        b"SEND\nreceipt:r7\ndestination:/a\ncontent-length:x\n\n\0",
+        b"SEND\nreceipt:r7\ndestination:/a\r\nbad\n\n\0",  # header line without colon
+    ],
+)
+def test_error_about_a_malformed_frame_names_its_receipt_if_read(data: bytes) -> None:
+    conn = connected()
+    with pytest.raises(StompProtocolError):
+        conn.receive_data(data)
+    assert parse_server_frame(conn.error("bad")).get("receipt-id") == "r7"
+
+
 def test_error_receipt_is_not_taken_from_an_earlier_good_frame() -> None:
     conn = connected()
     conn.receive_data(wire("SEND", "destination:/a", "receipt:ok") + b"BOGUS\n\n\0")

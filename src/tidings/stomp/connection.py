@@ -323,7 +323,11 @@ class ServerConnection:
         """
         while self.state not in (State.CLOSED, State.CONNECTING):
             self._error_receipt = None
-            frame = self._parser.next_frame()
+            try:
+                frame = self._parser.next_frame()
+            except StompProtocolError:
+                self._error_receipt = self._parser.receipt_so_far
+                raise
             if frame is None:
                 break
             self._error_receipt = frame.get("receipt")  # kept if _handle raises

@@ -263,6 +263,15 @@ class FrameParser:
         self._version = version
 
     @property
+    def receipt_so_far(self) -> str | None:
+        """``receipt`` of the frame being read, if that header came before a failure, so that
+        an ERROR about a malformed frame can still name it (STOMP 1.2 §ERROR)."""
+        for name, value in self._headers:  # emptied at each frame's start and end
+            if name == "receipt":
+                return value
+        return None
+
+    @property
     def buffered_bytes(self) -> int:
         """Bytes received but not yet returned in a frame; kept under ``max_frame_bytes``."""
         return len(self._buffer) - self._pos
