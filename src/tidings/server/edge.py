@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 MAX_HEAD_BYTES = 16 * 1024  # a longer head is aiohttp's to judge (it answers 4xx)
 _GET = b"GET "
 _POST = b"POST "
-STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")  # IANA-registered names
+STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")  # IANA names, favourite first
 ORIGIN_NOT_ALLOWED = "a page of this Origin may not open a WebSocket here (--allowed-origin)"
 
 

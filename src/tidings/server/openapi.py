@@ -725,7 +725,8 @@ def _stomp_headers() -> Json:
             "Extra headers for the STOMP MESSAGE frame (`null`: none). Reserved names (compared"
             " case-insensitively) may not be used: "
             + ", ".join(RESERVED_HEADERS)
-            + ". `content-type` (any case) may be given to override the body's default."
+            + ", and any name starting with `tidings-`."
+            " `content-type` (any case) may be given to override the body's default."
         ),
         "propertyNames": {"pattern": HEADER_NAME_PATTERN},
         "additionalProperties": {"type": "string", "pattern": HEADER_VALUE_PATTERN},

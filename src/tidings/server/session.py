@@ -22,12 +22,13 @@ from tidings.app_webhook import ERRORS_DESTINATION, REPLY_DESTINATION, AppWebhoo
 from tidings.app_webhook import Failure as WebhookFailure
 from tidings.catchup import GAP_HEADER
 from tidings.destinations import route
-from tidings.errors import AuthError, BrokerUnavailable, StompProtocolError
+from tidings.errors import AuthError, BrokerUnavailable, InvalidPublish, StompProtocolError
 from tidings.hub import LocalSubscription, SendFrame, encode_tail, opcode_for, send_message
 from tidings.inbox.read_state import parse_read_request
 from tidings.logs import RateLimited
-from tidings.message import APPLICATION_JSON, TEXT_PLAIN, Message, id_key
+from tidings.message import APPLICATION_JSON, Message, id_key
 from tidings.node import INBOX_STATE_DESTINATION
+from tidings.publish_rules import stomp_send_headers
 from tidings.stomp.connection import (
     AckReceived,
     ConnectRequested,
@@ -38,6 +39,7 @@ from tidings.stomp.connection import (
     ServerConnection,
     SubscribeRequested,
     UnsubscribeRequested,
+    error_receipt,
 )
 from tidings.stomp.frames import Frame, serialize
 from tidings.wsframe import OP_TEXT
@@ -215,17 +217,21 @@ class StompSession:
         if self.closed:
             return
         self._last_read = asyncio.get_running_loop().time()
+        receipt: str | None = None  # of the frame whose work is under way, for an ERROR
         try:
             events = self.conn.receive_data(data)
             while events:
                 for event in events:
+                    receipt = error_receipt(event)
                     await self._handle(event)
                     if self.closed:
                         return
-                # Frames behind a CONNECT wait until it is accepted: take them now.
+                receipt = None
+                # Frames behind a CONNECT wait until it is accepted, and an error found
+                # behind good frames waits until they are done: take either now.
                 events = self.conn.receive_data(b"")
         except StompProtocolError as exc:
-            self.fail(exc.message, exc.detail, CLOSE_PROTOCOL_ERROR)
+            self.fail(exc.message, exc.detail, CLOSE_PROTOCOL_ERROR, receipt=receipt)
         except AuthError as exc:
             self.server.stats.auth_failure(exc.reason)
             throttled.warning(
@@ -237,7 +243,7 @@ class StompSession:
             )
             self.fail(f"authentication failed: {exc}", "", CLOSE_POLICY_VIOLATION)
         except BrokerUnavailable as exc:
-            self.fail("broker unavailable", str(exc), CLOSE_GOING_AWAY)
+            self.fail("broker unavailable", str(exc), CLOSE_GOING_AWAY, receipt=receipt)
 
     def transport_closed(self) -> None:
         """The client went away (or the transport gave up on it): drop everything.
@@ -460,12 +466,22 @@ class StompSession:
                 "Clients may SEND only to destinations in the server's --send-allow list.",
             )
         target = route(event.destination, self.user)
+        try:  # user-defined headers pass through to the MESSAGE (STOMP 1.2 §SEND)
+            content_type, headers = stomp_send_headers(event.content_type, event.headers)
+        except InvalidPublish as exc:
+            raise StompProtocolError(
+                exc.message,
+                "User-defined SEND headers are passed on to every subscriber, whatever its "
+                "STOMP version: names of [A-Za-z0-9_.-], none the server sets, and no CR, LF "
+                "or NUL in a value.",
+            ) from None
         message = Message(
             id="",  # the inbox assigns it when it stores the message
             channel=target.channel,
             destination=target.key,
             body=event.body,
-            content_type=event.content_type or TEXT_PLAIN,
+            content_type=content_type,
+            headers=headers,
         )
         await self.server.node.publish(message)
         self._receipt(event.receipt)
@@ -594,11 +610,15 @@ class StompSession:
         self._alive_timer = loop.call_later(limit - silent, self._check_alive)
 
     # -- ending ---------------------------------------------------------------------------
-    def fail(self, message: str, detail: str, code: int) -> None:
-        """Send an ERROR frame (STOMP 1.2 §ERROR) and close the WebSocket."""
+    def fail(self, message: str, detail: str, code: int, *, receipt: str | None = None) -> None:
+        """Send an ERROR frame (STOMP 1.2 §ERROR) and close the WebSocket.
+
+        ``receipt``: of the frame whose work failed, sent as ``receipt-id``; without it, the
+        connection names the frame its parser refused, if that asked for a receipt.
+        """
         if self.closed or self.transport is None:
             return
-        self.transport.send_now(self.conn.error(message, detail=detail))
+        self.transport.send_now(self.conn.error(message, detail=detail, receipt=receipt))
         self.close(code, message)
 
     def close(self, code: int, reason: str) -> None:
