@@ -33,7 +33,7 @@ from aiohttp import web
 
 from tidings import __version__, gclog, logs
 from tidings.auth import verifier_for
-from tidings.config import DEFAULT_ENDPOINTS, Config
+from tidings.config import DEFAULT_ENDPOINTS, DEFAULT_TRUSTED_PROXIES, Config
 from tidings.errors import TidingsError
 from tidings.inbox.base import InboxLimits
 from tidings.options import (
@@ -58,6 +58,7 @@ from tidings.server.app import SERVER_KEY, create_app
 from tidings.server.edge import EdgeSite
 from tidings.server.sockjs import TRANSPORTS
 from tidings.stomp.frames import Limits
+from tidings.trust import api_key_problem, parse_networks
 from tidings.workers import EXIT_START_FAILED, READY, Supervisor
 
 log = logging.getLogger("tidings")
@@ -189,12 +190,70 @@ OPTIONS: tuple[Option, ...] = (
         "auth",
     ),
     Option(
+        "trusted-proxy",
+        Many(Text("CIDR")),
+        [],
+        "address or network of a proxy whose X-Forwarded-For names the client, repeatable; "
+        "the client is the rightmost entry not in this list (nginx realip); a list replaces "
+        "the default; 'none' trusts no proxy (forwarded headers are ignored)",
+        "auth",
+        shown_default=",".join(DEFAULT_TRUSTED_PROXIES),
+    ),
+    Option(
+        "allowed-origin",
+        Many(Text("ORIGIN")),
+        [],
+        "Origin a browser page may connect from (WebSocket and SockJS), repeatable, '*' "
+        "wildcards (e.g. https://*.example.com); same-origin pages and clients sending no "
+        "Origin always pass",
+        "auth",
+        shown_default="*",
+    ),
+    Option(
         "send-allow",
         Many(Text("GLOB")),
         [],
         "destination clients may SEND to, repeatable ('*' matches one path segment, '**' "
         "any number); clients may SEND nowhere by default",
         "auth",
+    ),
+    # -- client messages to the back end
+    Option(
+        "app-webhook",
+        Text("URL"),
+        None,
+        "POST each client SEND to <app-prefix>/... to this URL as JSON {user, session, "
+        "destination, headers, body}; its answer's 'reply' goes to the sender's "
+        "/user/queue/reply, failures to /user/queue/errors (docs/notification-center.md)",
+        "app",
+    ),
+    Option(
+        "app-prefix",
+        Text("PREFIX"),
+        _CONFIG.app_prefix,
+        "the destinations whose SENDs go to --app-webhook (Spring's application prefix)",
+        "app",
+    ),
+    Option(
+        "app-webhook-token",
+        Text("TOKEN"),
+        None,
+        "sent to --app-webhook as 'Authorization: Bearer TOKEN'",
+        "app",
+    ),
+    Option(
+        "app-webhook-timeout",
+        Seconds(),
+        _CONFIG.app_webhook_timeout_s,
+        "a webhook call not answered within this is reported on /user/queue/errors",
+        "app",
+    ),
+    Option(
+        "app-webhook-concurrency",
+        Integer(),
+        _CONFIG.app_webhook_concurrency,
+        "webhook calls one node makes at a time; further SENDs wait (back-pressure)",
+        "app",
     ),
     # -- STOMP sessions and limits
     Option(
@@ -339,9 +398,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "sockjs-allowed-origin",
         Many(Text("ORIGIN")),
-        list(_CONFIG.sockjs_allowed_origins),
-        "Origin allowed on SockJS requests, repeatable, '*' wildcards "
-        "(e.g. https://*.example.com); same-origin requests always pass",
+        [],
+        "older name of --allowed-origin (both add to one list, which guards WebSocket and "
+        "SockJS alike)",
         "sockjs",
         shown_default="*",
     ),
@@ -410,6 +469,7 @@ GROUPS = {
     "listen": "listening",
     "broker": "broker and scale-out",
     "auth": "identity and permissions",
+    "app": "client messages to the back end",
     "limits": "STOMP sessions and limits",
     "inbox": "inbox and topic history",
     "sockjs": "SockJS",
@@ -514,6 +574,8 @@ def config_from_options(values: Resolved) -> Config:
         jwt_allow_no_exp=v["jwt-allow-no-exp"],
         allow_query_token=v["allow-query-token"],
         api_key=v["api-key"] or None,
+        trusted_proxies=tuple(v["trusted-proxy"]) or DEFAULT_TRUSTED_PROXIES,
+        allowed_origins=tuple(v["allowed-origin"] + v["sockjs-allowed-origin"]) or ("*",),
         send_allow=tuple(v["send-allow"]),
         heartbeat=v["heartbeat"],
         heartbeat_grace=v["heartbeat-grace"],
@@ -536,6 +598,11 @@ def config_from_options(values: Resolved) -> Config:
         max_connections_per_ip=v["max-connections-per-ip"],
         gc_log=v["gc-log"],
         legacy_channel=v["legacy-channel"] or None,
+        app_webhook=v["app-webhook"] or None,
+        app_prefix=v["app-prefix"],
+        app_webhook_token=v["app-webhook-token"] or None,
+        app_webhook_timeout_s=v["app-webhook-timeout"],
+        app_webhook_concurrency=v["app-webhook-concurrency"],
         presence_ttl_s=v["presence-ttl"],
         catchup_interval_s=v["catchup-interval"],
         inbox=InboxLimits(
@@ -544,7 +611,6 @@ def config_from_options(values: Resolved) -> Config:
             topic_history=v["topic-history"],
         ),
         workers=v["workers"],
-        sockjs_allowed_origins=tuple(v["sockjs-allowed-origin"]) or ("*",),
         sockjs_disabled_transports=tuple(v["sockjs-disable-transport"]),
         sockjs_heartbeat_s=v["sockjs-heartbeat"],
         sockjs_session_timeout_s=v["sockjs-session-timeout"],
@@ -574,6 +640,15 @@ JWT_ONLY_OPTIONS = (
 def check_config(config: Config, values: Resolved) -> None:
     """What no single option can check: options that need one another."""
     shared = config.broker.split(":", 1)[0] in ("redis", "rediss")
+    if config.api_key is not None and (problem := api_key_problem(config.api_key)):
+        # RFC 6750 §2.1: a key outside the b64token set can never arrive as a bearer token.
+        raise OptionError(
+            f"{values.origins['api-key']}: this key can never authenticate: {problem}"
+        )
+    try:
+        parse_networks(config.trusted_proxies)
+    except ValueError as exc:
+        raise OptionError(f"{values.origins['trusted-proxy']}: {exc}") from None
     if config.auth == "jwt":
         if not (config.jwt_secret or config.jwt_public_key):
             raise OptionError(
@@ -746,7 +821,7 @@ async def _start(runner: web.AppRunner, config: Config) -> None:
     except TidingsError as exc:
         raise StartFailed(str(exc)) from None
     site = EdgeSite(
-        runner, runner.app[SERVER_KEY], config.host, config.port, reuse_port=config.reuse_port
+        runner, runner.app[SERVER_KEY].edge, config.host, config.port, reuse_port=config.reuse_port
     )
     try:
         await site.start()
@@ -770,12 +845,13 @@ def startup_line(
     else:
         auth = "none (the CONNECT login names the user)"
     api_key = "set" if config.api_key else "not set (only loopback callers may publish)"
+    proxies = ",".join(str(net) for net in parse_networks(config.trusted_proxies)) or "none"
     listen = f"http://{config.host}:{config.port}"
     broker_state = "" if ready else " (unreachable: retrying; /readyz answers 503 until then)"
     message = (
         f"tidings {__version__} node {node_id} listening on {listen}; "
         f"broker {broker}{broker_state}; auth {auth}; API key {api_key}; "
-        f"endpoints {','.join(config.endpoints)}; workers {workers}"
+        f"trusted proxies {proxies}; endpoints {','.join(config.endpoints)}; workers {workers}"
     )
     extra = {
         "version": __version__,
@@ -785,6 +861,7 @@ def startup_line(
         "broker_ready": ready,
         "auth": config.auth,
         "api_key_set": bool(config.api_key),
+        "trusted_proxies": proxies.split(","),
         "endpoints": list(config.endpoints),
         "workers": workers,
     }

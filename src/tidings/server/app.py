@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -17,25 +18,28 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from tidings import __version__
-from tidings.auth import Identity, JwtVerifier, bearer_token, verifier_for
+from tidings.app_webhook import AppWebhook
 from tidings.brokers import MemoryBroker, broker_from_url
 from tidings.config import Config
-from tidings.destinations import Route, compile_globs
-from tidings.errors import AuthError
 from tidings.inbox.memory import MemoryInbox
 from tidings.metrics import ServerStats
 from tidings.node import Node
 from tidings.presence import MemoryPresence, Presence
 from tidings.send_budget import SendBudget
 from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
-from tidings.server.edge import STOMP_SUBPROTOCOLS, start_websocket
+from tidings.server.edge import ORIGIN_NOT_ALLOWED, STOMP_SUBPROTOCOLS, Edge, start_websocket
 from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tidings.server.metrics import UPGRADED, Metrics, response_counter
 from tidings.server.openapi import openapi_document
 from tidings.server.openapi_yaml import to_yaml
-from tidings.server.session import CLOSE_GOING_AWAY, ConnectDeadlines, StompSession
+from tidings.server.session import (
+    CLOSE_GOING_AWAY,
+    ConnectDeadlines,
+    SessionContext,
+    StompSession,
+)
 from tidings.server.sockjs import add_sockjs_routes, greeting_response
-from tidings.stomp.connection import ConnectRequested
+from tidings.trust import TrustPolicy, join_field_lines
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
 
 if TYPE_CHECKING:
@@ -88,64 +92,56 @@ def build_node(config: Config) -> Node:
 
 
 class Server:
-    """State shared by every handler of one node."""
+    """State shared by every handler of one node.
+
+    The modules it wires never see it: sessions, SockJS and /metrics get its
+    ``SessionContext``, the publish API its node and trust policy, the edge those two.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.node = build_node(config)
-        # STOMP 1.2 §CONNECTED: server = name/version *(comment); the comment names the node.
-        self.server_header = f"Tidings/{__version__} (node {self.node.id})"
-        self.sessions: set[StompSession] = set()
+        self.trust = TrustPolicy.from_config(config)  # every "may they?" (tidings/trust.py)
         self.stats = ServerStats()  # counted by the edges, read by /metrics
-        self.exporter = Metrics(self)
-        self.connect_deadlines = ConnectDeadlines(config.connect_timeout_s)
-        self.api = PublishApi(self)
-        self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
-        self.shutting_down = False
-        self.verifier: JwtVerifier | None = None
-        if config.auth == "jwt":
-            self.verifier = verifier_for(config)
-        self._send_allow = compile_globs(config.send_allow)
-        self.send_budget = SendBudget(config.max_send_stored_bytes, config.inbox)
-
-    # -- identity and permissions ----------------------------------------------------------
-    def identify(self, event: ConnectRequested, access_token: str | None) -> Identity | None:
-        """The session's user: the CONNECT login (``--auth none``, never expiring) or a
-        verified token's sub and exp; None for an anonymous ``--auth none`` session.
-
-        ``access_token`` is the ``?access_token=`` of the WebSocket or SockJS URL: used
-        only with ``--allow-query-token``, since URLs end up in proxy and browser logs.
-        """
-        if self.verifier is None:
-            return Identity(event.login, None) if event.login else None
-        token = (
-            bearer_token(event.frame.get("Authorization") or event.frame.get("authorization"))
-            or event.passcode
+        app_webhook: AppWebhook | None = None
+        if config.app_webhook:
+            app_webhook = AppWebhook(
+                config.app_webhook,
+                prefix=config.app_prefix,
+                token=config.app_webhook_token,
+                timeout_s=config.app_webhook_timeout_s,
+                max_in_flight=config.app_webhook_concurrency,
+                max_message_bytes=config.max_message_bytes,
+            )
+        self.app_webhook = app_webhook
+        self.context = SessionContext(
+            config,
+            self.node,
+            self.trust,
+            self.stats,
+            # STOMP 1.2 §CONNECTED: server = name/version *(comment); the comment names the node.
+            f"Tidings/{__version__} (node {self.node.id})",
+            ConnectDeadlines(config.connect_timeout_s),
+            app_webhook,
+            send_budget=SendBudget(config.max_send_stored_bytes, config.inbox),
         )
-        if not token and access_token:
-            if not self.config.allow_query_token:
-                raise AuthError(
-                    "tokens in the URL are not accepted (send 'Authorization: Bearer <jwt>' "
-                    "on CONNECT)",
-                    "missing_token",
-                )
-            token = access_token
-        if not token:
-            raise AuthError(
-                "no token (send 'Authorization: Bearer <jwt>' on CONNECT)", "missing_token"
-            )
-        return self.verifier.identity(token)  # AuthError says why not, and its reason
+        self.exporter = Metrics(self.context)
+        self.api = PublishApi(
+            self.node, self.trust, self.stats, max_message_bytes=config.max_message_bytes
+        )
+        self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
 
-    def authorize_subscription(self, user: str | None, target: Route) -> None:
-        """With ``--auth jwt`` a session may read only its own user's destinations."""
-        if self.verifier is not None and target.user is not None and target.user != user:
-            raise AuthError(
-                f"user {user} may not subscribe to messages of user {target.user}",
-                "forbidden_destination",
-            )
+    @property
+    def sessions(self) -> set[StompSession]:
+        return self.context.sessions
 
-    def send_allowed(self, destination: str) -> bool:
-        return self._send_allow is not None and self._send_allow.matches(destination)
+    @property
+    def shutting_down(self) -> bool:
+        return self.context.shutting_down
+
+    def edge(self, http_protocol: Callable[[], asyncio.Protocol]) -> Edge:
+        """The first reader of this node's connections (server/edge.py)."""
+        return Edge(self.context, self.api, self.api_connections, http_protocol)
 
     # -- handlers ------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
@@ -159,6 +155,9 @@ class Server:
             )
         if self.shutting_down:
             return error_response(503, "shutting_down", "the server is shutting down")
+        origin = join_field_lines(request.headers.getall("Origin", ()))
+        if not self.trust.origin_allowed(origin, request.headers.get("Host")):
+            return error_response(403, "origin_not_allowed", ORIGIN_NOT_ALLOWED)
         version = f"HTTP/{request.version.major}.{request.version.minor}"
         try:
             handshake = accept_handshake(
@@ -184,7 +183,7 @@ class Server:
         handler = request.protocol
         rest, handler._message_tail = handler._message_tail, b""
         token = request.query.get("access_token")
-        start_websocket(self, transport, token, rest, on_lost=on_lost)
+        start_websocket(self.context, transport, token, rest, on_lost=on_lost)
         await ended
         return web.Response()  # not sent: the connection is gone; aiohttp wants a response
 
@@ -241,6 +240,8 @@ class Server:
     # -- lifecycle -----------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
         await self.node.start()
+        if self.app_webhook is not None:
+            await self.app_webhook.start()
         self.exporter.start()
         # Modules, classes and the app live as long as the process: keep them out of every
         # later full collection (56k objects here, 18 ms per gen-2 pass that stalls delivery;
@@ -256,7 +257,7 @@ class Server:
         log.debug("tidings %s from %s", __version__, PACKAGE_DIR)
 
     async def on_shutdown(self, app: web.Application) -> None:
-        self.shutting_down = True
+        self.context.shutting_down = True
         for session in list(self.sessions):
             session.fail("server shutting down", "reconnect later", CLOSE_GOING_AWAY)
         # aiohttp closes its own idle connections and waits for its handlers; these are ours.
@@ -266,6 +267,8 @@ class Server:
 
     async def on_cleanup(self, app: web.Application) -> None:
         self.exporter.stop()
+        if self.app_webhook is not None:
+            await self.app_webhook.close()
         await self.node.stop()
 
 
@@ -295,5 +298,5 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(server.on_shutdown)
     app.on_cleanup.append(server.on_cleanup)
     # Last: its startup needs the node started, its shutdown runs after the sessions'.
-    add_sockjs_routes(app, server)
+    add_sockjs_routes(app, server.context)
     return app
