@@ -12,8 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import hiredis
+
+from tidings.brokers.redis_pubsub import PubSubReader
 from tidings.destinations import compile_globs
 from tidings.http1 import Request, RequestHead, RequestReader
+from tidings.redis_connect import MORE, reply_error
 from tidings.sockjs.framing import decode_send
 from tidings.stomp.frames import FrameParser
 from tidings.wsframe import OP_BINARY, ClientFrameReader
@@ -200,3 +204,61 @@ def test_send_allow_glob_with_three_double_stars_matches_in_linear_time() -> Non
         lambda: [bad.matches(destination) for _ in range(10)],
         lambda: [good.matches(destination) for _ in range(10)],
     )
+
+
+# -- RESP2 replies (brokers/redis_pubsub.py; inbox/resp.py and redis_connect.py) -----------
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _message(payload: bytes) -> bytes:
+    return b"*3\r\n" + _bulk(b"message") + _bulk(b"t:x") + _bulk(payload)
+
+
+def test_a_pubsub_reply_fed_in_tiny_pieces_reads_in_linear_time() -> None:
+    """One 1 MB message reply in 16-byte pieces against 64-byte message replies, in
+    16-byte pieces too: the subscriber reader keeps no buffer of its own to re-scan."""
+    envelope = len(_message(b""))
+    big = _message(b"x" * (MB - envelope - 6))  # "$<7 digits>" is 6 longer than "$0"
+    small = _message(b"y" * (64 - envelope - 1))
+    assert len(big) == MB and len(small) == 64
+    pathological, benign = chunks(big, 16), chunks(small * (MB // 64), 16)
+
+    def read(pieces: list[bytes]) -> Callable[[], object]:
+        def run() -> None:
+            got: list[int] = []
+            reader = PubSubReader(lambda _, p: got.append(len(p)), print, print)
+            for piece in pieces:
+                reader.receive(piece)
+            assert len(got) in (1, MB // 64)
+
+        return run
+
+    assert_linear(read(pathological), read(benign))
+
+
+def test_a_long_array_reply_fed_in_tiny_pieces_reads_in_linear_time() -> None:
+    """The publish script's and the setup's reader (error replies as exceptions): a 1 MB
+    array of small integers and error replies in 16-byte pieces against 1 MB of replies
+    of the same kinds, one by one."""
+    pairs = MB // 12
+    items = (b":1\r\n" + b"-ERR x\r\n") * pairs
+    header = b"*%d\r\n" % (2 * pairs)
+    pathological = chunks(header + items, 16)
+    benign = chunks(b"+" + b"x" * (len(header) - 3) + b"\r\n" + items, 16)
+
+    def read(pieces: list[bytes]) -> Callable[[], object]:
+        def run() -> None:
+            reader = hiredis.Reader(replyError=reply_error, notEnoughData=MORE)
+            count = 0
+            for piece in pieces:
+                reader.feed(piece)
+                while reader.gets() is not MORE:
+                    count += 1
+            assert count in (1, 1 + 2 * pairs)
+
+        return run
+
+    assert_linear(read(pathological), read(benign))

@@ -1,9 +1,12 @@
 """Property tests of the wire parsers besides STOMP's (tests/test_stomp_fuzz.py has that):
 WebSocket frames (wsframe.py), HTTP/1 requests (http1.py), SockJS bodies
-(sockjs/framing.py) and ``--send-allow`` globs (destinations.py).
+(sockjs/framing.py), ``--send-allow`` globs (destinations.py) and the RESP2 readers of
+Redis replies (brokers/redis_pubsub.py; inbox/resp.py and redis_connect.py, which read
+with the same hiredis reader settings).
 
 Each has a fixed budget and a fixed seed (``derandomize``): the suite runs the same
-examples every time. The chunking properties are the ones the linear-time rewrites must
+examples every time; ``./run fuzz`` runs many more, from a seed it prints
+(tests/fuzz_budget.py). The chunking properties are the ones the linear-time rewrites must
 keep (issue 14): however the bytes are split, the same frames, requests or error come out.
 """
 
@@ -12,12 +15,16 @@ from __future__ import annotations
 import itertools
 import re
 
+import hiredis
 import orjson
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
+from tidings.brokers.redis_pubsub import PubSubReader
 from tidings.destinations import compile_globs
+from tidings.errors import BrokerUnavailable
 from tidings.http1 import Refused, Request, RequestHead, RequestReader
+from tidings.redis_connect import MORE, reply_error
 from tidings.sockjs.framing import SockJSPayloadError, decode_send
 from tidings.wsframe import (
     OP_BINARY,
@@ -29,14 +36,10 @@ from tidings.wsframe import (
     WebSocketError,
 )
 
+from .fuzz_budget import fuzz_settings
 from .test_wsframe import masked_frame
 
-FUZZ = settings(
-    max_examples=300,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+FUZZ = fuzz_settings(300)
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -185,7 +188,7 @@ def reference_globs(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(parts))
 
 
-@settings(FUZZ, max_examples=2000)
+@fuzz_settings(2000)
 @given(
     st.lists(st.text("ab/*\n.", max_size=8), min_size=1, max_size=3).map(tuple),
     st.text("ab/\n.", max_size=12),
@@ -196,3 +199,108 @@ def test_globs_match_as_the_regex_did(patterns: tuple[str, ...], destination: st
     expected = reference_globs(patterns).fullmatch(destination) is not None
     assert globs.matches(destination) == expected
     assert globs.matches(destination) == expected  # the memoized answer too
+
+
+# -- RESP2 replies (brokers/redis_pubsub.py, inbox/resp.py, redis_connect.py) --------------
+
+
+def bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+RESP_SCALARS = st.one_of(
+    st.builds(
+        lambda text: b"+" + text + b"\r\n",
+        st.binary(max_size=10).filter(lambda text: b"\r" not in text and b"\n" not in text),
+    ),
+    st.sampled_from([b"-ERR wrong\r\n", b"-NOSCRIPT No matching script\r\n", b"$-1\r\n"]),
+    st.builds(lambda n: b":%d\r\n" % n, st.integers(-(1 << 63), (1 << 63) - 1)),
+    st.builds(bulk, st.binary(max_size=40)),
+)
+RESP_REPLIES = st.recursive(
+    RESP_SCALARS,
+    lambda inner: st.lists(inner, max_size=4).map(
+        lambda items: b"*%d\r\n" % len(items) + b"".join(items)
+    ),
+    max_leaves=12,
+)
+PUBSUB_REPLIES = st.one_of(
+    st.builds(
+        lambda channel, payload: b"*3\r\n" + bulk(b"message") + bulk(channel) + bulk(payload),
+        st.binary(max_size=12),
+        st.binary(max_size=40),
+    ),
+    st.builds(
+        lambda channel: b"*3\r\n" + bulk(b"subscribe") + bulk(channel) + b":1\r\n",
+        st.binary(max_size=12),
+    ),
+    st.just(b"*2\r\n" + bulk(b"pong") + bulk(b"")),
+    RESP_REPLIES,
+    st.binary(min_size=1, max_size=8),  # garbage
+)
+RESP_STREAM = st.lists(st.one_of(RESP_REPLIES, st.binary(max_size=6)), max_size=8).map(b"".join)
+
+
+def read_pubsub(pieces: list[bytes]) -> tuple[list[tuple[object, ...]], str | None]:
+    """What a subscriber's reader does with ``pieces``: the calls it made, in order, and
+    the BrokerUnavailable that stopped it (None if none did)."""
+    calls: list[tuple[object, ...]] = []
+    reader = PubSubReader(
+        lambda channel, payload: calls.append(("message", channel, payload)),
+        lambda channel: calls.append(("subscribed", channel)),
+        lambda: calls.append(("pong",)),
+    )
+    try:
+        for piece in pieces:
+            reader.receive(piece)
+    except BrokerUnavailable as exc:
+        return calls, type(exc).__name__
+    return calls, None
+
+
+@FUZZ
+@given(st.lists(PUBSUB_REPLIES, max_size=8).map(b"".join), CUTS)
+def test_pubsub_replies_do_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
+    """Any bytes: the subscriber's reader acts on replies, or stops with BrokerUnavailable
+    (never another exception), the same however the bytes are split."""
+    whole = read_pubsub([data])
+    for pieces in (split(data, cuts), [data[i : i + 1] for i in range(len(data))]):
+        calls, error = read_pubsub(pieces)
+        assert error == whole[1]
+        assert calls == whole[0]
+
+
+def read_resp(pieces: list[bytes]) -> tuple[list[object], bool]:
+    """Replies as the publish script's and the setup's connections read them (error
+    replies as ResponseError objects), and whether the bytes were not RESP."""
+    reader = hiredis.Reader(replyError=reply_error, notEnoughData=MORE)
+    replies: list[object] = []
+    try:
+        for piece in pieces:
+            reader.feed(piece)
+            while (reply := reader.gets()) is not MORE:
+                replies.append(reply)
+    except hiredis.ProtocolError:
+        return [_comparable(reply) for reply in replies], True
+    return [_comparable(reply) for reply in replies], False
+
+
+def _comparable(reply: object) -> object:
+    if isinstance(reply, Exception):
+        return (type(reply).__name__, str(reply))
+    if isinstance(reply, list):
+        return [_comparable(item) for item in reply]
+    return reply
+
+
+@FUZZ
+@given(RESP_STREAM, CUTS)
+def test_resp_replies_do_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
+    """The reader of inbox/resp.py and redis_connect.py: replies (error replies become
+    the ResponseError subclass redis-py would raise) or ProtocolError, never another
+    exception, the same however the bytes are split."""
+    whole = read_resp([data])
+    for pieces in (split(data, cuts), [data[i : i + 1] for i in range(len(data))]):
+        replies, garbled = read_resp(pieces)
+        assert garbled == whole[1]
+        assert replies == whole[0]

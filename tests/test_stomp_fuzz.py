@@ -1,5 +1,7 @@
 """Property tests: any bytes, in any chunking, give frames/events or StompProtocolError.
 
+A fixed budget with fixed examples in the suite; ``./run fuzz`` runs more (tests/fuzz_budget.py).
+
 Also: serialize() then parse in random chunks gives the frame back.
 """
 
@@ -7,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.errors import StompProtocolError
@@ -22,7 +24,9 @@ from tidings.stomp.frames import (
     serialize,
 )
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from .fuzz_budget import fuzz_settings
+
+FUZZ = fuzz_settings(300)
 
 TIGHT = Limits(
     max_frame_bytes=300,

@@ -399,6 +399,27 @@ async def test_upgrade_on_a_kept_alive_connection(node: Node) -> None:
         await watcher.close()
 
 
+@pytest.mark.parametrize("kept_alive", [False, True], ids=["edge", "aiohttp-route"])
+async def test_frames_in_the_same_write_as_the_upgrade_are_read(
+    node: Node, kept_alive: bool
+) -> None:
+    """A client that writes its upgrade request and its first frames at once: on a
+    kept-alive connection (aiohttp's route) the frames were lost, and no CONNECTED came."""
+    destination = topic()
+    async with raw(node) as client:
+        if kept_alive:
+            await client.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert (await client.response()).status == 200
+        frames = masked_frame(CONNECT) + masked_frame(
+            stomp("SUBSCRIBE", id="s", destination=destination, receipt="subscribed")
+        )
+        await client.handshake(upgrade_request(), frames)
+        await client.expect("CONNECTED")
+        await client.expect("RECEIPT", receipt_id="subscribed")
+        await client.send(masked_frame(stomp("SEND", b"echo", destination=destination)))
+        assert (await client.expect("MESSAGE", destination=destination)).body == b"echo"
+
+
 async def test_refused_upgrade_on_a_kept_alive_connection_gets_json(node: Node) -> None:
     async with raw(node) as client:
         await client.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")

@@ -309,10 +309,41 @@ OPTIONS: tuple[Option, ...] = (
         "limits",
     ),
     Option(
+        "send-rate",
+        Integer(0),
+        _CONFIG.send_rate,
+        "SEND frames one STOMP session may publish per second, on average; past it (and "
+        "its --send-burst) the session is ended with an ERROR; 0: no limit",
+        "limits",
+    ),
+    Option(
+        "send-burst",
+        Integer(1),
+        _CONFIG.send_burst,
+        "SEND frames one STOMP session may publish at once above --send-rate",
+        "limits",
+    ),
+    Option(
+        "max-send-stored-bytes",
+        Integer(0),
+        _CONFIG.max_send_stored_bytes,
+        "bytes that client SENDs to this node may keep stored in topic histories and "
+        "inboxes; a SEND past it is refused with an ERROR; 0: no cap",
+        "limits",
+    ),
+    Option(
         "head-timeout",
         Seconds(),
         _CONFIG.head_timeout_s,
         "seconds a request head may take to arrive once it has started; a slower one is "
+        "answered 408 and the connection closed",
+        "limits",
+    ),
+    Option(
+        "body-timeout",
+        Seconds(),
+        _CONFIG.body_timeout_s,
+        "seconds a request body may take to arrive once its head has; a slower one is "
         "answered 408 and the connection closed",
         "limits",
     ),
@@ -556,8 +587,12 @@ def config_from_options(values: Resolved) -> Config:
         ),
         max_outbound_bytes=v["max-outbound-bytes"],
         max_message_bytes=v["max-message-bytes"],
+        send_rate=v["send-rate"],
+        send_burst=v["send-burst"],
+        max_send_stored_bytes=v["max-send-stored-bytes"],
         access_log=v["access-log"],
         head_timeout_s=v["head-timeout"],
+        body_timeout_s=v["body-timeout"],
         connect_timeout_s=v["connect-timeout"],
         keepalive_timeout_s=v["keepalive-timeout"],
         max_connections_per_ip=v["max-connections-per-ip"],

@@ -46,9 +46,15 @@ class Config:
     stomp_limits: Limits = field(default_factory=Limits)
     max_outbound_bytes: int = 1024 * 1024  # per connection; past it: slow consumer, disconnect
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # body of one published message
+    # SEND frames one session may publish: per second, and in one burst; 0: no limit.
+    send_rate: int = 100
+    send_burst: int = 200
+    # Bytes the stored SENDs of this node's clients may hold (tidings.send_budget); 0: no cap.
+    max_send_stored_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 5.0
     # Timeouts and caps against one client holding resources (docs/security.md).
     head_timeout_s: float = 5.0  # a request head incomplete this long: 408, closed
+    body_timeout_s: float = 10.0  # a request body incomplete this long after its head: 408
     connect_timeout_s: float = 10.0  # a STOMP session without CONNECT this long: ERROR, closed
     keepalive_timeout_s: float = 75.0  # an HTTP connection idle this long is closed
     max_connections_per_ip: int = 0  # open connections per client address; 0: no cap

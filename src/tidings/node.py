@@ -43,6 +43,8 @@ class Counters:
     received: dict[str, int] = field(default_factory=lambda: {"user": 0, "topic": 0, "legacy": 0})
     delivered: int = 0
     slow_consumers: int = 0
+    send_rate_limited: int = 0  # sessions ended past --send-rate
+    send_store_refused: int = 0  # SENDs refused past --max-send-stored-bytes
     # Stored (the inbox id's millisecond) to written to the sockets, per message delivered.
     delivery_lag: Histogram = field(default_factory=lambda: Histogram(DELIVERY_LAG_BUCKETS))
 

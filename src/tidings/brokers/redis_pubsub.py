@@ -68,7 +68,7 @@ class PubSubReader:
                     self._on_subscribed(reply[1])
                 elif kind == b"pong":
                     self._on_pong()
-        except hiredis.ProtocolError as exc:
+        except (hiredis.ProtocolError, IndexError) as exc:  # not RESP, or a short array
             raise BrokerUnavailable(f"redis unavailable: bad reply from redis: {exc}") from None
 
 

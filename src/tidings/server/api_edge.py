@@ -123,13 +123,14 @@ class ApiConnection(asyncio.Protocol):
     publish is stored or not, never cut.
 
     Timeouts (docs/security.md): a request head incomplete ``--head-timeout`` after its
-    first byte is answered 408 and the connection closed; with no publish under way, a
-    connection is closed ``--keepalive-timeout`` after its last answer (or its start),
-    whether it sent nothing more or a request never finished.
+    first byte, or a body incomplete ``--body-timeout`` after its head, is answered 408
+    and the connection closed (RFC 9110 §15.5.9); with no publish under way, a
+    connection is closed ``--keepalive-timeout`` after its last answer (or its start).
     """
 
     __slots__ = (
         "_answered",
+        "_body_since",
         "_closing",
         "_edge",
         "_head_since",
@@ -155,6 +156,7 @@ class ApiConnection(asyncio.Protocol):
         self._answered: asyncio.Future[None] | None = None  # for shut_down, once asked
         self._timer: asyncio.TimerHandle | None = None
         self._head_since: float | None = None  # when the incomplete head buffered began
+        self._body_since: float | None = None  # when the head of an incomplete body ended
         self._paused = False
         self._closing = False  # Connection: close asked, or the server shutting down
 
@@ -193,8 +195,8 @@ class ApiConnection(asyncio.Protocol):
                 if self._paused:
                     self._paused = False
                     self._transport.resume_reading()
-                if self._reader.buffered and self._head_since is None:
-                    self._head_started()
+                if self._reader.buffered:
+                    self._request_started()
                 return
             if isinstance(request, Refused):
                 self._hand_over()
@@ -265,7 +267,7 @@ class ApiConnection(asyncio.Protocol):
                 )
             )
         self._idle_since = self._loop.time()
-        self._head_since = None
+        self._head_since = self._body_since = None
         if self._closing:
             transport.close()
             return False
@@ -282,38 +284,51 @@ class ApiConnection(asyncio.Protocol):
         return self._answered
 
     # -- ending -----------------------------------------------------------------------------
-    def _head_started(self) -> None:
-        """Part of a request is buffered: if of its head, the head timeout runs from now."""
+    def _request_started(self) -> None:
+        """Part of a request is buffered: the head timeout runs from its first byte, the
+        body timeout from the end of its head."""
         if self._reader.awaiting_body:
+            if self._body_since is not None:
+                return
+            self._head_since = None
+            self._body_since = self._loop.time()
+            deadline = self._body_since + self._edge.body_timeout_s
+        elif self._head_since is None:
+            self._head_since = self._loop.time()
+            deadline = self._head_since + self._edge.head_timeout_s
+        else:
             return
-        self._head_since = self._loop.time()
         if self._timer is not None:
             self._timer.cancel()
-        self._timer = self._loop.call_at(
-            self._head_since + self._edge.head_timeout_s, self._check_idle
-        )
+        self._timer = self._loop.call_at(deadline, self._check_idle)
 
     def _check_idle(self) -> None:
-        """408 for a head incomplete after the head timeout; close once idle after the
-        keep-alive timeout (aiohttp's rule, with our timeout)."""
+        """408 for a head incomplete after the head timeout, or a body after the body
+        timeout; close once idle after the keep-alive timeout (aiohttp's rule, with our
+        timeout)."""
         self._timer = None
         now = self._loop.time()
-        keepalive, head_timeout = self._edge.keepalive_timeout_s, self._edge.head_timeout_s
+        edge = self._edge
+        keepalive = edge.keepalive_timeout_s
         if self._pending is not None:
             self._timer = self._loop.call_at(now + keepalive, self._check_idle)
             return
-        head_since = self._head_since
-        if head_since is not None and now >= head_since + head_timeout:
-            self._release()
-            message = f"the request head did not arrive within {head_timeout:g} s"
-            refuse(self._transport, 408, "request_head_timeout", message)
-            return
+        deadline = self._idle_since + keepalive
+        for since, timeout, part in (
+            (self._head_since, edge.head_timeout_s, "head"),
+            (self._body_since, edge.body_timeout_s, "body"),
+        ):
+            if since is None:
+                continue
+            if now >= since + timeout:
+                self._release()
+                message = f"the request {part} did not arrive within {timeout:g} s"
+                refuse(self._transport, 408, f"request_{part}_timeout", message)
+                return
+            deadline = min(deadline, since + timeout)
         if now >= self._idle_since + keepalive:
             self._transport.close()
             return
-        deadline = self._idle_since + keepalive
-        if head_since is not None:
-            deadline = min(deadline, head_since + head_timeout)
         self._timer = self._loop.call_at(deadline, self._check_idle)
 
     def _hand_over(self) -> None:

@@ -25,6 +25,7 @@ from tidings.inbox.memory import MemoryInbox
 from tidings.metrics import ServerStats
 from tidings.node import Node
 from tidings.presence import MemoryPresence, Presence
+from tidings.send_budget import SendBudget
 from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
 from tidings.server.edge import ORIGIN_NOT_ALLOWED, STOMP_SUBPROTOCOLS, Edge, start_websocket
 from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -122,6 +123,7 @@ class Server:
             f"Tidings/{__version__} (node {self.node.id})",
             ConnectDeadlines(config.connect_timeout_s),
             app_webhook,
+            send_budget=SendBudget(config.max_send_stored_bytes, config.inbox),
         )
         self.exporter = Metrics(self.context)
         self.api = PublishApi(
@@ -176,7 +178,12 @@ class Server:
 
         transport.write(handshake.response)
         request[UPGRADED] = True  # counted as a 101 (server/metrics.py)
-        start_websocket(self.context, transport, request.query.get("access_token"), on_lost=on_lost)
+        # Frames the client wrote behind its upgrade request (issue 14: they were lost)
+        # are what aiohttp's parser read past the head, kept as its message tail.
+        handler = request.protocol
+        rest, handler._message_tail = handler._message_tail, b""
+        token = request.query.get("access_token")
+        start_websocket(self.context, transport, token, rest, on_lost=on_lost)
         await ended
         return web.Response()  # not sent: the connection is gone; aiohttp wants a response
 

@@ -12,10 +12,11 @@ as before (the same route also upgrades a kept-alive connection, e.g. one nginx 
 
 Limits (docs/security.md): a head still incomplete ``--head-timeout`` after its first
 byte is answered 408 and closed (aiohttp would wait for it as long as for an idle
-connection); a connection that sends nothing is closed after ``--keepalive-timeout``
-(clients that open connections ahead of need, a back end's pool or a browser's
-preconnect, get the edge whenever their first request comes before that); with
-``--max-connections-per-ip`` a connection past the cap is answered 503 and closed.
+connection; ``HeadGuard`` does the same for the heads aiohttp reads later); a connection
+that sends nothing is closed after ``--keepalive-timeout`` (clients that open connections
+ahead of need, a back end's pool or a browser's preconnect, get the edge whenever their
+first request comes before that); with ``--max-connections-per-ip`` a connection past
+the cap is answered 503 and closed.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from aiohttp import web
 from tidings.http1 import parse_request_head
 from tidings.server.api import client_max_size
 from tidings.server.api_edge import ApiConnection, ApiEdgeRoute, refuse
+from tidings.server.head_guard import HeadGuard
 from tidings.server.session import StompSession
 from tidings.server.websocket import StompWebSocket
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
@@ -121,6 +123,7 @@ class Edge:
         self.max_body_bytes = client_max_size(config)
         # A head still incomplete this long after its first byte is answered 408.
         self.head_timeout_s = config.head_timeout_s
+        self.body_timeout_s = config.body_timeout_s
         self.keepalive_timeout_s = config.keepalive_timeout_s
         self.address_cap = AddressCap(config.max_connections_per_ip)
 
@@ -131,7 +134,7 @@ class Edge:
         """Give the connection, and what was read of it, to aiohttp for good."""
         if transport.is_closing():
             return
-        protocol = self.http_protocol()
+        protocol = HeadGuard(self.http_protocol(), self.head_timeout_s)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
         if data:

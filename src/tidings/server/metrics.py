@@ -131,6 +131,18 @@ class NodeCollector(Collector):
         )
         yield single(
             CounterMetricFamily,
+            "send_rate_disconnects",
+            "Sessions ended for sending faster than --send-rate",
+            counters.send_rate_limited,
+        )
+        yield single(
+            CounterMetricFamily,
+            "send_storage_refusals",
+            "SENDs refused because --max-send-stored-bytes was reached",
+            counters.send_store_refused,
+        )
+        yield single(
+            CounterMetricFamily,
             "broker_reconnects",
             "Broker subscriber reconnections",
             getattr(node.broker, "reconnects", 0),

@@ -22,13 +22,22 @@ from tidings.app_webhook import ERRORS_DESTINATION, REPLY_DESTINATION, AppWebhoo
 from tidings.app_webhook import Failure as WebhookFailure
 from tidings.catchup import GAP_HEADER
 from tidings.destinations import route
-from tidings.errors import AuthError, BrokerUnavailable, InvalidPublish, StompProtocolError
+from tidings.errors import (
+    AuthError,
+    BrokerUnavailable,
+    InvalidPublish,
+    StompLimitExceeded,
+    StompProtocolError,
+)
 from tidings.hub import LocalSubscription, SendFrame, encode_tail, opcode_for, send_message
+from tidings.inbox.base import InboxLimits
 from tidings.inbox.read_state import parse_read_request
 from tidings.logs import RateLimited
 from tidings.message import APPLICATION_JSON, Message, id_key
 from tidings.node import INBOX_STATE_DESTINATION
 from tidings.publish_rules import stomp_send_headers
+from tidings.ratelimit import TokenBucket
+from tidings.send_budget import SendBudget
 from tidings.stomp.connection import (
     AckReceived,
     ConnectRequested,
@@ -149,6 +158,8 @@ class SessionContext:
     server_header: str  # STOMP 1.2 §CONNECTED: server = name/version *(comment)
     connect_deadlines: ConnectDeadlines
     app_webhook: AppWebhook | None = None  # client SENDs to --app-prefix go there
+    # What client SENDs may keep stored (--max-send-stored-bytes); no cap unless given.
+    send_budget: SendBudget = field(default_factory=lambda: SendBudget(0, InboxLimits()))
     sessions: set[StompSession] = field(default_factory=set)
     shutting_down: bool = False  # new sessions and publishes are refused
 
@@ -181,6 +192,7 @@ class StompSession:
         self._beat_timer: asyncio.TimerHandle | None = None
         self._alive_timer: asyncio.TimerHandle | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None  # --auth jwt: at the token's exp
+        self._sends: TokenBucket | None = None  # --send-rate, made at the first SEND
         self._last_read = asyncio.get_running_loop().time()
         self.closed = False
 
@@ -447,6 +459,8 @@ class StompSession:
             self.server.node.unsubscribe(sub)
 
     async def _send(self, event: SendRequested) -> None:
+        if not self._send_allowed_now(event):
+            return
         if event.destination == READ_DESTINATION:
             await self._mark_read(event)
             return
@@ -475,6 +489,8 @@ class StompSession:
                 "STOMP version: names of [A-Za-z0-9_.-], none the server sets, and no CR, LF "
                 "or NUL in a value.",
             ) from None
+        if not self._send_stored(event, target.channel):
+            return
         message = Message(
             id="",  # the inbox assigns it when it stores the message
             channel=target.channel,
@@ -485,6 +501,68 @@ class StompSession:
         )
         await self.server.node.publish(message)
         self._receipt(event.receipt)
+
+    def _send_allowed_now(self, event: SendRequested) -> bool:
+        """Take a token of ``--send-rate``; without one, end the session (issue 14).
+
+        A COMMIT's SENDs take one each as they are released: one past the limit ends the
+        session there, the SENDs before it published (as any error in a COMMIT does).
+        """
+        config = self.server.config
+        if not config.send_rate:
+            return True
+        now = asyncio.get_running_loop().time()
+        if self._sends is None:
+            self._sends = TokenBucket(config.send_rate, config.send_burst, now)
+        if self._sends.take(now):
+            return True
+        self.server.node.counters.send_rate_limited += 1
+        throttled.warning(
+            "send rate",
+            "session %s (user %s): SEND rate limit exceeded, disconnected",
+            self.id,
+            self.user,
+            session=self.id,
+        )
+        self.fail(
+            "SEND rate limit exceeded",
+            f"at most {config.send_rate} SEND frames a second (bursts of "
+            f"{config.send_burst}) per session",
+            CLOSE_POLICY_VIOLATION,
+            # A SEND held in a transaction had its RECEIPT then: none here (event.receipt).
+            receipt=event.receipt,
+        )
+        return False
+
+    def _send_stored(self, event: SendRequested, channel: str) -> bool:
+        """A SEND body is a published body (``--max-message-bytes``), and what this node's
+        clients keep stored is capped (``--max-send-stored-bytes``; tidings.send_budget):
+        past it the session ends with an ERROR (issue 14). False if the SEND was refused."""
+        server = self.server
+        limit = server.config.max_message_bytes
+        if len(event.body) > limit:
+            raise StompLimitExceeded(
+                "SEND body too large", f"a SEND body may be at most {limit} bytes"
+            )
+        size = len(event.body) + len(event.destination)
+        budget = server.send_budget
+        if budget.admit(channel, size, asyncio.get_running_loop().time()):
+            return True
+        server.node.counters.send_store_refused += 1
+        throttled.warning(
+            "send storage",
+            "session %s: SEND refused, --max-send-stored-bytes %d reached",
+            self.id,
+            budget.limit,
+            session=self.id,
+        )
+        self.fail(
+            "SEND storage limit reached",
+            "the server keeps no more messages sent by clients for now; try again later",
+            CLOSE_POLICY_VIOLATION,
+            receipt=event.receipt,
+        )
+        return False
 
     async def _call_app(self, webhook: AppWebhook, event: SendRequested) -> None:
         """One SEND to the back end (tidings.app_webhook); its reply, publishes and receipt."""
