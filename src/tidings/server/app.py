@@ -34,6 +34,7 @@ from tidings.server.openapi import openapi_document
 from tidings.server.openapi_yaml import to_yaml
 from tidings.server.session import CLOSE_GOING_AWAY, ConnectDeadlines, StompSession
 from tidings.server.sockjs import add_sockjs_routes, greeting_response
+from tidings.server.sockjs_test_services import add_sockjs_test_services
 from tidings.stomp.connection import ConnectRequested
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
 
@@ -284,4 +285,6 @@ def create_app(config: Config) -> web.Application:
     app.on_cleanup.append(server.on_cleanup)
     # Last: its startup needs the node started, its shutdown runs after the sessions'.
     add_sockjs_routes(app, server)
+    if config.sockjs_test_services:
+        add_sockjs_test_services(app, server)
     return app
