@@ -58,7 +58,10 @@ HANDSHAKE = {
 ACCEPT = "HSmrc0sMlYUkAGmm5OPpG2HaGWk="  # RFC 6455 §1.3's example key and answer
 WAIT_S = 5.0
 
-node = node_fixture("sockjs-suite", "--sockjs-test-services")
+OUTBOUND_BYTES = 30_000
+node = node_fixture(
+    "sockjs-suite", "--sockjs-test-services", "--max-outbound-bytes", str(OUTBOUND_BYTES)
+)
 
 
 @pytest.fixture
@@ -993,3 +996,15 @@ async def test_http11_streaming(node: Node) -> None:
             assert await raw.read_chunk() == b""
     finally:
         await raw.close()
+
+
+# -- beyond the suite: the echo services are bounded like every session ----------------------------
+async def test_echo_ends_a_session_whose_client_does_not_read(
+    node: Node, http: aiohttp.ClientSession
+) -> None:
+    url = session(node)
+    assert (await post(http, url + "/xhr"))[::2] == (200, b"o\n")
+    message = orjson.dumps(["x" * 1000])
+    for _ in range(OUTBOUND_BYTES // 1000 + 1):  # echoes queue up: nobody polls
+        assert (await post(http, url + "/xhr_send", message))[0] == 204
+    assert (await post(http, url + "/xhr"))[::2] == (200, b'c[3001,"slow consumer"]\n')

@@ -13,10 +13,11 @@ Under each endpoint (``/stomp`` here) it serves::
          xhr_send, jsonp_send              sending requests of an HTTP session
 
 An HTTP session (:class:`HttpSession`) outlives the requests that carry it; it is the
-``FrameTransport`` of one :class:`StompSession`, so STOMP runs exactly as over a raw
-WebSocket. STOMP frames become SockJS messages, one frame per message; everything queued
-in one loop turn leaves in one ``a[...]`` frame. docs/sockjs.md has the details and the
-heart-beat mapping.
+``FrameTransport`` of one :class:`StompSession` (an :class:`Application`; the protocol
+suite's echo and close services, ``sockjs_test_services``, bring their own), so STOMP runs
+exactly as over a raw WebSocket. STOMP frames become SockJS messages, one frame per
+message; everything queued in one loop turn leaves in one ``a[...]`` frame. docs/sockjs.md
+has the details and the heart-beat mapping.
 """
 
 from __future__ import annotations
