@@ -74,8 +74,21 @@ def test_version(flag: str) -> None:
         ([], {"TIDINGS_APIKEY": "k"}, "unknown environment variable TIDINGS_APIKEY (did you"),
         ([], {"TIDINGS_HEAD_TIMEOUT": "-1"}, "TIDINGS_HEAD_TIMEOUT: must be a positive number"),
         (["--config", "/nonexistent/tidings.toml"], {}, "cannot read config file"),
+        (
+            ["--sockjs-test-services", "--auth", "jwt", "--jwt-secret", JWT_SECRET],
+            {},
+            "--sockjs-test-services serves echo endpoints that no token guards",
+        ),
+        (
+            ["--endpoint", "/echo"],
+            {"TIDINGS_SOCKJS_TEST_SERVICES": "true"},
+            "--sockjs-test-services needs /echo for itself",
+        ),
     ],
-    ids=["port", "log-level", "size", "broker", "env-typo", "env-timeout", "config-missing"],
+    ids=[
+        *("port", "log-level", "size", "broker", "env-typo", "env-timeout", "config-missing"),
+        *("test-services-with-jwt", "test-services-endpoint"),
+    ],
 )
 def test_bad_options_are_one_line_and_exit_2(
     args: list[str], env: dict[str, str], error: str

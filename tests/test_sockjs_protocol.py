@@ -1144,3 +1144,13 @@ async def test_stomp_over_sockjs_on_every_endpoint(
     assert message.body == "héllo 😀"
     assert message.headers["destination"] == f"/user/{user}/message"
     assert sockjs_frames(b"o\nh\n") == ["o", "h"]
+
+
+async def test_the_protocol_suites_services_are_off_by_default(
+    node: Node, http: aiohttp.ClientSession
+) -> None:
+    # tests/test_sockjs_protocol_suite.py runs them under --sockjs-test-services.
+    for base in ("/echo", "/close", "/cookie_needed_echo", "/disabled_websocket_echo"):
+        assert (await get(http, node.url(base)))[0] == 404
+        assert (await get(http, node.url(base + "/info")))[0] == 404
+        assert (await post(http, node.url(base + "/000/x/xhr")))[0] == 404

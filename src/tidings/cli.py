@@ -57,6 +57,7 @@ from tidings.options import (
 from tidings.server.app import SERVER_KEY, create_app
 from tidings.server.edge import EdgeSite
 from tidings.server.sockjs import TRANSPORTS
+from tidings.server.sockjs_test_services import PATHS as TEST_SERVICES
 from tidings.stomp.frames import Limits
 from tidings.trust import api_key_problem, parse_networks
 from tidings.workers import EXIT_START_FAILED, READY, Supervisor
@@ -446,6 +447,15 @@ OPTIONS: tuple[Option, ...] = (
         "bytes one SockJS streaming response carries before the client opens another",
         "sockjs",
     ),
+    Option(
+        "sockjs-test-services",
+        Switch(),
+        False,
+        "also serve /echo, /close, /cookie_needed_echo and /disabled_websocket_echo, the "
+        "services the SockJS protocol test suite expects; for conformance testing only, "
+        "never in production; refused with --auth jwt",
+        "sockjs",
+    ),
     # -- logs
     Option("log-level", Choice(choices=logs.LEVELS), "info", "least severe level logged", "logs"),
     Option(
@@ -617,6 +627,7 @@ def config_from_options(values: Resolved) -> Config:
         sockjs_client_url=v["sockjs-client-url"],
         sockjs_cookie_needed=v["sockjs-cookie-needed"],
         sockjs_stream_limit=v["sockjs-stream-limit"],
+        sockjs_test_services=v["sockjs-test-services"],
     )
     check_config(config, values)
     return config
@@ -666,6 +677,16 @@ def check_config(config: Config, values: Resolved) -> None:
         raise OptionError(
             f"{values.origins[key]} is set but --auth is 'none', so no token would be "
             "checked: add --auth jwt, or remove it"
+        )
+    if config.sockjs_test_services and config.auth == "jwt":
+        raise OptionError(
+            "--sockjs-test-services serves echo endpoints that no token guards: it is for "
+            "conformance testing and cannot be combined with --auth jwt"
+        )
+    if config.sockjs_test_services and (taken := set(config.endpoints) & set(TEST_SERVICES)):
+        raise OptionError(
+            f"--sockjs-test-services needs {', '.join(sorted(taken))} for itself: "
+            "choose other --endpoint paths"
         )
     if config.workers > 1 and not shared:
         raise OptionError(

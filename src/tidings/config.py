@@ -85,6 +85,8 @@ class Config:
     sockjs_client_url: str = "/vendor/sockjs.min.js"  # loaded by the iframe page
     sockjs_cookie_needed: bool = False  # set JSESSIONID, for balancers that stick on it
     sockjs_stream_limit: int = 128 * 1024  # bytes one streaming response carries, then ends
+    # The SockJS protocol suite's echo/close services (docs/sockjs.md); never in production.
+    sockjs_test_services: bool = False
 
     def replace(self, **changes: object) -> Config:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

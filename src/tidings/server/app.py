@@ -39,6 +39,7 @@ from tidings.server.session import (
     StompSession,
 )
 from tidings.server.sockjs import add_sockjs_routes, greeting_response
+from tidings.server.sockjs_test_services import add_sockjs_test_services
 from tidings.trust import TrustPolicy, join_field_lines
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
 
@@ -299,4 +300,6 @@ def create_app(config: Config) -> web.Application:
     app.on_cleanup.append(server.on_cleanup)
     # Last: its startup needs the node started, its shutdown runs after the sessions'.
     add_sockjs_routes(app, server.context)
+    if config.sockjs_test_services:
+        add_sockjs_test_services(app, server.context)
     return app

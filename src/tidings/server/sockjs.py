@@ -13,10 +13,11 @@ Under each endpoint (``/stomp`` here) it serves::
          xhr_send, jsonp_send              sending requests of an HTTP session
 
 An HTTP session (:class:`HttpSession`) outlives the requests that carry it; it is the
-``FrameTransport`` of one :class:`StompSession`, so STOMP runs exactly as over a raw
-WebSocket. STOMP frames become SockJS messages, one frame per message; everything queued
-in one loop turn leaves in one ``a[...]`` frame. docs/sockjs.md has the details and the
-heart-beat mapping.
+``FrameTransport`` of one :class:`StompSession` (an :class:`Application`; the protocol
+suite's echo and close services, ``sockjs_test_services``, bring their own), so STOMP runs
+exactly as over a raw WebSocket. STOMP frames become SockJS messages, one frame per
+message; everything queued in one loop turn leaves in one ``a[...]`` frame. docs/sockjs.md
+has the details and the heart-beat mapping.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from aiohttp import WSMsgType, web
 
 from tidings.errors import BrokerUnavailable
 from tidings.outbound import loop_flusher
-from tidings.server.session import StompSession
+from tidings.server.session import FrameTransport, StompSession
 from tidings.sockjs.framing import (
     EVENTSOURCE_PRELUDE,
     XHR_STREAMING_PRELUDE,
@@ -107,6 +108,30 @@ def frame_text(frame: bytes, opcode: int = OP_TEXT) -> str:
         f"content-length:{len(body.encode())}", head.decode("utf-8", "replace")
     )
     return f"{head_text}\n\n{body}\0"
+
+
+class Application(Protocol):
+    """What a SockJS session carries: a :class:`StompSession`, or one of the SockJS
+    protocol suite's services (``sockjs_test_services``)."""
+
+    closed: bool
+
+    def attach(self, transport: FrameTransport) -> None:
+        """The session is open: this is how to reach its client."""
+
+    async def receive(self, data: bytes) -> None:
+        """One SockJS message from the client, UTF-8 encoded; never called concurrently."""
+
+    def transport_closed(self) -> None:
+        """The client went away, or the session ended."""
+
+    def on_slow_consumer(self, limit: int) -> None:
+        """More than ``limit`` bytes wait for the client: end the session."""
+
+
+NewApplication = Callable[[str | None, str], Application]
+"""Makes the application of a new session from its ``?access_token=`` and the name of
+the transport that opened it (``xhr-polling``, ``websocket``, ...)."""
 
 
 class Link(Protocol):
@@ -220,14 +245,16 @@ class HttpSession:
     receiving request, when there is one, is woken to write them.
     """
 
-    def __init__(self, service: SockJSService, session_id: str, access_token: str | None):
+    def __init__(
+        self, service: SockJSService, session_id: str, access_token: str | None, transport: str
+    ):
         self.service = service
         self.id = session_id
         self._loop = asyncio.get_running_loop()
         self.state = Session(max_pending_bytes=service.server.config.max_outbound_bytes)
         self.last_write = self._loop.time()
-        self.stomp = StompSession(service.server, access_token)
-        self.stomp.attach(self)
+        self.app = service.new_application(access_token, transport)
+        self.app.attach(self)
         self._lock = asyncio.Lock()  # STOMP input is handled in arrival order, one at a time
         self._wakeup = asyncio.Event()
         self._link: Link | None = None  # the receiving request's
@@ -241,7 +268,7 @@ class HttpSession:
             if self.state.overflowed and not self._overflow_reported:
                 self._overflow_reported = True
                 limit = self.state.max_pending_bytes
-                self._loop.call_soon(self.stomp.on_slow_consumer, limit)
+                self._loop.call_soon(self.app.on_slow_consumer, limit)
             return False
         self.last_write = self._loop.time()
         self._wakeup.set()
@@ -270,7 +297,7 @@ class HttpSession:
         """Hand what an xhr_send/jsonp_send carried to the STOMP session, in order."""
         async with self._lock:
             for message in messages:
-                await self.stomp.receive(message.encode())
+                await self.app.receive(message.encode())
 
     # -- receiving requests -----------------------------------------------------------------
     def attach(self, receiver: Receiver, link: Link) -> list[bytes]:
@@ -336,7 +363,7 @@ class HttpSession:
         self.state.detach(receiver, self._loop.time(), interrupted=True)
         self._link = None
         self._wakeup.set()  # its handler, if still waiting, sees it lost its place
-        self.stomp.transport_closed()
+        self.app.transport_closed()
         self._after_detach()
 
     # -- expiry -----------------------------------------------------------------------------
@@ -349,7 +376,7 @@ class HttpSession:
         self._expiry = None
         timeout = self.service.session_timeout_s
         if self.state.expire(self._loop.time(), timeout):
-            self.stomp.transport_closed()
+            self.app.transport_closed()
             self.service.forget(self)
         else:
             self._after_detach()
@@ -365,7 +392,7 @@ class HttpSession:
             self._expiry = None
         self.state.close(1001, "server shutting down")
         self._wakeup.set()
-        self.stomp.transport_closed()
+        self.app.transport_closed()
 
 
 # -- SockJS frames on a WebSocket -----------------------------------------------------------
@@ -377,13 +404,13 @@ class WebSocketSession:
     ``Flusher``: no callback object per delivery).
     """
 
-    def __init__(self, service: SockJSService, request: web.Request, stomp: StompSession):
+    def __init__(self, service: SockJSService, request: web.Request, app: Application):
         transport = request.transport
         assert transport is not None, "prepare() gave a WebSocket without a transport"
         self._transport = transport
         self._flusher = loop_flusher()
         self._loop = self._flusher.loop
-        self._stomp = stomp
+        self._app = app
         self._heartbeat_s = service.heartbeat_s
         self.state = Session(max_pending_bytes=service.server.config.max_outbound_bytes)
         self._receiver = Receiver(lambda frame: frame, streaming=True)
@@ -400,7 +427,7 @@ class WebSocketSession:
             if self.state.overflowed and not self._overflow_reported:
                 self._overflow_reported = True
                 limit = self.state.max_pending_bytes
-                self._loop.call_soon(self._stomp.on_slow_consumer, limit)
+                self._loop.call_soon(self._app.on_slow_consumer, limit)
             return False
         self.last_write = self._loop.time()
         self._schedule_flush()
@@ -459,20 +486,32 @@ class WebSocketSession:
 class SockJSService:
     """The SockJS endpoints of one node and the HTTP sessions it holds.
 
-    ``server`` is the node's ``SessionContext`` (config, node, trust policy, stats).
+    ``server`` is the node's ``SessionContext`` (config, node, trust policy, stats); a test
+    service (``sockjs_test_services``) brings its own application and overrides.
     """
 
-    def __init__(self, server: SessionContext) -> None:
+    def __init__(
+        self,
+        server: SessionContext,
+        new_application: NewApplication | None = None,
+        *,
+        stream_limit: int | None = None,
+        cookie_needed: bool | None = None,
+        disabled: frozenset[str] | None = None,
+    ) -> None:
         config = server.config
         self.server = server
+        self.new_application = new_application or functools.partial(_stomp_session, server)
         self.sessions: dict[str, HttpSession] = {}
         # With a shared broker, requests for a session another node holds go there.
         self.relay: Relay | None = None
         self.heartbeat_s = config.sockjs_heartbeat_s
         self.session_timeout_s = config.sockjs_session_timeout_s
-        self.stream_limit = config.sockjs_stream_limit
-        self.cookie_needed = config.sockjs_cookie_needed
-        self.disabled = frozenset(config.sockjs_disabled_transports)
+        self.stream_limit = stream_limit or config.sockjs_stream_limit
+        self.cookie_needed = config.sockjs_cookie_needed if cookie_needed is None else cookie_needed
+        self.disabled = (
+            frozenset(config.sockjs_disabled_transports) if disabled is None else disabled
+        )
         unknown = self.disabled - set(TRANSPORTS)
         if unknown:
             raise ValueError(
@@ -678,9 +717,9 @@ class SockJSService:
 
     def _open(self, request: web.Request, transport: str) -> HttpSession:
         """A new session, opened by a receiving request of ``transport`` (its client name)."""
-        self.server.stats.connection_opened(f"sockjs-{transport}")
         session_id = request.match_info["session"]
-        session = HttpSession(self, session_id, request.query.get("access_token"))
+        token = request.query.get("access_token")
+        session = HttpSession(self, session_id, token, transport)
         self.sessions[session_id] = session
         return session
 
@@ -701,10 +740,9 @@ class SockJSService:
         if not ws.can_prepare(request).ok:
             return _error(400, 'Can "Upgrade" only to "WebSocket".')
         await ws.prepare(request)
-        self.server.stats.connection_opened("sockjs-websocket")
-        stomp = StompSession(self.server, request.query.get("access_token"))
-        transport = WebSocketSession(self, request, stomp)
-        stomp.attach(transport)
+        app = self.new_application(request.query.get("access_token"), "websocket")
+        transport = WebSocketSession(self, request, app)
+        app.attach(transport)
         try:
             async for msg in ws:
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -716,11 +754,11 @@ class SockJSService:
                     transport.abort()
                     break
                 for message in messages:
-                    await stomp.receive(message.encode())
-                if stomp.closed:
+                    await app.receive(message.encode())
+                if app.closed:
                     break
         finally:
-            stomp.transport_closed()
+            app.transport_closed()
             transport.connection_lost()
         return ws
 
@@ -753,6 +791,13 @@ class SockJSService:
         if _COOKIE_VALUE.fullmatch(value) is None:
             value = "dummy"
         headers["Set-Cookie"] = f"JSESSIONID={value}; path=/"
+
+
+def _stomp_session(
+    server: SessionContext, access_token: str | None, transport: str
+) -> StompSession:
+    server.stats.connection_opened(f"sockjs-{transport}")
+    return StompSession(server, access_token)
 
 
 def _cors(request: web.Request) -> dict[str, str]:
