@@ -67,7 +67,10 @@ async def test_installed_wheel_serves_the_page_and_bundles(wheel_node: Node) -> 
     async with aiohttp.ClientSession() as http:
         async with http.get(wheel_node.url("/")) as reply:
             assert reply.status == 200
-            assert "/vendor/stomp.umd.min.js" in await reply.text()
+            assert 'from "/tidings.js"' in await reply.text()
+        async with http.get(wheel_node.url("/tidings.js")) as reply:
+            assert reply.status == 200
+            assert await reply.read() == (STATIC_DIR / "tidings.js").read_bytes()
         for name in sorted(VENDOR_FILES):
             async with http.get(wheel_node.url(f"/vendor/{name}")) as reply:
                 assert reply.status == 200, name
