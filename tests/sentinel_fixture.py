@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import shutil
 import subprocess
@@ -41,9 +42,12 @@ class Replicated:
     """A master and one replica of it (``replica.url``), both RedisServer."""
 
     def __init__(self, workdir: Path) -> None:
-        self.master = RedisServer(workdir)
-        self.replica = RedisServer(workdir)
-        self.replica.extra_args = ["--replicaof", "127.0.0.1", str(self.master.port)]
+        # A full sync starts at once, not after Redis' default 5 s of waiting for more
+        # replicas to share it; either may be the master.
+        fast_sync = ["--repl-diskless-sync-delay", "0"]
+        self.master = RedisServer(workdir, fast_sync)
+        self.replica = RedisServer(workdir, fast_sync)
+        self.replica.extra_args += ["--replicaof", "127.0.0.1", str(self.master.port)]
 
     async def start(self) -> None:
         await self.master.start()
@@ -56,12 +60,16 @@ class Replicated:
 
 
 class Sentinels:
-    """Three sentinels watching ``servers.master`` under MASTER_NAME."""
+    """``count`` sentinels (three: enough to agree on a failover) watching
+    ``servers.master`` under MASTER_NAME, with ``quorum`` votes to call it down."""
 
-    def __init__(self, workdir: Path, servers: Replicated) -> None:
+    def __init__(
+        self, workdir: Path, servers: Replicated, *, count: int = 3, quorum: int = 2
+    ) -> None:
         self.workdir = workdir
         self.servers = servers
-        self.ports = [free_port() for _ in range(3)]
+        self.quorum = quorum
+        self.ports = [free_port() for _ in range(count)]
         self.url = "redis+sentinel://{}/{}".format(
             ",".join(f"127.0.0.1:{port}" for port in self.ports), MASTER_NAME
         )
@@ -75,7 +83,8 @@ class Sentinels:
             conf = self.workdir / f"sentinel-{port}.conf"  # sentinels rewrite their config
             conf.write_text(
                 f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {self.workdir}\n"
-                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.servers.master.port} 2\n"
+                f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.servers.master.port} "
+                f"{self.quorum}\n"
                 f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n"
                 f"sentinel parallel-syncs {MASTER_NAME} 1\n"
@@ -103,7 +112,7 @@ class Sentinels:
                 state = await self.master_state(port)
                 if int(state.get("num-slaves", 0)) < 1:
                     return False
-                if int(state.get("num-other-sentinels", 0)) < 2:
+                if int(state.get("num-other-sentinels", 0)) < len(self.ports) - 1:
                     return False
             return True
 
@@ -168,6 +177,21 @@ async def _link_up(server: RedisServer) -> bool:
     return info.get("master_link_status") == "up"
 
 
+@contextlib.asynccontextmanager
+async def one_sentinel(workdir: Path) -> AsyncIterator[Sentinels]:
+    """A master, its replica and one sentinel that knows them (no failover: one sentinel
+    never has a quorum of three): the cheap setup of the contract suites."""
+    servers = Replicated(workdir)
+    cluster = Sentinels(workdir, servers, count=1, quorum=1)
+    try:
+        await servers.start()
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.stop()
+        await servers.stop()
+
+
 @pytest.fixture
 async def replicated(tmp_path: Path) -> AsyncIterator[Replicated]:
     """A master and one replica, both running; stopped at teardown."""
@@ -191,4 +215,4 @@ async def sentinels(replicated: Replicated, tmp_path: Path) -> AsyncIterator[Sen
         await cluster.stop()
 
 
-__all__ = ["START_TIMEOUT", "Replicated", "Sentinels", "replicated", "sentinels"]
+__all__ = ["START_TIMEOUT", "Replicated", "Sentinels", "one_sentinel", "replicated", "sentinels"]

@@ -270,7 +270,7 @@ async def test_sentinel_failover_with_min_replicas_loses_nothing(
         await sentinels.kill_master()
         new = await sentinels.wait_for_failover(old)
         assert new == servers.replica.port
-        servers.master.extra_args = ["--replicaof", "127.0.0.1", str(new)]
+        servers.master.extra_args += ["--replicaof", "127.0.0.1", str(new)]
         await servers.master.start()
 
     await run_scenario(
