@@ -182,3 +182,25 @@ async def test_direct_publisher_waits_for_replicas_too(replicated: Replicated) -
     limits = InboxLimits(min_replicas=1, replica_timeout_s=1.0)
     async with Publisher.from_url(replicated.master.url, limits=limits) as publisher:
         assert await publisher.to_user("42", "y")
+
+
+async def test_waited_publishes_survive_a_script_flush_and_share_a_write(
+    replicated: Replicated,
+) -> None:
+    """NOSCRIPT under WAIT: the calls are sent again with a WAIT of their own; and the
+    publishes of one loop turn are answered by the one WAIT after their write."""
+    limits = InboxLimits(min_replicas=1, replica_timeout_s=2.0)
+    async with Publisher.from_url(replicated.master.url, limits=limits) as publisher:
+        await publisher.to_user("42", "loads the script")
+        master = replicated.master.client()
+        try:
+            await master.script_flush()
+        finally:
+            await master.aclose()
+        ids = await asyncio.gather(*(publisher.to_user("42", f"m{n}") for n in range(50)))
+    assert len(set(ids)) == 50
+    replica = replicated.replica.client()
+    try:
+        assert await replica.xlen("tidings:inbox:u:42") == 51  # on the replica, each once
+    finally:
+        await replica.aclose()
