@@ -19,6 +19,7 @@ import argparse
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import aiohttp
@@ -34,7 +35,9 @@ def start(name: str, argv: list[str]) -> Proc:
 
 
 def redis(port: int, *extra: str) -> Proc:
+    # --dir: a replica writes the RDB of its full sync there, not in the working directory
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--dir", tempfile.mkdtemp(prefix="micro-replicas-")]
     proc = start(f"redis-{port}", [*argv, "--repl-diskless-sync-delay", "0", *extra])
     wait_port(port, proc)
     return proc
