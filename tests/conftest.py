@@ -27,6 +27,7 @@ from .nginx_fixture import nginx_proxy  # noqa: F401
 from .ports import free_port
 from .processes import terminate
 from .redis_fixture import redis_server  # noqa: F401
+from .sentinel_fixture import replicated, sentinels  # noqa: F401
 from .wheel_support import installed_wheel  # noqa: F401
 
 HEALTH_TIMEOUT = 15.0

@@ -108,6 +108,15 @@ class RedisServer:
                 proc.kill()
             await proc.wait()
 
+    async def kill(self) -> None:
+        """SIGKILL and wait for exit: no shutdown, no AOF fsync, no goodbye to clients."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+
     def client(self) -> redis.asyncio.Redis:
         """A plain client of this server; close it with ``aclose()``."""
         return redis.asyncio.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0)

@@ -24,6 +24,7 @@ from tidings.brokers.redis import SUBSCRIBE_BATCH, RedisBroker
 from tidings.errors import BrokerUnavailable
 
 from .redis_fixture import RedisServer
+from .sentinel_fixture import one_sentinel
 
 Condition = Callable[[], bool]
 
@@ -70,22 +71,23 @@ class Subject:
         await eventually(lambda: marker in self.got.on(channel), what=f"barrier on {channel}")
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "sentinel"])
 async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Subject]:
     server: RedisServer | None = None
     broker: MemoryBroker | RedisBroker
-    if request.param == "memory":
-        broker = MemoryBroker()
-    else:
-        server = RedisServer(tmp_path)
-        await server.start()
-        broker = RedisBroker(server.url)
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "memory":
+            broker = MemoryBroker()
+        elif request.param == "sentinel":  # redis+sentinel://: the master found by asking
+            sentinels = await stack.enter_async_context(one_sentinel(tmp_path))
+            broker = RedisBroker(sentinels.url)
+        else:
+            server = RedisServer(tmp_path)
+            await server.start()
+            stack.push_async_callback(server.stop)
+            broker = RedisBroker(server.url)
+        stack.push_async_callback(broker.close)
         yield Subject(broker, Recorder())
-    finally:
-        await broker.close()
-        if server is not None:
-            await server.stop()
 
 
 class TestContract:

@@ -1,14 +1,15 @@
-"""No loss through Redis faults (issue 13, acceptance (a) and (b); tidings.catchup).
+"""No loss through Redis faults (issue 13, acceptance (a), (b), (c); tidings.catchup).
 
 Two real ``tidings serve`` nodes on one real Redis with AOF on and ``appendfsync
 always``; 20 users, each with one plain auto-ack STOMP session (no resume header, no
 ack mode: the Spring front end's kind) that never reconnects, half on each node; a back
 end publishing every 20 ms through both nodes over HTTP. Mid-stream, Redis is shut down
 and started again on the same port and directory (a), or its pub/sub connections are
-killed (b). Every message answered 2xx must reach its user's session exactly once, in
-order. A publish refused with 503 is not accepted: the back end retries it (with an
-``Idempotency-Key``, so that a publish stored before its reply was lost is not stored
-twice), as a back end should.
+killed (b), or, on a master with one replica and three sentinels, the master is
+SIGKILLed and the sentinels promote the replica (c). Every message answered 2xx must
+reach its user's session exactly once, in order. A publish refused with 503 is not
+accepted: the back end retries it (with an ``Idempotency-Key``, so that a publish stored
+before its reply was lost is not stored twice), as a back end should.
 
 The safety net (a stored message whose announcement never came, without any broker
 break) is checked by storing a message in Redis without announcing it.
@@ -20,7 +21,7 @@ import asyncio
 import contextlib
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from tidings.message import id_key
 
 from .conftest import StartServer, TidingsServer
 from .redis_fixture import RedisServer
+from .sentinel_fixture import Sentinels
 from .stompws import Closed, StompWs
 
 USERS = 20
@@ -129,10 +131,16 @@ async def run_scenario(
     redis: RedisServer,
     fault: Callable[[], Awaitable[None]],
     name: str,
+    *,
+    broker: str | None = None,
+    node_args: Sequence[str] = (),
 ) -> None:
+    """The scenario above; the nodes' ``--broker`` is ``redis.url`` unless ``broker``
+    says otherwise, and they get ``node_args`` too."""
+    url = broker or redis.url
     nodes = list(
         await asyncio.gather(
-            *(tidings_server("--broker", redis.url, "--node-id", n) for n in ("A", "B"))
+            *(tidings_server("--broker", url, "--node-id", n, *node_args) for n in ("A", "B"))
         )
     )
     users = [f"c{n}" for n in range(USERS)]
@@ -244,6 +252,35 @@ async def test_killed_pubsub_connections_lose_nothing(
         assert await durable_redis.kill_pubsub_clients() == 2  # one per node
 
     await run_scenario(tidings_server, durable_redis, kill, "CLIENT KILL TYPE pubsub")
+
+
+async def test_sentinel_failover_with_min_replicas_loses_nothing(
+    tidings_server: StartServer, sentinels: Sentinels
+) -> None:
+    """(c): nodes on ``redis+sentinel://`` with ``--inbox-min-replicas 1``; the master is
+    SIGKILLed mid-stream. A publish is answered 2xx only once the replica holds it, so
+    the promoted replica has every accepted message; the nodes find the new master and
+    catch up from its streams. The killed server comes back as a replica of the new
+    master (as an operator's restart would, once the sentinels reconfigured it): until
+    then no replica can acknowledge, and publishes are answered 503 and retried."""
+    servers = sentinels.servers
+    old = await sentinels.master_port()
+
+    async def failover() -> None:
+        await sentinels.kill_master()
+        new = await sentinels.wait_for_failover(old)
+        assert new == servers.replica.port
+        servers.master.extra_args += ["--replicaof", "127.0.0.1", str(new)]
+        await servers.master.start()
+
+    await run_scenario(
+        tidings_server,
+        servers.master,
+        failover,
+        "sentinel failover, --inbox-min-replicas 1",
+        broker=sentinels.url,
+        node_args=("--inbox-min-replicas", "1", "--inbox-replica-timeout", "500"),
+    )
 
 
 async def test_safety_net_delivers_a_stored_message_that_was_never_announced(

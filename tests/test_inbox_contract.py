@@ -10,6 +10,7 @@ runs its own redis-server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import re
@@ -30,6 +31,7 @@ from tidings.inbox.redis import InboxWriter, RedisInbox
 from tidings.message import Message, id_key
 
 from .redis_fixture import RedisServer
+from .sentinel_fixture import one_sentinel
 
 ID = re.compile(r"^[1-9][0-9]*-[0-9]+$")
 
@@ -84,17 +86,28 @@ class Subject:
 Make = Callable[..., Awaitable[Subject]]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "sentinel"])
 async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
-    """Factory: ``subject = await make(**InboxLimits fields)``; all closed at teardown."""
+    """Factory: ``subject = await make(**InboxLimits fields)``; all closed at teardown.
+
+    ``sentinel``: Redis found through a sentinel (``redis+sentinel://``), with a replica
+    and ``min_replicas=1``: every publish waits for the replica (WAIT)."""
     server: RedisServer | None = None
+    url = ""
+    stack = contextlib.AsyncExitStack()
+    defaults: dict[str, Any] = {}
     if request.param == "redis":
         server = RedisServer(tmp_path)
         await server.start()
+        url = server.url
+    elif request.param == "sentinel":
+        sentinels = await stack.enter_async_context(one_sentinel(tmp_path))
+        server, url = sentinels.servers.master, sentinels.url
+        defaults = {"min_replicas": 1}
     brokers: list[MemoryBroker | RedisBroker] = []
 
     async def build(**limits: Any) -> Subject:
-        inbox_limits = InboxLimits(**limits)
+        inbox_limits = InboxLimits(**{**defaults, **limits})
         got = Recorder()
         broker: MemoryBroker | RedisBroker
         inbox: Inbox
@@ -104,8 +117,8 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
             await broker.start(got)
             inbox = other = MemoryInbox(broker, inbox_limits)
         else:
-            broker = RedisBroker(server.url)
-            second = RedisBroker(server.url)
+            broker = RedisBroker(url)
+            second = RedisBroker(url)
             brokers.append(second)
             await broker.start(got)
             await second.start(Recorder())
@@ -116,11 +129,12 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         await other.start()
         return Subject(request.param, inbox, other, broker, got, server)
 
-    yield build
-    for broker in brokers:
-        await broker.close()
-    if server is not None:
-        await server.stop()
+    async with stack:
+        yield build
+        for broker in brokers:
+            await broker.close()
+        if request.param == "redis" and server is not None:
+            await server.stop()
 
 
 def msg(channel: str, body: str = "hi", destination: str = "/message") -> Message:

@@ -128,7 +128,9 @@ def test_an_empty_environment_variable_counts_as_unset() -> None:
         ("max-frame-bytes = true", "max-frame-bytes: expected an integer, got a boolean"),
         ("apikey = 'k'", "tidings.toml: unknown key 'apikey' (did you mean api-key?)"),
         ("[serve]\nport = 1", "tidings.toml: unknown key 'serve'"),
-        ("broker = 'http://x'", "expected a memory://, redis:// or rediss:// URL"),
+        ("broker = 'http://x'", "expected a memory://, redis://, rediss:// or redis+sentinel://"),
+        ("broker = 'redis+sentinel://h:1/'", "broker: expected the master's name as the path"),
+        ("inbox-replica-timeout = 0", "inbox-replica-timeout: must be between 1 and 10000"),
         ("log-level = 'loud'", "log-level: expected one of debug, info, warning, error"),
         ("endpoint = ['stomp']", "endpoint: expected a path like /stomp, got 'stomp'"),
         ("sockjs-disable-transport = ['carrier-pigeon']", "expected one of websocket,"),
@@ -178,6 +180,7 @@ def test_an_unreadable_or_invalid_file_is_one_line(tmp_path: Path) -> None:
         ([], {"TIDINGS_JWT_SECRET": "x" * 40}, "TIDINGS_JWT_SECRET is set but --auth is 'none'"),
         (["--workers", "2"], {}, "--workers N needs a shared broker"),
         (["--legacy-channel", "c"], {}, "--legacy-channel needs a redis:// broker"),
+        (["--inbox-min-replicas", "1"], {}, "--inbox-min-replicas needs a Redis broker"),
         (["--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"], {}, "cannot read"),
     ],
 )
@@ -280,3 +283,12 @@ def test_trusted_proxies_default_to_loopback_and_a_list_replaces_it() -> None:
         config([], {"TIDINGS_TRUSTED_PROXY": "10.0.0.0/33"})
     with pytest.raises(OptionError, match=r"--api-key: this key can never authenticate"):
         config(["--api-key", "with space"])
+
+
+def test_sentinel_broker_and_replica_options_reach_the_config() -> None:
+    url = "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster?sentinel_password=s"
+    argv = ["--broker", url, "--inbox-min-replicas", "1", "--inbox-replica-timeout", "250"]
+    made = config(argv, {})
+    assert made.broker == url
+    assert (made.inbox.min_replicas, made.inbox.replica_timeout_s) == (1, 0.25)
+    assert config([], {}).inbox.min_replicas == 0

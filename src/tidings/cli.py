@@ -33,9 +33,11 @@ from aiohttp import web
 
 from tidings import __version__, gclog, logs
 from tidings.auth import verifier_for
+from tidings.brokers import REDIS_SCHEMES
 from tidings.config import DEFAULT_ENDPOINTS, DEFAULT_TRUSTED_PROXIES, Config
 from tidings.errors import TidingsError
 from tidings.inbox.base import InboxLimits
+from tidings.inbox.memory import MAX_REPLICA_TIMEOUT_S
 from tidings.options import (
     CONFIG_ENV,
     BrokerUrl,
@@ -100,7 +102,9 @@ OPTIONS: tuple[Option, ...] = (
         _CONFIG.broker,
         "where nodes meet and messages are stored: memory:// keeps everything in this one "
         "process; redis://[:password@]host:port/db (rediss:// for TLS) shares it between "
-        "nodes and survives restarts",
+        "nodes and survives restarts; redis+sentinel://host:port[,host:port...]/<master>"
+        "[?db=&password=&sentinel_password=] finds the master through Redis Sentinel and "
+        "follows its failovers",
         "broker",
     ),
     Option(
@@ -395,6 +399,22 @@ OPTIONS: tuple[Option, ...] = (
         "messages kept per topic, for clients that resume (0: none)",
         "inbox",
     ),
+    Option(
+        "inbox-min-replicas",
+        Integer(0),
+        _INBOX.min_replicas,
+        "Redis replicas that must hold a published message (Redis WAIT) before it is "
+        "answered 2xx; fewer within --inbox-replica-timeout: 503 (the message may exist: "
+        "retry with the same Idempotency-Key). Needs a Redis broker",
+        "inbox",
+    ),
+    Option(
+        "inbox-replica-timeout",
+        Integer(1, int(MAX_REPLICA_TIMEOUT_S * 1000), metavar="MS"),
+        int(_INBOX.replica_timeout_s * 1000),
+        "milliseconds a publish waits for --inbox-min-replicas replicas (1-10000)",
+        "inbox",
+    ),
     # -- SockJS
     Option(
         "sockjs-allowed-origin",
@@ -619,6 +639,8 @@ def config_from_options(values: Resolved) -> Config:
             max_messages=v["inbox-max-messages"],
             max_age_s=v["inbox-max-age"],
             topic_history=v["topic-history"],
+            min_replicas=v["inbox-min-replicas"],
+            replica_timeout_s=v["inbox-replica-timeout"] / 1000,
         ),
         workers=v["workers"],
         sockjs_disabled_transports=tuple(v["sockjs-disable-transport"]),
@@ -650,7 +672,7 @@ JWT_ONLY_OPTIONS = (
 
 def check_config(config: Config, values: Resolved) -> None:
     """What no single option can check: options that need one another."""
-    shared = config.broker.split(":", 1)[0] in ("redis", "rediss")
+    shared = config.broker.split(":", 1)[0] in REDIS_SCHEMES
     if config.api_key is not None and (problem := api_key_problem(config.api_key)):
         # RFC 6750 §2.1: a key outside the b64token set can never arrive as a bearer token.
         raise OptionError(
@@ -695,6 +717,11 @@ def check_config(config: Config, values: Resolved) -> None:
         )
     if config.legacy_channel and not shared:
         raise OptionError("--legacy-channel needs a redis:// broker")
+    if config.inbox.min_replicas and not shared:
+        raise OptionError(
+            "--inbox-min-replicas needs a Redis broker (redis:// or redis+sentinel://): "
+            "memory:// has no replicas"
+        )
 
 
 # -- main ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ TidingsError
 ├── LimitExceeded            a configured bound was reached (also a ProtocolError for STOMP)
 ├── InvalidPublish           a publish breaks a rule of the publish API (also a ValueError)
 └── BrokerUnavailable        the broker cannot take or deliver messages right now
+    └── ReplicasUnavailable  stored, but fewer replicas than asked for hold it in time
 """
 
 
@@ -59,3 +60,10 @@ class InvalidPublish(TidingsError, ValueError):
 
 class BrokerUnavailable(TidingsError):
     """The broker cannot take a publish or a subscription right now."""
+
+
+class ReplicasUnavailable(BrokerUnavailable):
+    """A publish was stored (and announced) on the master, but fewer replicas than
+    ``--inbox-min-replicas`` acknowledged it within ``--inbox-replica-timeout``: a failover
+    now could lose it. The caller is told so (HTTP 503); retrying with the same
+    idempotency key stores nothing twice."""

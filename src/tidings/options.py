@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 ENV_PREFIX = "TIDINGS_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
-BROKER_SCHEMES = ("memory", "redis", "rediss")
+BROKER_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "rediss+sentinel")
 
 # TIDINGS_* variables the project reads that are not options of `tidings serve`.
 NOT_OPTIONS: dict[str, str] = {
@@ -226,8 +226,14 @@ class BrokerUrl(Kind):
         scheme = urlsplit(value).scheme
         if scheme not in BROKER_SCHEMES:
             raise ValueError(
-                f"expected a memory://, redis:// or rediss:// URL, got {redact_url(value)!r}"
+                "expected a memory://, redis://, rediss:// or redis+sentinel:// URL, got "
+                f"{redact_url(value)!r}"
             )
+        if scheme.endswith("+sentinel"):
+            # Imported here: redis-py loads only when a Redis URL is configured.
+            from tidings.redis_sentinel import parse  # noqa: PLC0415
+
+            parse(value)  # ValueError saying what is wrong
         return value
 
 
@@ -270,7 +276,8 @@ Source = Callable[[Option], Any]
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password (user-info or ``?password=``) replaced by ``***``."""
+    """``url`` with its passwords (user-info, ``?password=``, ``?sentinel_password=``)
+    replaced by ``***``."""
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:
@@ -279,7 +286,7 @@ def redact_url(url: str) -> str:
             user = userinfo.split(":", 1)[0]
             netloc = f"{user}:***@{hostport}"
     query = "&".join(
-        f"{key}=***" if key.lower() == "password" else part
+        f"{key}=***" if key.lower() in ("password", "sentinel_password") else part
         for part in parts.query.split("&")
         if part
         for key in (part.split("=", 1)[0],)

@@ -7,6 +7,9 @@ of a node: ``redis://``, ``rediss://`` (the pool's TLS context) or a unix socket
 and socket timeouts; TCP_NODELAY and keepalive; AUTH (user and password, or the pool's
 credential provider), CLIENT SETNAME and SELECT. ``open_connection`` does all of that, then
 hands the connection to the caller's protocol, which never sees the handshake's replies.
+A pool of a ``redis+sentinel://`` URL (``tidings.redis_sentinel``) has no fixed address:
+the sentinels are asked for the master's at each connect, and ``ROLE`` joins the
+handshake to check that the server reached is the master.
 
 RESP2 only: no HELLO is sent, whatever ``protocol`` the pool asks for.
 """
@@ -27,11 +30,23 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 from redis.credentials import UsernamePasswordCredentialProvider
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from tidings.errors import BrokerUnavailable, TidingsError
+from tidings.redis_sentinel import (
+    CheckedMasterConnection,
+    CheckedMasterSSLConnection,
+    check_role,
+    master_address,
+)
 
-SUPPORTED = (Connection, SSLConnection, UnixDomainSocketConnection)
+SUPPORTED = (
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+    CheckedMasterConnection,
+    CheckedMasterSSLConnection,
+)
 """The redis-py connection classes whose settings ``open_connection`` knows how to follow."""
 
 MORE = object()
@@ -64,7 +79,8 @@ def connection_params(pool: ConnectionPool, **overrides: Any) -> AbstractConnect
     """A connection of ``pool``'s class and settings (``overrides`` replacing some), built
     only to read them as redis-py parsed them: it is never connected.
 
-    TidingsError for a class ``open_connection`` does not follow (e.g. Sentinel's).
+    TidingsError for a class ``open_connection`` does not follow (e.g. redis-py's own
+    Sentinel one, which does not check ROLE).
     """
     params: AbstractConnection = pool.connection_class(**{**pool.connection_kwargs, **overrides})
     if type(params) not in SUPPORTED:
@@ -81,27 +97,45 @@ async def open_connection(params: AbstractConnection, protocol: asyncio.Protocol
     transport's protocol and its ``connection_made`` called. On failure the connection is
     closed and this raises: OSError or TimeoutError while connecting, BrokerUnavailable for
     an error reply (e.g. a wrong password), a lost connection or no reply in time.
+
+    With a Sentinel pool's ``params`` the sentinels are asked for the master's address
+    first (bounded by ``redis_sentinel.discovery_timeout``; BrokerUnavailable if none
+    names one) and the handshake ends with ``ROLE``, which must answer master (else
+    BrokerUnavailable: a stale sentinel, a failover under way).
     """
     loop = asyncio.get_running_loop()
     setup = _Setup(loop)
+    sentinel = isinstance(params, CheckedMasterConnection)
+    if isinstance(params, CheckedMasterConnection):
+        try:
+            host, port = await master_address(params)
+        except (RedisError, TimeoutError) as exc:
+            why = f"redis unavailable: no master from the sentinels: {exc}"
+            raise BrokerUnavailable(why) from exc
+    else:
+        host, port = getattr(params, "host", ""), getattr(params, "port", 0)
     async with asyncio.timeout(params.socket_connect_timeout):
         if isinstance(params, UnixDomainSocketConnection):
             transport, _ = await loop.create_unix_connection(lambda: setup, params.path)
         elif isinstance(params, Connection):
             ssl = params.ssl_context.get() if isinstance(params, SSLConnection) else None
-            transport, _ = await loop.create_connection(
-                lambda: setup, params.host, params.port, ssl=ssl
-            )
+            transport, _ = await loop.create_connection(lambda: setup, host, port, ssl=ssl)
         else:
             raise TidingsError(f"cannot open a lean redis connection over {params!r}")
     try:
         if isinstance(params, Connection):
             _set_socket_options(transport, params)
         commands = _setup_commands(params)
+        if sentinel:
+            commands.append(pack("ROLE"))
         timeout = params.socket_timeout
         try:
             async with asyncio.timeout(timeout):
-                await setup.run(commands)
+                replies = await setup.run(commands)
+            if sentinel:
+                check_role(replies[-1], f"{host}:{port}")
+        except RedisError as exc:
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from None
         except TimeoutError:
             raise BrokerUnavailable(f"redis unavailable: no reply within {timeout}s") from None
         if transport.is_closing():  # lost after the last reply, before we got here
@@ -152,10 +186,11 @@ class _Setup(asyncio.Protocol):
         # None once every reply is in, else why they will not come
         self._done: asyncio.Future[BrokerUnavailable | None] = loop.create_future()
 
-    async def run(self, commands: list[bytes]) -> None:
-        """Write ``commands`` in one write; return once each got an OK, else raise."""
+    async def run(self, commands: list[bytes]) -> list[Any]:
+        """Write ``commands`` in one write; return their replies once none is an error,
+        else raise."""
         if not commands:
-            return
+            return []
         assert self._transport is not None
         self._expected = len(commands)
         self._transport.write(b"".join(commands))
@@ -165,6 +200,7 @@ class _Setup(asyncio.Protocol):
         for reply in self._replies:
             if isinstance(reply, Exception):  # an error reply (reply_error)
                 raise BrokerUnavailable(f"redis unavailable: {reply}")
+        return self._replies
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are no subclass

@@ -1,4 +1,5 @@
-"""Brokers, chosen by URL scheme: ``memory://`` (default), ``redis://`` and ``rediss://``."""
+"""Brokers, chosen by URL scheme: ``memory://`` (default), ``redis://``, ``rediss://``
+and ``redis+sentinel://`` (``rediss+sentinel://``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ from urllib.parse import urlsplit
 from tidings.brokers.base import Broker, ContinuityHandler, MessageHandler
 from tidings.brokers.memory import MemoryBroker
 
-__all__ = ["Broker", "ContinuityHandler", "MemoryBroker", "MessageHandler", "broker_from_url"]
+REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+"""The URL schemes of a broker on Redis (shared by every node of a deployment)."""
+
+__all__ = [
+    "REDIS_SCHEMES",
+    "Broker",
+    "ContinuityHandler",
+    "MemoryBroker",
+    "MessageHandler",
+    "broker_from_url",
+]
 
 
 def broker_from_url(url: str) -> Broker:
@@ -15,11 +26,12 @@ def broker_from_url(url: str) -> Broker:
     scheme = urlsplit(url).scheme
     if scheme == "memory":
         return MemoryBroker()
-    if scheme in ("redis", "rediss"):
+    if scheme in REDIS_SCHEMES:
         # Imported here so that redis-py loads only when a Redis URL is configured.
         from tidings.brokers.redis import RedisBroker  # noqa: PLC0415
 
         return RedisBroker(url)
     raise ValueError(
-        f"unsupported broker URL {url!r}: supported schemes are memory://, redis://, rediss://"
+        f"unsupported broker URL {url!r}: supported schemes are memory://, redis://, rediss://, "
+        "redis+sentinel://, rediss+sentinel://"
     )

@@ -1,4 +1,5 @@
-"""The Redis broker (``redis://``, ``rediss://``): nodes on several machines share one Redis.
+"""The Redis broker (``redis://``, ``rediss://``, ``redis+sentinel://``): nodes on several
+machines share one Redis.
 
 Two connections, as in centrifuge's Redis engine (DESIGN.md §4):
 
@@ -28,13 +29,15 @@ import logging
 import random
 import secrets
 from collections import deque
+from typing import Any
 
 import redis.asyncio
-from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from tidings import redis_sentinel
 from tidings.brokers.base import ContinuityHandler, MessageHandler
 from tidings.brokers.redis_pubsub import PubSubConnection
 from tidings.errors import BrokerUnavailable
@@ -62,18 +65,23 @@ _Waiter = asyncio.Future[str | None]
 def command_client(url: str, *, client_name: str | None = None) -> redis.asyncio.Redis:
     """A client on a bounded pool of POOL_SIZE connections, with the timeouts above.
 
-    No silent retries: a publish Redis did not take must surface as an error.
+    No silent retries: a publish Redis did not take must surface as an error. A
+    ``redis+sentinel://`` URL gets a pool that finds the master through the sentinels
+    at each connect (``tidings.redis_sentinel``).
     """
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=POOL_SIZE,
-        timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-        client_name=client_name,
-    )
+    settings: dict[str, Any] = {
+        "max_connections": POOL_SIZE,
+        "timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+        "client_name": client_name,
+    }
+    if redis_sentinel.is_sentinel_url(url):
+        pool: ConnectionPool = redis_sentinel.master_pool(url, **settings)
+    else:
+        pool = BlockingConnectionPool.from_url(url, **settings)
     return redis.asyncio.Redis.from_pool(pool)
 
 

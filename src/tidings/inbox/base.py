@@ -38,12 +38,16 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class InboxLimits:
-    """Retention: user inboxes by count and age, topic histories by count and age."""
+    """Retention: user inboxes by count and age, topic histories by count and age; and
+    durability: how many Redis replicas must hold a publish before it is answered
+    (``min_replicas``, waited for up to ``replica_timeout_s``; Redis only)."""
 
     max_messages: int = 1000
     max_age_s: float = 7 * 24 * 3600.0
     topic_history: int = 100
     idempotency_ttl_s: float = 24 * 3600.0
+    min_replicas: int = 0
+    replica_timeout_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

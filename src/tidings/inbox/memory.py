@@ -67,11 +67,20 @@ def known_ids(ids: Sequence[str]) -> list[Key]:
     return keys
 
 
+MAX_REPLICA_TIMEOUT_S = 10.0
+"""The longest a publish may wait for its replicas (``--inbox-replica-timeout``)."""
+
+
 def check_limits(limits: InboxLimits) -> None:
     if limits.max_messages < 1 or limits.topic_history < 0:
         raise ValueError("inbox limits: max_messages must be >= 1 and topic_history >= 0")
     if limits.max_age_s <= 0 or limits.idempotency_ttl_s <= 0:
         raise ValueError("inbox limits: max_age_s and idempotency_ttl_s must be > 0")
+    if limits.min_replicas < 0 or not 0 < limits.replica_timeout_s <= MAX_REPLICA_TIMEOUT_S:
+        raise ValueError(
+            "inbox limits: min_replicas must be >= 0 and replica_timeout_s in "
+            f"(0, {MAX_REPLICA_TIMEOUT_S}]"
+        )
 
 
 def user_of(channel: str) -> str | None:

@@ -389,7 +389,9 @@ class InboxWriter:
         self._ttl_ms = self._max_age_ms + int(TTL_MARGIN_S * 1000)
         self._idempotency_ttl_ms = max(1, int(limits.idempotency_ttl_s * 1000))
         self._closed = False
-        self._publisher = ScriptConnection(client, _PUBLISH, encoding="ascii")  # ids: str
+        # ids: str; with min_replicas, a WAIT after each write (ScriptConnection)
+        wait = (limits.min_replicas, limits.replica_timeout_s)
+        self._publisher = ScriptConnection(client, _PUBLISH, encoding="ascii", wait=wait)
         # EVALSHA of _PUBLISH: KEYS stream, acked, read[, idempotency key]; ARGV message,
         # then 5 per channel, then the idempotency key's TTL if there is one. All but the
         # message and the idempotency key are the same for every publish to a channel:

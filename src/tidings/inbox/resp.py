@@ -19,20 +19,33 @@ import contextlib
 import hashlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import NoScriptError
 
-from tidings.errors import BrokerUnavailable
+from tidings.errors import BrokerUnavailable, ReplicasUnavailable
 from tidings.redis_connect import MORE, bulk, connection_params, open_connection, reply_error
 from tidings.redis_connect import pack as _pack
 
-_Call = tuple[bytes | None, asyncio.Future[Any] | None]
+
+class _Outcome(Protocol):
+    """Where a reply goes: the caller's future, or a ``_Held`` reply or a ``_Wait``."""
+
+    def done(self) -> bool: ...
+    def set_result(self, result: Any, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
+
+
+_Call = tuple[bytes | None, _Outcome | None]
 """A command awaiting its reply: the command, kept for one NOSCRIPT retry (None: no
-retry), and the caller's future (None: nobody waits for this reply)."""
+retry), and where its reply goes (None: nobody waits for this reply)."""
+
+Replicas = tuple[int, float]
+"""``ScriptConnection(wait=...)``: how many replicas must hold a call's writes, and how
+many seconds ``WAIT`` may take to hear so."""
 
 
 class ScriptConnection:
@@ -50,13 +63,31 @@ class ScriptConnection:
     caller knows whether to retry (with an idempotency key, a retry stores nothing twice).
     With an ``encoding``, bulk-string replies come decoded (``str``), as redis-py's
     ``decode_responses``.
+
+    With ``wait=(replicas, timeout_s)`` each write of calls ends with ``WAIT replicas
+    timeout`` (https://redis.io/docs/latest/commands/wait/: it blocks this connection until
+    the replicas acknowledged every write made on it so far, or the timeout): the calls of
+    that write are answered only with its reply, and fail with ReplicasUnavailable when it
+    counts fewer replicas. The link's reply timeout grows by ``timeout_s``, which WAIT may
+    rightly take.
     """
 
     def __init__(
-        self, client: Redis, script: str, *, max_in_flight: int = 128, encoding: str | None = None
+        self,
+        client: Redis,
+        script: str,
+        *,
+        max_in_flight: int = 128,
+        encoding: str | None = None,
+        wait: Replicas | None = None,
     ) -> None:
         self._params = connection_params(client.connection_pool)
         self._encoding = encoding
+        self._wait: tuple[bytes, int, float] | None = None
+        if wait is not None and wait[0] > 0:
+            replicas, timeout_s = wait
+            command = _pack(b"WAIT", replicas, max(1, round(timeout_s * 1000)))
+            self._wait = (command, replicas, timeout_s)
         self._sha = hashlib.sha1(script.encode()).hexdigest().encode()
         self._load = _pack(b"SCRIPT", b"LOAD", script)
         self._max_in_flight = max_in_flight
@@ -120,13 +151,21 @@ class ScriptConnection:
             calls = [queue.popleft() for _ in range(room)]
         calls = [call for call in calls if not call[1].done()]  # a cancelled caller is gone
         if calls:
-            link.send(calls)
+            if self._wait is None:
+                link.send(calls)
+            else:
+                _send_waited(link, calls, self._wait)
             self.writes += 1
 
     async def _connect(self) -> None:
         try:
             self._link = await _Link.open(
-                self._params, self._load, self._send, self._lost, encoding=self._encoding
+                self._params,
+                self._load,
+                self._send,
+                self._lost,
+                encoding=self._encoding,
+                wait=self._wait,
             )
         except Exception as exc:
             if not isinstance(exc, BrokerUnavailable):
@@ -157,9 +196,12 @@ class _Link(asyncio.Protocol):
         load: bytes,
         on_reply: Callable[[], None],
         on_lost: Callable[[_Link, BrokerUnavailable], None],
+        *,
         encoding: str | None = None,
+        wait: tuple[bytes, int, float] | None = None,
     ) -> None:
         self.pending: deque[_Call] = deque()
+        self.wait = wait  # the WAIT command after each write, see ScriptConnection
         self._reader = hiredis.Reader(replyError=reply_error, notEnoughData=MORE, encoding=encoding)
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -180,13 +222,19 @@ class _Link(asyncio.Protocol):
         on_lost: Callable[[_Link, BrokerUnavailable], None],
         *,
         encoding: str | None = None,
+        wait: tuple[bytes, int, float] | None = None,
     ) -> _Link:
         """Connect as redis-py would with ``params`` (``tidings.redis_connect``)."""
-        link = cls(params.socket_timeout, load, on_reply, on_lost, encoding)
+        timeout = params.socket_timeout
+        if timeout is not None and wait is not None:
+            timeout += wait[2]  # a WAIT may take that long before it answers
+        link = cls(timeout, load, on_reply, on_lost, encoding=encoding, wait=wait)
         await open_connection(params, link)
         return link
 
-    def send(self, calls: Sequence[_Call], *, data: bytes | None = None) -> None:
+    def send(
+        self, calls: Sequence[tuple[bytes | None, _Outcome | None]], *, data: bytes | None = None
+    ) -> None:
         """Write ``calls`` (their commands, or ``data`` instead) and await their replies."""
         assert self._transport is not None
         if not self.pending and self._timeout is not None:
@@ -234,7 +282,12 @@ class _Link(asyncio.Protocol):
             return
         if retry:
             # Redis runs commands in order: the script is loaded before they run again.
-            self.send([(None, None), *retry], data=b"".join([self._load, *resend]))
+            calls: list[_Call] = [(None, None), *retry]
+            if self.wait is not None:  # and a WAIT after them, for them
+                resend.append(self.wait[0])
+                held = [cast(_Held, outcome) for _, outcome in retry]
+                calls.append((None, _Wait(held, self.wait[1], self.wait[2])))
+            self.send(calls, data=b"".join([self._load, *resend]))
         self._on_reply()
 
     # -- internals ---------------------------------------------------------------------
@@ -268,3 +321,79 @@ class _Link(asyncio.Protocol):
             if future is not None and not future.done():
                 future.set_exception(error)
         self._on_lost(self, error)
+
+
+def _send_waited(
+    link: _Link, calls: list[tuple[bytes, asyncio.Future[Any]]], wait: tuple[bytes, int, float]
+) -> None:
+    """Write ``calls`` and a WAIT after them; each is answered once the WAIT is."""
+    wait_command, replicas, timeout_s = wait
+    held = [_Held(future) for _, future in calls]
+    waited: list[_Call] = [(call[0], outcome) for call, outcome in zip(calls, held, strict=True)]
+    waited.append((None, _Wait(held, replicas, timeout_s)))
+    link.send(waited, data=b"".join([*(command for command, _ in calls), wait_command]))
+
+
+_NO_REPLY = object()
+
+
+class _Held:
+    """A call's reply, held until the WAIT written after it answers (``_Wait``).
+
+    An error reply or a lost connection fails the caller at once: there is nothing to
+    wait for.
+    """
+
+    __slots__ = ("future", "reply")
+
+    def __init__(self, future: asyncio.Future[Any]) -> None:
+        self.future = future
+        self.reply: Any = _NO_REPLY
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, result: Any, /) -> None:
+        self.reply = result
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        if not self.future.done():
+            self.future.set_exception(exception)
+
+
+class _Wait:
+    """The reply to a ``WAIT replicas timeout``: the number of replicas that acknowledged.
+    Enough: each held call gets its reply; fewer: ReplicasUnavailable. Calls still without
+    a reply (sent again after NOSCRIPT, with a WAIT of their own) are left alone."""
+
+    __slots__ = ("held", "replicas", "timeout_s")
+
+    def __init__(self, held: list[_Held], replicas: int, timeout_s: float) -> None:
+        self.held = held
+        self.replicas = replicas
+        self.timeout_s = timeout_s
+
+    def done(self) -> bool:
+        return False  # the held calls' outcome hangs on this reply, whoever waits
+
+    def set_result(self, result: Any, /) -> None:
+        count = result if isinstance(result, int) else 0
+        error = None
+        if count < self.replicas:
+            error = ReplicasUnavailable(
+                f"stored on the master, but {count} of the {self.replicas} replicas asked for "
+                f"acknowledged it within {self.timeout_s * 1000:.0f} ms: a failover now could "
+                "lose it; retry with the same idempotency key (nothing is stored twice)"
+            )
+        for held in self.held:
+            if held.reply is _NO_REPLY or held.future.done():
+                continue
+            if error is None:
+                held.future.set_result(held.reply)
+            else:
+                held.future.set_exception(error)
+
+    def set_exception(self, exception: BaseException, /) -> None:
+        for held in self.held:
+            if held.reply is not _NO_REPLY and not held.future.done():
+                held.future.set_exception(exception)

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from tidings import publish_rules
 from tidings.config import Config
-from tidings.errors import BrokerUnavailable, InvalidPublish
+from tidings.errors import BrokerUnavailable, InvalidPublish, ReplicasUnavailable
 from tidings.inbox.base import Stored
 from tidings.inbox.read_state import parse_read_request
 from tidings.logs import RateLimited
@@ -114,6 +114,8 @@ def _failure(exc: Failure) -> tuple[int, str, str]:
         return exc.status, exc.code, exc.message
     if isinstance(exc, InvalidPublish):
         return 413 if exc.code == "too_large" else 400, exc.code, exc.message
+    if isinstance(exc, ReplicasUnavailable):
+        return 503, "replicas_unavailable", f"not enough replicas: {exc}"
     if isinstance(exc, BrokerUnavailable):
         return 503, "broker_unavailable", f"broker unavailable: {exc}"
     return 413, "too_large", exc.text or "request body too large"

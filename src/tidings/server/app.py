@@ -19,7 +19,7 @@ from aiohttp import web
 
 from tidings import __version__
 from tidings.app_webhook import AppWebhook
-from tidings.brokers import MemoryBroker, broker_from_url
+from tidings.brokers import REDIS_SCHEMES, MemoryBroker, broker_from_url
 from tidings.config import Config
 from tidings.inbox.memory import MemoryInbox
 from tidings.metrics import ServerStats
@@ -62,7 +62,7 @@ def build_node(config: Config) -> Node:
     """The node and its broker and presence, as the broker URL's scheme says."""
     node_id = config.node_id or secrets.token_hex(4)
     scheme = urlsplit(config.broker).scheme
-    if scheme in ("redis", "rediss"):
+    if scheme in REDIS_SCHEMES:
         from tidings.brokers.redis import RedisBroker  # noqa: PLC0415 - optional dependency
         from tidings.brokers.redis_presence import RedisPresence  # noqa: PLC0415
         from tidings.inbox.redis import RedisInbox  # noqa: PLC0415

@@ -40,6 +40,7 @@ ERROR_CODES = (
     "forbidden",
     "too_large",
     "broker_unavailable",
+    "replicas_unavailable",
     "not_found",
 )
 LEGACY_ANSWER = "发送成功"  # the Spring Boot service's exact 200 body ("sent successfully")
@@ -122,7 +123,13 @@ _ERRORS = {
     "401": ("Unauthorized", "An API key is configured and the bearer key is missing or wrong."),
     "403": ("Forbidden", "No API key is configured and the caller is not on loopback."),
     "413": ("TooLarge", "The request body or the message body exceeds the configured size limit."),
-    "503": ("BrokerUnavailable", "The broker cannot take the message right now."),
+    "503": (
+        "BrokerUnavailable",
+        "The broker cannot take the message right now (`broker_unavailable`), or, with "
+        "`--inbox-min-replicas`, fewer Redis replicas than required acknowledged it in time "
+        "(`replicas_unavailable`: the message may still be delivered; retry with the same "
+        "Idempotency-Key or `id`, nothing is stored twice).",
+    ),
 }
 
 
