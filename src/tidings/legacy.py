@@ -157,13 +157,12 @@ class Occurrences:
         """Record one more sighting of ``name``; its count within the window."""
         now = self._clock()
         seen = self._seen
-        while seen:
-            oldest = next(iter(seen.values()))
-            if now - oldest[1] < self._keep_s and len(seen) < self._max:
-                break
+        while seen and now - next(iter(seen.values()))[1] >= self._keep_s:
             seen.popitem(last=False)
         entry = seen.get(name)
         if entry is None:
+            if len(seen) >= self._max:
+                seen.popitem(last=False)
             seen[name] = [1, now]
             return 1
         entry[0] += 1
