@@ -78,7 +78,7 @@ def test_a_long_bad_to_is_shortened_in_the_reason() -> None:
 
 
 def test_outbound_json_is_what_the_spring_code_reads_and_the_mark_makes_it_ours() -> None:
-    body = '{"title": "Build done"}'.encode()
+    body = b'{"title": "Build done"}'
     data = orjson.loads(outbound_json("42", body))
     assert data == {"code": "", "form": "", "to": "42", "content": '{"title": "Build done"}'}
     # The publish script puts the mark before the first field (inbox/redis.py).

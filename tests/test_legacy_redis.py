@@ -58,9 +58,7 @@ class FakeNode:
 
 
 @pytest.fixture
-async def make_node(
-    client: redis.asyncio.Redis, writer: InboxWriter
-) -> AsyncIterator[Any]:
+async def make_node(client: redis.asyncio.Redis, writer: InboxWriter) -> AsyncIterator[Any]:
     made: list[FakeNode] = []
 
     def make(window_s: float = 30.0) -> FakeNode:
