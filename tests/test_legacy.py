@@ -57,7 +57,7 @@ def test_a_double_encoded_json_string_is_read_like_the_object() -> None:
         (spring(to="a/b", content="x"), "invalid_to", '"a/b"'),
         (spring(to=True, content="x"), "invalid_to", "true"),
         (spring(to=["42"], content="x"), "invalid_to", '["42"]'),
-        (spring(to="42"), "invalid_content", "missing"),
+        (spring(to="42"), "missing_content", "no 'content'"),
         (spring(to="42", content=None), "invalid_content", "null, not a string"),
         (spring(to="42", content={"a": 1}), "invalid_content", "an object, not a string"),
         (spring(to="42", content=5), "invalid_content", "a number, not a string"),

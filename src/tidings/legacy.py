@@ -96,9 +96,10 @@ def parse(payload: bytes, *, max_bytes: int) -> Message:
     if not publish_rules.valid_user(to):
         raise MalformedLegacy("invalid_to", f"'to' is not a user id: {_shown(to)}")
     content = data.get("content")
+    if "content" not in data:
+        raise MalformedLegacy("missing_content", "no 'content' field")
     if not isinstance(content, str):
-        why = "missing" if "content" not in data else f"{_kind(content)}, not a string"
-        raise MalformedLegacy("invalid_content", f"'content' is {why}")
+        raise MalformedLegacy("invalid_content", f"'content' is {_kind(content)}, not a string")
     try:
         return publish_rules.message(
             user_channel(to), SPRING_DESTINATION, content, None, max_bytes=max_bytes
