@@ -458,10 +458,12 @@ class InboxWriter:
         if packed is None:
             packed = self._pack_constants(channel, message.destination)
         keys, args = packed
-        if self._legacy is not None and message.destination == SPRING_DESTINATION:
+        legacy = self._legacy
+        if legacy is not None and message.destination == SPRING_DESTINATION:
             user = user_of(channel)  # None: a topic, which Spring has no destination for
             if user is not None:
-                return self._submit_bridged(user, message, encoded, packed, idempotency_key)
+                bridge = legacy + bulk(outbound_json(user, message.body))
+                return self._submit_bridged(message, encoded, packed, idempotency_key, bridge)
         parts: tuple[bytes, ...]
         if idempotency_key is None:
             parts = (self._head, keys, bulk(encoded), args)
@@ -473,15 +475,15 @@ class InboxWriter:
 
     def _submit_bridged(
         self,
-        user: str,
         message: Message,
         encoded: bytes,
         packed: tuple[bytes, bytes],
         idempotency_key: str | None,
+        bridge: bytes,
     ) -> asyncio.Future[str]:
-        """``submit`` with the Spring bridge's two arguments, for ``user``'s ``/message``."""
+        """``submit`` with the Spring bridge's two arguments (``bridge``, packed: the legacy
+        channel and the JSON for it) last."""
         keys, args = packed
-        bridge = (self._legacy or b"") + bulk(outbound_json(user, message.body))
         parts: tuple[bytes, ...]
         if idempotency_key is None:
             parts = (self._publisher.head(3, 8), keys, bulk(encoded), args, bridge)
