@@ -70,6 +70,29 @@ async def make_node(client: redis.asyncio.Redis, writer: InboxWriter) -> AsyncIt
         await node.store.close()
 
 
+async def subscribed(pubsub: Any, *channels: str, pattern: bool = False) -> None:
+    """(P)SUBSCRIBE and wait until Redis confirmed each: publishes after this reach it."""
+    await (pubsub.psubscribe if pattern else pubsub.subscribe)(*channels)
+    kind = "psubscribe" if pattern else "subscribe"
+    async with asyncio.timeout(5):
+        confirmed = 0
+        while confirmed < len(channels):
+            message = await pubsub.get_message(timeout=1.0)
+            confirmed += message is not None and message["type"] == kind
+
+
+async def next_message(pubsub: Any, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
+    """The next published message within ``timeout`` s, subscribe confirmations skipped
+    (redis-py answers None for an ignored one, which is not "nothing came")."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (left := deadline - loop.time()) > 0:
+        message = await pubsub.get_message(timeout=left)
+        if message is not None and message["type"] in ("message", "pmessage"):
+            return dict(message)
+    return None
+
+
 def spring(to: str, content: str) -> bytes:
     return orjson.dumps({"code": "1", "form": "admin", "to": to, "content": content})
 
@@ -128,24 +151,22 @@ async def test_a_stored_legacy_message_is_announced_with_its_id_and_not_forwarde
     listener = redis_server.client()
     pubsub = listener.pubsub()
     try:
-        await pubsub.subscribe("tidings:u:42", CHANNEL)
-        for _ in range(2):
-            await pubsub.get_message(timeout=1.0)  # the subscribe confirmations
+        await subscribed(pubsub, "tidings:u:42", CHANNEL)
         inbox_id = await make_node().receive(spring("42", "from spring"))
-        announced = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
+        announced = await next_message(pubsub, 2.0)
         assert announced is not None and announced["channel"] == b"tidings:u:42"
         head, _, encoded = announced["data"].partition(b" ")
         assert head.decode() == inbox_id
         assert Message.decode(encoded).body == b"from spring"
         # Not written back to the legacy channel: Spring instances had it already.
-        assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3) is None
+        assert await next_message(pubsub, 0.3) is None
     finally:
         await pubsub.aclose()
         await listener.aclose()
 
 
 async def forwarded(pubsub: Any, timeout: float = 2.0) -> dict[str, Any]:  # noqa: ASYNC109
-    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+    message = await next_message(pubsub, timeout)
     assert message is not None, "nothing on the legacy channel"
     assert message["data"].startswith(b'{"tidingsId":"')
     data: dict[str, Any] = orjson.loads(message["data"])
@@ -162,8 +183,7 @@ async def test_user_messages_to_message_are_forwarded_once_with_their_id(
     listener = redis_server.client()
     pubsub = listener.pubsub()
     try:
-        await pubsub.subscribe(CHANNEL)
-        await pubsub.get_message(timeout=1.0)
+        await subscribed(pubsub, CHANNEL)
         # Not forwarded: another destination, a topic, a repeated idempotency key.
         await writer.publish(user_message("42", b"alert", "/queue/alerts"))
         topic = Message(id="", channel=topic_channel("news"), destination="/message", body=b"t")
@@ -181,7 +201,7 @@ async def test_user_messages_to_message_are_forwarded_once_with_their_id(
             "content": "once",
         }
         assert (await forwarded(pubsub))["content"] == '{"a": "é"}'
-        assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2) is None
+        assert await next_message(pubsub, 0.2) is None
         assert last != first
     finally:
         await pubsub.aclose()
@@ -195,12 +215,11 @@ async def test_without_a_legacy_channel_nothing_is_forwarded(
     listener = redis_server.client()
     pubsub = listener.pubsub()
     try:
-        await pubsub.psubscribe("*")
-        await pubsub.get_message(timeout=1.0)
+        await subscribed(pubsub, "*", pattern=True)
         await plain.publish(user_message("42", b"x"))
-        got = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2.0)
+        got = await next_message(pubsub, 2.0)
         assert got is not None and got["channel"] == b"tidings:u:42"
-        assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3) is None
+        assert await next_message(pubsub, 0.3) is None
     finally:
         await pubsub.aclose()
         await listener.aclose()
@@ -211,8 +230,7 @@ async def test_the_direct_publisher_forwards_as_a_node_does(redis_server: RedisS
     listener = redis_server.client()
     pubsub = listener.pubsub()
     try:
-        await pubsub.subscribe(CHANNEL)
-        await pubsub.get_message(timeout=1.0)
+        await subscribed(pubsub, CHANNEL)
         async with Publisher.from_url(redis_server.url, legacy_channel=CHANNEL) as pub:
             inbox_id = await pub.to_user("42", {"title": "Build done"})
         data = await forwarded(pubsub)

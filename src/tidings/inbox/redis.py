@@ -405,8 +405,11 @@ class InboxWriter:
         check_limits(limits)
         self._redis = client
         # The Spring bridge (tidings.legacy): user messages to /message are also published
-        # there, by the publish script itself (one step: stored means forwarded).
+        # there, by the publish script itself (one step: stored means forwarded). Chosen
+        # here, so that a writer without one runs the very same ``submit`` as before.
         self._legacy = bulk(legacy_channel) if legacy_channel else None
+        if self._legacy is not None:
+            self.submit = self._submit_bridging  # type: ignore[method-assign]
         self._limits = limits
         self._prefix = prefix
         self._max_age_ms = int(limits.max_age_s * 1000)
@@ -458,12 +461,6 @@ class InboxWriter:
         if packed is None:
             packed = self._pack_constants(channel, message.destination)
         keys, args = packed
-        legacy = self._legacy
-        if legacy is not None and message.destination == SPRING_DESTINATION:
-            user = user_of(channel)  # None: a topic, which Spring has no destination for
-            if user is not None:
-                bridge = legacy + bulk(outbound_json(user, message.body))
-                return self._submit_bridged(message, encoded, packed, idempotency_key, bridge)
         parts: tuple[bytes, ...]
         if idempotency_key is None:
             parts = (self._head, keys, bulk(encoded), args)
@@ -473,17 +470,19 @@ class InboxWriter:
         future: asyncio.Future[str] = self._publisher.submit_packed(b"".join(parts))
         return future
 
-    def _submit_bridged(
-        self,
-        message: Message,
-        encoded: bytes,
-        packed: tuple[bytes, bytes],
-        idempotency_key: str | None,
-        bridge: bytes,
+    def _submit_bridging(
+        self, message: Message, *, idempotency_key: str | None = None
     ) -> asyncio.Future[str]:
-        """``submit`` with the Spring bridge's two arguments (``bridge``, packed: the legacy
-        channel and the JSON for it) last."""
-        keys, args = packed
+        """``submit`` of a writer with a legacy channel: a user's message to ``/message``
+        gets the Spring bridge's two arguments last (the channel and the JSON for it);
+        anything else (a topic, another destination) is an ordinary ``submit``."""
+        user = user_of(message.channel) if message.destination == SPRING_DESTINATION else None
+        if user is None or self._legacy is None:
+            return InboxWriter.submit(self, message, idempotency_key=idempotency_key)
+        self._check_open()
+        encoded = (dataclasses.replace(message, id="") if message.id else message).encode()
+        keys, args = self.packed_call(message.channel, message.destination)
+        bridge = self._legacy + bulk(outbound_json(user, message.body))
         parts: tuple[bytes, ...]
         if idempotency_key is None:
             parts = (self._publisher.head(3, 8), keys, bulk(encoded), args, bridge)
