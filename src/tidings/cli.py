@@ -119,9 +119,11 @@ OPTIONS: tuple[Option, ...] = (
         "legacy-channel",
         Text("CHANNEL"),
         None,
-        "also deliver the {code, form, to, content} JSON that the Spring Boot service "
-        "publishes on this Redis channel (e.g. webSocketMsgPush), as POST /pushToOneTest "
-        "does; needs a redis:// broker",
+        "bridge to the Spring Boot service through this Redis channel (e.g. "
+        "webSocketMsgPush), both ways: the {code, form, to, content} JSON it publishes "
+        "there is stored in the inbox of `to` and delivered as POST /pushToOneTest does, "
+        "and user messages to /message published to Tidings are also published there "
+        "for its instances; needs a redis:// broker",
         "broker",
     ),
     Option(

@@ -27,7 +27,8 @@ from tidings.errors import BrokerUnavailable
 from tidings.hub import Hub, LocalSubscription
 from tidings.inbox.base import Inbox, InboxLimits, split_announcement
 from tidings.inbox.memory import MemoryInbox
-from tidings.message import APPLICATION_JSON, Message, encode_body, user_channel
+from tidings.legacy import SpringBridge
+from tidings.message import APPLICATION_JSON, Message, user_channel
 from tidings.metrics import DELIVERY_LAG_BUCKETS, Histogram
 from tidings.outbound import Flusher, loop_flusher
 from tidings.presence import MemoryPresence, Presence
@@ -62,7 +63,7 @@ class Node:
         *,
         node_id: str = "",
         unsubscribe_delay_s: float = 2.0,
-        legacy_channel: str | None = None,
+        bridge: SpringBridge | None = None,
         catchup_interval_s: float = DEFAULT_INTERVAL_S,
     ) -> None:
         self.broker = broker
@@ -73,7 +74,9 @@ class Node:
                 raise TypeError("a node on a shared broker needs that broker's inbox")
             inbox = MemoryInbox(broker, InboxLimits())
         self.inbox = inbox
-        self.legacy_channel = legacy_channel
+        # The Spring bridge (tidings.legacy): what arrives on its channel goes to it.
+        self.bridge = bridge
+        self.legacy_channel = bridge.channel if bridge is not None else None
         self.hub = Hub(self.new_message_id)
         self.counters = Counters()
         self.unsubscribe_delay_s = unsubscribe_delay_s
@@ -121,6 +124,8 @@ class Node:
         self._pending_unsubscribe.clear()
         self.broker.on_continuity(None)
         await self.catchup.stop()
+        if self.bridge is not None:
+            await self.bridge.close()
         await self.presence.close()
         await self.inbox.close()
         await self.broker.close()
@@ -242,14 +247,13 @@ class Node:
         if channel.startswith("n:") and self._node_handler is not None:
             self._node_handler(payload)
             return
-        if channel == self.legacy_channel:
+        if channel == self.legacy_channel and self.bridge is not None:
             self.counters.received["legacy"] += 1
-            decode = self._decode_legacy
-        else:
-            self.counters.received[_CHANNEL_KINDS.get(channel[:1], "user")] += 1
-            decode = _decode_announcement
+            self.bridge.received(payload)  # stored, then announced on the user's channel
+            return
+        self.counters.received[_CHANNEL_KINDS.get(channel[:1], "user")] += 1
         try:
-            message = decode(payload)
+            message = _decode_announcement(payload)
         except (ValueError, TypeError, KeyError, UnicodeError) as exc:
             log.warning("ignoring an undecodable message on %s: %s", channel, exc)
             return
@@ -306,23 +310,6 @@ class Node:
             counts[bisect_left(bounds, lag)] += 1
             histogram.sum += lag
         pending.clear()
-
-    def _decode_legacy(self, payload: bytes) -> Message:
-        """The seed's ``{code, form, to, content}`` JSON, delivered as /pushToOneTest does."""
-        data = orjson.loads(payload)
-        if isinstance(data, str):  # a JSON string holding the JSON (double-encoded by a template)
-            data = orjson.loads(data)
-        to = data["to"]
-        if not isinstance(to, str | int) or isinstance(to, bool) or not str(to):
-            raise ValueError("'to' must be a user id")
-        body, content_type = encode_body(data["content"])
-        return Message(
-            id=self.new_message_id(),
-            channel=user_channel(str(to)),
-            destination="/message",
-            body=body,
-            content_type=content_type,
-        )
 
 
 def _decode_announcement(payload: bytes) -> Message:

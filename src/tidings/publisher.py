@@ -49,11 +49,16 @@ class Publisher:
         *,
         limits: InboxLimits | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        legacy_channel: str | None = None,
     ) -> None:
-        """Publish through ``client`` (its owner closes it); ``from_url`` makes its own."""
+        """Publish through ``client`` (its owner closes it); ``from_url`` makes its own.
+
+        ``legacy_channel`` must be the nodes' ``--legacy-channel``: user messages to
+        ``/message`` are then also published there for the Spring instances (tidings.legacy).
+        """
         self._client = client
         self._owns_client = False
-        self._writer = InboxWriter(client, limits or InboxLimits())
+        self._writer = InboxWriter(client, limits or InboxLimits(), legacy_channel=legacy_channel)
         self._max_bytes = max_message_bytes
 
     @classmethod
@@ -63,11 +68,17 @@ class Publisher:
         *,
         limits: InboxLimits | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        legacy_channel: str | None = None,
     ) -> Publisher:
         """A publisher on its own pool of connections to ``url`` (the nodes' ``--broker``),
         with the nodes' timeouts and no silent retries; ``aclose`` closes it."""
         client = command_client(url, client_name="tidings-publisher")
-        publisher = cls(client, limits=limits, max_message_bytes=max_message_bytes)
+        publisher = cls(
+            client,
+            limits=limits,
+            max_message_bytes=max_message_bytes,
+            legacy_channel=legacy_channel,
+        )
         publisher._owns_client = True
         return publisher
 

@@ -46,6 +46,7 @@ from tidings.errors import BrokerUnavailable, TidingsError
 from tidings.inbox.base import History, InboxLimits, Stored
 from tidings.inbox.memory import TTL_MARGIN_S, canonical_id, check_limits, known_ids, user_of
 from tidings.inbox.resp import ScriptConnection
+from tidings.legacy import SPRING_DESTINATION, outbound_json
 from tidings.message import Message
 from tidings.redis_connect import bulk
 
@@ -138,7 +139,8 @@ end
 
 # KEYS: stream, acked, read (both '' for a topic), then the idempotency key if any
 # ARGV: message encoded with id "", destination, max_len, max_age_ms, ttl_ms, live
-#       channel, then the idempotency key's ttl_ms if there is one
+#       channel, then the idempotency key's ttl_ms if there is one, then (bridged to
+#       Spring) the legacy channel and the JSON for it
 #
 # It runs for every message, on a Redis that shares a core with the nodes, so it does no
 # work its outcome does not need (docs/decisions.md, 2026-11-27, has the measurements).
@@ -147,14 +149,19 @@ end
 # each Lua number passed to redis.call (Redis 7.0 prints it with snprintf "%.17g"), so
 # numbers go as strings (string.format '%d' prints an integer cheaply). Even an argument
 # of the script costs (~1.3k): the idempotency key and its TTL come only when used.
-_PUBLISH = (
-    """
+#
+# Pieces: _STORE (store, trim, announce: the local `id`) is shared with the legacy
+# channel's store script (inbox/redis_legacy.py), which claims instead of deduping.
+_STORE_LOCALS = """
 local stream, acked, read = KEYS[1], KEYS[2], KEYS[3]
-if KEYS[4] then
+"""
+_IDEMPOTENT = """if KEYS[4] then
   local first = redis.call('GET', KEYS[4])
   if first then return first end
 end
-
+"""
+_STORE = (
+    """
 -- The newest entry: the new one's ordinal is its + 1, the new one's `p` its id.
 local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
 local n, prev = 1, ''
@@ -224,12 +231,22 @@ if trimmed > 0 and acked ~= '' then
 end
 
 redis.call('PEXPIRE', stream, ARGV[5])
-if KEYS[4] then redis.call('SET', KEYS[4], id, 'PX', ARGV[7]) end
 -- announce the message with its id: '["",...' becomes '["<id>",...'
 redis.call('PUBLISH', ARGV[6], id .. ' ["' .. id .. '"' .. string.sub(ARGV[1], 4))
-return id
 """
 )
+# The Spring bridge (--legacy-channel, tidings.legacy): two more arguments, last, the
+# channel and the JSON the Spring code reads; Tidings' mark goes before its first field.
+# Without them (8 or more arguments only then), one length and one comparison.
+_PUBLISH_END = """if KEYS[4] then redis.call('SET', KEYS[4], id, 'PX', ARGV[7]) end
+local argc = #ARGV
+if argc >= 8 then
+  redis.call('PUBLISH', ARGV[argc - 1],
+    '{"tidingsId":"' .. id .. '",' .. string.sub(ARGV[argc], 2))
+end
+return id
+"""
+_PUBLISH = _STORE_LOCALS + _IDEMPOTENT + _STORE + _PUBLISH_END
 
 # KEYS: stream, acked, read ('' '' for a topic). ARGV: after ('0-0': all), limit, max_age_ms
 # Returns {gap, id, message, id, message, ...}.
@@ -380,9 +397,22 @@ class InboxWriter:
     trip. ``close`` closes that connection.
     """
 
-    def __init__(self, client: Redis, limits: InboxLimits, *, prefix: str = "tidings:") -> None:
+    def __init__(
+        self,
+        client: Redis,
+        limits: InboxLimits,
+        *,
+        prefix: str = "tidings:",
+        legacy_channel: str | None = None,
+    ) -> None:
         check_limits(limits)
         self._redis = client
+        # The Spring bridge (tidings.legacy): user messages to /message are also published
+        # there, by the publish script itself (one step: stored means forwarded). Chosen
+        # here, so that a writer without one runs the very same ``submit`` as before.
+        self._legacy = bulk(legacy_channel) if legacy_channel else None
+        if self._legacy is not None:
+            self.submit = self._submit_bridging  # type: ignore[method-assign]
         self._limits = limits
         self._prefix = prefix
         self._max_age_ms = int(limits.max_age_s * 1000)
@@ -445,6 +475,37 @@ class InboxWriter:
         future: asyncio.Future[str] = self._publisher.submit_packed(b"".join(parts))
         return future
 
+    def _submit_bridging(
+        self, message: Message, *, idempotency_key: str | None = None
+    ) -> asyncio.Future[str]:
+        """``submit`` of a writer with a legacy channel: a user's message to ``/message``
+        gets the Spring bridge's two arguments last (the channel and the JSON for it);
+        anything else (a topic, another destination) is an ordinary ``submit``."""
+        user = user_of(message.channel) if message.destination == SPRING_DESTINATION else None
+        if user is None or self._legacy is None:
+            return InboxWriter.submit(self, message, idempotency_key=idempotency_key)
+        self._check_open()
+        encoded = (dataclasses.replace(message, id="") if message.id else message).encode()
+        keys, args = self.packed_call(message.channel, message.destination)
+        bridge = self._legacy + bulk(outbound_json(user, message.body))
+        parts: tuple[bytes, ...]
+        if idempotency_key is None:
+            parts = (self._publisher.head(3, 8), keys, bulk(encoded), args, bridge)
+        else:
+            key = f"{self._prefix}idem:{len(message.channel)}:{message.channel}:{idempotency_key}"
+            head = self._publisher.head(4, 9)
+            parts = (head, keys, bulk(key), bulk(encoded), args, self._keyed_ttl, bridge)
+        future: asyncio.Future[str] = self._publisher.submit_packed(b"".join(parts))
+        return future
+
+    def packed_call(self, channel: str, destination: str) -> tuple[bytes, bytes]:
+        """The keys (stream, acked, read) and the arguments after the message (destination,
+        limits, live channel) of the publish script's call for ``channel`` and
+        ``destination``, packed (``redis_connect.bulk``): what any script built on
+        ``_STORE`` takes (inbox/redis_legacy.py)."""
+        packed = self._packed.get((channel, destination))
+        return packed if packed is not None else self._pack_constants(channel, destination)
+
     def _pack_constants(self, channel: str, destination: str) -> tuple[bytes, bytes]:
         """The keys (but the idempotency key) and the arguments after the message of the
         publish script's call for ``channel`` and ``destination``, packed and kept."""
@@ -482,9 +543,14 @@ class RedisInbox(InboxWriter):
     """User inboxes and topic histories on the Redis of ``broker``; see the module docstring."""
 
     def __init__(
-        self, broker: RedisBroker, limits: InboxLimits, *, prefix: str = "tidings:"
+        self,
+        broker: RedisBroker,
+        limits: InboxLimits,
+        *,
+        prefix: str = "tidings:",
+        legacy_channel: str | None = None,
     ) -> None:
-        super().__init__(broker.redis, limits, prefix=prefix)
+        super().__init__(broker.redis, limits, prefix=prefix, legacy_channel=legacy_channel)
         register = self._redis.register_script
         self._history = register(_PRELUDE + _HISTORY)
         self._listing = register(_PRELUDE + _LISTING)

@@ -67,16 +67,23 @@ def build_node(config: Config) -> Node:
         from tidings.brokers.redis_presence import RedisPresence  # noqa: PLC0415
         from tidings.inbox.redis import RedisInbox  # noqa: PLC0415
 
-        raw = (config.legacy_channel,) if config.legacy_channel else ()
-        broker = RedisBroker(config.broker, raw_channels=raw)
+        legacy = config.legacy_channel
+        broker = RedisBroker(config.broker, raw_channels=(legacy,) if legacy else ())
         presence: Presence = RedisPresence(broker.redis, node_id, ttl_s=config.presence_ttl_s)
-        inbox = RedisInbox(broker, config.inbox)
+        inbox = RedisInbox(broker, config.inbox, legacy_channel=legacy)
+        bridge = None
+        if legacy:
+            from tidings.inbox.redis_legacy import LegacyStore  # noqa: PLC0415
+            from tidings.legacy import SpringBridge  # noqa: PLC0415
+
+            store = LegacyStore(broker.redis, inbox)
+            bridge = SpringBridge(legacy, store, max_bytes=config.max_message_bytes)
         return Node(
             broker,
             presence,
             inbox,
             node_id=node_id,
-            legacy_channel=config.legacy_channel,
+            bridge=bridge,
             catchup_interval_s=config.catchup_interval_s,
         )
     if config.legacy_channel:

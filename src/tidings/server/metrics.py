@@ -117,6 +117,16 @@ class NodeCollector(Collector):
         for kind, value in counters.received.items():
             received.add_metric([label, kind], value)
         yield received
+        if node.bridge is not None:
+            legacy = family(
+                CounterMetricFamily,
+                "legacy_messages",
+                "Messages of the legacy Spring channel, by what this node did with them",
+                "outcome",
+            )
+            for outcome, value in node.bridge.counts.items():
+                legacy.add_metric([label, outcome], value)
+            yield legacy
         yield single(
             CounterMetricFamily,
             "frames_delivered",
