@@ -61,6 +61,7 @@ class ResumingReader:
     ids: list[str] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)  # the node of each connection
     errors: list[str] = field(default_factory=list)  # ERROR frames' message headers
+    advice: list[str] = field(default_factory=list)  # and their bodies
     gaps: int = 0
     moved_in: list[float] = field(default_factory=list)  # connection lost to resubscribed, s
     failed: str = ""
@@ -118,6 +119,7 @@ class ResumingReader:
                 ):
                     if not isinstance(item, Closed):
                         self.errors.append(item.get("message") or "")
+                        self.advice.append(item.body.decode())
                     with contextlib.suppress(Exception):
                         await self.client.close()
                     await self.reconnect()
@@ -356,5 +358,6 @@ async def test_rolling_restart_behind_nginx_loses_nothing_and_spreads_again(
         moves = ["A", "B", "A"] if reader in first_on_a else ["B", "A"]
         assert reader.nodes == moves, f"{reader.user}: {reader.nodes}; {report}"
         assert reader.errors == ["server shutting down"] * (len(moves) - 1), reader.errors
+        assert all(f"SUBSCRIBE with {RESUME_HEADER}" in body for body in reader.advice)
     for name, spread in spreads.items():
         assert spread["A"] >= 10 and spread["B"] >= 10, f"after restarting {name}: {spread}"
