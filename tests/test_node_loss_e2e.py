@@ -149,7 +149,7 @@ class BackEnd:
     http: aiohttp.ClientSession
     headers: dict[str, str]
     accepted: dict[str, str] = field(default_factory=dict)  # body -> user
-    refused: int = 0  # answers that were not 2xx (502, 503), then retried
+    refused: Counter[int] = field(default_factory=Counter)  # non-2xx answers, then retried
     failed_in_flight: int = 0  # no answer at all (the node died), then retried elsewhere
     fault_due: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -181,7 +181,7 @@ class BackEnd:
                 if len(base_urls) > 1:
                     base_urls = base_urls[1:]  # the node is gone: the other one, for good
                 continue  # at once: a dead node refuses at once, and this one was in flight
-            self.refused += 1
+            self.refused[status] += 1
             await asyncio.sleep(0.05)  # the back end's retry delay
 
     async def stream(self, lanes: list[list[str]], users: list[str]) -> None:
@@ -208,7 +208,7 @@ def check_screens(name: str, readers: list[ResumingReader], back_end: BackEnd) -
         f"{name}: accepted {len(accepted)}, delivered {sum(received.values())}, "
         f"lost {len(lost)}, duplicated {len(duplicated)}; "
         f"failed in flight then retried {back_end.failed_in_flight}, "
-        f"refused then retried {back_end.refused}; "
+        f"refused then retried {dict(back_end.refused)}; "
         f"sessions that reconnected {sum(r.reconnects > 0 for r in readers)}"
     )
     print(f"\n{report}")
