@@ -22,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import re
+import shutil
 import signal
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 
@@ -34,6 +37,7 @@ from tidings.message import id_key
 
 from .conftest import StartServer, TidingsServer
 from .nginx_fixture import NginxProxy, StartNginx
+from .processes import exit_agent
 from .redis_fixture import RedisServer
 from .stompws import Closed, StompWs
 
@@ -48,15 +52,15 @@ END = "end"  # published to every user last: what arrives after it does not coun
 API_KEY = "test-key-for-rolling-restarts"
 RESUME_HEADER = "tidings-resume-after"
 NODE_IN_SERVER_HEADER = re.compile(r"\(node ([^)]+)\)")
+JS_READER = Path(__file__).resolve().parent / "js" / "resuming.mjs"
 
 
 @dataclass
-class ResumingReader:
-    """One user's screen: a STOMP session that, when its connection ends, reconnects
-    (to ``urls`` in turn) and resumes after the last ``tidings-id`` it received."""
+class Screen:
+    """What one user's client showed: every message body once per MESSAGE, with its
+    ``tidings-id``; the node of each connection; the ERROR frames it got."""
 
     user: str
-    urls: list[str]  # where it connects: the first at start, then the others in turn
     bodies: list[str] = field(default_factory=list)
     ids: list[str] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)  # the node of each connection
@@ -66,29 +70,55 @@ class ResumingReader:
     moved_in: list[float] = field(default_factory=list)  # connection lost to resubscribed, s
     failed: str = ""
     done: asyncio.Event = field(default_factory=asyncio.Event)  # END came (or it failed)
-    client: StompWs | None = None
 
     @property
     def reconnects(self) -> int:
         return len(self.nodes) - 1
 
+    def connected(self, server_header: str) -> None:
+        node = NODE_IN_SERVER_HEADER.search(server_header)
+        self.nodes.append(node.group(1) if node else server_header)
+
+    def message(self, tidings_id: str, gap: bool, body: str) -> None:
+        self.ids.append(tidings_id)
+        self.gaps += gap
+        if body == END:
+            self.done.set()
+        else:
+            self.bodies.append(body)
+
+    def error(self, message: str, body: str) -> None:
+        self.errors.append(message)
+        self.advice.append(body)
+
+
+@dataclass
+class ResumingReader(Screen):
+    """Our Python client: a STOMP session that, when its connection ends, reconnects (to
+    ``urls`` in turn) and resumes after the last ``tidings-id`` it received."""
+
+    urls: list[str] = field(default_factory=list)  # the first at start, then in turn
+    client: StompWs | None = None
+
     async def connect(self, url: str) -> None:
         """CONNECT and SUBSCRIBE; after the first time, with the resume header.
 
-        No RECEIPT is awaited here: MESSAGE frames of the replay may follow at once, and
-        ``run`` reads everything in order.
+        The first SUBSCRIBE's RECEIPT is awaited (nothing is published before); after a
+        reconnect, MESSAGE frames of the replay follow the RECEIPT at once, and ``run``
+        reads everything in order.
         """
         client = await StompWs.open(url)
         try:
             connected = await client.connect(login=self.user)
-            server = connected.get("server") or ""
-            node = NODE_IN_SERVER_HEADER.search(server)
-            self.nodes.append(node.group(1) if node else server)
-            headers = {"id": "sub-0", "destination": f"/user/{self.user}/message"}
-            if len(self.nodes) > 1:
+            self.connected(connected.get("server") or "")
+            destination = f"/user/{self.user}/message"
+            if len(self.nodes) == 1:
+                await client.subscribe("sub-0", destination)
+            else:
                 # "0" when nothing came yet: this test's streams start empty.
-                headers[RESUME_HEADER] = self.ids[-1] if self.ids else "0"
-            await client.send_frame("SUBSCRIBE", headers)
+                resume = self.ids[-1] if self.ids else "0"
+                headers = {"id": "sub-0", "destination": destination, RESUME_HEADER: resume}
+                await client.send_frame("SUBSCRIBE", headers)
         except BaseException:
             await client.close()
             raise
@@ -118,20 +148,15 @@ class ResumingReader:
                     not isinstance(item, str) and item.command == "ERROR"
                 ):
                     if not isinstance(item, Closed):
-                        self.errors.append(item.get("message") or "")
-                        self.advice.append(item.body.decode())
+                        self.error(item.get("message") or "", item.body.decode())
                     with contextlib.suppress(Exception):
                         await self.client.close()
                     await self.reconnect()
                     continue
                 if isinstance(item, str) or item.command != "MESSAGE":
                     continue  # heart-beats, RECEIPTs
-                self.ids.append(item.get("tidings-id") or "")
-                self.gaps += item.get("tidings-gap") == "true"
-                if item.body.decode() == END:
-                    self.done.set()
-                else:
-                    self.bodies.append(item.body.decode())
+                gap = item.get("tidings-gap") == "true"
+                self.message(item.get("tidings-id") or "", gap, item.body.decode())
         except Exception as exc:  # reported by the test's assertions
             self.failed = repr(exc)
             self.done.set()
@@ -140,6 +165,62 @@ class ResumingReader:
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.close()
+
+
+@dataclass
+class StompJsReader(Screen):
+    """@stomp/stompjs 7 as docs/deploy.md shows it (tests/js/resuming.mjs): its own
+    reconnect, and the resume header sent from onConnect."""
+
+    urls: list[str] = field(default_factory=list)  # one: the library reconnects there
+    proc: asyncio.subprocess.Process | None = None
+    _subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    _lost_at: float | None = None
+
+    async def connect(self, url: str) -> None:
+        """Start the client; return once its first SUBSCRIBE has its RECEIPT."""
+        node = shutil.which("node") or "/usr/bin/node"
+        self.proc = await asyncio.create_subprocess_exec(
+            *(node, str(JS_READER), "--url", url, "--user", self.user),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        self._reading = asyncio.create_task(self._read())
+        async with asyncio.timeout(10):
+            await self._subscribed.wait()
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        while line := await self.proc.stdout.readline():
+            event = json.loads(line)
+            kind = event["event"]
+            if kind == "connected":
+                self.connected(event["server"] or "")
+                if self._lost_at is not None:
+                    self.moved_in.append(loop.time() - self._lost_at)
+                    self._lost_at = None
+            elif kind == "subscribed":
+                self._subscribed.set()
+            elif kind == "message":
+                self.message(event["id"] or "", event["gap"] == "true", event["body"])
+            elif kind == "error":
+                self.error(event["message"] or "", event["body"])
+                self._lost_at = loop.time()
+        self.failed = self.failed or f"stompjs client exited ({self.proc.returncode})"
+        self.done.set()
+
+    async def run(self) -> None:
+        await asyncio.shield(self._reading)  # cancelling run() leaves the reader to close()
+
+    async def close(self) -> None:
+        if self.proc is not None:
+            self._reading.cancel()  # the exit below is no failure
+            await exit_agent(self.proc, 5)
+
+
+Reader = ResumingReader | StompJsReader
 
 
 @dataclass
@@ -197,7 +278,7 @@ class BackEnd:
             lanes[lane] = await self.publish(lanes[lane], user, f"{user}:{n}")
 
 
-def check_screens(name: str, readers: list[ResumingReader], back_end: BackEnd) -> str:
+def check_screens(name: str, readers: Sequence[Screen], back_end: BackEnd) -> str:
     """Assert 0 lost, 0 duplicated, in order, for every reader; return the report line."""
     received = Counter(itertools.chain.from_iterable(r.bodies for r in readers))
     accepted = back_end.accepted
@@ -226,7 +307,7 @@ def check_screens(name: str, readers: list[ResumingReader], back_end: BackEnd) -
 
 
 async def run_scenario(
-    readers: list[ResumingReader],
+    readers: Sequence[Reader],
     back_end: BackEnd,
     lanes: list[list[str]],
     fault: Callable[[], Awaitable[None]],
@@ -268,7 +349,9 @@ async def test_a_node_killed_under_load_loses_nothing(
         *(tidings_server("--broker", redis_server.url, "--node-id", n) for n in ("A", "B"))
     )
     urls = [node.ws_url("/publicServer") for node in (a, b)]
-    readers = [ResumingReader(f"k{n}", urls if n % 2 == 0 else urls[::-1]) for n in range(USERS)]
+    readers = [
+        ResumingReader(f"k{n}", urls=urls if n % 2 == 0 else urls[::-1]) for n in range(USERS)
+    ]
 
     async def kill() -> None:
         a.proc.send_signal(signal.SIGKILL)
@@ -323,7 +406,11 @@ async def test_rolling_restart_behind_nginx_loses_nothing_and_spreads_again(
     a, b = await asyncio.gather(*(tidings_server(*args, "--node-id", n) for n in ("A", "B")))
     proxy = await nginx_proxy([a.port, b.port])
     url = proxy.ws_url("/publicServer")
-    readers = [ResumingReader(f"r{n}", [url]) for n in range(USERS)]
+    # Every fourth user's screen is @stomp/stompjs, reconnecting by itself.
+    readers: list[Reader] = [
+        StompJsReader(f"r{n}", urls=[url]) if n % 4 == 3 else ResumingReader(f"r{n}", urls=[url])
+        for n in range(USERS)
+    ]
     timings: dict[str, float] = {}
     spreads: dict[str, Counter[str]] = {}
 
