@@ -36,7 +36,7 @@ import aiohttp
 from tidings.message import id_key
 
 from .conftest import StartServer, TidingsServer
-from .nginx_fixture import NginxProxy, StartNginx
+from .nginx_fixture import DEPLOY_CONF, NginxProxy, StartNginx
 from .processes import exit_agent
 from .redis_fixture import RedisServer
 from .stompws import Closed, StompWs
@@ -448,3 +448,13 @@ async def test_rolling_restart_behind_nginx_loses_nothing_and_spreads_again(
         assert all(f"SUBSCRIBE with {RESUME_HEADER}" in body for body in reader.advice)
     for name, spread in spreads.items():
         assert spread["A"] >= 10 and spread["B"] >= 10, f"after restarting {name}: {spread}"
+
+
+def test_every_shipped_upstream_server_has_max_fails_0() -> None:
+    """The rolling restart test runs the first `server` line's parameters on every test
+    node; this holds the shipped file to the same for every line (docs/deploy.md)."""
+    upstream = re.search(r"(?ms)^\s*upstream tidings \{(.*?)^\s*\}", DEPLOY_CONF.read_text())
+    assert upstream, "no upstream block in deploy/nginx.conf"
+    servers = re.findall(r"(?m)^\s*server\s+([^;]*);", upstream.group(1))
+    assert len(servers) >= 2, servers
+    assert all("max_fails=0" in server.split()[1:] for server in servers), servers
