@@ -254,7 +254,8 @@ async def test_read_state_is_shared_by_every_device(
         await device.connect(login="42")
         await device.subscribe("state", "/user/queue/inbox-state")
         initial = await device.expect("message", subscription="state")
-        assert orjson.loads(initial["body"]) == {"unread": 0, "read": [], "up_to": None}
+        state = orjson.loads(initial["body"])
+        assert state == {"unread": 0, "read": [], "up_to": None, "last": state["last"]}
     ids = [await publish(http, nodes[0], "42", f"n{n}") for n in range(6)]
     api = nodes[-1].http_url + "/api/v1/users/42/inbox"
     async with http.get(api + "/unread") as reply:
@@ -297,7 +298,7 @@ async def test_an_inbox_state_subscriber_gets_the_current_state_at_once(
         state = await bell.expect("MESSAGE")
         assert state.get("destination") == "/user/queue/inbox-state"
         assert (state.get("content-type") or "").startswith("application/json")
-        assert orjson.loads(state.body) == {"unread": 2, "read": [], "up_to": None}
+        assert orjson.loads(state.body) == {"unread": 2, "read": [], "up_to": None, "last": ids[2]}
         # An empty read request marks nothing and ends nothing: a receipt, then the same count.
         await bell.send_frame(
             "SEND", {"destination": "/app/inbox/read", "receipt": "r"}, b'{"ids": []}'
@@ -312,7 +313,7 @@ async def test_an_inbox_state_subscriber_gets_the_current_state_at_once(
         await bell.subscribe("other", "/user/7/queue/inbox-state")
         other = await bell.expect("MESSAGE")
         assert other.get("subscription") == "other"
-        assert orjson.loads(other.body)["unread"] == 0
+        assert orjson.loads(other.body) == {"unread": 0, "read": [], "up_to": None, "last": None}
     finally:
         await bell.close()
 

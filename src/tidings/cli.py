@@ -196,6 +196,44 @@ OPTIONS: tuple[Option, ...] = (
         "any number); clients may SEND nowhere by default",
         "auth",
     ),
+    # -- client messages to the back end
+    Option(
+        "app-webhook",
+        Text("URL"),
+        None,
+        "POST each client SEND to <app-prefix>/... to this URL as JSON {user, session, "
+        "destination, headers, body}; its answer's 'reply' goes to the sender's "
+        "/user/queue/reply, failures to /user/queue/errors (docs/notification-center.md)",
+        "app",
+    ),
+    Option(
+        "app-prefix",
+        Text("PREFIX"),
+        _CONFIG.app_prefix,
+        "the destinations whose SENDs go to --app-webhook (Spring's application prefix)",
+        "app",
+    ),
+    Option(
+        "app-webhook-token",
+        Text("TOKEN"),
+        None,
+        "sent to --app-webhook as 'Authorization: Bearer TOKEN'",
+        "app",
+    ),
+    Option(
+        "app-webhook-timeout",
+        Seconds(),
+        _CONFIG.app_webhook_timeout_s,
+        "a webhook call not answered within this is reported on /user/queue/errors",
+        "app",
+    ),
+    Option(
+        "app-webhook-concurrency",
+        Integer(),
+        _CONFIG.app_webhook_concurrency,
+        "webhook calls one node makes at a time; further SENDs wait (back-pressure)",
+        "app",
+    ),
     # -- STOMP sessions and limits
     Option(
         "heartbeat",
@@ -379,6 +417,7 @@ GROUPS = {
     "listen": "listening",
     "broker": "broker and scale-out",
     "auth": "identity and permissions",
+    "app": "client messages to the back end",
     "limits": "STOMP sessions and limits",
     "inbox": "inbox and topic history",
     "sockjs": "SockJS",
@@ -501,6 +540,11 @@ def config_from_options(values: Resolved) -> Config:
         max_connections_per_ip=v["max-connections-per-ip"],
         gc_log=v["gc-log"],
         legacy_channel=v["legacy-channel"] or None,
+        app_webhook=v["app-webhook"] or None,
+        app_prefix=v["app-prefix"],
+        app_webhook_token=v["app-webhook-token"] or None,
+        app_webhook_timeout_s=v["app-webhook-timeout"],
+        app_webhook_concurrency=v["app-webhook-concurrency"],
         presence_ttl_s=v["presence-ttl"],
         catchup_interval_s=v["catchup-interval"],
         inbox=InboxLimits(

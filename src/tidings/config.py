@@ -47,6 +47,12 @@ class Config:
     max_connections_per_ip: int = 0  # open connections per client address; 0: no cap
     access_log: bool = False  # one log line per HTTP request
     gc_log: bool = False  # one log line per garbage collection (tidings.gclog)
+    # Client SENDs to app_prefix/... are POSTed to app_webhook (tidings.app_webhook).
+    app_webhook: str | None = None
+    app_prefix: str = "/app"
+    app_webhook_token: str | None = None
+    app_webhook_timeout_s: float = 5.0
+    app_webhook_concurrency: int = 64
     # Also deliver the seed's {code, form, to, content} JSON published on this Redis channel.
     legacy_channel: str | None = None
     presence_ttl_s: float = 15.0

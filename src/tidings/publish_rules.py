@@ -201,3 +201,30 @@ def idempotency_key(key: object) -> str | None:
             " (no control character)",
         )
     return key
+
+
+def batch_item(item: object, *, max_bytes: int) -> tuple[Message, str | None]:
+    """One item of a batch publish (``{"user"|"topic", "body", ...}``): its message and
+    idempotency key. The batch API and the app webhook's ``publish`` answers use it."""
+    if not isinstance(item, dict):
+        raise InvalidPublish("invalid_field", "each message must be a JSON object")
+    if ("user" in item) == ("topic" in item):
+        raise InvalidPublish("invalid_field", "give exactly one of 'user' and 'topic'")
+    if "body" not in item:
+        raise InvalidPublish("missing_field", "'body' is required (a string or any JSON value)")
+    if "user" in item:
+        destination = item.get("destination", DEFAULT_DESTINATION)
+        message = user_message(
+            item["user"],
+            item["body"],
+            destination=destination,
+            headers=item.get("headers"),
+            max_bytes=max_bytes,
+        )
+    elif "destination" in item:
+        raise InvalidPublish("invalid_field", "'destination' is for a user's message only")
+    else:
+        message = topic_message(
+            item["topic"], item["body"], headers=item.get("headers"), max_bytes=max_bytes
+        )
+    return message, idempotency_key(item.get("id"))

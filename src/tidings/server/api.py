@@ -378,17 +378,7 @@ class PublishApi:
 
     def _batch_item(self, item: object) -> tuple[Message, str | None]:
         """One item of a batch: its message and idempotency key, or why not."""
-        if not isinstance(item, dict):
-            raise ApiError(400, "invalid_field", "each message must be a JSON object")
-        if ("user" in item) == ("topic" in item):
-            raise ApiError(400, "invalid_field", "give exactly one of 'user' and 'topic'")
-        if "user" in item:
-            message = self._user_message(item["user"], item)
-        elif "destination" in item:
-            raise ApiError(400, "invalid_field", "'destination' is for a user's message only")
-        else:
-            message = self._topic_message(item["topic"], item)
-        return message, publish_rules.idempotency_key(item.get("id"))
+        return publish_rules.batch_item(item, max_bytes=self._max_bytes)
 
     @property
     def _max_bytes(self) -> int:

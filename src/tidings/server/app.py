@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from tidings import __version__
+from tidings.app_webhook import AppWebhook
 from tidings.auth import Identity, JwtVerifier, bearer_token, verifier_for
 from tidings.brokers import MemoryBroker, broker_from_url
 from tidings.config import Config
@@ -116,6 +117,16 @@ class Server:
         if config.auth == "jwt":
             self.verifier = verifier_for(config)
         self._send_allow = compile_globs(config.send_allow)
+        self.app_webhook: AppWebhook | None = None
+        if config.app_webhook:
+            self.app_webhook = AppWebhook(
+                config.app_webhook,
+                prefix=config.app_prefix,
+                token=config.app_webhook_token,
+                timeout_s=config.app_webhook_timeout_s,
+                max_in_flight=config.app_webhook_concurrency,
+                max_message_bytes=config.max_message_bytes,
+            )
 
     # -- identity and permissions ----------------------------------------------------------
     def identify(self, event: ConnectRequested, access_token: str | None) -> Identity | None:
@@ -230,6 +241,10 @@ class Server:
             STATIC_DIR / "favicon.ico", headers={"Content-Type": "image/x-icon"}
         )
 
+    async def sdk(self, request: web.Request) -> web.FileResponse:
+        """tidings.js, the browser SDK (an ES module; docs/notification-center.md)."""
+        return web.FileResponse(STATIC_DIR / "tidings.js", headers={"Content-Type": JAVASCRIPT})
+
     async def vendor(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if name not in VENDOR_FILES:
@@ -241,6 +256,8 @@ class Server:
     # -- lifecycle -----------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
         await self.node.start()
+        if self.app_webhook is not None:
+            await self.app_webhook.start()
         self.exporter.start()
         # Modules, classes and the app live as long as the process: keep them out of every
         # later full collection (56k objects here, 18 ms per gen-2 pass that stalls delivery;
@@ -274,6 +291,8 @@ class Server:
 
     async def on_cleanup(self, app: web.Application) -> None:
         self.exporter.stop()
+        if self.app_webhook is not None:
+            await self.app_webhook.close()
         await self.node.stop()
 
 
@@ -297,6 +316,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/", server.index)
     app.router.add_get("/favicon.ico", server.favicon)
     app.router.add_get("/vendor/{name}", server.vendor)
+    app.router.add_get("/tidings.js", server.sdk)
     app.router.add_routes(server.api.routes())
     app.on_startup.append(server.on_startup)
     app.on_shutdown.append(server.on_shutdown)

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
+from tidings.app_webhook import ERRORS_DESTINATION, REPLY_DESTINATION, AppWebhook
+from tidings.app_webhook import Failure as WebhookFailure
 from tidings.catchup import GAP_HEADER
 from tidings.destinations import route
 from tidings.errors import AuthError, BrokerUnavailable, StompProtocolError
@@ -48,6 +50,9 @@ throttled = RateLimited(log)
 
 RESUME_HEADER = "tidings-resume-after"
 READ_DESTINATION = "/app/inbox/read"
+MAX_APP_CALLS = 8  # webhook calls of one session at a time; past it, its frames wait
+# Webhook calls in flight, held so that none is collected before it ends.
+_APP_TASKS: set[asyncio.Task[None]] = set()
 REPLAY_PAGE = 500
 MAX_REPLAY_BUFFER = 10_000  # live messages held while one subscription replays history
 MAX_PENDING_ACKS = 10_000  # unacknowledged MESSAGEs one session may have outstanding
@@ -149,6 +154,8 @@ class StompSession:
         self._expiry_timer: asyncio.TimerHandle | None = None  # --auth jwt: at the token's exp
         self._last_read = asyncio.get_running_loop().time()
         self.closed = False
+
+    _app_calls = 0  # webhook calls in flight; an instance attribute only once one is made
 
     # -- Subscriber protocol ------------------------------------------------------------
     def next_message_id(self) -> str:
@@ -288,15 +295,19 @@ class StompSession:
 
     async def _send_inbox_state(self, sub: LocalSubscription, user: str) -> None:
         """A new ``/user/queue/inbox-state`` subscriber gets the current state at once, then
-        the changes (issue 16): a bell shows the right count without asking the back end."""
-        unread = await self.server.node.inbox.unread(user)
+        the changes (issue 16): a bell shows the right count without asking the back end.
+
+        ``last`` is the newest stored id when the count was taken: a client adds one for
+        each message it receives with a greater id (tidings.js does).
+        """
+        unread, last = await self.server.node.inbox.unread_state(user)
         if self.closed or self._subscriptions.get(sub.id) is not sub:
             return
         state = Message(
             id=self.server.node.new_message_id(),
             channel=sub.route.channel,
             destination=INBOX_STATE_DESTINATION,
-            body=orjson.dumps({"unread": unread, "read": [], "up_to": None}),
+            body=orjson.dumps({"unread": unread, "read": [], "up_to": None, "last": last}),
             content_type=APPLICATION_JSON,
         )
         send_message(sub, state, encode_tail(state, self.version), opcode_for(state))
@@ -406,6 +417,16 @@ class StompSession:
         if event.destination == READ_DESTINATION:
             await self._mark_read(event)
             return
+        webhook = self.server.app_webhook
+        if webhook is not None and webhook.handles(event.destination):
+            self._app_calls += 1  # counted now: a task created here starts later
+            if self._app_calls >= MAX_APP_CALLS:  # the last one allowed: the session's
+                await self._call_app(webhook, event)  # next frames wait for it
+            else:
+                task = asyncio.create_task(self._call_app(webhook, event))
+                _APP_TASKS.add(task)
+                task.add_done_callback(_APP_TASKS.discard)
+            return
         if not self.server.send_allowed(event.destination):
             raise StompProtocolError(
                 f"SEND to {event.destination} is not allowed",
@@ -421,6 +442,66 @@ class StompSession:
         )
         await self.server.node.publish(message)
         self._receipt(event.receipt)
+
+    async def _call_app(self, webhook: AppWebhook, event: SendRequested) -> None:
+        """One SEND to the back end (tidings.app_webhook); its reply, publishes and receipt."""
+        try:
+            outcome = await webhook.call(
+                user=self.user,
+                session=self.id,
+                destination=event.destination,
+                headers=event.frame.headers,
+                body=event.body,
+            )
+        finally:
+            self._app_calls -= 1
+        if isinstance(outcome, WebhookFailure):
+            self._to_own(ERRORS_DESTINATION, outcome.json(event.destination, event.receipt))
+            return
+        try:
+            for message, key in outcome.publish:
+                await self.server.node.submit(message, idempotency_key=key)
+        except BrokerUnavailable as exc:
+            failure = WebhookFailure("publish_failed", f"broker unavailable: {exc}")
+            self._to_own(ERRORS_DESTINATION, failure.json(event.destination, event.receipt))
+            return
+        if outcome.reply is not None:
+            reply = outcome.reply
+            self._to_own(REPLY_DESTINATION, reply.body, reply.content_type, reply.headers)
+        self._receipt(event.receipt)
+
+    def _to_own(
+        self,
+        key: str,
+        body: bytes,
+        content_type: str = APPLICATION_JSON,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """A MESSAGE for this session's own ``/user/queue/...`` subscriptions at ``key``."""
+        if self.closed:
+            return
+        mine = [
+            sub
+            for sub in self._subscriptions.values()
+            if sub.route.key == key and sub.route.user is not None and sub.route.user == self.user
+        ]
+        if not mine:
+            throttled.warning(
+                "nobody to tell",
+                "session %s (user %s) has no subscription to /user%s: a webhook answer dropped",
+                *(self.id, self.user, key),
+            )
+            return
+        for sub in mine:
+            message = Message(
+                id=self.server.node.new_message_id(),
+                channel=sub.route.channel,
+                destination=key,
+                body=body,
+                content_type=content_type,
+                headers=headers,
+            )
+            send_message(sub, message, encode_tail(message, self.version), opcode_for(message))
 
     def _receipt(self, receipt: str | None, *, gap: bool = False) -> None:
         if receipt is None:
