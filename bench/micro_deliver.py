@@ -63,7 +63,7 @@ async def run(sessions: int, messages: int, *, same_id: bool) -> None:
     for index in range(sessions):
         sink = SinkTransport()
         sub_id = "sub-0" if same_id else index
-        protocol = start_websocket(server, sink, None)  # type: ignore[arg-type]
+        protocol = start_websocket(server.context, sink, None)  # type: ignore[arg-type]
         protocol.data_received(
             _masked(b"CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
             + _masked(f"SUBSCRIBE\nid:{sub_id}\ndestination:/topic/bench\n\n\0".encode())

@@ -31,7 +31,9 @@ from .processes import exit_agent
 
 AGENT = Path(__file__).resolve().parent / "js" / "agent.mjs"
 JS_LIBS = ("stompjs7", "legacy")
-"""The client libraries agent.mjs drives: @stomp/stompjs 7 and stompjs 2.3.3."""
+"""The client libraries every client test runs with: @stomp/stompjs 7 and stompjs 2.3.3."""
+AGENT_LIBS = (*JS_LIBS, "webstomp")
+"""Every library agent.mjs drives; webstomp-client 1.2.6 only over a raw WebSocket."""
 
 Event = dict[str, Any]
 
@@ -88,8 +90,8 @@ class JsClient:
         environment) to get the library's frame log on the agent's stderr, which is
         quoted in every failed expectation.
         """
-        if lib not in JS_LIBS:
-            raise ValueError(f"lib must be one of {JS_LIBS}, not {lib!r}")
+        if lib not in AGENT_LIBS:
+            raise ValueError(f"lib must be one of {AGENT_LIBS}, not {lib!r}")
         node = shutil.which("node") or "/usr/bin/node"
         args = [node, str(AGENT), "--lib", lib, "--url", url]
         if protocols is not None:

@@ -98,6 +98,8 @@ async def test_what_the_document_allows_is_accepted(node: Node, path: str, body:
         ("/api/v1/users/%C2%8F/messages", '{"body": 1}', {}),
         ("/api/v1/users/u/messages", '{"body": 1, "destination": "/a\\nb"}', {}),
         ("/api/v1/users/u/messages", '{"body": 1, "destination": "/a\\u0000"}', {}),
+        ("/api/v1/messages", '{"messages": [{"user": "u", "body": 1, "destination": "/\\n"}]}', {}),
+        ("/api/v1/topics/t/messages", '{"body": 1, "headers": {"tidings-id": "1-0"}}', {}),
         ("/api/v1/topics/%2Fa/messages", '{"body": 1}', {}),
         ("/api/v1/users/u/inbox/read", '{"up_to": "\\u0661-0"}', {}),
         ("/api/v1/presence/query", '{"users": ["\\u0085"]}', {}),

@@ -89,6 +89,39 @@ def test_bad_options_are_one_line_and_exit_2(
     assert error in lines[1]
 
 
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (
+            ["--api-key", "my key"],
+            {},
+            "--api-key: this key can never authenticate: it has "
+            "characters a bearer token cannot carry: ' '",
+        ),
+        (
+            [],
+            {"TIDINGS_API_KEY": "k\u00e9y,1"},
+            "TIDINGS_API_KEY: this key can never "
+            "authenticate: it has characters a bearer token cannot carry: ',' '\u00e9'",
+        ),
+        (["--api-key", "a=b"], {}, "'='"),
+        (["--trusted-proxy", "proxy.example"], {}, "--trusted-proxy: expected an address or CIDR"),
+        (["--trusted-proxy", "none", "--trusted-proxy", "::1"], {}, "'none' trusts no proxy"),
+    ],
+    ids=["space", "env-comma-accent", "inner-equals", "proxy-name", "none-and-more"],
+)
+def test_an_api_key_that_can_never_authenticate_stops_the_start_with_exit_2(
+    args: list[str], env: dict[str, str], named: str
+) -> None:
+    """RFC 6750 §2.1's b64token set: a key outside it can never arrive as a bearer token."""
+    result = run_cli("serve", "--port", str(free_port()), *args, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("tidings serve: error: "), lines
+    assert named in lines[1]
+
+
 def test_config_file_errors_name_the_file_and_key(tmp_path: Path) -> None:
     path = tmp_path / "node.toml"
     path.write_text('port = "9908"\n')
@@ -125,6 +158,7 @@ async def test_startup_line_says_what_runs_and_hides_secrets(
         "broker memory://",
         "auth jwt (HS256)",
         "API key set",
+        "trusted proxies 127.0.0.0/8,::1/128",
         "endpoints /publicServer,/privateServer,/stomp",
         "workers 1",
     ):

@@ -1,4 +1,5 @@
-"""The seed's scenario with the real npm clients, unchanged: @stomp/stompjs 7 and stompjs 2.3.3."""
+"""The seed's scenario with the real npm clients, unchanged: @stomp/stompjs 7 and stompjs 2.3.3;
+webstomp-client 1.2.6 over a raw WebSocket."""
 
 from __future__ import annotations
 
@@ -79,3 +80,29 @@ async def test_large_messages_and_disconnect(
     assert (await client.expect("message", subscription="public"))["body"] == "x" * 30_000
     closed = await client.disconnect()
     assert closed["event"] == "closed"
+
+
+async def test_webstomp_client_holds_a_raw_websocket_session_for_a_minute(
+    tidings_server: StartServer, js_client: JsClientFactory
+) -> None:
+    """webstomp-client 1.2.6 offers v10.stomp first and speaks the version of the chosen
+    subprotocol; it was dropped after 30 s (issue 14). Offered v12.stomp, it heart-beats
+    both ways: it closes after 20 s without a server beat, the server after 30 s without
+    one of its beats, so a minute of silence proves both directions."""
+    server = await tidings_server("--send-allow", "/topic/chat/**")
+    client = await js_client("webstomp", server.ws_url())
+    connected = await client.connect(login="42", heartbeat=(10000, 10000))
+    assert (connected["protocol"], connected["version"]) == ("v12.stomp", "1.2")
+    assert connected["headers"]["heart-beat"] == "10000,10000"
+    await client.subscribe("inbox", "/user/42/message")
+    await client.subscribe("chat", "/topic/chat/room")
+    # A user-defined header passes through to the MESSAGE (STOMP 1.2 §SEND).
+    await client.send("/topic/chat/room", "hi", {"x-trace": "abc", "receipt": "sent"})
+    await client.expect("receipt", id="sent")
+    echoed = await client.expect("message", subscription="chat")
+    assert (echoed["body"], echoed["headers"]["x-trace"]) == ("hi", "abc")
+    await client.expect_none("closed", within=60.0)
+    assert client.events_of("error") == []
+    assert await post_json(server, "/api/v1/users/42/messages", {"body": "after a minute"}) == 202
+    message = await client.expect("message", subscription="inbox")
+    assert message["body"] == "after a minute"

@@ -84,7 +84,7 @@ def collector_off() -> Iterator[None]:
 async def subscribed_sessions(server: Server, n: int, destination: str) -> list[SinkTransport]:
     transports = []
     for _ in range(n):
-        session = StompSession(server)
+        session = StompSession(server.context)
         transport = SinkTransport()
         session.attach(transport)
         await session.receive(
@@ -210,7 +210,7 @@ async def turns_until(condition: Callable[[], bool], turns: int = 1000) -> None:
 def open_session(server: Server, sink: ClosableSink, sub_id: int) -> None:
     from tidings.server.edge import start_websocket  # noqa: PLC0415
 
-    start_websocket(server, sink, None)
+    start_websocket(server.context, sink, None)
     assert sink.protocol is not None
     sink.protocol.data_received(  # type: ignore[attr-defined]
         masked(b"CONNECT\naccept-version:1.2\nheart-beat:10000,10000\n\n\0")
@@ -275,7 +275,7 @@ async def test_an_idle_subscribed_session_holds_few_tracked_objects() -> None:
         for index, sink in enumerate(sinks):
             from tidings.server.edge import start_websocket  # noqa: PLC0415
 
-            start_websocket(server, sink, None)
+            start_websocket(server.context, sink, None)
             assert sink.protocol is not None
             sink.protocol.data_received(  # type: ignore[attr-defined]
                 masked(

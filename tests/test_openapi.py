@@ -265,6 +265,8 @@ def test_stomp_headers_schema(doc: dict[str, Any]) -> None:
         assert not name.search(reserved) and not name.search(reserved.upper())
         assert name.search(reserved + "s")
     assert "content-type" not in RESERVED_HEADERS
+    assert not any(name.search(n) for n in ["tidings-id", "Tidings-Gap", "TIDINGS-x"])
+    assert name.search("tidings") and name.search("x-tidings-id")
     value = re.compile(headers["additionalProperties"]["pattern"])
     assert value.search("anything: goes, even \\ and é")
     assert not any(value.search(v) for v in ["a\rb", "a\nb", "a\x00b"])

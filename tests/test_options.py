@@ -257,3 +257,26 @@ def test_json_formatter_writes_one_object_per_line_with_extras() -> None:
         failed = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     entry = orjson.loads(JsonFormatter().format(failed))
     assert "RuntimeError: boom" in entry["exception"]
+
+
+def test_allowed_origin_and_its_older_name_fill_one_list(tmp_path: Path) -> None:
+    assert config([]).allowed_origins == ("*",)
+    both = config(
+        ["--allowed-origin", "https://a.example", "--sockjs-allowed-origin", "https://b.example"]
+    )
+    assert both.allowed_origins == ("https://a.example", "https://b.example")
+    path = tmp_path / "node.toml"
+    path.write_text('sockjs-allowed-origin = ["https://c.example"]\n')
+    from_file = config(["--config", str(path)], {"TIDINGS_ALLOWED_ORIGIN": "https://d.example"})
+    assert from_file.allowed_origins == ("https://d.example", "https://c.example")
+
+
+def test_trusted_proxies_default_to_loopback_and_a_list_replaces_it() -> None:
+    assert config([]).trusted_proxies == ("127.0.0.0/8", "::1/128")
+    given = config(["--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1"])
+    assert given.trusted_proxies == ("10.0.0.0/8", "::1")
+    assert config([], {"TIDINGS_TRUSTED_PROXY": "none"}).trusted_proxies == ("none",)
+    with pytest.raises(OptionError, match="TIDINGS_TRUSTED_PROXY: expected an address or CIDR"):
+        config([], {"TIDINGS_TRUSTED_PROXY": "10.0.0.0/33"})
+    with pytest.raises(OptionError, match=r"--api-key: this key can never authenticate"):
+        config(["--api-key", "with space"])

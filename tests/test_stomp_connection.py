@@ -17,6 +17,7 @@ from tidings.stomp.connection import (
     SubscribeRequested,
     Subscription,
     UnsubscribeRequested,
+    error_receipt,
     negotiate_heartbeat,
 )
 from tidings.stomp.frames import DEFAULT_LIMITS, SERVER_COMMANDS, Frame, FrameParser, Limits
@@ -56,6 +57,7 @@ def connected(version: str = "1.2", limits: Limits = DEFAULT_LIMITS) -> ServerCo
         (("accept-version:1.1,1.2",), "1.2"),
         (("accept-version:1.0,1.1,2.0",), "1.1"),
         (("accept-version:1.2, 1.0",), "1.2"),
+        (("accept-version:1.0,1.2,1.1",), "1.2"),  # the highest common one, in any order
     ],
 )
 def test_version_negotiation(headers: tuple[str, ...], version: str) -> None:
@@ -159,10 +161,21 @@ def test_connected_without_user_name_for_1_0() -> None:
     frame = parse_server_frame(conn.accept(session_id="s", user_name=None), "1.0")
     assert frame.headers == (
         ("version", "1.0"),
-        ("heart-beat", "0,0"),
         ("server", "Tidings/0.1"),
         ("session", "s"),
     )
+
+
+def test_stomp_1_0_has_no_heartbeats() -> None:
+    """STOMP 1.0 has no heart-beating: a 1.0 session neither sends nor expects any, and its
+    CONNECTED names none, whatever the client's CONNECT said (webstomp-client 1.2.6 sends
+    ``heart-beat:10000,10000`` with ``accept-version:1.0``; issue 14)."""
+    conn = ServerConnection(server_heartbeat=(10000, 10000))
+    conn.receive_data(wire("CONNECT", "accept-version:1.0", "heart-beat:10000,10000"))
+    assert conn.version == "1.0"
+    assert (conn.send_heartbeat_ms, conn.expect_heartbeat_ms) == (0, 0)
+    frame = parse_server_frame(conn.accept(session_id="s", user_name=None), "1.0")
+    assert frame.get("heart-beat") is None
 
 
 def test_accept_needs_a_pending_connect() -> None:
@@ -349,6 +362,42 @@ def test_send() -> None:
     assert isinstance(event, SendRequested)
     assert (event.destination, event.body, event.content_type) == ("/a", b"hi", "text/plain")
     assert event.frame.get("x-custom") == "1"
+    assert event.headers == (("x-custom", "1"),)
+
+
+def test_send_passes_user_defined_headers_on() -> None:
+    """STOMP 1.2 §SEND: user-defined headers are passed through to the MESSAGE; SEND's own
+    headers are not, and of a repeated header only the first entry counts (§Repeated
+    Header Entries)."""
+    conn = connected()
+    (event,) = conn.receive_data(
+        wire(
+            "SEND",
+            "destination:/a",
+            "x-trace:abc",
+            "receipt:r",
+            "content-type:text/plain",
+            "content-length:2",
+            "transaction-ish:a\\cb",
+            "x-trace:second",
+            "destination:/b",
+            body=b"hi",
+        )
+    )
+    assert isinstance(event, SendRequested)
+    assert event.destination == "/a"
+    assert event.headers == (("x-trace", "abc"), ("transaction-ish", "a:b"))
+
+
+def test_user_defined_headers_are_capped() -> None:
+    conn = connected(limits=Limits(max_user_headers=2))
+    conn.receive_data(wire("SEND", "destination:/a", "a:1", "b:2"))
+    with pytest.raises(StompLimitExceeded, match=r"user-defined headers \(limit 2\)"):
+        conn.receive_data(wire("SEND", "destination:/a", "a:1", "b:2", "c:3"))
+    conn = connected(limits=Limits(max_user_header_bytes=10))
+    conn.receive_data(wire("SEND", "destination:/a", "abcd:123456"))  # 10 bytes
+    with pytest.raises(StompLimitExceeded, match=r"\(limit 10 bytes\)"):
+        conn.receive_data(wire("SEND", "destination:/a", "abcd:1234567"))
 
 
 def test_send_needs_a_destination() -> None:
@@ -490,6 +539,7 @@ def test_receipts_ride_on_work_events() -> None:
         + wire("UNSUBSCRIBE", "id:1", "receipt:r5")
     )
     assert [getattr(e, "receipt", None) for e in events] == ["r1", "r2", "r3", "r4", "r5"]
+    assert [error_receipt(e) for e in events] == ["r1", "r2", "r3", "r4", "r5"]
 
 
 def test_receipts_for_transaction_frames_are_due_at_once() -> None:
@@ -503,6 +553,8 @@ def test_receipts_for_transaction_frames_are_due_at_once() -> None:
     events = conn.receive_data(wire("COMMIT", "transaction:t", "receipt:c"))
     assert [type(e) for e in events] == [SendRequested, AckReceived, ReceiptDue]
     assert [getattr(e, "receipt", None) for e in events] == [None, None, "c"]
+    # An ERROR a released frame causes answers the COMMIT, which asked for a receipt.
+    assert [error_receipt(e) for e in events] == ["c", "c", "c"]
     conn.receive_data(wire("BEGIN", "transaction:u"))
     assert conn.receive_data(wire("ABORT", "transaction:u", "receipt:x")) == [ReceiptDue("x")]
 
@@ -536,10 +588,29 @@ def test_data_after_an_error_is_ignored() -> None:
     assert conn.receive_data(wire("SEND", "destination:/a")) == []
 
 
-def test_events_before_an_error_in_the_same_data_are_dropped() -> None:
+def test_events_before_an_error_in_the_same_data_come_first() -> None:
+    """Frames before a bad one are acted on, as RabbitMQ does (issue 14): their events come
+    back, and the next call (``receive_data(b"")`` will do) raises the error."""
     conn = connected()
-    with pytest.raises(StompProtocolError):
-        conn.receive_data(wire("SEND", "destination:/a") + b"BOGUS\n\n\0")
+    events = conn.receive_data(
+        wire("SUBSCRIBE", "id:1", "destination:/a", "receipt:r1") + b"BOGUS\n\n\0"
+    )
+    assert [type(e) for e in events] == [SubscribeRequested]
+    assert conn.state is State.CLOSED  # nothing after the bad frame is parsed
+    with pytest.raises(StompProtocolError, match="unknown command"):
+        conn.receive_data(b"")
+    assert conn.receive_data(wire("SEND", "destination:/a")) == []  # raised once, then closed
+
+
+def test_events_before_a_session_rule_error_come_first() -> None:
+    conn = connected()
+    events = conn.receive_data(
+        wire("SEND", "destination:/a", "receipt:ok") + wire("SEND", "receipt:bad")
+    )
+    assert [type(e) for e in events] == [SendRequested]
+    with pytest.raises(StompProtocolError, match="'destination'"):
+        conn.receive_data(b"")
+    assert parse_server_frame(conn.error("bad")).get("receipt-id") == "bad"
 
 
 # -- ERROR frames -----------------------------------------------------------------------
@@ -568,10 +639,26 @@ def test_error_carries_the_offending_frames_receipt() -> None:
     assert frame.get("message") == "SEND frame needs a 'destination' header"
 
 
-def test_error_receipt_is_not_taken_from_an_earlier_good_frame() -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"SUBSCRIBE\nid:1\nreceipt:r7\ndestination:/a\\t\n\n\0",  # undefined escape
+        b"SEND\nreceipt:r7\ndestination:/a\ncontent-length:x\n\n\0",
+        b"SEND\nreceipt:r7\ndestination:/a\r\nbad\n\n\0",  # header line without colon
+    ],
+)
+def test_error_about_a_malformed_frame_names_its_receipt_if_read(data: bytes) -> None:
     conn = connected()
     with pytest.raises(StompProtocolError):
-        conn.receive_data(wire("SEND", "destination:/a", "receipt:ok") + b"BOGUS\n\n\0")
+        conn.receive_data(data)
+    assert parse_server_frame(conn.error("bad")).get("receipt-id") == "r7"
+
+
+def test_error_receipt_is_not_taken_from_an_earlier_good_frame() -> None:
+    conn = connected()
+    conn.receive_data(wire("SEND", "destination:/a", "receipt:ok") + b"BOGUS\n\n\0")
+    with pytest.raises(StompProtocolError):
+        conn.receive_data(b"")
     assert parse_server_frame(conn.error("bad")).get("receipt-id") is None
 
 

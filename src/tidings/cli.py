@@ -33,7 +33,7 @@ from aiohttp import web
 
 from tidings import __version__, gclog, logs
 from tidings.auth import verifier_for
-from tidings.config import DEFAULT_ENDPOINTS, Config
+from tidings.config import DEFAULT_ENDPOINTS, DEFAULT_TRUSTED_PROXIES, Config
 from tidings.errors import TidingsError
 from tidings.inbox.base import InboxLimits
 from tidings.options import (
@@ -58,6 +58,7 @@ from tidings.server.app import SERVER_KEY, create_app
 from tidings.server.edge import EdgeSite
 from tidings.server.sockjs import TRANSPORTS
 from tidings.stomp.frames import Limits
+from tidings.trust import api_key_problem, parse_networks
 from tidings.workers import EXIT_START_FAILED, READY, Supervisor
 
 log = logging.getLogger("tidings")
@@ -187,6 +188,26 @@ OPTIONS: tuple[Option, ...] = (
         "back ends must send 'Authorization: Bearer KEY' to publish; without a key only "
         "callers on this machine (loopback) may publish",
         "auth",
+    ),
+    Option(
+        "trusted-proxy",
+        Many(Text("CIDR")),
+        [],
+        "address or network of a proxy whose X-Forwarded-For names the client, repeatable; "
+        "the client is the rightmost entry not in this list (nginx realip); a list replaces "
+        "the default; 'none' trusts no proxy (forwarded headers are ignored)",
+        "auth",
+        shown_default=",".join(DEFAULT_TRUSTED_PROXIES),
+    ),
+    Option(
+        "allowed-origin",
+        Many(Text("ORIGIN")),
+        [],
+        "Origin a browser page may connect from (WebSocket and SockJS), repeatable, '*' "
+        "wildcards (e.g. https://*.example.com); same-origin pages and clients sending no "
+        "Origin always pass",
+        "auth",
+        shown_default="*",
     ),
     Option(
         "send-allow",
@@ -346,9 +367,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "sockjs-allowed-origin",
         Many(Text("ORIGIN")),
-        list(_CONFIG.sockjs_allowed_origins),
-        "Origin allowed on SockJS requests, repeatable, '*' wildcards "
-        "(e.g. https://*.example.com); same-origin requests always pass",
+        [],
+        "older name of --allowed-origin (both add to one list, which guards WebSocket and "
+        "SockJS alike)",
         "sockjs",
         shown_default="*",
     ),
@@ -522,6 +543,8 @@ def config_from_options(values: Resolved) -> Config:
         jwt_allow_no_exp=v["jwt-allow-no-exp"],
         allow_query_token=v["allow-query-token"],
         api_key=v["api-key"] or None,
+        trusted_proxies=tuple(v["trusted-proxy"]) or DEFAULT_TRUSTED_PROXIES,
+        allowed_origins=tuple(v["allowed-origin"] + v["sockjs-allowed-origin"]) or ("*",),
         send_allow=tuple(v["send-allow"]),
         heartbeat=v["heartbeat"],
         heartbeat_grace=v["heartbeat-grace"],
@@ -553,7 +576,6 @@ def config_from_options(values: Resolved) -> Config:
             topic_history=v["topic-history"],
         ),
         workers=v["workers"],
-        sockjs_allowed_origins=tuple(v["sockjs-allowed-origin"]) or ("*",),
         sockjs_disabled_transports=tuple(v["sockjs-disable-transport"]),
         sockjs_heartbeat_s=v["sockjs-heartbeat"],
         sockjs_session_timeout_s=v["sockjs-session-timeout"],
@@ -583,6 +605,15 @@ JWT_ONLY_OPTIONS = (
 def check_config(config: Config, values: Resolved) -> None:
     """What no single option can check: options that need one another."""
     shared = config.broker.split(":", 1)[0] in ("redis", "rediss")
+    if config.api_key is not None and (problem := api_key_problem(config.api_key)):
+        # RFC 6750 §2.1: a key outside the b64token set can never arrive as a bearer token.
+        raise OptionError(
+            f"{values.origins['api-key']}: this key can never authenticate: {problem}"
+        )
+    try:
+        parse_networks(config.trusted_proxies)
+    except ValueError as exc:
+        raise OptionError(f"{values.origins['trusted-proxy']}: {exc}") from None
     if config.auth == "jwt":
         if not (config.jwt_secret or config.jwt_public_key):
             raise OptionError(
@@ -755,7 +786,7 @@ async def _start(runner: web.AppRunner, config: Config) -> None:
     except TidingsError as exc:
         raise StartFailed(str(exc)) from None
     site = EdgeSite(
-        runner, runner.app[SERVER_KEY], config.host, config.port, reuse_port=config.reuse_port
+        runner, runner.app[SERVER_KEY].edge, config.host, config.port, reuse_port=config.reuse_port
     )
     try:
         await site.start()
@@ -779,12 +810,13 @@ def startup_line(
     else:
         auth = "none (the CONNECT login names the user)"
     api_key = "set" if config.api_key else "not set (only loopback callers may publish)"
+    proxies = ",".join(str(net) for net in parse_networks(config.trusted_proxies)) or "none"
     listen = f"http://{config.host}:{config.port}"
     broker_state = "" if ready else " (unreachable: retrying; /readyz answers 503 until then)"
     message = (
         f"tidings {__version__} node {node_id} listening on {listen}; "
         f"broker {broker}{broker_state}; auth {auth}; API key {api_key}; "
-        f"endpoints {','.join(config.endpoints)}; workers {workers}"
+        f"trusted proxies {proxies}; endpoints {','.join(config.endpoints)}; workers {workers}"
     )
     extra = {
         "version": __version__,
@@ -794,6 +826,7 @@ def startup_line(
         "broker_ready": ready,
         "auth": config.auth,
         "api_key_set": bool(config.api_key),
+        "trusted_proxies": proxies.split(","),
         "endpoints": list(config.endpoints),
         "workers": workers,
     }

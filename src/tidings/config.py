@@ -9,6 +9,9 @@ from tidings.inbox.base import InboxLimits
 from tidings.publish_rules import DEFAULT_MAX_MESSAGE_BYTES
 from tidings.stomp.frames import Limits
 
+# Loopback: nginx on the same machine (deploy/nginx.conf). Also tidings.trust's default.
+DEFAULT_TRUSTED_PROXIES = ("127.0.0.0/8", "::1/128")
+
 DEFAULT_ENDPOINTS = ("/publicServer", "/privateServer", "/stomp")
 
 
@@ -30,6 +33,10 @@ class Config:
     jwt_allow_no_exp: bool = False  # accept tokens without exp (they never expire)
     allow_query_token: bool = False  # also take the token from ?access_token=
     api_key: str | None = None
+    # Proxies whose X-Forwarded-For names the client (tidings.trust); () trusts nobody.
+    trusted_proxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES
+    # Origin patterns a browser page may open a WebSocket or SockJS session from ("*": any).
+    allowed_origins: tuple[str, ...] = ("*",)
     # Glob patterns of destinations a client may SEND to (e.g. "/topic/chat/**"); none by default.
     send_allow: tuple[str, ...] = ()
     # STOMP heart-beat the server offers: send every sx ms, expect every sy ms (seed: 10000,10000).
@@ -64,8 +71,7 @@ class Config:
     # `tidings serve --workers N` shares, so their series merge (server/metrics.py).
     metrics_node: str = ""
     reuse_port: bool = False
-    # SockJS (docs/sockjs.md): Origin patterns allowed on SockJS requests ("*": any).
-    sockjs_allowed_origins: tuple[str, ...] = ("*",)
+    # SockJS (docs/sockjs.md); its Origin check is allowed_origins'.
     # Transports turned off, by sockjs-client's names (websocket, xhr-streaming, ...).
     sockjs_disabled_transports: tuple[str, ...] = ()
     sockjs_heartbeat_s: float = 25.0  # an idle receiving request gets an "h" frame this often

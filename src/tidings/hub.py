@@ -8,6 +8,7 @@ each subscriber adds only its own ``destination``, ``subscription`` and ``messag
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -67,22 +68,38 @@ class LocalSubscription:
 
 _CONTENT_LINES: dict[tuple[str, str], str] = {}  # (content type, version): escaped, up to ":"
 _CONTENT_LINES_KEPT = 256
+# Left in a header after escaping, these end it early: STOMP 1.0 escapes nothing, 1.1 no CR,
+# no version a NUL (§Value Encoding). Publishes refuse them; a message stored before they
+# did (or sent by an older node) may still hold one, and loses that header instead of
+# forging one in a 1.0 subscriber's stream (issue 14).
+_UNSAFE = re.compile("[\r\n\0]")
 
 
 def encode_tail(message: Message, version: str) -> bytes:
-    """The frame after ``message-id``: content headers, custom headers, body, NUL (§MESSAGE)."""
+    """The frame after ``message-id``: content headers, custom headers, body, NUL (§MESSAGE).
+
+    Headers are escaped for the subscriber's ``version``; one that cannot be represented
+    in it is left out (see ``_UNSAFE``). Checked once per content type, not per message.
+    """
     key = (message.content_type, version)
     content = _CONTENT_LINES.get(key)
     if content is None:  # a handful of content types make nearly every message
         if len(_CONTENT_LINES) >= _CONTENT_LINES_KEPT:
             _CONTENT_LINES.clear()
         escaped = escape_header(message.content_type, version)
-        content = _CONTENT_LINES[key] = f"\ncontent-type:{escaped}\ncontent-length:"
+        content = (
+            "\ncontent-length:"
+            if _UNSAFE.search(escaped)
+            else (f"\ncontent-type:{escaped}\ncontent-length:")
+        )
+        _CONTENT_LINES[key] = content
     lines = [content, str(len(message.body))]
     if message.order is not None:
         lines.append(f"\ntidings-id:{message.id}")
-    for name, value in message.headers:
-        lines.append(f"\n{escape_header(name, version)}:{escape_header(value, version)}")
+    for raw_name, raw_value in message.headers:
+        name, value = escape_header(raw_name, version), escape_header(raw_value, version)
+        if not (_UNSAFE.search(name) or _UNSAFE.search(value) or ":" in name or not name):
+            lines.append(f"\n{name}:{value}")
     lines.append("\n\n")
     return "".join(lines).encode() + message.body + b"\0"
 

@@ -17,12 +17,22 @@ from collections.abc import Mapping
 from typing import TypeGuard
 
 from tidings.errors import InvalidPublish
-from tidings.message import Message, build_message, encode_body, topic_channel, user_channel
+from tidings.message import (
+    TEXT_PLAIN,
+    Message,
+    build_message,
+    encode_body,
+    topic_channel,
+    user_channel,
+)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 """Largest encoded body (``--max-message-bytes``)."""
 RESERVED_HEADERS = ("destination", "subscription", "message-id", "content-length", "ack", "receipt")
 """Header names the server sets on a MESSAGE; a publish may not (compared case-insensitively)."""
+RESERVED_PREFIX = "tidings-"
+"""Header names the server itself uses (``tidings-id``, ``tidings-gap``...) start so: a publish
+may not set one either (any case)."""
 MAX_IDEMPOTENCY_KEY = 200
 MAX_NAME = 200
 """Longest user id or topic name, in characters."""
@@ -45,13 +55,16 @@ INBOX_ID_PATTERN = r"^[0-9]{1,19}(?:-[0-9]{1,19})?$"
 """An inbox id ``<ms>-<seq>`` (a Redis stream id; ``0`` sorts first)."""
 DESTINATION_PATTERN = rf"^(?!.*//)/{_TEXT}{{1,{MAX_NAME}}}$"
 """A user-relative destination (``/message``): the rest of ``/user/<id>/...``."""
+
+
+def _any_case(name: str) -> str:
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in name)
+
+
 HEADER_NAME_PATTERN = (
     "^(?!(?:"
-    + "|".join(
-        "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in name)
-        for name in RESERVED_HEADERS
-    )
-    + ")$)[A-Za-z0-9_.-]{1,64}$"
+    + "|".join(_any_case(name) for name in RESERVED_HEADERS)
+    + f")$)(?!{_any_case(RESERVED_PREFIX)})[A-Za-z0-9_.-]{{1,64}}$"
 )
 """A MESSAGE header name a publish may set: not one the server sets, in any case."""
 HEADER_VALUE_PATTERN = r"^[^\r\n\x00]*$"
@@ -174,7 +187,7 @@ def checked_headers(headers: object) -> dict[str, str]:
     checked: dict[str, str] = {}
     for name, value in headers.items():
         lowered = name.lower() if isinstance(name, str) else ""
-        if lowered in RESERVED_HEADERS:
+        if lowered in RESERVED_HEADERS or lowered.startswith(RESERVED_PREFIX):
             raise InvalidPublish("invalid_field", f"header {name!r} is set by the server")
         if not matches(name, _HEADER_NAME):
             raise InvalidPublish(
@@ -201,6 +214,31 @@ def idempotency_key(key: object) -> str | None:
             " (no control character)",
         )
     return key
+
+
+def stomp_send_headers(
+    content_type: str | None, headers: tuple[tuple[str, str], ...]
+) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The content type and extra headers of the message a STOMP SEND publishes.
+
+    The same rules as a publish's ``headers`` (STOMP 1.2 §SEND passes user-defined headers
+    through to the MESSAGE): no reserved name, names of ``[A-Za-z0-9_.-]``, and no CR, LF
+    or NUL in a value, because STOMP 1.0 has no escaping and a 1.0 subscriber would read
+    one as the end of the header (a forged header or frame; issue 14). ``content-type`` is
+    checked as a value too; a ``Content-Type`` in another case stands for it, as in a
+    publish, unless both are given.
+    """
+    if content_type is not None and _BAD_VALUE_CHARS.search(content_type):
+        raise InvalidPublish(
+            "invalid_field", "header 'content-type' must be a string without CR, LF or NUL"
+        )
+    if not headers:
+        return content_type or TEXT_PLAIN, ()
+    checked = checked_headers(dict(headers))
+    other_case = checked.pop("content-type", None)
+    if other_case is not None and content_type is not None:
+        raise InvalidPublish("invalid_field", "header 'content-type' is given twice")
+    return content_type or other_case or TEXT_PLAIN, tuple(checked.items())
 
 
 def batch_item(item: object, *, max_bytes: int) -> tuple[Message, str | None]:

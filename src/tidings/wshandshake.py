@@ -45,7 +45,11 @@ def accept_handshake(
     """Check a client's opening handshake (§4.2.1) and build the server's 101 (§4.2.2).
 
     ``headers`` must look names up case-insensitively (lower-case keys, or a CIMultiDict).
-    The first subprotocol the client offers that is in ``protocols`` is chosen.
+    ``protocols`` lists the server's subprotocols, favourite first; the first of them
+    the client offers is chosen, whatever the client's order (§4.2.2 leaves the choice
+    to the server). For STOMP that is the highest version, as RabbitMQ picks it:
+    webstomp-client 1.2.6 offers ``v10.stomp`` first and speaks the version chosen
+    (issue 14).
     """
     if method != "GET" or http_version != "HTTP/1.1":
         raise HandshakeError(400, "a WebSocket handshake is a GET request over HTTP/1.1")
@@ -72,8 +76,8 @@ def accept_handshake(
     if not valid_key:
         raise HandshakeError(400, "Sec-WebSocket-Key must be 16 bytes in base64 (§4.1)")
     # Subprotocol names are compared exactly (§11.3.4), not case-folded.
-    offered = [p.strip(" \t") for p in headers.get("sec-websocket-protocol", "").split(",")]
-    chosen = next((p for p in offered if p in protocols), None)
+    offered = {p.strip(" \t") for p in headers.get("sec-websocket-protocol", "").split(",")}
+    chosen = next((p for p in protocols if p in offered), None)
     accept = base64.b64encode(
         hashlib.sha1(key.encode() + WEBSOCKET_GUID).digest()
     )  # RFC 6455 §4.2.2

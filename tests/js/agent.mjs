@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // A scriptable STOMP-over-WebSocket client, driven by pytest (tests/jsclient.py).
 //
-//   node tests/js/agent.mjs --lib stompjs7|legacy --url ws://127.0.0.1:N/stomp
+//   node tests/js/agent.mjs --lib stompjs7|legacy|webstomp --url ws://127.0.0.1:N/stomp
 //                           [--protocols v12.stomp,v11.stomp]
 //   node tests/js/agent.mjs --lib stompjs7|legacy --url http://127.0.0.1:N/stomp
 //                           --transport websocket|xhr-streaming|xhr-polling|eventsource
@@ -33,7 +33,9 @@
 //
 // Defaults: heartbeat [0,0]; versions ["1.2","1.1","1.0"] for stompjs7 and ["1.1","1.0"]
 // for legacy (what each library offers), which also pick the WebSocket subprotocols
-// (v12.stomp...) unless --protocols is given; the subscribe/unsubscribe receipt is
+// (v12.stomp...) unless --protocols is given; webstomp (webstomp-client 1.2.6, raw
+// WebSocket only) ignores "versions": it offers v10.stomp, v11.stomp, v12.stomp in that
+// order and sends as accept-version the one version of the subprotocol the server chose; the subscribe/unsubscribe receipt is
 // "subscribe-<id>"/"unsubscribe-<id>" unless headers.receipt is set. For ack/nack,
 // "message" is the MESSAGE's `ack` header on STOMP 1.2, its `message-id` before.
 //
@@ -80,9 +82,9 @@ const { values: opts } = parseArgs({
     transport: { type: 'string' },
   },
 });
-if (!['stompjs7', 'legacy'].includes(opts.lib) || !opts.url) {
+if (!['stompjs7', 'legacy', 'webstomp'].includes(opts.lib) || !opts.url) {
   process.stderr.write(
-    'usage: agent.mjs --lib stompjs7|legacy --url ws://host:port/path [--protocols a,b]\n' +
+    'usage: agent.mjs --lib stompjs7|legacy|webstomp --url ws://host:port/path [--protocols a,b]\n' +
       '       agent.mjs --lib stompjs7|legacy --url http://host:port/path --transport NAME\n',
   );
   process.exit(2);
@@ -329,6 +331,107 @@ class LegacySession {
   }
 }
 
+// --- webstomp-client 1.2.6 ----------------------------------------------------------------
+
+// Its CONNECT's accept-version is the version of the subprotocol the server chose; it
+// heart-beats only on 1.1 and 1.2. Its debug() writes to stdout: only to stderr here.
+const WEBSTOMP_VERSIONS = ['1.0', '1.1', '1.2']; // its default offer: v10.stomp first
+
+class WebstompSession {
+  constructor(cmd) {
+    if (opts.transport) throw new Error('webstomp is driven over a raw WebSocket only');
+    const webstomp = require('webstomp-client');
+    const [outgoing, incoming] = cmd.heartbeat ?? [0, 0];
+    this.receiptWaiters = new Map();
+    this.ws = openSocket(WEBSTOMP_VERSIONS);
+    this.ws.binaryType = 'arraybuffer'; // what the library expects of binary messages
+    const client = webstomp.over(this.ws, {
+      heartbeat: { outgoing, incoming },
+      debug: false,
+      protocols: protocolsFor(WEBSTOMP_VERSIONS), // its fallback if none was chosen
+    });
+    if (DEBUG) {
+      client.hasDebug = true;
+      client.debug = (...args) => debug('webstomp:', ...args);
+    }
+    this.client = client;
+    client.onreceipt = frame => {
+      const id = frame.headers['receipt-id'];
+      const waiter = this.receiptWaiters.get(id);
+      if (waiter) {
+        this.receiptWaiters.delete(id);
+        waiter();
+      } else {
+        emit({ event: 'receipt', id });
+      }
+    };
+    client.onreceive = message => this.onMessage(message);
+    client.connect(
+      plainHeaders(cmd.headers),
+      frame =>
+        emit({
+          event: 'connected',
+          headers: plainHeaders(frame.headers),
+          protocol: this.ws.protocol || null,
+          transport: null,
+          version: frame.headers.version ?? null,
+        }),
+      frameOrEvent => {
+        // Called with the ERROR frame, or with the close event (reported by openSocket).
+        if (frameOrEvent?.command !== 'ERROR') return;
+        emit({ event: 'error', headers: plainHeaders(frameOrEvent.headers), body: frameOrEvent.body });
+      },
+    );
+  }
+
+  onMessage(message) {
+    emit({
+      event: 'message',
+      subscription: message.headers.subscription ?? null,
+      destination: message.headers.destination ?? null,
+      headers: plainHeaders(message.headers),
+      body: message.body,
+    });
+  }
+
+  requireConnected() {
+    if (!this.client.connected) throw new Error('not connected');
+  }
+
+  subscribe(cmd, headers) {
+    this.requireConnected();
+    this.receiptWaiters.set(headers.receipt, () => emit({ event: 'subscribed', id: cmd.id }));
+    this.client.subscribe(cmd.destination, message => this.onMessage(message), headers);
+  }
+
+  unsubscribe(cmd, headers) {
+    this.requireConnected();
+    this.receiptWaiters.set(headers.receipt, () => emit({ event: 'unsubscribed', id: cmd.id }));
+    delete this.client.subscriptions[cmd.id];
+    this.client._transmit('UNSUBSCRIBE', headers);
+  }
+
+  send(cmd) {
+    this.requireConnected();
+    this.client.send(cmd.destination, cmd.body ?? '', plainHeaders(cmd.headers));
+  }
+
+  ack(cmd, nack) {
+    this.requireConnected();
+    const method = nack ? 'nack' : 'ack';
+    this.client[method](cmd.message, cmd.subscription, plainHeaders(cmd.headers));
+  }
+
+  disconnect() {
+    // Sends DISCONNECT (no receipt) and closes the socket at once.
+    this.client.disconnect();
+  }
+
+  drop() {
+    terminate(this.ws);
+  }
+}
+
 // --- command loop ------------------------------------------------------------------------
 
 let session = null;
@@ -342,7 +445,9 @@ function handle(cmd) {
   switch (cmd.op) {
     case 'connect':
       if (session) throw new Error("already connected (disconnect first)");
-      session = opts.lib === 'legacy' ? new LegacySession(cmd) : new StompJs7Session(cmd);
+      session = new { legacy: LegacySession, webstomp: WebstompSession, stompjs7: StompJs7Session }[
+        opts.lib
+      ](cmd);
       return;
     case 'subscribe': {
       if (typeof cmd.id !== 'string' || typeof cmd.destination !== 'string') {

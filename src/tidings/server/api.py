@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
 import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from tidings import publish_rules
-from tidings.auth import bearer_token
 from tidings.config import Config
 from tidings.errors import BrokerUnavailable, InvalidPublish
 from tidings.inbox.base import Stored
@@ -34,9 +30,12 @@ from tidings.inbox.read_state import parse_read_request
 from tidings.logs import RateLimited
 from tidings.message import Message, user_channel
 from tidings.server.openapi import LEGACY_ANSWER, MAX_PRESENCE_QUERY, MAX_SAFE_INTEGER
+from tidings.trust import Refusal, join_field_lines
 
 if TYPE_CHECKING:
-    from tidings.server.app import Server
+    from tidings.metrics import ServerStats
+    from tidings.node import Node
+    from tidings.trust import TrustPolicy
 
 log = logging.getLogger(__name__)
 # Refused publishers: one line per reason every 10 s, however many requests are refused.
@@ -206,10 +205,17 @@ def _is_api_path(path: str) -> bool:
 
 
 class PublishApi:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    """The HTTP API's routes: the node to publish on, the policy that says who may."""
+
+    def __init__(
+        self, node: Node, trust: TrustPolicy, stats: ServerStats, *, max_message_bytes: int
+    ) -> None:
+        self.node = node
+        self.trust = trust
+        self.stats = stats
+        self._max_bytes = max_message_bytes
         # Responses by status of each publish route, as publish_route gives them out.
-        self._counts = [server.stats.route_counts(template) for template in PUBLISH_TEMPLATES]
+        self._counts = [stats.route_counts(template) for template in PUBLISH_TEMPLATES]
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -271,7 +277,7 @@ class PublishApi:
             outcome = route(value, data, request.headers)
             answer = await finished(outcome)
             if isinstance(outcome, Pending) and answer.status < 300:
-                self.server.stats.publish_latency.observe(time.perf_counter() - started)
+                self.stats.publish_latency.observe(time.perf_counter() - started)
             return answer.response()
 
         return handler
@@ -293,7 +299,7 @@ class PublishApi:
         message = publish_rules.message(
             user_channel(to), "/message", data["content"], None, max_bytes=self._max_bytes
         )
-        return Pending(self.server.node.submit(message), _legacy_ok)
+        return Pending(self.node.submit(message), _legacy_ok)
 
     def publish_to_user(
         self, user: str, data: dict[str, object], headers: Mapping[str, str]
@@ -330,7 +336,7 @@ class PublishApi:
         key = publish_rules.idempotency_key(data.get("id"))
         if "idempotency-key" in headers:
             key = publish_rules.idempotency_key(headers["idempotency-key"])
-        return Pending(self.server.node.submit(message, idempotency_key=key), _accepted)
+        return Pending(self.node.submit(message, idempotency_key=key), _accepted)
 
     def publish_batch(
         self, _: str, data: dict[str, object], headers: Mapping[str, str]
@@ -367,7 +373,7 @@ class PublishApi:
                 )
         # Every publish submitted now, in item order: Node.submit queues each call without
         # awaiting, so the calls go to Redis in one write and Redis runs them in that order.
-        submit = self.server.node.submit
+        submit = self.node.submit
         started: list[asyncio.Future[str] | BrokerUnavailable] = []
         for message, key in batch:
             try:
@@ -379,10 +385,6 @@ class PublishApi:
     def _batch_item(self, item: object) -> tuple[Message, str | None]:
         """One item of a batch: its message and idempotency key, or why not."""
         return publish_rules.batch_item(item, max_bytes=self._max_bytes)
-
-    @property
-    def _max_bytes(self) -> int:
-        return self.server.config.max_message_bytes
 
     # -- the other routes (aiohttp only) ---------------------------------------------------
     async def inbox_listing(self, request: web.Request) -> web.Response:
@@ -396,12 +398,12 @@ class PublishApi:
         limit = int(limit_text) if _LIMIT.fullmatch(limit_text) else 0
         if not 1 <= limit <= MAX_INBOX_PAGE:
             raise ApiError(400, "invalid_field", f"'limit' must be an integer 1..{MAX_INBOX_PAGE}")
-        stored = await self.server.node.inbox.listing(user, after, limit=limit)
+        stored = await self.node.inbox.listing(user, after, limit=limit)
         return web.json_response({"messages": [_stored_json(s) for s in stored]})
 
     async def inbox_unread(self, request: web.Request) -> web.Response:
         self._check_caller(request)
-        unread = await self.server.node.inbox.unread(_user(request))
+        unread = await self.node.inbox.unread(_user(request))
         return web.json_response({"unread": unread})
 
     async def inbox_mark_read(self, request: web.Request) -> web.Response:
@@ -412,13 +414,13 @@ class PublishApi:
             ids, up_to = parse_read_request(data)
         except ValueError as exc:
             raise ApiError(400, "invalid_field", str(exc)) from None
-        unread = await self.server.node.mark_read(user, ids=ids, up_to=up_to)
+        unread = await self.node.mark_read(user, ids=ids, up_to=up_to)
         return web.json_response({"unread": unread})
 
     async def user_presence(self, request: web.Request) -> web.Response:
         """``{"online", "sessions", "nodes"}`` for one user, cluster-wide."""
         self._check_caller(request)
-        presence = await self.server.node.presence.get(_user(request))
+        presence = await self.node.presence.get(_user(request))
         return web.json_response(
             {"online": presence.online, "sessions": presence.sessions, "nodes": presence.nodes}
         )
@@ -436,7 +438,7 @@ class PublishApi:
             raise ApiError(
                 400, "invalid_field", f"ask for at most {MAX_PRESENCE_QUERY} users at a time"
             )
-        online = await self.server.node.presence.query(users)
+        online = await self.node.presence.query(users)
         return web.json_response({"users": online})
 
     async def _read_object(self, request: web.Request) -> dict[str, object]:
@@ -445,37 +447,38 @@ class PublishApi:
         return read_object(await request.read())
 
     def _check_caller(self, request: web.Request) -> None:
-        self.check_caller(request.headers, request.remote)
+        # Every X-Forwarded-For line, in order: a proxy may add one of its own (tidings.trust).
+        forwarded_for = join_field_lines(request.headers.getall("X-Forwarded-For", ()))
+        authorization, peer = request.headers.get("Authorization"), request.remote
+        refusal = self.trust.api_refusal(authorization, peer, forwarded_for)
+        if refusal is not None:
+            self._refuse(refusal, peer, forwarded_for)
 
     # -- shared by every route and both servers --------------------------------------------
     def check_caller(self, headers: Mapping[str, str], peer: str | None) -> None:
-        """``--api-key`` set: require it as a bearer token; else accept loopback callers only.
+        """ApiError unless the trust policy lets this caller use the API (``--api-key``, or
+        a loopback client without one).
 
-        ``headers`` looks lower-case names up (a dict of them, or aiohttp's CIMultiDict).
+        ``headers`` maps lower-case names to values, a repeated field's lines joined by
+        ", " in order (the edge's ``RequestHead.headers``).
         """
-        api_key = self.server.config.api_key
-        if api_key:
-            given = bearer_token(headers.get("authorization"))
-            if given is None or not hmac.compare_digest(given.encode(), api_key.encode()):
-                self.server.stats.auth_failure("bad_api_key")
-                reason = "API key missing" if given is None else "wrong API key"
-                caller = caller_address(peer, headers.get("x-forwarded-for"))
-                throttled.warning(reason, "publish refused: %s, from %s", reason, caller)
-                raise ApiError(
-                    401, "unauthorized", "missing or wrong 'Authorization: Bearer <api key>'"
-                )
-            return
-        caller = caller_address(peer, headers.get("x-forwarded-for"))
-        if not _is_loopback(caller):
-            self.server.stats.auth_failure("not_loopback")
-            throttled.warning(
-                "not loopback",
-                "publish refused: no --api-key is set and %s is not a loopback caller",
-                caller,
-            )
-            raise ApiError(
-                403, "forbidden", "no --api-key is configured: only loopback callers may publish"
-            )
+        forwarded_for = headers.get("x-forwarded-for")
+        refusal = self.trust.api_refusal(headers.get("authorization"), peer, forwarded_for)
+        if refusal is not None:
+            self._refuse(refusal, peer, forwarded_for)
+
+    def _refuse(self, refusal: Refusal, peer: str | None, forwarded_for: str | None) -> None:
+        """Count, log (rate-limited) and raise the refusal as the API's error answer."""
+        self.stats.auth_failure(refusal.reason)
+        client = self.trust.client_address(peer, forwarded_for)
+        throttled.warning(
+            refusal.log,
+            "publish refused: %s, from %s (peer %s)",
+            refusal.log,
+            client or "an unknown client",
+            peer,
+        )
+        raise ApiError(refusal.status, refusal.code, refusal.message)
 
 
 def read_object(raw: bytes) -> dict[str, object]:
@@ -548,25 +551,3 @@ def _body(data: dict[str, object]) -> object:
     if "body" not in data:
         raise ApiError(400, "missing_field", "'body' is required (a string or any JSON value)")
     return data["body"]
-
-
-def caller_address(peer: str | None, forwarded_for: str | None) -> str | None:
-    """The peer, or for a request relayed by a local proxy, the client the proxy names.
-
-    nginx's ``$proxy_add_x_forwarded_for`` appends the address it saw, so the rightmost
-    X-Forwarded-For entry is the one a client cannot forge. Without this, every request
-    through a proxy on the same machine would pass the loopback rule.
-    """
-    if forwarded_for and _is_loopback(peer):
-        return forwarded_for.split(",")[-1].strip()
-    return peer
-
-
-@lru_cache(maxsize=256)  # a handful of peers call it for every request
-def _is_loopback(remote: str | None) -> bool:
-    if remote is None:
-        return False
-    try:
-        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
-    except ValueError:
-        return False

@@ -106,10 +106,10 @@ class ApiEdgeRoute:
             or "//" in target
             or "/." in target
             or not _PLAIN_TARGET.fullmatch(target)
-            or self._edge.server.shutting_down
+            or self._edge.context.shutting_down
         ):
             return None
-        route = self._edge.server.api.publish_route(head.path)
+        route = self._edge.api.publish_route(head.path)
         return None if route is None else (*route, "close" in options)
 
 
@@ -146,7 +146,7 @@ class ApiConnection(asyncio.Protocol):
 
     def __init__(self, edge: Edge) -> None:
         self._edge = edge
-        self._latency = edge.server.stats.publish_latency
+        self._latency = edge.context.stats.publish_latency
         self._reader = RequestReader(
             edge.api_route, max_head_bytes=MAX_HEAD_BYTES, max_body_bytes=edge.max_body_bytes
         )
@@ -163,7 +163,7 @@ class ApiConnection(asyncio.Protocol):
         self._transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
         peer = transport.get_extra_info("peername")
         self._peer = str(peer[0]) if isinstance(peer, tuple | list) else None  # as aiohttp
-        self._edge.server.api_connections.add(self)
+        self._edge.api_connections.add(self)
         loop = self._loop = asyncio.get_running_loop()  # each call costs a getpid(2)
         self._idle_since = loop.time()
         self._timer = loop.call_at(
@@ -218,9 +218,7 @@ class ApiConnection(asyncio.Protocol):
         if close:
             self._closing = True
         try:
-            return self._edge.server.api.start(
-                publish, param, head.headers, self._peer, request.body
-            )
+            return self._edge.api.start(publish, param, head.headers, self._peer, request.body)
         except Exception:
             log.exception("publish request %s %s failed", head.method, head.path)
             self._closing = True
@@ -329,4 +327,4 @@ class ApiConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._edge.server.api_connections.discard(self)
+        self._edge.api_connections.discard(self)

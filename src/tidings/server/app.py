@@ -10,6 +10,7 @@ import gc
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -18,17 +19,14 @@ from aiohttp import web
 
 from tidings import __version__
 from tidings.app_webhook import AppWebhook
-from tidings.auth import Identity, JwtVerifier, bearer_token, verifier_for
 from tidings.brokers import MemoryBroker, broker_from_url
 from tidings.config import Config
-from tidings.destinations import Route, compile_globs
-from tidings.errors import AuthError
 from tidings.inbox.memory import MemoryInbox
 from tidings.metrics import ServerStats
 from tidings.node import Node
 from tidings.presence import MemoryPresence, Presence
 from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
-from tidings.server.edge import STOMP_SUBPROTOCOLS, start_websocket
+from tidings.server.edge import ORIGIN_NOT_ALLOWED, STOMP_SUBPROTOCOLS, Edge, start_websocket
 from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tidings.server.metrics import UPGRADED, Metrics, response_counter
 from tidings.server.openapi import openapi_document
@@ -37,10 +35,11 @@ from tidings.server.session import (
     CLOSE_GOING_AWAY,
     RESUME_HEADER,
     ConnectDeadlines,
+    SessionContext,
     StompSession,
 )
 from tidings.server.sockjs import add_sockjs_routes, greeting_response
-from tidings.stomp.connection import ConnectRequested
+from tidings.trust import TrustPolicy, join_field_lines
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
 
 if TYPE_CHECKING:
@@ -99,27 +98,20 @@ def build_node(config: Config) -> Node:
 
 
 class Server:
-    """State shared by every handler of one node."""
+    """State shared by every handler of one node.
+
+    The modules it wires never see it: sessions, SockJS and /metrics get its
+    ``SessionContext``, the publish API its node and trust policy, the edge those two.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.node = build_node(config)
-        # STOMP 1.2 §CONNECTED: server = name/version *(comment); the comment names the node.
-        self.server_header = f"Tidings/{__version__} (node {self.node.id})"
-        self.sessions: set[StompSession] = set()
+        self.trust = TrustPolicy.from_config(config)  # every "may they?" (tidings/trust.py)
         self.stats = ServerStats()  # counted by the edges, read by /metrics
-        self.exporter = Metrics(self)
-        self.connect_deadlines = ConnectDeadlines(config.connect_timeout_s)
-        self.api = PublishApi(self)
-        self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
-        self.shutting_down = False
-        self.verifier: JwtVerifier | None = None
-        if config.auth == "jwt":
-            self.verifier = verifier_for(config)
-        self._send_allow = compile_globs(config.send_allow)
-        self.app_webhook: AppWebhook | None = None
+        app_webhook: AppWebhook | None = None
         if config.app_webhook:
-            self.app_webhook = AppWebhook(
+            app_webhook = AppWebhook(
                 config.app_webhook,
                 prefix=config.app_prefix,
                 token=config.app_webhook_token,
@@ -127,45 +119,34 @@ class Server:
                 max_in_flight=config.app_webhook_concurrency,
                 max_message_bytes=config.max_message_bytes,
             )
-
-    # -- identity and permissions ----------------------------------------------------------
-    def identify(self, event: ConnectRequested, access_token: str | None) -> Identity | None:
-        """The session's user: the CONNECT login (``--auth none``, never expiring) or a
-        verified token's sub and exp; None for an anonymous ``--auth none`` session.
-
-        ``access_token`` is the ``?access_token=`` of the WebSocket or SockJS URL: used
-        only with ``--allow-query-token``, since URLs end up in proxy and browser logs.
-        """
-        if self.verifier is None:
-            return Identity(event.login, None) if event.login else None
-        token = (
-            bearer_token(event.frame.get("Authorization") or event.frame.get("authorization"))
-            or event.passcode
+        self.app_webhook = app_webhook
+        self.context = SessionContext(
+            config,
+            self.node,
+            self.trust,
+            self.stats,
+            # STOMP 1.2 §CONNECTED: server = name/version *(comment); the comment names the node.
+            f"Tidings/{__version__} (node {self.node.id})",
+            ConnectDeadlines(config.connect_timeout_s),
+            app_webhook,
         )
-        if not token and access_token:
-            if not self.config.allow_query_token:
-                raise AuthError(
-                    "tokens in the URL are not accepted (send 'Authorization: Bearer <jwt>' "
-                    "on CONNECT)",
-                    "missing_token",
-                )
-            token = access_token
-        if not token:
-            raise AuthError(
-                "no token (send 'Authorization: Bearer <jwt>' on CONNECT)", "missing_token"
-            )
-        return self.verifier.identity(token)  # AuthError says why not, and its reason
+        self.exporter = Metrics(self.context)
+        self.api = PublishApi(
+            self.node, self.trust, self.stats, max_message_bytes=config.max_message_bytes
+        )
+        self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
 
-    def authorize_subscription(self, user: str | None, target: Route) -> None:
-        """With ``--auth jwt`` a session may read only its own user's destinations."""
-        if self.verifier is not None and target.user is not None and target.user != user:
-            raise AuthError(
-                f"user {user} may not subscribe to messages of user {target.user}",
-                "forbidden_destination",
-            )
+    @property
+    def sessions(self) -> set[StompSession]:
+        return self.context.sessions
 
-    def send_allowed(self, destination: str) -> bool:
-        return self._send_allow is not None and self._send_allow.matches(destination)
+    @property
+    def shutting_down(self) -> bool:
+        return self.context.shutting_down
+
+    def edge(self, http_protocol: Callable[[], asyncio.Protocol]) -> Edge:
+        """The first reader of this node's connections (server/edge.py)."""
+        return Edge(self.context, self.api, self.api_connections, http_protocol)
 
     # -- handlers ------------------------------------------------------------------------
     async def websocket(self, request: web.Request) -> web.StreamResponse:
@@ -179,6 +160,9 @@ class Server:
             )
         if self.shutting_down:
             return error_response(503, "shutting_down", "the server is shutting down")
+        origin = join_field_lines(request.headers.getall("Origin", ()))
+        if not self.trust.origin_allowed(origin, request.headers.get("Host")):
+            return error_response(403, "origin_not_allowed", ORIGIN_NOT_ALLOWED)
         version = f"HTTP/{request.version.major}.{request.version.minor}"
         try:
             handshake = accept_handshake(
@@ -199,7 +183,7 @@ class Server:
 
         transport.write(handshake.response)
         request[UPGRADED] = True  # counted as a 101 (server/metrics.py)
-        start_websocket(self, transport, request.query.get("access_token"), on_lost=on_lost)
+        start_websocket(self.context, transport, request.query.get("access_token"), on_lost=on_lost)
         await ended
         return web.Response()  # not sent: the connection is gone; aiohttp wants a response
 
@@ -281,7 +265,7 @@ class Server:
         it to reconnect and resume (WebSocket close 1001), and publishes in flight get up
         to ``Config.shutdown_grace_s`` (5 s) to finish.
         """
-        self.shutting_down = True
+        self.context.shutting_down = True
         for session in list(self.sessions):
             session.fail("server shutting down", SHUTDOWN_ADVICE, CLOSE_GOING_AWAY)
         # aiohttp closes its own idle connections and waits for its handlers; these are ours.
@@ -322,5 +306,5 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(server.on_shutdown)
     app.on_cleanup.append(server.on_cleanup)
     # Last: its startup needs the node started, its shutdown runs after the sessions'.
-    add_sockjs_routes(app, server)
+    add_sockjs_routes(app, server.context)
     return app

@@ -35,12 +35,14 @@ from tidings.server.websocket import StompWebSocket
 from tidings.wshandshake import HandshakeError, accept_handshake, is_websocket_upgrade
 
 if TYPE_CHECKING:
-    from tidings.server.app import Server
+    from tidings.server.api import PublishApi
+    from tidings.server.session import SessionContext
 
 MAX_HEAD_BYTES = 16 * 1024  # a longer head is aiohttp's to judge (it answers 4xx)
 _GET = b"GET "
 _POST = b"POST "
-STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")  # IANA-registered names
+STOMP_SUBPROTOCOLS = ("v12.stomp", "v11.stomp", "v10.stomp")  # IANA names, favourite first
+ORIGIN_NOT_ALLOWED = "a page of this Origin may not open a WebSocket here (--allowed-origin)"
 
 
 def _head_complete(head: bytes) -> bool:
@@ -95,24 +97,32 @@ class AddressCap:
 
 
 class Edge:
-    """What the edge protocol of every connection shares."""
+    """What the edge protocol of every connection shares: the node's sessions' context
+    (config, trust, stats), the publish API, and the publish connections open."""
 
-    def __init__(self, server: Server, http_protocol: Callable[[], asyncio.Protocol]) -> None:
-        self.server = server
+    def __init__(
+        self,
+        context: SessionContext,
+        api: PublishApi,
+        api_connections: set[ApiConnection],
+        http_protocol: Callable[[], asyncio.Protocol],
+    ) -> None:
+        self.context = context
+        self.api = api
+        self.api_connections = api_connections
         self.http_protocol = http_protocol  # aiohttp's RequestHandler factory
+        config = context.config
         self.paths = frozenset(
-            path
-            for endpoint in server.config.endpoints
-            for path in (endpoint, f"{endpoint}/websocket")
+            path for endpoint in config.endpoints for path in (endpoint, f"{endpoint}/websocket")
         )
         # With --access-log every request goes to aiohttp, which logs it.
-        self.serves_publishes = not server.config.access_log
+        self.serves_publishes = not config.access_log
         self.api_route = ApiEdgeRoute(self)
-        self.max_body_bytes = client_max_size(server.config)
+        self.max_body_bytes = client_max_size(config)
         # A head still incomplete this long after its first byte is answered 408.
-        self.head_timeout_s = server.config.head_timeout_s
-        self.keepalive_timeout_s = server.config.keepalive_timeout_s
-        self.address_cap = AddressCap(server.config.max_connections_per_ip)
+        self.head_timeout_s = config.head_timeout_s
+        self.keepalive_timeout_s = config.keepalive_timeout_s
+        self.address_cap = AddressCap(config.max_connections_per_ip)
 
     def protocol(self) -> EdgeProtocol:
         return EdgeProtocol(self)
@@ -215,14 +225,17 @@ class EdgeProtocol(asyncio.Protocol):
         """Become a STOMP WebSocket if ``head`` is a handshake we accept; False if not ours."""
         request = parse_request_head(head)
         edge = self._edge
-        server = edge.server
+        context = edge.context
         if (
             request is None
             or request.path not in edge.paths
             or not is_websocket_upgrade(request.headers)
-            or server.shutting_down
+            or context.shutting_down
         ):
             return False
+        headers = request.headers
+        if not context.trust.origin_allowed(headers.get("origin"), headers.get("host")):
+            return False  # aiohttp's route answers 403 with the JSON body
         try:
             handshake = accept_handshake(
                 request.method, request.version, request.headers, STOMP_SUBPROTOCOLS
@@ -234,8 +247,8 @@ class EdgeProtocol(asyncio.Protocol):
         token = parse_qs(query).get("access_token") if query else None
         transport = self._transport
         transport.write(handshake.response)
-        server.stats.response(request.path, 101)  # aiohttp's route template: the same path
-        start_websocket(server, transport, token[0] if token else None, rest)
+        context.stats.response(request.path, 101)  # aiohttp's route template: the same path
+        start_websocket(context, transport, token[0] if token else None, rest)
         return True
 
     def _hand_over(self, data: bytes = b"") -> None:
@@ -245,17 +258,17 @@ class EdgeProtocol(asyncio.Protocol):
 
 
 def start_websocket(
-    server: Server,
+    context: SessionContext,
     transport: asyncio.Transport,
     access_token: str | None,
     rest: bytes = b"",
     on_lost: Callable[[BaseException | None], None] | None = None,
 ) -> StompWebSocket:
     """Make ``transport`` (handshake answered) a STOMP session's WebSocket."""
-    server.stats.connection_opened("websocket")
-    session = StompSession(server, access_token)
+    context.stats.connection_opened("websocket")
+    session = StompSession(context, access_token)
     protocol = StompWebSocket(
-        session, max_payload=4 * server.config.stomp_limits.max_frame_bytes, on_lost=on_lost
+        session, max_payload=4 * context.config.stomp_limits.max_frame_bytes, on_lost=on_lost
     )
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
@@ -270,15 +283,22 @@ class EdgeSite(web.BaseSite):
     __slots__ = ("_edge", "_host", "_port", "_reuse_port")
 
     def __init__(
-        self, runner: web.AppRunner, server: Server, host: str, port: int, *, reuse_port: bool
+        self,
+        runner: web.AppRunner,
+        make_edge: Callable[[Callable[[], asyncio.Protocol]], Edge],
+        host: str,
+        port: int,
+        *,
+        reuse_port: bool,
     ) -> None:
+        """``make_edge(http_protocol)``: the node's Edge around aiohttp's handler factory."""
         super().__init__(runner)
         self._host = host
         self._port = port
         self._reuse_port = reuse_port
         http = runner.server
         assert http is not None, "set the runner up first"
-        self._edge = Edge(server, http)
+        self._edge = make_edge(http)
 
     @property
     def name(self) -> str:

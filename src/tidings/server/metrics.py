@@ -40,7 +40,7 @@ from tidings.metrics import Histogram, ServerStats
 from tidings.stomp.connection import State
 
 if TYPE_CHECKING:
-    from tidings.server.app import Server
+    from tidings.server.session import SessionContext
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -61,7 +61,7 @@ class NodeCollector(Collector):
     share (so their series merge into one).
     """
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: SessionContext) -> None:
         self._server = server
 
     def collect(self) -> Iterator[Metric]:
@@ -206,7 +206,7 @@ def _histogram(name: str, help_text: str, label: str, histogram: Histogram) -> M
     return metric
 
 
-def local_collectors(server: Server) -> list[Collector]:
+def local_collectors(server: SessionContext) -> list[Collector]:
     """What this process reports: the node's families, the process's and the GC's."""
     registry = CollectorRegistry(auto_describe=False)  # GCCollector insists on registering
     return [NodeCollector(server), ProcessCollector(registry=None), GCCollector(registry=registry)]
@@ -215,7 +215,7 @@ def local_collectors(server: Server) -> list[Collector]:
 class Metrics:
     """The /metrics answer of one node: its own collectors, or every worker's files."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: SessionContext) -> None:
         self._collectors = local_collectors(server)
         self._registry = CollectorRegistry(auto_describe=False)
         self._mirror: MultiprocessMirror | None = None

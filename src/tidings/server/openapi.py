@@ -53,8 +53,9 @@ Tidings replaces)."""
 _SECURITY_DESCRIPTION = """\
 The API key configured on the server, sent as `Authorization: Bearer <key>`.
 When an API key is configured it is required from every caller (401 otherwise).
-When none is configured, publishing is allowed from loopback addresses only
-(127.0.0.0/8, ::1) and answered 403 for any other caller."""
+When none is configured, publishing is allowed from loopback clients only
+(127.0.0.0/8, ::1) and answered 403 for any other caller. The client is the TCP peer,
+or behind a trusted proxy the rightmost X-Forwarded-For address that is not one."""
 
 _BODY_DESCRIPTION = """\
 The message body. A JSON string is delivered as-is with content-type
@@ -724,7 +725,8 @@ def _stomp_headers() -> Json:
             "Extra headers for the STOMP MESSAGE frame (`null`: none). Reserved names (compared"
             " case-insensitively) may not be used: "
             + ", ".join(RESERVED_HEADERS)
-            + ". `content-type` (any case) may be given to override the body's default."
+            + ", and any name starting with `tidings-`."
+            " `content-type` (any case) may be given to override the body's default."
         ),
         "propertyNames": {"pattern": HEADER_NAME_PATTERN},
         "additionalProperties": {"type": "string", "pattern": HEADER_VALUE_PATTERN},

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import secrets
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
@@ -21,12 +22,13 @@ from tidings.app_webhook import ERRORS_DESTINATION, REPLY_DESTINATION, AppWebhoo
 from tidings.app_webhook import Failure as WebhookFailure
 from tidings.catchup import GAP_HEADER
 from tidings.destinations import route
-from tidings.errors import AuthError, BrokerUnavailable, StompProtocolError
+from tidings.errors import AuthError, BrokerUnavailable, InvalidPublish, StompProtocolError
 from tidings.hub import LocalSubscription, SendFrame, encode_tail, opcode_for, send_message
 from tidings.inbox.read_state import parse_read_request
 from tidings.logs import RateLimited
-from tidings.message import APPLICATION_JSON, TEXT_PLAIN, Message, id_key
+from tidings.message import APPLICATION_JSON, Message, id_key
 from tidings.node import INBOX_STATE_DESTINATION
+from tidings.publish_rules import stomp_send_headers
 from tidings.stomp.connection import (
     AckReceived,
     ConnectRequested,
@@ -37,12 +39,16 @@ from tidings.stomp.connection import (
     ServerConnection,
     SubscribeRequested,
     UnsubscribeRequested,
+    error_receipt,
 )
 from tidings.stomp.frames import Frame, serialize
 from tidings.wsframe import OP_TEXT
 
 if TYPE_CHECKING:
-    from tidings.server.app import Server
+    from tidings.config import Config
+    from tidings.metrics import ServerStats
+    from tidings.node import Node
+    from tidings.trust import TrustPolicy
 
 log = logging.getLogger(__name__)
 # Auth failures and slow consumers: one line per reason every 10 s (a flood stays one line).
@@ -127,10 +133,33 @@ class ConnectDeadlines:
             self._timer = loop.call_at(next(iter(self._waiting.values())), self._expire)
 
 
-class StompSession:
-    """A connected client; implements the hub's Subscriber protocol."""
+@dataclass(eq=False, slots=True)
+class SessionContext:
+    """What the STOMP sessions of one node share, and all they see of it.
 
-    def __init__(self, server: Server, access_token: str | None = None) -> None:
+    A session asks ``trust`` every "may they?" (tidings/trust.py) and reaches the rest of
+    the node through ``node``; it never sees the aiohttp ``Server`` (server/app.py builds
+    this and hands it to the edge, SockJS and /metrics too).
+    """
+
+    config: Config
+    node: Node
+    trust: TrustPolicy
+    stats: ServerStats
+    server_header: str  # STOMP 1.2 §CONNECTED: server = name/version *(comment)
+    connect_deadlines: ConnectDeadlines
+    app_webhook: AppWebhook | None = None  # client SENDs to --app-prefix go there
+    sessions: set[StompSession] = field(default_factory=set)
+    shutting_down: bool = False  # new sessions and publishes are refused
+
+
+class StompSession:
+    """A connected client; implements the hub's Subscriber protocol.
+
+    ``server`` is the node's ``SessionContext`` (the name is older than the class).
+    """
+
+    def __init__(self, server: SessionContext, access_token: str | None = None) -> None:
         self.server = server
         self.id = secrets.token_hex(8)
         self.user: str | None = None
@@ -188,17 +217,21 @@ class StompSession:
         if self.closed:
             return
         self._last_read = asyncio.get_running_loop().time()
+        receipt: str | None = None  # of the frame whose work is under way, for an ERROR
         try:
             events = self.conn.receive_data(data)
             while events:
                 for event in events:
+                    receipt = error_receipt(event)
                     await self._handle(event)
                     if self.closed:
                         return
-                # Frames behind a CONNECT wait until it is accepted: take them now.
+                receipt = None
+                # Frames behind a CONNECT wait until it is accepted, and an error found
+                # behind good frames waits until they are done: take either now.
                 events = self.conn.receive_data(b"")
         except StompProtocolError as exc:
-            self.fail(exc.message, exc.detail, CLOSE_PROTOCOL_ERROR)
+            self.fail(exc.message, exc.detail, CLOSE_PROTOCOL_ERROR, receipt=receipt)
         except AuthError as exc:
             self.server.stats.auth_failure(exc.reason)
             throttled.warning(
@@ -210,7 +243,7 @@ class StompSession:
             )
             self.fail(f"authentication failed: {exc}", "", CLOSE_POLICY_VIOLATION)
         except BrokerUnavailable as exc:
-            self.fail("broker unavailable", str(exc), CLOSE_GOING_AWAY)
+            self.fail("broker unavailable", str(exc), CLOSE_GOING_AWAY, receipt=receipt)
 
     def transport_closed(self) -> None:
         """The client went away (or the transport gave up on it): drop everything.
@@ -246,7 +279,7 @@ class StompSession:
 
     async def _connect(self, event: ConnectRequested) -> None:
         self.server.connect_deadlines.discard(self)  # the CONNECT came in time
-        identity = self.server.identify(event, self.access_token)
+        identity = self.server.trust.identify(event, self.access_token)
         self.user = identity.user if identity is not None else None
         self.version = event.version
         if identity is not None and identity.expires_at is not None:
@@ -265,7 +298,7 @@ class StompSession:
 
     async def _subscribe(self, event: SubscribeRequested) -> None:
         target = route(event.destination, self.user)
-        self.server.authorize_subscription(self.user, target)
+        self.server.trust.authorize_subscription(self.user, target)
         resume_after = event.frame.get(RESUME_HEADER)
         if resume_after is not None:
             _check_inbox_id(resume_after, RESUME_HEADER)
@@ -427,18 +460,28 @@ class StompSession:
                 _APP_TASKS.add(task)
                 task.add_done_callback(_APP_TASKS.discard)
             return
-        if not self.server.send_allowed(event.destination):
+        if not self.server.trust.may_send(event.destination):
             raise StompProtocolError(
                 f"SEND to {event.destination} is not allowed",
                 "Clients may SEND only to destinations in the server's --send-allow list.",
             )
         target = route(event.destination, self.user)
+        try:  # user-defined headers pass through to the MESSAGE (STOMP 1.2 §SEND)
+            content_type, headers = stomp_send_headers(event.content_type, event.headers)
+        except InvalidPublish as exc:
+            raise StompProtocolError(
+                exc.message,
+                "User-defined SEND headers are passed on to every subscriber, whatever its "
+                "STOMP version: names of [A-Za-z0-9_.-], none the server sets, and no CR, LF "
+                "or NUL in a value.",
+            ) from None
         message = Message(
             id="",  # the inbox assigns it when it stores the message
             channel=target.channel,
             destination=target.key,
             body=event.body,
-            content_type=event.content_type or TEXT_PLAIN,
+            content_type=content_type,
+            headers=headers,
         )
         await self.server.node.publish(message)
         self._receipt(event.receipt)
@@ -515,8 +558,7 @@ class StompSession:
     # -- token expiry (RFC 7519 §4.1.4; issue 14) ------------------------------------------
     def _end_at_expiry(self, expires_at: float) -> None:
         """One timer per session, set at CONNECT: nothing is checked per message."""
-        verifier = self.server.verifier
-        leeway = verifier.leeway_s if verifier is not None else 0.0
+        leeway = self.server.trust.token_leeway_s
         delay = max(0.0, expires_at + leeway - time.time())  # exp is wall-clock time
         self._expiry_timer = asyncio.get_running_loop().call_later(delay, self._expire)
 
@@ -568,11 +610,15 @@ class StompSession:
         self._alive_timer = loop.call_later(limit - silent, self._check_alive)
 
     # -- ending ---------------------------------------------------------------------------
-    def fail(self, message: str, detail: str, code: int) -> None:
-        """Send an ERROR frame (STOMP 1.2 §ERROR) and close the WebSocket."""
+    def fail(self, message: str, detail: str, code: int, *, receipt: str | None = None) -> None:
+        """Send an ERROR frame (STOMP 1.2 §ERROR) and close the WebSocket.
+
+        ``receipt``: of the frame whose work failed, sent as ``receipt-id``; without it, the
+        connection names the frame its parser refused, if that asked for a receipt.
+        """
         if self.closed or self.transport is None:
             return
-        self.transport.send_now(self.conn.error(message, detail=detail))
+        self.transport.send_now(self.conn.error(message, detail=detail, receipt=receipt))
         self.close(code, message)
 
     def close(self, code: int, reason: str) -> None:

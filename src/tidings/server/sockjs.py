@@ -22,7 +22,6 @@ heart-beat mapping.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import functools
 import hashlib
 import logging
@@ -33,7 +32,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -60,7 +58,7 @@ from tidings.sockjs.session import Receiver, Session
 from tidings.wsframe import OP_TEXT, encode_close, encode_frame
 
 if TYPE_CHECKING:
-    from tidings.server.app import Server
+    from tidings.server.session import SessionContext
     from tidings.server.sockjs_relay import Relay
 
 log = logging.getLogger(__name__)
@@ -459,9 +457,12 @@ class WebSocketSession:
 
 # -- the service ----------------------------------------------------------------------------
 class SockJSService:
-    """The SockJS endpoints of one node and the HTTP sessions it holds."""
+    """The SockJS endpoints of one node and the HTTP sessions it holds.
 
-    def __init__(self, server: Server) -> None:
+    ``server`` is the node's ``SessionContext`` (config, node, trust policy, stats).
+    """
+
+    def __init__(self, server: SessionContext) -> None:
         config = server.config
         self.server = server
         self.sessions: dict[str, HttpSession] = {}
@@ -477,11 +478,9 @@ class SockJSService:
             raise ValueError(
                 f"unknown SockJS transport(s) {sorted(unknown)}; expected some of {TRANSPORTS}"
             )
-        origins = tuple(origin.lower() for origin in config.sockjs_allowed_origins)
-        self.origins: tuple[str, ...] | None = None if "*" in origins else origins
         # The iframe page cannot check who frames it, so a restricted origin list turns it
         # off (and with it the iframe-* transports), as Spring's SockJS service does.
-        self.iframe_enabled = "iframe" not in self.disabled and self.origins is None
+        self.iframe_enabled = "iframe" not in self.disabled and server.trust.any_origin
         self._iframe = iframe_page(config.sockjs_client_url)
         self._etag = '"' + hashlib.sha256(self._iframe).hexdigest()[:32] + '"'
 
@@ -743,16 +742,8 @@ class SockJSService:
 
     def _origin_allowed(self, request: web.Request) -> bool:
         """Requests without an Origin (not from a browser page) and same-origin ones always
-        pass; others must match ``--sockjs-allowed-origin`` (``*`` allows every origin)."""
-        if self.origins is None:
-            return True
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return True
-        origin = origin.lower()
-        if origin != "null" and urlsplit(origin).netloc == request.host.lower():
-            return True
-        return any(fnmatch.fnmatchcase(origin, pattern) for pattern in self.origins)
+        pass; others must match ``--allowed-origin`` (tidings.trust, ``origin_allowed``)."""
+        return self.server.trust.origin_allowed(request.headers.get("Origin"), request.host)
 
     def _cookie(self, request: web.Request, headers: dict[str, str]) -> None:
         """``JSESSIONID``, echoed or ``dummy``, for load balancers that stick on it."""
@@ -801,7 +792,7 @@ def _method_not_allowed(allow: str) -> web.Response:
     return web.Response(status=405, headers={"Allow": allow})
 
 
-def add_sockjs_routes(app: web.Application, server: Server) -> SockJSService:
+def add_sockjs_routes(app: web.Application, server: SessionContext) -> SockJSService:
     """Serve SockJS under every endpoint of ``server.config`` (the bare endpoint and its
     ``/websocket`` stay ``Server.websocket``'s).
 

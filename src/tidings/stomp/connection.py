@@ -15,17 +15,29 @@ surfaced exactly once, in event order, and the edge answers it with
   BEGIN, ABORT, COMMIT (after the events it releases), and SEND/ACK/NACK held in
   a transaction (the events released on COMMIT then carry no receipt).
 
-Errors: :meth:`ServerConnection.receive_data` raises :class:`StompProtocolError`
-on any violation and the session is CLOSED; the edge sends
-:meth:`ServerConnection.error` and closes. The events of frames earlier in the
-same data are then not returned (Spring drops a whole WebSocket message that fails
-to decode; here a session-rule error does the same). No receipt was sent for those
-frames, so the client learns nothing false. In state CLOSED (after an error or a
+An ERROR caused by the work of an event names the receipt the client asked for:
+:func:`error_receipt` gives it (the frame's own ``receipt``, or for a frame released
+by COMMIT the COMMIT's).
+
+Errors: on any violation the session is CLOSED and
+:meth:`ServerConnection.receive_data` raises :class:`StompProtocolError`; the edge
+sends :meth:`ServerConnection.error` and closes. Frames before the bad one in the
+same data are acted on first, as RabbitMQ does (issue 14): ``receive_data`` returns
+their events and the next call (``receive_data(b"")``) raises. So a SUBSCRIBE with a
+receipt, then a malformed frame in one WebSocket message, gets its RECEIPT, then the
+ERROR. Nothing after the bad frame is parsed. In state CLOSED (after an error or a
 DISCONNECT) received data is ignored.
+
+User-defined headers (STOMP 1.2 §SEND: "any user-defined headers ... MUST be passed
+through"): :class:`SendRequested` carries every header of the SEND but the ones STOMP
+defines for SEND (``destination``, ``transaction``, ``receipt``, ``content-type``,
+``content-length``), the first entry of each name only, within ``max_user_headers``
+and ``max_user_header_bytes``. Which names the server refuses is the edge's rule.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from collections.abc import Mapping
@@ -48,6 +60,7 @@ __all__ = [
     "SubscribeRequested",
     "Subscription",
     "UnsubscribeRequested",
+    "error_receipt",
     "negotiate_heartbeat",
     "negotiate_version",
     "parse_heartbeat",
@@ -56,6 +69,10 @@ __all__ = [
 ACK_MODES = ("auto", "client", "client-individual")
 _HEARTBEAT = re.compile(r" *([0-9]{1,9}) *, *([0-9]{1,9}) *")
 _LINE_BREAKS = re.compile(r"[\r\n\0]+")
+SEND_HEADERS = frozenset(
+    {"destination", "transaction", "receipt", "content-type", "content-length"}
+)
+"""What STOMP defines for SEND (1.2 §SEND, §Standard Headers): used here, not passed on."""
 
 
 class State(enum.Enum):
@@ -118,6 +135,10 @@ class SendRequested:
     content_type: str | None
     receipt: str | None
     frame: Frame
+    headers: tuple[tuple[str, str], ...] = ()
+    """User-defined headers, to pass through to the MESSAGE (see the module docstring)."""
+    error_receipt: str | None = None
+    """``receipt`` of the SEND, or of the COMMIT that released it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +148,8 @@ class AckReceived:
     id: str
     subscription_id: str | None
     receipt: str | None
+    error_receipt: str | None = None
+    """``receipt`` of the ACK, or of the COMMIT that released it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +159,8 @@ class NackReceived:
     id: str
     subscription_id: str | None
     receipt: str | None
+    error_receipt: str | None = None
+    """``receipt`` of the NACK, or of the COMMIT that released it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +188,17 @@ Event = (
     | ReceiptDue
 )
 _Held = SendRequested | AckReceived | NackReceived
+
+
+def error_receipt(event: Event) -> str | None:
+    """The ``receipt-id`` for an ERROR that ``event``'s work causes (STOMP 1.2 §ERROR: "if
+    the error is related to a specific frame sent from the client, the server SHOULD add
+    additional headers ... such as receipt-id")."""
+    if isinstance(event, (SendRequested, AckReceived, NackReceived)):
+        return event.error_receipt
+    if isinstance(event, ConnectRequested):
+        return None  # CONNECT takes no receipt (§Header receipt)
+    return event.receipt
 
 
 def negotiate_version(accept_version: str | None) -> str:
@@ -241,6 +277,7 @@ class ServerConnection:
         self._held_frames = 0
         self._held_bytes = 0
         self._error_receipt: str | None = None
+        self._pending_error: StompProtocolError | None = None  # raised by the next call
 
     @property
     def subscriptions(self) -> Mapping[str, Subscription]:
@@ -257,34 +294,44 @@ class ServerConnection:
     def receive_data(self, data: bytes) -> list[Event]:
         """Parse ``data`` and apply every complete frame; return the events in order.
 
-        Raises :class:`StompProtocolError` (the session is then CLOSED). Data
+        Raises :class:`StompProtocolError` (the session is then CLOSED); if frames before
+        the bad one gave events, they are returned and the next call raises. Data
         received in state CLOSED is ignored.
         """
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
         if self.state is State.CLOSED:
             return []
+        events: list[Event] = []
         try:
             self._parser.receive_data(data)
-            return self._handle_frames()
-        except StompProtocolError:
+            self._handle_frames(events)
+        except StompProtocolError as exc:
             self.state = State.CLOSED
-            raise
+            if not events:
+                raise
+            self._pending_error = exc
+        return events
 
-    def _handle_frames(self) -> list[Event]:
+    def _handle_frames(self, events: list[Event]) -> None:
         """Apply buffered frames; stop after a CONNECT until ``accept()`` (or ``error()``).
 
         Frames behind a CONNECT wait in the parser: they are not applied before the edge
         has accepted the CONNECT (the credentials may be refused). The edge calls
         ``receive_data(b"")`` after ``accept()`` to get them.
         """
-        events: list[Event] = []
         while self.state not in (State.CLOSED, State.CONNECTING):
             self._error_receipt = None
-            frame = self._parser.next_frame()
+            try:
+                frame = self._parser.next_frame()
+            except StompProtocolError:
+                self._error_receipt = self._parser.receipt_so_far
+                raise
             if frame is None:
                 break
             self._error_receipt = frame.get("receipt")  # kept if _handle raises
             events.extend(self._handle(frame))
-        return events
 
     def _handle(self, frame: Frame) -> list[Event]:
         if self.state is State.AWAITING_CONNECT:
@@ -313,13 +360,16 @@ class ServerConnection:
         """STOMP 1.2 §Connecting, §Protocol Negotiation, §Heart-beating.
 
         ``host`` is optional here although 1.2 requires it (Spring does not check it).
+        Heart-beats are negotiated from 1.1 on; 1.0 has none (a 1.0 client that sends
+        ``heart-beat`` anyway, like webstomp-client 1.2.6, does not beat; issue 14).
         """
         version = negotiate_version(frame.get("accept-version"))
         client_heartbeat = parse_heartbeat(frame.get("heart-beat"))
         self.version = self._parser.version = version
-        self.send_heartbeat_ms, self.expect_heartbeat_ms = negotiate_heartbeat(
-            client_heartbeat, self.server_heartbeat
-        )
+        if version != "1.0":  # 1.0 has no heart-beating: a 1.0 client sends and expects none
+            self.send_heartbeat_ms, self.expect_heartbeat_ms = negotiate_heartbeat(
+                client_heartbeat, self.server_heartbeat
+            )
         self.state = State.CONNECTING
         return ConnectRequested(
             version=version,
@@ -373,9 +423,39 @@ class ServerConnection:
         transaction, receipt = frame.get("transaction"), frame.get("receipt")
         own_receipt = receipt if transaction is None else None
         event = SendRequested(
-            destination, frame.body, frame.get("content-type"), own_receipt, frame
+            destination,
+            frame.body,
+            frame.get("content-type"),
+            own_receipt,
+            frame,
+            self._user_headers(frame),
+            own_receipt,
         )
         return self._emit_or_hold(event, transaction, receipt)
+
+    def _user_headers(self, frame: Frame) -> tuple[tuple[str, str], ...]:
+        """The SEND's user-defined headers: first entries, not SEND's own, within the caps."""
+        if len(frame.headers) <= 1:  # the destination alone: the common case
+            return ()
+        seen = set(SEND_HEADERS)
+        headers = []
+        size = 0
+        for name, value in frame.headers:
+            if name in seen:
+                continue
+            seen.add(name)
+            headers.append((name, value))
+            size += len(name.encode()) + len(value.encode())
+        limits = self.limits
+        if len(headers) > limits.max_user_headers:
+            raise StompLimitExceeded(
+                f"too many user-defined headers (limit {limits.max_user_headers})"
+            )
+        if size > limits.max_user_header_bytes:
+            raise StompLimitExceeded(
+                f"user-defined headers too large (limit {limits.max_user_header_bytes} bytes)"
+            )
+        return tuple(headers)
 
     def _on_ack(self, frame: Frame) -> list[Event]:
         """STOMP 1.2 §ACK, §NACK: the id header is ``id`` in 1.2, ``message-id`` before.
@@ -391,7 +471,7 @@ class ServerConnection:
         transaction, receipt = frame.get("transaction"), frame.get("receipt")
         own_receipt = receipt if transaction is None else None
         kind = AckReceived if frame.command == "ACK" else NackReceived
-        event = kind(message_id, frame.get("subscription"), own_receipt)
+        event = kind(message_id, frame.get("subscription"), own_receipt, own_receipt)
         return self._emit_or_hold(event, transaction, receipt)
 
     def _emit_or_hold(
@@ -443,7 +523,13 @@ class ServerConnection:
         del self._transactions[transaction]
         self._held_frames -= len(held)
         self._held_bytes -= sum(len(e.body) for e in held if isinstance(e, SendRequested))
-        released: list[Event] = list(held) if frame.command == "COMMIT" else []
+        released: list[Event] = []
+        if frame.command == "COMMIT":
+            receipt = frame.get("receipt")
+            if receipt is None:
+                released.extend(held)
+            else:  # an ERROR a released frame causes answers the COMMIT (rare: a copy is fine)
+                released.extend(dataclasses.replace(event, error_receipt=receipt) for event in held)
         return released + _receipt_due(frame)
 
     def _on_disconnect(self, frame: Frame) -> list[Event]:
@@ -458,19 +544,18 @@ class ServerConnection:
     def accept(self, *, session_id: str, user_name: str | None) -> bytes:
         """CONNECTED frame bytes (STOMP 1.2 §CONNECTED Frame); moves to CONNECTED.
 
-        Headers: ``version``, ``heart-beat`` (the server's ``sx,sy``), ``server``,
-        ``session`` and ``user-name`` when given. CONNECTED headers are not escaped,
-        so a value with a line break raises :class:`ValueError`.
+        Headers: ``version``, ``heart-beat`` (the server's ``sx,sy``; not in 1.0, which
+        has no heart-beating), ``server``, ``session`` and ``user-name`` when given.
+        CONNECTED headers are not escaped, so a value with a line break raises
+        :class:`ValueError`.
         """
         if self.state is not State.CONNECTING or self.version is None:
             raise RuntimeError(f"accept() needs a pending CONNECT; state is {self.state.name}")
-        sx, sy = self.server_heartbeat
-        headers = [
-            ("version", self.version),
-            ("heart-beat", f"{sx},{sy}"),
-            ("server", self.server_name),
-            ("session", session_id),
-        ]
+        headers = [("version", self.version)]
+        if self.version != "1.0":
+            sx, sy = self.server_heartbeat
+            headers.append(("heart-beat", f"{sx},{sy}"))
+        headers += [("server", self.server_name), ("session", session_id)]
         if user_name is not None:
             headers.append(("user-name", user_name))
         data = serialize(Frame("CONNECTED", tuple(headers)), self.version)

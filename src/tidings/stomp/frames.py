@@ -123,6 +123,10 @@ class Limits:
     """Frames held back across all open transactions of a session."""
     max_transaction_bytes: int = 1024 * 1024
     """Body bytes held back across all open transactions of a session."""
+    max_user_headers: int = 16
+    """User-defined headers a SEND passes through to its MESSAGE (STOMP 1.2 §SEND)."""
+    max_user_header_bytes: int = 4096
+    """UTF-8 bytes of those headers' names and values together (stored with the message)."""
 
 
 DEFAULT_LIMITS = Limits()
@@ -257,6 +261,15 @@ class FrameParser:
     def version(self, version: str) -> None:
         _check_version(version)
         self._version = version
+
+    @property
+    def receipt_so_far(self) -> str | None:
+        """``receipt`` of the frame being read, if that header came before a failure, so that
+        an ERROR about a malformed frame can still name it (STOMP 1.2 §ERROR)."""
+        for name, value in self._headers:  # emptied at each frame's start and end
+            if name == "receipt":
+                return value
+        return None
 
     @property
     def buffered_bytes(self) -> int:
