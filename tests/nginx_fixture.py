@@ -54,7 +54,7 @@ _DROPPED = re.compile(r"(?m)^[ \t]*(?:user|pid|error_log)\b[^;]*;[^\n]*\n")
 _ACCESS_LOG = re.compile(r"(?m)^([ \t]*access_log)[ \t]+\S+([^;]*;)")
 _LISTEN = re.compile(r"(?m)^([ \t]*)listen\b[^;]*;[^\n]*\n")
 _UPSTREAM = re.compile(r"(?ms)^([ \t]*upstream\s+\S+\s*\{)(.*?)(^[ \t]*\})")
-_SERVER = re.compile(r"(?m)^([ \t]*)server\s[^;]*;[^\n]*\n")
+_SERVER = re.compile(r"(?m)^([ \t]*)server\s+[^;\s]+([^;\n]*);[^\n]*\n")
 _HTTP = re.compile(r"(?m)^http\s*\{[^\n]*\n")
 
 
@@ -68,14 +68,16 @@ def nginx_binary() -> str:
     pytest.fail("nginx missing: run ./run setup")
 
 
-def _replace_all_with_one(pattern: re.Pattern[str], text: str, make: Callable[[str], str]) -> str:
-    """Replace the first match of `pattern` with make(indent) and drop the other matches."""
+def _replace_all_with_one(
+    pattern: re.Pattern[str], text: str, make: Callable[[re.Match[str]], str]
+) -> str:
+    """Replace the first match of `pattern` with make(match) and drop the other matches."""
     seen = 0
 
     def substitute(match: re.Match[str]) -> str:
         nonlocal seen
         seen += 1
-        return make(match.group(1)) if seen == 1 else ""
+        return make(match) if seen == 1 else ""
 
     result = pattern.sub(substitute, text)
     if not seen:
@@ -89,7 +91,8 @@ def render_config(template: str, *, port: int, upstream_ports: Sequence[int], pr
     Drops `user` (workers must be able to write `prefix`), `pid` and `error_log`, and adds
     those in `prefix`; keeps each `access_log` in its shipped format but writes it to
     `prefix`/shipped-access.log, and adds the JSON `access.log` the tests parse; replaces
-    each `upstream` block's `server` lines with 127.0.0.1:<upstream_ports> and the
+    each `upstream` block's `server` lines with 127.0.0.1:<upstream_ports> (each with the
+    parameters of the first shipped line, such as `max_fails=0`) and the
     `listen` lines with 127.0.0.1:<port>; puts the temp paths in `prefix`. Raises
     ValueError if the template lacks any of those parts.
     """
@@ -100,11 +103,13 @@ def render_config(template: str, *, port: int, upstream_ports: Sequence[int], pr
         lambda match: f"{match.group(1)} {prefix / 'shipped-access.log'}{match.group(2)}", text
     )
     text = _replace_all_with_one(
-        _LISTEN, text, lambda indent: f"{indent}listen 127.0.0.1:{port};\n"
+        _LISTEN, text, lambda match: f"{match.group(1)}listen 127.0.0.1:{port};\n"
     )
 
-    def servers(indent: str) -> str:
-        return "".join(f"{indent}server 127.0.0.1:{p};\n" for p in upstream_ports)
+    def servers(first: re.Match[str]) -> str:
+        # Each test node gets the first shipped line's parameters (max_fails=0 ...).
+        indent, parameters = first.group(1), first.group(2)
+        return "".join(f"{indent}server 127.0.0.1:{p}{parameters};\n" for p in upstream_ports)
 
     def upstream(match: re.Match[str]) -> str:
         body = _replace_all_with_one(_SERVER, match.group(2), servers)

@@ -34,6 +34,7 @@ from tidings.server.openapi import openapi_document
 from tidings.server.openapi_yaml import to_yaml
 from tidings.server.session import (
     CLOSE_GOING_AWAY,
+    RESUME_HEADER,
     ConnectDeadlines,
     SessionContext,
     StompSession,
@@ -56,6 +57,12 @@ GC_YOUNG_THRESHOLD = 10_000  # tracked allocations between young collections (de
 VENDOR_DIR = STATIC_DIR / "vendor"
 VENDOR_FILES = frozenset({"stomp.umd.min.js", "sockjs.min.js"})
 JAVASCRIPT = "text/javascript; charset=utf-8"
+# The body of the ERROR that ends every session at SIGTERM: what the client should do.
+SHUTDOWN_ADVICE = (
+    "This node is stopping. Reconnect now (another node takes the connection) and "
+    f"SUBSCRIBE with {RESUME_HEADER}: <last tidings-id received> to receive what was "
+    "sent meanwhile."
+)
 
 
 def build_node(config: Config) -> Node:
@@ -265,9 +272,17 @@ class Server:
         log.debug("tidings %s from %s", __version__, PACKAGE_DIR)
 
     async def on_shutdown(self, app: web.Application) -> None:
+        """The drain at SIGTERM/SIGINT (docs/deploy.md, "Rolling restarts").
+
+        aiohttp's ``runner.cleanup`` has closed the listening socket already, so a proxy's
+        new connections are refused and go to another node; then this: /readyz and new
+        upgrades on kept-alive connections answer 503, every session gets an ERROR telling
+        it to reconnect and resume (WebSocket close 1001), and publishes in flight get up
+        to ``Config.shutdown_grace_s`` (5 s) to finish.
+        """
         self.context.shutting_down = True
         for session in list(self.sessions):
-            session.fail("server shutting down", "reconnect later", CLOSE_GOING_AWAY)
+            session.fail("server shutting down", SHUTDOWN_ADVICE, CLOSE_GOING_AWAY)
         # aiohttp closes its own idle connections and waits for its handlers; these are ours.
         busy = [task for conn in list(self.api_connections) if (task := conn.shut_down())]
         if busy:
