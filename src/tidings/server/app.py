@@ -26,6 +26,8 @@ from tidings.inbox.memory import MemoryInbox
 from tidings.metrics import ServerStats
 from tidings.node import Node
 from tidings.presence import MemoryPresence, Presence
+from tidings.server.admin import AdminApi
+from tidings.server.admin_access import client_address
 from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
 from tidings.server.edge import STOMP_SUBPROTOCOLS, start_websocket
 from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -99,6 +101,7 @@ class Server:
         self.exporter = Metrics(self)
         self.connect_deadlines = ConnectDeadlines(config.connect_timeout_s)
         self.api = PublishApi(self)
+        self.admin = AdminApi(self)
         self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
         self.shutting_down = False
         self.verifier: JwtVerifier | None = None
@@ -177,7 +180,10 @@ class Server:
 
         transport.write(handshake.response)
         request[UPGRADED] = True  # counted as a 101 (server/metrics.py)
-        start_websocket(self, transport, request.query.get("access_token"), on_lost=on_lost)
+        remote = client_address(request.remote, request.headers)
+        start_websocket(
+            self, transport, request.query.get("access_token"), on_lost=on_lost, remote=remote
+        )
         await ended
         return web.Response()  # not sent: the connection is gone; aiohttp wants a response
 
@@ -213,6 +219,10 @@ class Server:
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html")
 
+    async def admin_console(self, request: web.Request) -> web.FileResponse:
+        """The operator's console (docs/admin.md): one page, plain JS, no CDN."""
+        return web.FileResponse(STATIC_DIR / "admin.html")
+
     async def favicon(self, request: web.Request) -> web.FileResponse:
         # A 32x32 PNG in an ICO container: what a browser asks for unless a page links an icon.
         return web.FileResponse(
@@ -230,6 +240,7 @@ class Server:
     # -- lifecycle -----------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
         await self.node.start()
+        await self.admin.start()
         self.exporter.start()
         # Modules, classes and the app live as long as the process: keep them out of every
         # later full collection (56k objects here, 18 ms per gen-2 pass that stalls delivery;
@@ -255,6 +266,7 @@ class Server:
 
     async def on_cleanup(self, app: web.Application) -> None:
         self.exporter.stop()
+        await self.admin.stop()
         await self.node.stop()
 
 
@@ -279,6 +291,8 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/favicon.ico", server.favicon)
     app.router.add_get("/vendor/{name}", server.vendor)
     app.router.add_routes(server.api.routes())
+    app.router.add_routes(server.admin.routes())
+    app.router.add_get("/admin", server.admin_console)
     app.on_startup.append(server.on_startup)
     app.on_shutdown.append(server.on_shutdown)
     app.on_cleanup.append(server.on_cleanup)

@@ -148,6 +148,10 @@ class StompSession:
         self._expiry_timer: asyncio.TimerHandle | None = None  # --auth jwt: at the token's exp
         self._last_read = asyncio.get_running_loop().time()
         self.closed = False
+        # What the admin API shows (server/admin.py): set once, never on the hot path.
+        self.transport_name = "websocket"  # or sockjs-<transport>, set by the SockJS edge
+        self.remote: str | None = None  # the client's address, as admin.client_address has it
+        self.connected_at = 0.0  # wall-clock time of CONNECTED
 
     # -- Subscriber protocol ------------------------------------------------------------
     def next_message_id(self) -> str:
@@ -245,6 +249,7 @@ class StompSession:
             self._end_at_expiry(identity.expires_at)
         if self.user is not None:
             await self.server.node.presence.add(self.user, self.id)
+        self.connected_at = time.time()
         self.send_frame(self.conn.accept(session_id=self.id, user_name=self.user))
         self._start_heartbeats()
         if log.isEnabledFor(logging.DEBUG):
@@ -469,11 +474,18 @@ class StompSession:
         self._alive_timer = loop.call_later(limit - silent, self._check_alive)
 
     # -- ending ---------------------------------------------------------------------------
-    def fail(self, message: str, detail: str, code: int) -> None:
+    @property
+    def subscriptions(self) -> list[LocalSubscription]:
+        """The session's live subscriptions (for the admin API)."""
+        return list(self._subscriptions.values())
+
+    def fail(
+        self, message: str, detail: str, code: int, extra: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         """Send an ERROR frame (STOMP 1.2 §ERROR) and close the WebSocket."""
         if self.closed or self.transport is None:
             return
-        self.transport.send_now(self.conn.error(message, detail=detail))
+        self.transport.send_now(self.conn.error(message, detail=detail, extra=extra))
         self.close(code, message)
 
     def close(self, code: int, reason: str) -> None:

@@ -40,6 +40,7 @@ from aiohttp import WSMsgType, web
 
 from tidings.errors import BrokerUnavailable
 from tidings.outbound import loop_flusher
+from tidings.server.admin_access import client_address
 from tidings.server.session import StompSession
 from tidings.sockjs.framing import (
     EVENTSOURCE_PRELUDE,
@@ -682,6 +683,8 @@ class SockJSService:
         self.server.stats.connection_opened(f"sockjs-{transport}")
         session_id = request.match_info["session"]
         session = HttpSession(self, session_id, request.query.get("access_token"))
+        session.stomp.transport_name = f"sockjs-{transport}"
+        session.stomp.remote = client_address(request.remote, request.headers)
         self.sessions[session_id] = session
         return session
 
@@ -704,6 +707,8 @@ class SockJSService:
         await ws.prepare(request)
         self.server.stats.connection_opened("sockjs-websocket")
         stomp = StompSession(self.server, request.query.get("access_token"))
+        stomp.transport_name = "sockjs-websocket"
+        stomp.remote = client_address(request.remote, request.headers)
         transport = WebSocketSession(self, request, stomp)
         stomp.attach(transport)
         try:
