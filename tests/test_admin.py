@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -62,6 +63,19 @@ async def session(
     return client
 
 
+POLL_S = 0.2
+"""Between two looks at state another process changes (it sends no event to await)."""
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float) -> None:
+    """Return once ``check()`` is true; fail after ``within`` seconds."""
+    async with asyncio.timeout(within):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(POLL_S)
+
+
 async def node_ids(server: TidingsServer) -> list[str]:
     status, body = await call(server, "GET", "/api/v1/admin/nodes")
     assert status == 200, body
@@ -76,13 +90,15 @@ async def test_nodes_lists_every_node_and_a_killed_one_leaves(
     for asked in (a, b):
         assert await node_ids(asked) == ["A", "B"]
     # B's numbers, as A sees them once B's next heartbeat (every 2 s) has counted the session.
-    async with asyncio.timeout(10):
-        while True:
-            status, body = await call(a, "GET", "/api/v1/admin/nodes")
-            record = next(node for node in body["nodes"] if node["id"] == "B")
-            if record["sessions"] == 1:
-                break
-            await asyncio.sleep(0.2)
+    body: dict[str, Any] = {}
+
+    async def b_counts_the_session() -> bool:
+        nonlocal body
+        _, body = await call(a, "GET", "/api/v1/admin/nodes")
+        return bool(next(n for n in body["nodes"] if n["id"] == "B")["sessions"] == 1)
+
+    await eventually(b_counts_the_session, 10)
+    record = next(node for node in body["nodes"] if node["id"] == "B")
     assert body["answered_by"] == "A"
     assert record["users_online"] == 1
     assert record["channels"] == 2  # u:42 and t:news
@@ -97,9 +113,11 @@ async def test_nodes_lists_every_node_and_a_killed_one_leaves(
     b.proc.kill()
     await b.proc.wait()
     killed_at = time.monotonic()
-    async with asyncio.timeout(10):
-        while "B" in await node_ids(a):
-            await asyncio.sleep(0.2)
+
+    async def b_is_gone() -> bool:
+        return "B" not in await node_ids(a)
+
+    await eventually(b_is_gone, 10)
     assert time.monotonic() - killed_at <= 7.5
     assert await node_ids(a) == ["A"]
 
