@@ -149,6 +149,10 @@ class Browser:
     async def screenshot(self, path: Path) -> None:
         await self.command("screenshot", path=str(path))
 
+    async def viewport(self, width: int, height: int) -> None:
+        """Resize the page (CSS pixels), e.g. to a phone's 390 x 844."""
+        await self.command("viewport", width=width, height=height)
+
     async def close(self) -> None:
         """Close Chromium (idempotent), killing the driver if it lingers."""
         await exit_agent(self.proc, 10.0)

@@ -16,6 +16,7 @@
 //   {"op":"click","selector":S}                                 {"event":"done"}
 //   {"op":"fill","selector":S,"value":V}                        {"event":"done"}
 //   {"op":"screenshot","path":P}                                {"event":"done"}
+//   {"op":"viewport","width":W,"height":H}  resize the page     {"event":"done"}
 //   {"op":"exit"}  (also on stdin EOF)                          the process exits 0
 // A failed command answers {"event":"failed","message":..}. Unprompted events:
 // ready {version}, console {type, text}, pageerror {message}, fatal {message}.
@@ -90,6 +91,9 @@ async function handle(cmd) {
       return { event: 'done' };
     case 'screenshot':
       await page.screenshot({ path: cmd.path });
+      return { event: 'done' };
+    case 'viewport':
+      await page.setViewportSize({ width: cmd.width, height: cmd.height });
       return { event: 'done' };
     case 'exit':
       await shutdown();
