@@ -146,8 +146,8 @@ class Browser:
     async def fill(self, selector: str, value: str) -> None:
         await self.command("fill", selector=selector, value=value)
 
-    async def screenshot(self, path: Path) -> None:
-        await self.command("screenshot", path=str(path))
+    async def screenshot(self, path: Path, *, full_page: bool = False) -> None:
+        await self.command("screenshot", path=str(path), full=full_page)
 
     async def viewport(self, width: int, height: int) -> None:
         """Resize the page (CSS pixels), e.g. to a phone's 390 x 844."""

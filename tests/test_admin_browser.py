@@ -96,10 +96,11 @@ async def test_console_shows_both_nodes_and_disconnects_a_user(
 
     if _update_screenshots():
         desktop = tmp_path / "admin-console.png"
-        await browser.screenshot(desktop)
+        await browser.eval("window.scrollTo(0, 0)")
+        await browser.screenshot(desktop, full_page=True)
         await browser.viewport(*PHONE)
         phone = tmp_path / "admin-phone.png"
-        await browser.screenshot(phone)
+        await browser.screenshot(phone, full_page=True)
         await browser.viewport(1000, 760)
         for shot, target in ((desktop, SCREENSHOTS["desktop"]), (phone, SCREENSHOTS["phone"])):
             assert shot.stat().st_size > 10_000
