@@ -199,6 +199,8 @@ async def test_inbox_deletion_is_seen_from_the_other_node(
 ) -> None:
     a, b = await two_nodes(tidings_server, redis_server)
     device = await session(js_client, b, "7", "/user/queue/inbox-state")
+    first = orjson.loads((await device.expect("message", subscription="s0"))["body"])
+    assert first["unread"] == 0  # the state at SUBSCRIBE, then the changes
     ids = []
     for n in range(3):
         status, body = await call(a, "POST", "/api/v1/users/7/messages", {"body": f"n{n}"})

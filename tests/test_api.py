@@ -144,7 +144,13 @@ async def test_demo_page_and_its_client_libraries(server: TidingsServer) -> None
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{server.http_url}/") as r:
             assert r.status == 200 and r.content_type == "text/html"
-            assert "/vendor/stomp.umd.min.js" in await r.text()
+            assert 'from "/tidings.js"' in await r.text()
+        # The page's SDK, from the package; it loads the vendored bundles below.
+        async with http.get(f"{server.http_url}/tidings.js") as r:
+            assert r.status == 200 and r.content_type == "text/javascript"
+            sdk = await r.read()
+            assert sdk == (VENDOR_DIR.parent / "tidings.js").read_bytes()
+            assert b"/vendor/stomp.umd.min.js" in sdk and b"/vendor/sockjs.min.js" in sdk
         # Served from the package (static/vendor/), byte for byte.
         for name in ("stomp.umd.min.js", "sockjs.min.js"):
             async with http.get(f"{server.http_url}/vendor/{name}") as r:

@@ -505,6 +505,15 @@ class TestReadState:
         assert await s.inbox.unread("7") == 0
         assert all(m.read for m in await s.other.listing("7", "0", limit=10))
 
+    async def test_unread_state_is_the_count_and_the_newest_id(self, make: Make) -> None:
+        s = await make(max_messages=3)
+        assert await s.other.unread_state("9") == (0, None)
+        ids = await publish_n(s.inbox, "u:9", 4)  # ids[0] trimmed
+        await s.inbox.publish(msg("u:10"))
+        assert await s.other.unread_state("9") == (3, ids[3])
+        assert await s.inbox.mark_read("9", up_to=ids[2]) == 1
+        assert await s.other.unread_state("9") == (1, ids[3])
+
     async def test_unknown_ids_and_future_floor(self, make: Make) -> None:
         s = await make()
         ids = await publish_n(s.inbox, "u:7", 2)

@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from tidings.message import id_key
+from tidings.stomp.frames import Frame
 
 from .conftest import JsClientFactory, StartServer, TidingsServer
 from .stompws import Closed, StompWs
@@ -252,6 +253,9 @@ async def test_read_state_is_shared_by_every_device(
     for device in (phone, laptop):
         await device.connect(login="42")
         await device.subscribe("state", "/user/queue/inbox-state")
+        initial = await device.expect("message", subscription="state")
+        state = orjson.loads(initial["body"])
+        assert state == {"unread": 0, "read": [], "up_to": None, "last": state["last"]}
     ids = [await publish(http, nodes[0], "42", f"n{n}") for n in range(6)]
     api = nodes[-1].http_url + "/api/v1/users/42/inbox"
     async with http.get(api + "/unread") as reply:
@@ -277,6 +281,41 @@ async def test_read_state_is_shared_by_every_device(
     assert [m["body"] for m in listing] == [f"n{n}" for n in range(6)]
     async with http.get(api, params={"after": ids[4]}) as reply:
         assert [m["id"] for m in (await reply.json())["messages"]] == [ids[5]]
+
+
+@pytest.mark.parametrize("kind", BROKERS)
+async def test_an_inbox_state_subscriber_gets_the_current_state_at_once(
+    kind: str, tidings_server: StartServer, redis_server: Any, http: aiohttp.ClientSession
+) -> None:
+    (node, *_) = await start_nodes(kind, 1, tidings_server, redis_server)
+    ids = [await publish(http, node, "42", f"n{n}") for n in range(3)]
+    async with http.post(f"{node.http_url}/api/v1/users/42/inbox/read", json={"ids": ids[:1]}):
+        pass
+    bell = await StompWs.open(node.ws_url())
+    try:
+        await bell.connect(login="42")
+        await bell.subscribe("state", "/user/queue/inbox-state")
+        state = await bell.expect("MESSAGE")
+        assert state.get("destination") == "/user/queue/inbox-state"
+        assert (state.get("content-type") or "").startswith("application/json")
+        assert orjson.loads(state.body) == {"unread": 2, "read": [], "up_to": None, "last": ids[2]}
+        # An empty read request marks nothing and ends nothing: a receipt, then the same count.
+        await bell.send_frame(
+            "SEND", {"destination": "/app/inbox/read", "receipt": "r"}, b'{"ids": []}'
+        )
+        frames = [await bell.next(), await bell.next()]  # the event may come before the receipt
+        assert sorted(f.command for f in frames if isinstance(f, Frame)) == ["MESSAGE", "RECEIPT"]
+        [event] = [f for f in frames if isinstance(f, Frame) and f.command == "MESSAGE"]
+        assert orjson.loads(event.body)["unread"] == 2
+        # The user's literal form gets it too; another user's count is theirs.
+        await bell.subscribe("literal", "/user/42/queue/inbox-state")
+        assert orjson.loads((await bell.expect("MESSAGE")).body)["unread"] == 2
+        await bell.subscribe("other", "/user/7/queue/inbox-state")
+        other = await bell.expect("MESSAGE")
+        assert other.get("subscription") == "other"
+        assert orjson.loads(other.body) == {"unread": 0, "read": [], "up_to": None, "last": None}
+    finally:
+        await bell.close()
 
 
 @pytest.mark.parametrize("kind", BROKERS)

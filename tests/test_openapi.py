@@ -30,6 +30,7 @@ OPERATIONS = {
     ("/", "get"): {"200"},
     ("/favicon.ico", "get"): {"200"},
     ("/vendor/{name}", "get"): {"200", "404"},
+    ("/tidings.js", "get"): {"200"},
     ("/api/v1/openapi.yaml", "get"): {"200"},
     ("/api/v1/docs", "get"): {"200"},
     ("/api/v1/admin/nodes", "get"): {"200", "401", "403", "503"},

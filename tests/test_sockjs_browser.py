@@ -192,6 +192,7 @@ async def test_demo_page(
     browser: Browser, node: Node, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """As the README says: the page connects on load as user 42 and shows what arrives."""
+    await browser.goto("about:blank")  # a page left by an earlier test may still reconnect
     browser.console.clear()
     await browser.goto(node.url("/"))
     await browser.wait("document.getElementById('status').textContent === 'connected as 42'")

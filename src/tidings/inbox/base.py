@@ -134,6 +134,10 @@ class Inbox(Protocol):
     async def unread(self, user: str) -> int:
         """Retained messages of ``user`` not read."""
 
+    async def unread_state(self, user: str) -> tuple[int, str | None]:
+        """``unread`` and the newest retained id of ``user``'s inbox, read in one step: a
+        client counting new messages from that id on never counts one twice."""
+
     async def mark_read(
         self, user: str, *, ids: Sequence[str] = (), up_to: str | None = None
     ) -> int:

@@ -294,6 +294,12 @@ class MemoryInbox:
         stream = self._stream(f"u:{user}", user)
         return self._unread(stream, self._read.get(user) or _ReadState())
 
+    async def unread_state(self, user: str) -> tuple[int, str | None]:
+        stream = self._stream(f"u:{user}", user)
+        count = self._unread(stream, self._read.get(user) or _ReadState())
+        last = stream.keys[-1] if stream is not None and stream.keys else None
+        return count, None if last is None else f"{last[0]}-{last[1]}"
+
     async def mark_read(
         self, user: str, *, ids: Sequence[str] = (), up_to: str | None = None
     ) -> int:

@@ -278,10 +278,13 @@ end
 return out
 """
 
-# KEYS: stream, acked, read, readfloor. ARGV: max_age_ms. Returns the unread count.
+# KEYS: stream, acked, read, readfloor. ARGV: max_age_ms.
+# Returns {the unread count, the newest retained id or ''}.
 _UNREAD = """
 trim(KEYS[1], false, tonumber(ARGV[1]), user_sets(), false)
-return unread(KEYS[1], KEYS[3], redis.call('GET', KEYS[4]) or '0-0')
+local count = unread(KEYS[1], KEYS[3], redis.call('GET', KEYS[4]) or '0-0')
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+return {count, last and last[1] or ''}
 """
 
 # KEYS: stream, acked, read, readfloor. ARGV: max_age_ms, ttl_ms, up_to or '', ids...
@@ -607,7 +610,11 @@ class RedisInbox(InboxWriter):
         ]
 
     async def unread(self, user: str) -> int:
-        return int(await self._run(self._unread, self._user_keys(user), [self._max_age_ms]))
+        return (await self.unread_state(user))[0]
+
+    async def unread_state(self, user: str) -> tuple[int, str | None]:
+        count, last = await self._run(self._unread, self._user_keys(user), [self._max_age_ms])
+        return int(count), last.decode("ascii") if last else None
 
     async def mark_read(
         self, user: str, *, ids: Sequence[str] = (), up_to: str | None = None

@@ -229,6 +229,10 @@ class Server:
             STATIC_DIR / "favicon.ico", headers={"Content-Type": "image/x-icon"}
         )
 
+    async def sdk(self, request: web.Request) -> web.FileResponse:
+        """tidings.js, the browser SDK (an ES module; docs/notification-center.md)."""
+        return web.FileResponse(STATIC_DIR / "tidings.js", headers={"Content-Type": JAVASCRIPT})
+
     async def vendor(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if name not in VENDOR_FILES:
@@ -290,6 +294,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/", server.index)
     app.router.add_get("/favicon.ico", server.favicon)
     app.router.add_get("/vendor/{name}", server.vendor)
+    app.router.add_get("/tidings.js", server.sdk)
     app.router.add_routes(server.api.routes())
     app.router.add_routes(server.admin.routes())
     app.router.add_get("/admin", server.admin_console)

@@ -178,6 +178,7 @@ def _paths() -> Json:
         "/": {"get": _demo_page()},
         "/favicon.ico": {"get": _favicon()},
         "/vendor/{name}": {"get": _vendor_file()},
+        "/tidings.js": {"get": _sdk()},
         **admin_paths(),
     }
 
@@ -468,6 +469,15 @@ def _demo_page() -> Json:
 
 def _favicon() -> Json:
     return _static_file("favicon", "The icon browsers ask for", "A 32x32 icon.", "image/x-icon")
+
+
+def _sdk() -> Json:
+    return _static_file(
+        "browserSdk",
+        "tidings.js, the browser SDK: an ES module exporting connect(options)",
+        "The module (resume after reconnects, acks, unread count, markRead).",
+        "text/javascript",
+    )
 
 
 def _vendor_file() -> Json:

@@ -23,7 +23,8 @@ from tidings.errors import AuthError, BrokerUnavailable, StompProtocolError
 from tidings.hub import LocalSubscription, SendFrame, encode_tail, opcode_for, send_message
 from tidings.inbox.read_state import parse_read_request
 from tidings.logs import RateLimited
-from tidings.message import TEXT_PLAIN, Message, id_key
+from tidings.message import APPLICATION_JSON, TEXT_PLAIN, Message, id_key
+from tidings.node import INBOX_STATE_DESTINATION
 from tidings.stomp.connection import (
     AckReceived,
     ConnectRequested,
@@ -287,6 +288,27 @@ class StompSession:
             await self._replay_history(sub, resume_after, event.receipt)
         else:
             await self._replay_unacked(sub, event.receipt)
+        if target.user is not None and target.key == INBOX_STATE_DESTINATION:
+            await self._send_inbox_state(sub, target.user)
+
+    async def _send_inbox_state(self, sub: LocalSubscription, user: str) -> None:
+        """A new ``/user/queue/inbox-state`` subscriber gets the current state at once, then
+        the changes (issue 16): a bell shows the right count without asking the back end.
+
+        ``last`` is the newest stored id when the count was taken: a client adds one for
+        each message it receives with a greater id (tidings.js does).
+        """
+        unread, last = await self.server.node.inbox.unread_state(user)
+        if self.closed or self._subscriptions.get(sub.id) is not sub:
+            return
+        state = Message(
+            id=self.server.node.new_message_id(),
+            channel=sub.route.channel,
+            destination=INBOX_STATE_DESTINATION,
+            body=orjson.dumps({"unread": unread, "read": [], "up_to": None, "last": last}),
+            content_type=APPLICATION_JSON,
+        )
+        send_message(sub, state, encode_tail(state, self.version), opcode_for(state))
 
     async def _replay_history(
         self, sub: LocalSubscription, after: str, receipt: str | None
