@@ -34,6 +34,7 @@ from tidings.registry import HEARTBEAT_S, MemoryRegistry, Registry
 from tidings.server.admin_access import admin_caller
 from tidings.server.api import ApiError, read_object
 from tidings.server.control import Control
+from tidings.server.openapi_admin import MAX_LIST, MAX_REASON
 from tidings.server.session import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION
 
 if TYPE_CHECKING:
@@ -43,10 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 audit_log = logging.getLogger("tidings.audit")
 
-MAX_LIST = 1000
-"""The most channels or users one listing returns."""
-MAX_REASON = 200
-"""The longest disconnect reason (it becomes an ERROR frame's ``message`` header)."""
 DEFAULT_REASON = "disconnected by an operator"
 _LIMIT = re.compile(r"[0-9]{1,4}")
 _USER_RULE = (

@@ -11,7 +11,9 @@ from tidings.publish_rules import INBOX_ID_PATTERN, MAX_NAME, USER_PATTERN
 Json = dict[str, Any]
 
 MAX_LIST = 1000
+"""The most channels or users one listing returns (server/admin.py checks it)."""
 MAX_REASON = 200
+"""The longest disconnect reason (it becomes an ERROR frame's ``message`` header)."""
 
 _ADMIN_DESCRIPTION = (
     " Cluster-wide: any node answers for every live node (the node registry and a request"
