@@ -146,8 +146,12 @@ class Browser:
     async def fill(self, selector: str, value: str) -> None:
         await self.command("fill", selector=selector, value=value)
 
-    async def screenshot(self, path: Path) -> None:
-        await self.command("screenshot", path=str(path))
+    async def screenshot(self, path: Path, *, full_page: bool = False) -> None:
+        await self.command("screenshot", path=str(path), full=full_page)
+
+    async def viewport(self, width: int, height: int) -> None:
+        """Resize the page (CSS pixels), e.g. to a phone's 390 x 844."""
+        await self.command("viewport", width=width, height=height)
 
     async def close(self) -> None:
         """Close Chromium (idempotent), killing the driver if it lingers."""

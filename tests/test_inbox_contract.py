@@ -584,6 +584,31 @@ class TestReadState:
             (last, False),
         ]
 
+    async def test_delete_up_to_then_all(self, make: Make) -> None:
+        s = await make()
+        ids = await publish_n(s.inbox, "u:6", 5)
+        await s.inbox.publish(msg("u:9"))
+        assert await s.inbox.mark_read("6", ids=[ids[1], ids[3]]) == 3
+        await s.inbox.ack("6", [ids[0], ids[4]])
+        assert await s.other.delete("6", up_to=ids[2]) == (3, 1)  # ids[4] unread
+        assert await stored_state(s, "6") == (2, 1, 1)  # the marks of ids 0-2 went with them
+        listing = await s.inbox.listing("6", "0", limit=10)
+        assert [(m.message.id, m.read) for m in listing] == [(ids[3], True), (ids[4], False)]
+        assert (await s.inbox.history("u:6", ids[1], limit=10)).gap  # deleted = missed
+        assert not (await s.inbox.history("u:6", ids[2], limit=10)).gap
+        assert await s.inbox.delete("6", up_to=ids[2]) == (0, 1)  # nothing left there
+        assert await s.other.delete("6") == (2, 0)
+        assert await stored_state(s, "6") == (0, 0, 0)
+        assert await s.other.unread("6") == 0
+        later = await s.inbox.publish(msg("u:6", "later"))
+        assert compare_ids(later, ids[4]) == 1  # ids keep increasing
+        assert await s.inbox.unread("6") == 1
+        assert (await s.inbox.history("u:6", ids[3], limit=10)).gap
+        assert await s.inbox.unread("9") == 1  # another user's inbox untouched
+        assert await s.inbox.delete("nobody") == (0, 0)
+        with pytest.raises(ValueError):
+            await s.inbox.delete("6", up_to="junk")
+
     async def test_read_ids_of_an_expired_inbox_do_not_count(self, make: Make) -> None:
         s = await make(max_age_s=0.3)
         old = await publish_n(s.inbox, "u:6", 2)

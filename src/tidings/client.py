@@ -552,7 +552,9 @@ def _error(frame: Frame) -> Exception:
     message = frame.get("message", "")
     detail = frame.body.decode("utf-8", errors="replace").strip()
     text = f"the server ended the session: {message}" + (f" ({detail})" if detail else "")
-    return ConnectionError(text) if message in TRANSIENT_ERRORS else ClientError(text)
+    advice = frame.get("tidings-reconnect")  # an operator's disconnect says (docs/admin.md)
+    transient = advice == "true" if advice is not None else message in TRANSIENT_ERRORS
+    return ConnectionError(text) if transient else ClientError(text)
 
 
 def _ignore_send_failure(task: asyncio.Task[None]) -> None:

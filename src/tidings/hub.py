@@ -150,6 +150,19 @@ class Hub:
         return list(self._by_channel)
 
     @property
+    def channel_count(self) -> int:
+        return len(self._by_channel)
+
+    def subscriber_counts(self, prefix: str = "") -> list[tuple[str, int]]:
+        """``(channel, local subscriptions)`` of every channel starting with ``prefix``:
+        a walk over all channels, for the admin API only (never per message)."""
+        return [
+            (channel, sum(len(subs) for subs in keys.values()))
+            for channel, keys in self._by_channel.items()
+            if channel.startswith(prefix)
+        ]
+
+    @property
     def subscription_count(self) -> int:
         return self._count
 

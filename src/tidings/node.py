@@ -86,6 +86,7 @@ class Node:
         # finished task would keep a Task, its coroutine and a Context per channel).
         self._channel_ready: dict[str, asyncio.Task[None] | Literal[True]] = {}
         self._pending_unsubscribe: dict[str, asyncio.TimerHandle] = {}
+        self._node_handlers: dict[str, Callable[[bytes], None]] = {}  # n:<id>... channels
         self._started = False
         self._flusher: Flusher | None = None  # the loop's, once started
         self.catchup = CatchUp(
@@ -234,18 +235,42 @@ class Node:
             raise BrokerUnavailable("node is not running")
         await self.broker.publish(message.channel, message.encode())
 
-    # -- messages addressed to this node (SockJS relay, server/sockjs_relay.py) -----------
-    _node_handler: Callable[[bytes], None] | None = None
+    # -- messages addressed to this node (SockJS relay, server/sockjs_relay.py; the admin
+    # API's control requests, server/control.py) -------------------------------------------
+    def on_node_message(self, handler: Callable[[bytes], None] | None, suffix: str = "") -> str:
+        """Hand what other nodes send to this one on ``n:<node id><suffix>`` to ``handler``
+        (None: stop); returns that channel, which the caller must subscribe the broker to."""
+        channel = f"n:{self.id}{suffix}"
+        if handler is None:
+            self._node_handlers.pop(channel, None)
+        else:
+            self._node_handlers[channel] = handler
+        return channel
 
-    def on_node_message(self, handler: Callable[[bytes], None] | None) -> str:
-        """Hand what other nodes send to this one to ``handler``; returns the channel
-        (``n:<node id>``) the caller must subscribe the broker to."""
-        self._node_handler = handler
-        return f"n:{self.id}"
+    async def delete_inbox(self, user: str, *, up_to: str | None) -> tuple[int, int]:
+        """Delete ``user``'s stored messages (all, or those <= ``up_to``) and tell every
+        session of the user, as ``mark_read`` does; returns (deleted, unread after)."""
+        deleted, unread = await self.inbox.delete(user, up_to=up_to)
+        event: dict[str, object] = {"unread": unread, "read": [], "up_to": None}
+        event["deleted"] = deleted
+        if up_to is not None:
+            event["deleted_up_to"] = up_to
+        await self.publish_event(
+            Message(
+                id=self.new_message_id(),
+                channel=user_channel(user),
+                destination=INBOX_STATE_DESTINATION,
+                body=orjson.dumps(event),
+                content_type=APPLICATION_JSON,
+            )
+        )
+        return deleted, unread
 
     def _on_broker_message(self, channel: str, payload: bytes) -> None:
-        if channel.startswith("n:") and self._node_handler is not None:
-            self._node_handler(payload)
+        if channel.startswith("n:"):  # node channels: never a delivery
+            handler = self._node_handlers.get(channel)
+            if handler is not None:
+                handler(payload)
             return
         if channel == self.legacy_channel and self.bridge is not None:
             self.counters.received["legacy"] += 1

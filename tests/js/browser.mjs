@@ -15,7 +15,8 @@
 //                                     until E is truthy
 //   {"op":"click","selector":S}                                 {"event":"done"}
 //   {"op":"fill","selector":S,"value":V}                        {"event":"done"}
-//   {"op":"screenshot","path":P}                                {"event":"done"}
+//   {"op":"screenshot","path":P[,"full":true]}  (full: the whole page)  {"event":"done"}
+//   {"op":"viewport","width":W,"height":H}  resize the page     {"event":"done"}
 //   {"op":"exit"}  (also on stdin EOF)                          the process exits 0
 // A failed command answers {"event":"failed","message":..}. Unprompted events:
 // ready {version}, console {type, text}, pageerror {message}, fatal {message}.
@@ -89,7 +90,10 @@ async function handle(cmd) {
       await page.fill(cmd.selector, cmd.value);
       return { event: 'done' };
     case 'screenshot':
-      await page.screenshot({ path: cmd.path });
+      await page.screenshot({ path: cmd.path, fullPage: Boolean(cmd.full) });
+      return { event: 'done' };
+    case 'viewport':
+      await page.setViewportSize({ width: cmd.width, height: cmd.height });
       return { event: 'done' };
     case 'exit':
       await shutdown();

@@ -146,3 +146,11 @@ class Inbox(Protocol):
         self, user: str, *, ids: Sequence[str] = (), up_to: str | None = None
     ) -> int:
         """Mark ids read, and everything <= ``up_to``; returns the unread count after."""
+
+    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, int]:
+        """Delete ``user``'s retained messages: all, or those with id <= ``up_to``.
+
+        Only the oldest go (the inbox is trimmed from its front, as by retention), so ids
+        stay ordered, a resume from a deleted id reports ``gap`` and new ids are greater.
+        Their acknowledged and read marks go with them. Returns (deleted, unread after).
+        """

@@ -329,6 +329,18 @@ class MemoryInbox:
             self._read.put(user, state)
         return self._unread(stream, state)
 
+    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, int]:
+        up_to_key = parse_id(up_to) if up_to is not None else None
+        stream = self._stream(f"u:{user}", user)
+        if stream is None:
+            return 0, 0
+        count = (
+            len(stream.keys) if up_to_key is None else bisect.bisect_right(stream.keys, up_to_key)
+        )
+        gone = stream.trim_front(count)
+        self._trim_age(stream, user, _wall_ms(), forget=bool(gone))
+        return len(gone), self._unread(stream, self._read.get(user) or _ReadState())
+
     # -- internals -------------------------------------------------------------------
 
     def _check_open(self) -> None:

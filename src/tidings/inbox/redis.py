@@ -44,7 +44,15 @@ from redis.exceptions import RedisError
 from tidings.brokers.redis import RedisBroker
 from tidings.errors import BrokerUnavailable, TidingsError
 from tidings.inbox.base import History, InboxLimits, Stored
-from tidings.inbox.memory import TTL_MARGIN_S, canonical_id, check_limits, known_ids, user_of
+from tidings.inbox.memory import (
+    MAX_ID_PART,
+    TTL_MARGIN_S,
+    canonical_id,
+    check_limits,
+    known_ids,
+    parse_id,
+    user_of,
+)
 from tidings.inbox.resp import ScriptConnection
 from tidings.legacy import SPRING_DESTINATION, outbound_json
 from tidings.message import Message
@@ -366,6 +374,27 @@ end
 return out
 """
 
+# KEYS: stream, acked, read, readfloor. ARGV: max_age_ms, first id kept ('' : none kept)
+# Returns {deleted, unread after}. Trimmed from the front as retention trims (XTRIM), so
+# the oldest kept entry's `p` names the greatest deleted id (gap) and the stream keeps
+# its last id even when emptied (new ids are greater).
+_DELETE = """
+trim(KEYS[1], false, tonumber(ARGV[1]), user_sets(), false)
+local n
+if ARGV[2] == '' then
+  n = redis.call('XTRIM', KEYS[1], 'MAXLEN', '0')
+else
+  n = redis.call('XTRIM', KEYS[1], 'MINID', ARGV[2])
+end
+if n > 0 then
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  for _, zset in ipairs(user_sets()) do
+    if first then drop_until(zset, first[1], false) else redis.call('DEL', zset) end
+  end
+end
+return {n, unread(KEYS[1], KEYS[3], redis.call('GET', KEYS[4]) or '0-0')}
+"""
+
 # KEYS: streams. Returns each one's newest id, '' where it has no entry. A new channel
 # subscription's starting point for the node's catch-up (tidings.catchup).
 _LAST_IDS = """
@@ -559,6 +588,7 @@ class RedisInbox(InboxWriter):
         self._ack = register(_PRELUDE + _ACK)
         self._unacked = register(_PRELUDE + _UNACKED)
         self._last_ids = register(_LAST_IDS)
+        self._delete = register(_PRELUDE + _DELETE)
 
     async def history(self, channel: str, after: str, *, limit: int) -> History:
         after = canonical_id(after)
@@ -660,6 +690,15 @@ class RedisInbox(InboxWriter):
         floor = canonical_id(up_to) if up_to is not None else ""
         args = [self._max_age_ms, self._ttl_ms, floor, *_canonical(ids)]
         return int(await self._run(self._mark_read, self._user_keys(user), args))
+
+    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, int]:
+        kept = ""
+        if up_to is not None:
+            ms, seq = parse_id(up_to)
+            # XTRIM MINID keeps ids >= its argument: the id right after up_to.
+            kept = f"{ms}-{seq + 1}" if seq < MAX_ID_PART else f"{ms + 1}-0"
+        reply = await self._run(self._delete, self._user_keys(user), [self._max_age_ms, kept])
+        return int(reply[0]), int(reply[1])
 
     # -- internals -------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from tidings.metrics import ServerStats
 from tidings.node import Node
 from tidings.presence import MemoryPresence, Presence
 from tidings.send_budget import SendBudget
+from tidings.server.admin import AdminApi
+from tidings.server.admin_access import client_address, forwarded_for_of
 from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
 from tidings.server.edge import ORIGIN_NOT_ALLOWED, STOMP_SUBPROTOCOLS, Edge, start_websocket
 from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -145,6 +147,7 @@ class Server:
             self.node, self.trust, self.stats, max_message_bytes=config.max_message_bytes
         )
         self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
+        self.admin = AdminApi(self)
 
     @property
     def sessions(self) -> set[StompSession]:
@@ -198,7 +201,8 @@ class Server:
         handler = request.protocol
         rest, handler._message_tail = handler._message_tail, b""
         token = request.query.get("access_token")
-        start_websocket(self.context, transport, token, rest, on_lost=on_lost)
+        remote = client_address(self.trust, request.remote, forwarded_for_of(request.headers))
+        start_websocket(self.context, transport, token, rest, on_lost=on_lost, remote=remote)
         await ended
         return web.Response()  # not sent: the connection is gone; aiohttp wants a response
 
@@ -234,6 +238,10 @@ class Server:
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC_DIR / "index.html")
 
+    async def admin_console(self, request: web.Request) -> web.FileResponse:
+        """The operator's console (docs/admin.md): one page, plain JS, no CDN."""
+        return web.FileResponse(STATIC_DIR / "admin.html")
+
     async def favicon(self, request: web.Request) -> web.FileResponse:
         # A 32x32 PNG in an ICO container: what a browser asks for unless a page links an icon.
         return web.FileResponse(
@@ -257,6 +265,7 @@ class Server:
         await self.node.start()
         if self.app_webhook is not None:
             await self.app_webhook.start()
+        await self.admin.start()
         self.exporter.start()
         # Modules, classes and the app live as long as the process: keep them out of every
         # later full collection (56k objects here, 18 ms per gen-2 pass that stalls delivery;
@@ -292,6 +301,7 @@ class Server:
         self.exporter.stop()
         if self.app_webhook is not None:
             await self.app_webhook.close()
+        await self.admin.stop()
         await self.node.stop()
 
 
@@ -317,6 +327,8 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/vendor/{name}", server.vendor)
     app.router.add_get("/tidings.js", server.sdk)
     app.router.add_routes(server.api.routes())
+    app.router.add_routes(server.admin.routes())
+    app.router.add_get("/admin", server.admin_console)
     app.on_startup.append(server.on_startup)
     app.on_shutdown.append(server.on_shutdown)
     app.on_cleanup.append(server.on_cleanup)

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from tidings.http1 import parse_request_head
+from tidings.server.admin_access import client_address, peer_host
 from tidings.server.api import client_max_size
 from tidings.server.api_edge import ApiConnection, ApiEdgeRoute, refuse
 from tidings.server.head_guard import HeadGuard
@@ -251,7 +252,9 @@ class EdgeProtocol(asyncio.Protocol):
         transport = self._transport
         transport.write(handshake.response)
         context.stats.response(request.path, 101)  # aiohttp's route template: the same path
-        start_websocket(context, transport, token[0] if token else None, rest)
+        peer = peer_host(transport.get_extra_info("peername"))
+        remote = client_address(context.trust, peer, request.headers.get("x-forwarded-for"))
+        start_websocket(context, transport, token[0] if token else None, rest, remote=remote)
         return True
 
     def _hand_over(self, data: bytes = b"") -> None:
@@ -266,10 +269,14 @@ def start_websocket(
     access_token: str | None,
     rest: bytes = b"",
     on_lost: Callable[[BaseException | None], None] | None = None,
+    *,
+    remote: str | None = None,
 ) -> StompWebSocket:
-    """Make ``transport`` (handshake answered) a STOMP session's WebSocket."""
+    """Make ``transport`` (handshake answered) a STOMP session's WebSocket; ``remote`` is
+    the client's address (``admin_access.client_address``)."""
     context.stats.connection_opened("websocket")
     session = StompSession(context, access_token)
+    session.remote = remote
     protocol = StompWebSocket(
         session, max_payload=4 * context.config.stomp_limits.max_frame_bytes, on_lost=on_lost
     )

@@ -21,6 +21,7 @@ from tidings.publish_rules import (
     USER_PATTERN,
 )
 from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from tidings.server.openapi_admin import admin_inbox_delete, admin_paths, admin_schemas
 
 __all__ = ["OPENAPI_VERSION", "RESERVED_HEADERS", "openapi_document"]
 
@@ -149,6 +150,7 @@ def openapi_document(*, version: str) -> dict[str, object]:
             {"name": "inbox", "description": "Each user's durable inbox and read state."},
             {"name": "operations", "description": "Probes and this document."},
             {"name": "demo", "description": "The demo page and the files it loads."},
+            {"name": "admin", "description": "Operate a cluster: nodes, sessions, disconnects."},
         ],
         "paths": _paths(),
         "components": {
@@ -170,7 +172,7 @@ def _paths() -> Json:
         "/api/v1/users/{user}/messages": {"post": _user_publish()},
         "/api/v1/topics/{topic}/messages": {"post": _topic_publish()},
         "/api/v1/messages": {"post": _batch_publish()},
-        "/api/v1/users/{user}/inbox": {"get": _inbox_listing()},
+        "/api/v1/users/{user}/inbox": {"get": _inbox_listing(), "delete": admin_inbox_delete()},
         "/api/v1/users/{user}/inbox/unread": {"get": _inbox_unread()},
         "/api/v1/users/{user}/inbox/read": {"post": _inbox_read()},
         "/api/v1/users/{user}/presence": {"get": _user_presence()},
@@ -185,6 +187,7 @@ def _paths() -> Json:
         "/favicon.ico": {"get": _favicon()},
         "/vendor/{name}": {"get": _vendor_file()},
         "/tidings.js": {"get": _sdk()},
+        **admin_paths(),
     }
 
 
@@ -693,6 +696,7 @@ def _schemas() -> Json:
             {"status": {"const": "not_ready"}, "reason": {"type": "string"}},
             required=["status", "reason"],
         ),
+        **admin_schemas(),
     }
 
 

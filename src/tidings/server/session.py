@@ -195,6 +195,10 @@ class StompSession:
         self._sends: TokenBucket | None = None  # --send-rate, made at the first SEND
         self._last_read = asyncio.get_running_loop().time()
         self.closed = False
+        # What the admin API shows (server/admin.py): set once, never on the hot path.
+        self.transport_name = "websocket"  # or sockjs-<transport>, set by the SockJS edge
+        self.remote: str | None = None  # the client's address, as admin.client_address has it
+        self.connected_at = 0.0  # wall-clock time of CONNECTED
 
     _app_calls = 0  # webhook calls in flight; an instance attribute only once one is made
 
@@ -298,6 +302,7 @@ class StompSession:
             self._end_at_expiry(identity.expires_at)
         if self.user is not None:
             await self.server.node.presence.add(self.user, self.id)
+        self.connected_at = time.time()
         self.send_frame(self.conn.accept(session_id=self.id, user_name=self.user))
         self._start_heartbeats()
         if log.isEnabledFor(logging.DEBUG):
@@ -688,15 +693,31 @@ class StompSession:
         self._alive_timer = loop.call_later(limit - silent, self._check_alive)
 
     # -- ending ---------------------------------------------------------------------------
-    def fail(self, message: str, detail: str, code: int, *, receipt: str | None = None) -> None:
+    @property
+    def subscriptions(self) -> list[LocalSubscription]:
+        """The session's live subscriptions (for the admin API)."""
+        return list(self._subscriptions.values())
+
+    def fail(
+        self,
+        message: str,
+        detail: str,
+        code: int,
+        *,
+        receipt: str | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         """Send an ERROR frame (STOMP 1.2 §ERROR) and close the WebSocket.
 
         ``receipt``: of the frame whose work failed, sent as ``receipt-id``; without it, the
         connection names the frame its parser refused, if that asked for a receipt.
+        ``extra``: more headers (an operator's disconnect says whether to reconnect).
         """
         if self.closed or self.transport is None:
             return
-        self.transport.send_now(self.conn.error(message, detail=detail, receipt=receipt))
+        self.transport.send_now(
+            self.conn.error(message, detail=detail, receipt=receipt, extra=extra)
+        )
         self.close(code, message)
 
     def close(self, code: int, reason: str) -> None:

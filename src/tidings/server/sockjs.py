@@ -39,6 +39,7 @@ from aiohttp import WSMsgType, web
 
 from tidings.errors import BrokerUnavailable
 from tidings.outbound import loop_flusher
+from tidings.server.admin_access import client_address, forwarded_for_of
 from tidings.server.session import FrameTransport, StompSession
 from tidings.sockjs.framing import (
     EVENTSOURCE_PRELUDE,
@@ -523,6 +524,11 @@ class SockJSService:
         self._iframe = iframe_page(config.sockjs_client_url)
         self._etag = '"' + hashlib.sha256(self._iframe).hexdigest()[:32] + '"'
 
+    def _client_address(self, request: web.Request) -> str | None:
+        """The client's address for the admin API's session listing (tidings.trust)."""
+        forwarded_for = forwarded_for_of(request.headers)
+        return client_address(self.server.trust, request.remote, forwarded_for)
+
     def routes(self, endpoint: str) -> list[web.RouteDef]:
         session_path = f"{endpoint}/{{server:{_SESSION_PART}}}/{{session:{_SESSION_PART}}}"
         return [
@@ -720,6 +726,9 @@ class SockJSService:
         session_id = request.match_info["session"]
         token = request.query.get("access_token")
         session = HttpSession(self, session_id, token, transport)
+        if isinstance(session.app, StompSession):
+            session.app.transport_name = f"sockjs-{transport}"
+            session.app.remote = self._client_address(request)
         self.sessions[session_id] = session
         return session
 
@@ -741,6 +750,9 @@ class SockJSService:
             return _error(400, 'Can "Upgrade" only to "WebSocket".')
         await ws.prepare(request)
         app = self.new_application(request.query.get("access_token"), "websocket")
+        if isinstance(app, StompSession):
+            app.transport_name = "sockjs-websocket"
+            app.remote = self._client_address(request)
         transport = WebSocketSession(self, request, app)
         app.attach(transport)
         try:

@@ -567,17 +567,25 @@ class ServerConnection:
         frame = Frame("RECEIPT", (("receipt-id", receipt_id),))
         return serialize(frame, self.version or "1.0")
 
-    def error(self, message: str, *, detail: str = "", receipt: str | None = None) -> bytes:
+    def error(
+        self,
+        message: str,
+        *,
+        detail: str = "",
+        receipt: str | None = None,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> bytes:
         """ERROR frame bytes (STOMP 1.2 §ERROR); moves to CLOSED. Close after sending.
 
         ``message`` is flattened to one line. ``receipt`` defaults to the receipt of
         the frame that made :meth:`receive_data` raise, sent as ``receipt-id``.
         Before a version is negotiated, headers are not escaped and a ``version``
-        header lists the supported versions (§Protocol Negotiation).
+        header lists the supported versions (§Protocol Negotiation). ``extra`` headers
+        follow ``message`` (the admin API's ``tidings-reconnect`` advice).
         """
         self.state = State.CLOSED
         receipt = receipt if receipt is not None else self._error_receipt
-        headers = [("message", _one_line(message))]
+        headers = [("message", _one_line(message)), *extra]
         if receipt is not None:
             headers.append(("receipt-id", _one_line(receipt)))
         if self.version is None:
