@@ -28,17 +28,17 @@ import orjson
 from aiohttp import web
 
 from tidings import __version__, publish_rules
+from tidings.brokers import REDIS_SCHEMES
 from tidings.errors import BrokerUnavailable
 from tidings.presence import LocalSessions
 from tidings.registry import HEARTBEAT_S, MemoryRegistry, Registry
 from tidings.server.admin_access import admin_caller
-from tidings.server.api import ApiError, read_object
+from tidings.server.api import ApiError, PublishApi, read_object
 from tidings.server.control import Control
 from tidings.server.openapi_admin import MAX_LIST, MAX_REASON
-from tidings.server.session import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION
+from tidings.server.session import CLOSE_GOING_AWAY, CLOSE_POLICY_VIOLATION, SessionContext
 
 if TYPE_CHECKING:
-    from tidings.server.app import Server
     from tidings.server.session import StompSession
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,10 @@ _USER_RULE = (
 )
 
 
-def registry_for(server: Server) -> Registry:
-    """The registry on the node's broker: Redis for ``redis://``, else in process (and
+def registry_for(server: SessionContext) -> Registry:
+    """The registry on the node's broker: Redis for a Redis URL (Sentinel too), else in process (and
     redis-py is not even imported: a memory-broker node starts faster without it)."""
-    if urlsplit(server.config.broker).scheme not in ("redis", "rediss"):
+    if urlsplit(server.config.broker).scheme not in REDIS_SCHEMES:
         return MemoryRegistry()
     from tidings.brokers.redis import RedisBroker  # noqa: PLC0415 - the redis branch only
     from tidings.brokers.redis_registry import RedisRegistry  # noqa: PLC0415
@@ -67,7 +67,7 @@ def registry_for(server: Server) -> Registry:
 class Heartbeat:
     """Writes this node's record every HEARTBEAT_S; removes it at a clean stop."""
 
-    def __init__(self, server: Server, registry: Registry) -> None:
+    def __init__(self, server: SessionContext, registry: Registry) -> None:
         self.server = server
         self.registry = registry
         self.started_at = time.time()
@@ -136,7 +136,7 @@ class Heartbeat:
 
 
 # -- what one node answers about itself (the control ops) -------------------------------
-def local_sessions(server: Server, user: str) -> list[dict[str, object]]:
+def local_sessions(server: SessionContext, user: str) -> list[dict[str, object]]:
     """This node's connected sessions of ``user``."""
     return [
         _session_json(server, session)
@@ -145,7 +145,7 @@ def local_sessions(server: Server, user: str) -> list[dict[str, object]]:
     ]
 
 
-def _session_json(server: Server, session: StompSession) -> dict[str, object]:
+def _session_json(server: SessionContext, session: StompSession) -> dict[str, object]:
     return {
         "id": session.id,
         "node": server.node.id,
@@ -159,7 +159,7 @@ def _session_json(server: Server, session: StompSession) -> dict[str, object]:
     }
 
 
-def local_disconnect(server: Server, user: str, reason: str, reconnect: bool) -> int:
+def local_disconnect(server: SessionContext, user: str, reason: str, reconnect: bool) -> int:
     """ERROR then close for every session of ``user`` here; returns how many."""
     advice = "reconnect" if reconnect else "do not reconnect"
     code = CLOSE_GOING_AWAY if reconnect else CLOSE_POLICY_VIOLATION
@@ -172,14 +172,14 @@ def local_disconnect(server: Server, user: str, reason: str, reconnect: bool) ->
     return closed
 
 
-def local_channels(server: Server, prefix: str, limit: int) -> dict[str, object]:
+def local_channels(server: SessionContext, prefix: str, limit: int) -> dict[str, object]:
     """The ``limit`` channels with most local subscriptions, and how many matched."""
     counts = server.node.hub.subscriber_counts(prefix)
     counts.sort(key=lambda item: (-item[1], item[0]))
     return {"channels": counts[:limit], "matching": len(counts)}
 
 
-def local_users(server: Server, limit: int) -> dict[str, object]:
+def local_users(server: SessionContext, limit: int) -> dict[str, object]:
     """Up to ``limit`` users with sessions here (and their session counts)."""
     presence = server.node.presence
     by_user = presence.by_user if isinstance(presence, LocalSessions) else {}
@@ -190,8 +190,9 @@ def local_users(server: Server, limit: int) -> dict[str, object]:
 class AdminApi:
     """The admin routes and the node's part in the cluster view."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: SessionContext, api: PublishApi) -> None:
         self.server = server
+        self.api = api
         self.registry = registry_for(server)
         self.heartbeat = Heartbeat(server, self.registry)
         self.control = Control(
@@ -339,7 +340,7 @@ class AdminApi:
     # -- shared ------------------------------------------------------------------------
     def _caller(self, request: web.Request) -> str:
         """The caller checked (ApiError 401/403 if not an operator): who, for the audit."""
-        return admin_caller(self.server.api, request.headers, request.remote)
+        return admin_caller(self.api, request.headers, request.remote)
 
     async def _ask(self, op: str, args: dict[str, Any]) -> tuple[dict[str, object], list[str]]:
         """``op`` on every live node (the registry's list, and always this one)."""

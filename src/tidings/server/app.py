@@ -147,7 +147,7 @@ class Server:
             self.node, self.trust, self.stats, max_message_bytes=config.max_message_bytes
         )
         self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
-        self.admin = AdminApi(self)
+        self.admin = AdminApi(self.context, self.api)
 
     @property
     def sessions(self) -> set[StompSession]:
