@@ -230,3 +230,28 @@ async def test_a_subscribe_refused_by_an_acl_fails_and_the_rest_goes_on(
     finally:
         await admin.aclose()
         await server.stop()
+
+
+async def test_a_probe_that_comes_after_the_deaf_deadline_fired_is_ignored() -> None:
+    """Seen under load: the deadline's callback ran, the waiting task had not yet, and a
+    probe came in: rescheduling a fired Timeout raised out of data_received."""
+    broker = RedisBroker("redis://127.0.0.1:9")  # never started: only the reader's hook
+    loop = asyncio.get_running_loop()
+    entered = asyncio.Event()
+
+    async def wait_for_probes() -> None:
+        async with asyncio.timeout_at(loop.time()) as broker._deaf_at:
+            entered.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(wait_for_probes())
+    await entered.wait()
+    for _ in range(100):  # until the deadline's callback has run (the task not yet resumed)
+        if broker._deaf_at is not None and broker._deaf_at.expired():
+            break
+        await asyncio.sleep(0)
+    assert broker._deaf_at is not None and broker._deaf_at.expired() and not task.done()
+    broker._on_message(broker._probe_key, b"")  # raised RuntimeError before
+    with pytest.raises(TimeoutError):
+        await task
+    await broker.redis.aclose()

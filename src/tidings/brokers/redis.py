@@ -356,9 +356,13 @@ class RedisBroker:
         channel = self._routes.get(key)
         handler = self._handler
         if channel is None or handler is None:
-            if key == self._probe_key and self._deaf_at is not None:
+            deaf_at = self._deaf_at
+            # A probe that comes after the deadline fired, before the waiting task ran:
+            # the connection is being dropped as deaf already (a fired Timeout refuses
+            # reschedule with RuntimeError, which would escape data_received).
+            if key == self._probe_key and deaf_at is not None and not deaf_at.expired():
                 now = asyncio.get_running_loop().time()
-                self._deaf_at.reschedule(now + self._probe_timeout_s)
+                deaf_at.reschedule(now + self._probe_timeout_s)
             return  # our probe, or unsubscribed meanwhile, or closing
         self.received += 1
         try:
