@@ -110,6 +110,23 @@ async def test_held_messages_wait_for_the_catch_up_and_come_once_in_order(node: 
     assert [f.get("tidings-gap") for f in client.frames] == [None] * 4
 
 
+async def test_a_break_before_a_new_channels_starting_point_is_read_is_caught_up(
+    node: Node,
+) -> None:
+    """The starting point is read BASELINE_DELAY_S after the first SUBSCRIBE; a break in
+    between catches up from when the channel was subscribed (this node's clock)."""
+    client = await subscribe(node, "11")
+    assert "u:11" not in node.catchup.last  # not read yet
+    node.catchup.on_continuity(False)
+    await publish(node, "11", "n1", "n2")
+    node.catchup.held["u:11"].clear()  # the broker missed both announcements
+    node.catchup.on_continuity(True)
+    await node.catchup.settle()
+    await publish(node, "11", "n3")
+    assert client.bodies == [b"n1", b"n2", b"n3"]
+    assert node.catchup.counters.messages == 2
+
+
 async def test_held_live_messages_after_the_read_are_delivered_without_duplicates(
     node: Node,
 ) -> None:

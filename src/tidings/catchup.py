@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ loop turn instead, 5,000 connects + subscribes (bench S4) took 2.4 s instead of 
 (docs/decisions.md)."""
 
 OrderKey = tuple[int, int]
+_LAST_SEQ = 2**63 - 1  # the largest sequence an inbox id carries
 
 
 def _id(order: OrderKey) -> str:
@@ -113,6 +115,9 @@ class CatchUp:
         self._wanted: set[str] = set()  # held channels to read, once the broker hears
         self._deaf = False  # between a reported loss and the broker hearing again
         self._baselines: set[str] = set()  # new channels, for one last_ids BASELINE_DELAY_S on
+        # New channels whose starting point is not read yet: when they were subscribed
+        # (this node's clock, as an order key), the starting point should a break come first.
+        self._since: dict[str, OrderKey] = {}
         self._baseline_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -141,6 +146,11 @@ class CatchUp:
     def on_continuity(self, hearing: bool) -> None:
         """The broker's report (``Broker.on_continuity``): hold every channel from a loss
         on; read them all once it hears them again."""
+        if not hearing:
+            # A channel subscribed just before the loss has no starting point read yet:
+            # what it may miss is what was stored after it was subscribed.
+            for channel, since in self._since.items():
+                self.last.setdefault(channel, since)
         channels = [c for c in self._channels() if c in self.last]
         self._deaf = not hearing
         if not hearing:
@@ -153,6 +163,8 @@ class CatchUp:
         """The broker now hears ``channel``, newly: remember its stream's newest id."""
         if not _stored(channel) or channel in self.last:
             return
+        # Everything stored from this millisecond on: the order key just before it.
+        self._since.setdefault(channel, (int(time.time() * 1000) - 1, _LAST_SEQ))
         if not self._baselines:
             self._baseline_timer = asyncio.get_running_loop().call_later(
                 BASELINE_DELAY_S, self._fetch_baselines
@@ -166,6 +178,7 @@ class CatchUp:
         self.gaps.pop(channel, None)
         self._wanted.discard(channel)
         self._baselines.discard(channel)
+        self._since.pop(channel, None)
 
     def hold(self, buffer: list[Message], channel: str, message: Message) -> None:
         """Keep a live ``message`` of a held channel for after its catch-up."""
@@ -296,6 +309,7 @@ class CatchUp:
     def _set_baselines(self, tops: dict[str, str | None]) -> None:
         """A live message that arrived meanwhile already set a better starting point."""
         for channel, top in tops.items():
+            self._since.pop(channel, None)
             if channel not in self.last and self._keys_of(channel):  # still subscribed
                 self.last[channel] = id_key(top) if top is not None else (0, 0)
 
