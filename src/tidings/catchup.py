@@ -115,9 +115,10 @@ class CatchUp:
         self._wanted: set[str] = set()  # held channels to read, once the broker hears
         self._deaf = False  # between a reported loss and the broker hearing again
         self._baselines: set[str] = set()  # new channels, for one last_ids BASELINE_DELAY_S on
-        # New channels whose starting point is not read yet: when they were subscribed
-        # (this node's clock, as an order key), the starting point should a break come first.
-        self._since: dict[str, OrderKey] = {}
+        # New channels whose starting point is not read yet: the millisecond they were
+        # subscribed (this node's clock; an int, not a tuple the collector would track),
+        # the starting point should a break come first.
+        self._since: dict[str, int] = {}
         self._baseline_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -149,8 +150,9 @@ class CatchUp:
         if not hearing:
             # A channel subscribed just before the loss has no starting point read yet:
             # what it may miss is what was stored after it was subscribed.
-            for channel, since in self._since.items():
-                self.last.setdefault(channel, since)
+            for channel, since_ms in self._since.items():
+                # Everything stored from that millisecond on: the order key just before it.
+                self.last.setdefault(channel, (since_ms - 1, _LAST_SEQ))
         channels = [c for c in self._channels() if c in self.last]
         self._deaf = not hearing
         if not hearing:
@@ -163,8 +165,7 @@ class CatchUp:
         """The broker now hears ``channel``, newly: remember its stream's newest id."""
         if not _stored(channel) or channel in self.last:
             return
-        # Everything stored from this millisecond on: the order key just before it.
-        self._since.setdefault(channel, (int(time.time() * 1000) - 1, _LAST_SEQ))
+        self._since.setdefault(channel, int(time.time() * 1000))
         if not self._baselines:
             self._baseline_timer = asyncio.get_running_loop().call_later(
                 BASELINE_DELAY_S, self._fetch_baselines
