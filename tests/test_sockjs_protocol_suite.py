@@ -36,6 +36,7 @@ import pytest
 
 from .sockjs_support import Node, RawHttp, node_fixture
 from .test_sockjs_protocol import (
+    HTMLFILE_HEAD,
     assert_cors,
     assert_not_cached,
     assert_strongly_cached,
@@ -617,18 +618,6 @@ async def test_eventsource_response_limit(node: Node, http: aiohttp.ClientSessio
 
 
 # == HtmlFile =====================================================================================
-HTMLFILE_HEAD = """<!doctype html>
-<html><head>
-  <meta http-equiv="X-UA-Compatible" content="IE=edge" />
-  <meta http-equiv="Content-Type" content="text/html; charset=UTF-8" />
-</head><body><h2>Don't panic!</h2>
-  <script>
-    document.domain = document.domain;
-    var c = parent.%s;
-    c.start();
-    function p(d) {c.message(d);};
-    window.onload = function() {c.stop();};
-  </script>"""
 
 
 async def read_htmlfile_head(reply: aiohttp.ClientResponse) -> bytes:
