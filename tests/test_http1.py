@@ -11,6 +11,7 @@ from tidings.http1 import (
     DateField,
     Refused,
     Request,
+    RequestFraming,
     RequestHead,
     RequestReader,
     encode_response,
@@ -376,6 +377,103 @@ def test_buffered_counts_what_is_not_handed_out() -> None:
     r.feed(second[10:])
     assert isinstance(r.next_request(), Request)
     assert r.buffered == 0
+
+
+# -- request framing --------------------------------------------------------------------------
+
+GET = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+CHUNKED = b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
+)
+
+
+def framing_state(framing: RequestFraming) -> tuple[str, int, int]:
+    """Where ``framing`` stands: its state's name, heads read, bytes held."""
+    if framing.in_head:
+        name = "head"
+    elif framing.switching:
+        name = "switching"
+    elif framing.lost:
+        name = "lost"
+    else:
+        name = "other"  # between requests, or in a body
+    return name, framing.heads, framing.held
+
+
+def framed(data: bytes, **limits: int) -> tuple[str, int, int]:
+    """The state after ``data`` in one piece; the same after it a byte at a time."""
+    whole, bytewise = RequestFraming(**limits), RequestFraming(**limits)
+    whole.feed(data)
+    for i in range(len(data)):
+        bytewise.feed(data[i : i + 1])
+    assert framing_state(bytewise) == framing_state(whole)
+    return framing_state(whole)
+
+
+@pytest.mark.parametrize(
+    ("data", "state"),
+    [
+        (b"", ("other", 0, 0)),
+        (GET, ("other", 1, 0)),
+        (GET + b"G", ("head", 1, 0)),
+        (GET + b"GET /a HTTP/1.1\r\nHost: h\r\n\r", ("head", 1, 0)),
+        (b"\r\n\n\r\n", ("other", 0, 0)),  # §2.2: empty lines before a request
+        (GET + b"\r\n" + GET + b"\r\n", ("other", 2, 0)),
+        (b"GET /a HTTP/1.1\nHost: h\n\nGET /a HTTP/1.1\r\nHost: h\n\r\n", ("other", 2, 0)),
+        (post(b"12345") + b"P", ("head", 1, 0)),
+        (post(b"GET /\r\n\r\n")[:-1], ("other", 1, 0)),  # in the body: a body is no head
+        (post(b"12345", "/p", "Content-length: 5", length=False), ("other", 1, 0)),
+        (CHUNKED + b'5;ext="x"\r\nGET /\r\n0\r\nT: GET\r\n\r\nG', ("head", 1, 0)),
+        (CHUNKED + b"A \r\n0123456789\r\n0\r\n\r\n", ("other", 1, 0)),
+        (CHUNKED + b"5\r\nGET /\r\n0\r\nT: GET", ("other", 1, 0)),  # in the trailers
+        (CHUNKED + b"0\n\n", ("other", 1, 0)),
+        (UPGRADE + b"\x81\x85", ("switching", 1, 2)),
+        (b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n\x16\x03", ("switching", 1, 2)),
+        (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\nG", ("head", 1, 0)),  # no option
+        (post(b"1", "/p", "Connection: upgrade", "Upgrade: x") + b"G", ("switching", 1, 1)),
+        # Framing a server refuses (RFC 9112 §6.3, §5.2, §7.1): nothing more is known.
+        (post(b"1", "/p", "Content-Length: 1") + GET, ("lost", 1, 0)),
+        (
+            post(b"1", "/p", length=False).replace(b"\r\n\r\n", b"\r\nContent-Length: +1\r\n\r\n"),
+            ("lost", 1, 0),
+        ),
+        (post(b"", "/p", "Transfer-Encoding: chunked") + b"0\r\n\r\n", ("lost", 1, 0)),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", ("lost", 1, 0)),
+        (CHUNKED + b"x\r\n", ("lost", 1, 0)),
+        (CHUNKED + b"1\r\nab\r\n", ("lost", 1, 0)),
+        (b"GET / HTTP/1.1\r\nHost: h\r\n folded\r\n", ("lost", 0, 0)),
+    ],
+)
+def test_framing_follows_heads_and_bodies(data: bytes, state: tuple[str, int, int]) -> None:
+    assert framed(data) == state
+
+
+def test_what_follows_a_switch_is_read_as_requests_once_resumed() -> None:
+    framing = RequestFraming()
+    framing.feed(UPGRADE + GET + GET[:5])
+    assert framing_state(framing) == ("switching", 1, len(GET) + 5)
+    framing.resume()  # the server answered without switching
+    assert framing_state(framing) == ("head", 2, 0)
+    framing.feed(GET[5:])
+    assert framing_state(framing) == ("other", 3, 0)
+    framing.resume()  # nothing held: no change
+    assert framing_state(framing) == ("other", 3, 0)
+
+
+def test_more_held_than_allowed_is_lost() -> None:
+    assert framed(UPGRADE + b"x" * 10, max_held_bytes=10) == ("switching", 1, 10)
+    assert framed(UPGRADE + b"x" * 11, max_held_bytes=10) == ("lost", 1, 0)
+
+
+def test_a_line_is_kept_to_its_limit_only() -> None:
+    """A long field is skipped, still in the head; a framing field that long is invalid."""
+    long_field = b"GET / HTTP/1.1\r\nX-Pad: " + b"p" * 100 + b"\r\n"
+    assert framed(long_field, max_line_bytes=16) == ("head", 0, 0)
+    assert framed(long_field + b"\r\n", max_line_bytes=16) == ("other", 1, 0)
+    long_length = b"POST / HTTP/1.1\r\nContent-Length: " + b"0" * 100 + b"1\r\n\r\n"
+    assert framed(long_length, max_line_bytes=16) == ("lost", 1, 0)
+    assert framed(long_length) == ("lost", 1, 0)  # over 18 digits
 
 
 # -- responses --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import hiredis
 
 from tidings.brokers.redis_pubsub import PubSubReader
 from tidings.destinations import compile_globs
-from tidings.http1 import Request, RequestHead, RequestReader
+from tidings.http1 import Request, RequestFraming, RequestHead, RequestReader
 from tidings.redis_connect import MORE, reply_error
 from tidings.sockjs.framing import decode_send
 from tidings.stomp.frames import FrameParser
@@ -175,6 +175,32 @@ def test_http_head_fed_in_tiny_pieces_reads_in_linear_time() -> None:
     benign = chunks(short_head * (count * len(long_head) // 64), 16)
 
     assert_linear(read_requests(pathological), read_requests(benign))
+
+
+def follow_framing(pieces: list[bytes], heads: int) -> Callable[[], object]:
+    """A run that feeds ``pieces`` to one ``RequestFraming``, which reads ``heads`` heads."""
+
+    def run() -> None:
+        framing = RequestFraming()
+        for piece in pieces:
+            framing.feed(piece)
+        assert framing.heads == heads and not framing.lost
+
+    return run
+
+
+def test_request_framing_follows_in_linear_time() -> None:
+    """What the head guard follows, in 16-byte pieces, against pipelined 64-byte GETs:
+    a 1 MB head line that never ends (kept to its 8 KB), 1 MB of 1-byte chunks, and a
+    head of 1 MB of short fields."""
+    get = b"GET /a HTTP/1.1\r\nHost: h\r\nX-Pad: " + b"p" * 27 + b"\r\n\r\n"
+    assert len(get) == 64
+    benign = follow_framing(chunks(get * (MB // 64), 16), MB // 64)
+    long_line = b"GET /" + b"a" * MB
+    chunked = b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * (MB // 6)
+    fields = b"GET /a HTTP/1.1\r\n" + b"a:\r\n" * (MB // 4) + b"\r\n"
+    for pathological, heads in ((long_line, 0), (chunked, 1), (fields, 1)):
+        assert_linear(follow_framing(chunks(pathological, 16), heads), benign)
 
 
 # -- SockJS (sockjs/framing.py) ------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Property tests of the wire parsers besides STOMP's (tests/test_stomp_fuzz.py has that):
-WebSocket frames (wsframe.py), HTTP/1 requests (http1.py), SockJS bodies
+WebSocket frames (wsframe.py), HTTP/1 requests and their framing (http1.py), SockJS bodies
 (sockjs/framing.py), ``--send-allow`` globs (destinations.py) and the RESP2 readers of
 Redis replies (brokers/redis_pubsub.py; inbox/resp.py and redis_connect.py, which read
 with the same hiredis reader settings).
@@ -12,18 +12,21 @@ keep (issue 14): however the bytes are split, the same frames, requests or error
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 
 import hiredis
 import orjson
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http_parser import HttpRequestParser
 from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.brokers.redis_pubsub import PubSubReader
 from tidings.destinations import compile_globs
 from tidings.errors import BrokerUnavailable
-from tidings.http1 import Refused, Request, RequestHead, RequestReader
+from tidings.http1 import Refused, Request, RequestFraming, RequestHead, RequestReader
 from tidings.redis_connect import MORE, reply_error
 from tidings.sockjs.framing import SockJSPayloadError, decode_send
 from tidings.wsframe import (
@@ -154,6 +157,103 @@ def test_http_requests_do_not_depend_on_chunking(data: bytes, cuts: list[int]) -
     assert (chunked[1] is None) == (refused is None)
     assert chunked[2] == unread
     assert len(unread) + sum(len(body) for _, body in requests) <= len(data)
+
+
+# -- HTTP/1 request framing (what the head guard follows) ------------------------------------
+
+
+def _chunked(chunks: list[bytes], extension: bool, trailer: bool) -> bytes:
+    head = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ext = b";a=b" if extension else b""
+    body = b"".join(b"%x%s\r\n%s\r\n" % (len(chunk), ext, chunk) for chunk in chunks if chunk)
+    return head + body + b"0\r\n" + (b"T: GET /\r\n" if trailer else b"") + b"\r\n"
+
+
+# Requests aiohttp takes (CR LF line ends, Host, one framing), bodies full of CR LF.
+VALID_REQUESTS = st.one_of(
+    st.builds(
+        lambda path, pad: f"GET /{path} HTTP/1.1\r\nHost: x\r\nX-Pad: {pad}\r\n\r\n".encode(),
+        st.text("ab/", max_size=5),
+        st.text("pq :", max_size=8).map(str.strip),
+    ),
+    st.builds(
+        lambda body, name: (
+            f"POST /l HTTP/1.1\r\n{name}: {len(body)}\r\nHost: x\r\n\r\n".encode() + body
+        ),
+        st.binary(max_size=40) | st.sampled_from([b"\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n"]),
+        st.sampled_from(["Content-Length", "content-length", "CONTENT-LENGTH"]),
+    ),
+    st.builds(
+        _chunked,
+        st.lists(st.binary(max_size=20) | st.just(b"\r\n\r\n"), max_size=4),
+        st.booleans(),
+        st.booleans(),
+    ),
+).flatmap(lambda request: st.sampled_from([request, b"\r\n" + request]))
+
+# Anything a client may send: valid requests, bare LF, switches, refused framing, garbage.
+ANY_REQUESTS = st.lists(
+    st.one_of(
+        VALID_REQUESTS,
+        st.sampled_from(
+            [
+                b"GET / HTTP/1.1\nHost: x\n\n",
+                b"GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                b"CONNECT x:1 HTTP/1.1\r\n\r\n",
+                b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nz\r\n",
+                b"GET / HTTP/1.1\r\nX: " + b"x" * 300 + b"\r\nContent-Length: 3\r\n\r\n",
+                b"GET / HTTP/1.1\r\n folded\r\n\r\n",
+            ]
+        ),
+        st.binary(max_size=12),
+    ),
+    max_size=6,
+).map(b"".join)
+
+
+def framing_after(pieces: list[bytes]) -> tuple[bool, bool, bool, int, int]:
+    framing = RequestFraming(max_line_bytes=100, max_held_bytes=64)
+    for piece in pieces:
+        framing.feed(piece)
+    return framing.in_head, framing.switching, framing.lost, framing.heads, framing.held
+
+
+@FUZZ
+@given(ANY_REQUESTS, CUTS)
+def test_request_framing_does_not_depend_on_chunking(data: bytes, cuts: list[int]) -> None:
+    whole = framing_after([data])
+    assert framing_after(split(data, cuts)) == whole
+    assert framing_after([data[i : i + 1] for i in range(len(data))]) == whole
+
+
+def aiohttp_heads(pieces: list[bytes]) -> int:
+    """How many request heads aiohttp's own parser (llhttp) reads in ``pieces``."""
+    loop = asyncio.new_event_loop()
+    try:
+        parser = HttpRequestParser(BaseProtocol(loop), loop, 2**16)
+        return sum(len(parser.feed_data(piece)[0]) for piece in pieces)
+    finally:
+        loop.close()
+
+
+@FUZZ
+@given(st.lists(VALID_REQUESTS, max_size=4), VALID_REQUESTS, st.integers(min_value=0), CUTS)
+def test_request_framing_agrees_with_aiohttp(
+    requests: list[bytes], last: bytes, cut: int, cuts: list[int]
+) -> None:
+    """Complete requests, then the start of one more: the framing reads as many heads as
+    aiohttp does, and is in a head exactly when the stream stops inside one."""
+    cut %= len(last) + 1
+    data = b"".join(requests) + last[:cut]
+    pieces = split(data, cuts)
+    in_head, switching, lost, heads, _ = framing_after(pieces)
+    start = len(last) - len(last.lstrip(b"\r\n"))
+    end_of_head = last.index(b"\r\n\r\n", start) + 4
+    assert heads == aiohttp_heads(pieces) == len(requests) + (cut >= end_of_head)
+    assert in_head == (start < cut < end_of_head)
+    assert not switching and not lost
 
 
 # -- SockJS send bodies --------------------------------------------------------------------

@@ -6,12 +6,15 @@ other (§9.3.2: pipelined requests come in order), as long as each has no body o
 framed by Content-Length (§6.3). At the first request it does not take - a malformed
 head, a head or body over its limit, another framing, or a head its ``route`` refuses -
 it stops: ``unread()`` is that request and every byte after it, for a full HTTP server
-to answer. ``encode_response`` writes a response framed by Content-Length (§6.2), its
-Date (RFC 9110 §6.6.1) from a ``DateField``.
+to answer. ``RequestFraming`` keeps nothing of the requests: it follows where their
+heads and bodies (Content-Length or chunked) begin and end, to tell whether a stream
+stops inside a head. ``encode_response`` writes a response framed by Content-Length
+(§6.2), its Date (RFC 9110 §6.6.1) from a ``DateField``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -233,6 +236,272 @@ class RequestReader(Generic[R]):
         self._pending = None
         self._refused = Refused(reason)
         return self._refused
+
+
+# RequestFraming's states: where the next byte of the stream falls.
+_BETWEEN, _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _SWITCH, _LOST = range(9)
+_NOT_CR_LF = re.compile(rb"[^\r\n]")
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # the end of a head (§2.2: a bare LF ends a line too)
+_FOLD = re.compile(rb"\n[ \t]")
+_FRAMING_FIELD = re.compile(
+    rb"\n(content-length|transfer-encoding|connection|upgrade):([^\n]*)", re.IGNORECASE
+)
+_CHUNK_SIZE_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,16}")  # 16 hex digits: 2**64 - 1 at most
+_FRAMING_INITIALS = frozenset(b"cCtTuU")  # Content-Length, Connection, Transfer-Encoding, Upgrade
+
+
+class RequestFraming:
+    """Where a connection's stream of requests stands, fed its bytes as they arrive:
+    between requests, in a head, in a body, or past a protocol switch (RFC 9112).
+
+    It keeps no request. A head is read a line at a time for the fields that frame what
+    follows it: Content-Length and Transfer-Encoding (§6.3), Connection and Upgrade (a
+    protocol switch, RFC 9110 §7.8; CONNECT, §9.3.6); a body is skipped by its length or
+    by its chunks, trailers included (§7.1). Empty lines before a request are skipped, and
+    a line may end in a bare LF (§2.2). Time is linear in the input and memory bounded:
+    at most ``max_line_bytes`` of a line are kept (a field's name is in them; a framing
+    field longer than that is not valid), and ``max_held_bytes`` after a switch.
+
+    After a request that asks to switch protocols, what follows may not be HTTP: it is
+    held, not read, until ``resume()`` says the switch did not happen (the server
+    answered that request and went on with HTTP). Framing it does not follow - an invalid
+    or repeated Content-Length, a coding that does not end in chunked, Content-Length
+    with Transfer-Encoding, a folded line (§5.2), a bad chunk size, more held bytes than
+    allowed - makes it ``lost`` for good: a server answers such a request 400 and closes
+    (§6.3 items 3-5), and nothing is known of the stream after it.
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_coded",
+        "_connect",
+        "_connection_upgrade",
+        "_held",
+        "_invalid",
+        "_length",
+        "_line",
+        "_over",
+        "_remaining",
+        "_request_line",
+        "_state",
+        "_upgrade",
+        "heads",
+        "max_held_bytes",
+        "max_line_bytes",
+    )
+
+    def __init__(self, *, max_line_bytes: int = 8192, max_held_bytes: int = 64 * 1024) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.max_held_bytes = max_held_bytes
+        self.heads = 0  # request heads read to their end
+        self._state = _BETWEEN
+        self._line = bytearray()  # the start of a line not ended yet (at most max_line_bytes)
+        self._over = False  # that line is longer than what is kept of it
+        self._remaining = 0  # bytes left of a body or a chunk
+        self._held = bytearray()  # what came after a switch, until resume()
+        # What the head read so far said (_start_head resets it for the next one).
+        self._request_line = True  # the next line of the head is its request line
+        self._connect = False  # the method is CONNECT
+        self._length: int | None = None  # Content-Length
+        self._coded = False  # Transfer-Encoding came
+        self._chunked = False  # ... and its last coding is chunked
+        self._connection_upgrade = False  # Connection has the "upgrade" option
+        self._upgrade = False  # Upgrade came
+        self._invalid = False  # the framing fields are not valid
+
+    @property
+    def in_head(self) -> bool:
+        """Bytes of a request head have come, and not its end (the blank line)."""
+        return self._state == _HEAD
+
+    @property
+    def switching(self) -> bool:
+        """A request asked to switch protocols: what follows is held, not read."""
+        return self._state == _SWITCH
+
+    @property
+    def held(self) -> int:
+        """Bytes held after a protocol switch."""
+        return len(self._held)
+
+    @property
+    def lost(self) -> bool:
+        """The stream has framing this reader does not follow: nothing more is known."""
+        return self._state == _LOST
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            state = self._state
+            if state in (_BODY, _CHUNK_DATA):
+                take = min(self._remaining, end - pos)
+                self._remaining -= take
+                pos += take
+                if not self._remaining:
+                    self._state = _CHUNK_END if state == _CHUNK_DATA else self._after_message()
+            elif state == _BETWEEN:
+                start = _NOT_CR_LF.search(data, pos)  # §2.2: empty lines before a request
+                if start is None:
+                    return
+                pos = start.start()
+                end_of_head = _BLANK_LINE.search(data, pos)
+                if end_of_head is None:  # the head goes on in the next piece: line by line
+                    self._state = _HEAD
+                else:
+                    self._whole_head(data, pos, end_of_head.end())
+                    pos = end_of_head.end()
+            elif state == _SWITCH:
+                if len(self._held) + end - pos > self.max_held_bytes:
+                    self._lose()
+                else:
+                    self._held += data[pos:] if pos else data
+                return
+            elif state == _LOST:
+                return
+            else:
+                newline = data.find(b"\n", pos)
+                if newline < 0:
+                    self._keep(data, pos, end)
+                    return
+                line = self._take_line(data, pos, newline)
+                pos = newline + 1
+                if line[-1:] == b"\r":
+                    line = line[:-1]
+                self._line_ended(line)
+
+    def resume(self) -> None:
+        """The switch did not happen: read what was held as requests."""
+        if self._state == _SWITCH:
+            held, self._held = bytes(self._held), bytearray()
+            self._state = _BETWEEN
+            self.feed(held)
+
+    def _keep(self, data: bytes, pos: int, end: int) -> None:
+        room = self.max_line_bytes - len(self._line)
+        if end - pos > room:
+            self._over = True
+            end = pos + room
+        if end > pos:
+            self._line += data[pos:end]
+
+    def _take_line(self, data: bytes, pos: int, newline: int) -> bytes:
+        """The line that ends at ``newline`` (its first max_line_bytes), the kept start first."""
+        if not self._line and not self._over:
+            if newline - pos <= self.max_line_bytes:
+                return data[pos:newline]
+            self._over = True
+            return data[pos : pos + self.max_line_bytes]
+        self._keep(data, pos, newline)
+        line = bytes(self._line)
+        self._line.clear()
+        return line
+
+    def _line_ended(self, line: bytes) -> None:
+        over, self._over = self._over, False
+        state = self._state
+        if state == _HEAD:
+            self._head_line(line, over)
+        elif state == _CHUNK_SIZE:
+            size = line.partition(b";")[0].strip(b" \t")  # §7.1.1: extensions are ignored
+            if not _CHUNK_SIZE_DIGITS.fullmatch(size):
+                self._lose()
+            elif size.strip(b"0"):
+                self._remaining = int(size, 16)
+                self._state = _CHUNK_DATA
+            else:  # the last chunk: trailers (§7.1.2) up to a blank line
+                self._state = _TRAILERS
+        elif state == _CHUNK_END:  # the CRLF after a chunk's data
+            if line or over:
+                self._lose()
+            else:
+                self._state = _CHUNK_SIZE
+        elif state == _TRAILERS and not line and not over:  # the end of the trailer section
+            self._state = self._after_message()
+
+    def _whole_head(self, data: bytes, start: int, end: int) -> None:
+        """The head in ``data[start:end]``, its blank line included, read at once: what
+        reading it a line at a time finds, in one search for each kind of line."""
+        self._connect = data.startswith(b"CONNECT ", start)
+        if _FOLD.search(data, start, end):
+            self._lose()
+            return
+        for field in _FRAMING_FIELD.finditer(data, start, end):
+            value = field[2]
+            if value[-1:] == b"\r":
+                value = value[:-1]
+            self._field(
+                field[1].lower(), value, field.end() - field.start() - 1 > self.max_line_bytes
+            )
+        self.heads += 1
+        self._head_ended()
+
+    def _head_line(self, line: bytes, over: bool) -> None:
+        if self._request_line:
+            self._request_line = False
+            self._connect = line.startswith(b"CONNECT ")
+            return
+        if not line and not over:
+            self.heads += 1
+            self._head_ended()
+            return
+        first = line[0]
+        if first in b" \t":  # §5.2: obs-fold; a server rejects it
+            self._lose()
+            return
+        if first in _FRAMING_INITIALS:
+            name, _, value = line.partition(b":")
+            self._field(name.lower(), value, over)
+
+    def _field(self, name: bytes, value: bytes, over: bool) -> None:
+        """A field of the head (``name`` lower-cased); ``over``: its line was too long."""
+        if name == b"content-length":
+            value = value.strip(b" \t")
+            # §6.3 item 5: one value, 1*DIGIT (a longer one is over any limit there is)
+            if over or self._length is not None or not value.isdigit() or len(value) > 18:
+                self._invalid = True
+            else:
+                self._length = int(value)
+        elif name == b"transfer-encoding":
+            # §6.3 item 4: chunked frames the body if it is the last coding, or none does
+            self._coded = True
+            last = value.rpartition(b",")[2].strip(b" \t").lower()
+            self._chunked = last == b"chunked" and not over
+        elif name == b"connection":
+            tokens = [token.strip(b" \t").lower() for token in value.split(b",")]
+            self._connection_upgrade = self._connection_upgrade or b"upgrade" in tokens or over
+        elif name == b"upgrade":
+            self._upgrade = True
+
+    def _head_ended(self) -> None:
+        if self._connect:  # RFC 9110 §9.3.6: no content; the tunnel follows the head
+            self._start_head()
+            self._state = _SWITCH
+        elif self._invalid or (self._coded and (self._length is not None or not self._chunked)):
+            self._lose()  # §6.3 items 3-5: the server refuses the request and closes
+        elif self._coded:
+            self._state = _CHUNK_SIZE
+        elif self._length:
+            self._remaining = self._length
+            self._state = _BODY
+        else:
+            self._state = self._after_message()
+
+    def _after_message(self) -> int:
+        """The state after the request ends: a protocol switch it asked for, or the next."""
+        switch = self._connection_upgrade and self._upgrade  # RFC 9110 §7.8
+        self._start_head()
+        return _SWITCH if switch else _BETWEEN
+
+    def _start_head(self) -> None:
+        self._request_line = True
+        self._length = None
+        self._connect = self._coded = self._chunked = self._invalid = False
+        self._connection_upgrade = self._upgrade = False
+
+    def _lose(self) -> None:
+        self._state = _LOST
+        self._held = bytearray()
+        self._line = bytearray()
 
 
 class DateField:
