@@ -229,15 +229,86 @@ async def _read_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
     return b""
 
 
-async def test_a_half_sent_head_after_a_first_request_is_closed(node: Node) -> None:
-    """On a kept-alive connection aiohttp serves, a second head never finished, sent in
-    the same write as a complete first request, then silence: aiohttp is idle (with the
-    bytes in its parser), so the keep-alive timeout closes it (aiohttp's was an hour)."""
-    elapsed, answer = await partial_request(
-        node, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\n"
+def responses(data: bytes) -> list[tuple[int, bytes]]:
+    """The status and body of each response in ``data`` (each framed by Content-Length)."""
+    answers: list[tuple[int, bytes]] = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        answers.append((int(head.split(b" ", 2)[1]), rest[:length]))
+        data = rest[length:]
+    return answers
+
+
+GET_HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHo"
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        pytest.param(GET_HEALTHZ, id="get"),
+        pytest.param(  # a body aiohttp reads (or drains), Content-Length then chunked
+            GET_HEALTHZ
+            + b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nGET /"
+            + b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"5;ext=1\r\nGET /\r\n0\r\nTrailer: GET /\r\n\r\n",
+            id="bodies",
+        ),
+        pytest.param(  # an upgrade aiohttp declines: /healthz answers as for any GET
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\n\r\n",
+            id="declined-upgrade",
+        ),
+    ],
+)
+async def test_a_half_sent_head_behind_a_request_is_answered_408(node: Node, before: bytes) -> None:
+    """A head never finished, sent in the same write as complete requests, then silence:
+    aiohttp holds it in its parser while it answers them, then waits idle. It held the
+    connection --keepalive-timeout; now it is answered 408 --head-timeout after aiohttp
+    went idle (the guard looks every quarter of it while aiohttp is busy)."""
+    elapsed, answer = await partial_request(node, before + PARTIAL_HEAD)
+    *answered, (status, body) = responses(answer)
+    assert [status for status, _ in answered] == [200] + [405] * (len(answered) - 1), answer
+    assert status == 408, answer
+    assert json.loads(body)["error"] == "request_head_timeout", body
+    assert HEAD_TIMEOUT * 0.9 <= elapsed < HEAD_TIMEOUT * 1.25 + 1, elapsed
+
+
+async def test_pipelined_requests_are_answered_and_kept_alive(node: Node) -> None:
+    """Complete requests in one write, bodies among them: each answered in order, and the
+    connection then idles until --keepalive-timeout, not the head timeout."""
+    requests = (
+        GET_HEALTHZ
+        + b"\r\n"  # RFC 9112 §2.2: an empty line before a request is ignored
+        + b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nGET"
+        + b"POST /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"3\r\nGET\r\n0\r\n\r\n"
+        + GET_HEALTHZ
     )
-    assert answer.startswith(b"HTTP/1.1 200"), answer
-    assert elapsed < KEEPALIVE_TIMEOUT + 3
+    elapsed, answer = await partial_request(node, requests)
+    assert [status for status, _ in responses(answer)] == [200, 405, 405, 200], answer
+    assert KEEPALIVE_TIMEOUT * 0.9 <= elapsed < KEEPALIVE_TIMEOUT + 3, elapsed
+
+
+async def test_a_slow_body_aiohttp_reads_is_not_on_the_head_clock(node: Node) -> None:
+    """A publish body on a connection aiohttp serves, half sent behind the request before
+    it: the head timeout does not cut it (a body is not a head); once whole, answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    body = b'{"body": "slow"}'
+    head = b"POST /api/v1/topics/t/messages HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+    writer.write(GET_HEALTHZ + head % len(body) + body[:5])
+    async with asyncio.timeout(TIMEOUT):
+        first = await reader.readuntil(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 200"), first
+        length = int(first.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+    assert await _read_within(reader, HEAD_TIMEOUT * 1.25 + 0.5) == b""
+    writer.write(body[5:])
+    async with asyncio.timeout(TIMEOUT):
+        second = await reader.readuntil(b"\r\n\r\n")
+    await close(writer)
+    assert second.startswith(b"HTTP/1.1 202"), second
 
 
 @pytest.mark.parametrize(
