@@ -21,10 +21,10 @@ import aiohttp
 import pytest
 
 from tidings.config import Config
-from tidings.wsframe import OP_BINARY, OP_PING
+from tidings.wsframe import OP_BINARY, OP_PING, OP_TEXT
 
 from .sockjs_support import Node, node_fixture
-from .test_websocket_edge import CONNECT, Raw, raw
+from .test_websocket_edge import CONNECT, Raw, raw, stomp, upgrade_request
 from .test_wsframe import masked_frame
 
 TIMEOUT = 10.0
@@ -309,6 +309,26 @@ async def test_a_slow_body_aiohttp_reads_is_not_on_the_head_clock(node: Node) ->
         second = await reader.readuntil(b"\r\n\r\n")
     await close(writer)
     assert second.startswith(b"HTTP/1.1 202"), second
+
+
+async def test_a_websocket_aiohttp_switched_to_is_not_on_the_head_clock(node: Node) -> None:
+    """A SockJS WebSocket on a connection aiohttp serves (a GET came first): what follows
+    the handshake is frames, not heads. A frame left half sent longer than the head
+    timeout is no 408, and the session goes on once it is whole."""
+    async with raw(node) as client:
+        await client.send(GET_HEALTHZ)
+        assert (await client.response()).status == 200
+        path = node.session_url().removeprefix(node.http_url) + "/websocket"
+        await client.handshake(upgrade_request(path, protocols=None))
+        assert await client.frame() == (OP_TEXT, b"o")
+        await client.send(masked_frame(json.dumps([CONNECT.decode()]).encode()))
+        assert (await client.frame())[1].startswith(b'a["CONNECTED')
+        subscribe = stomp("SUBSCRIBE", id="s", destination="/topic/t", receipt="r")
+        frame = masked_frame(json.dumps([subscribe.decode()]).encode())
+        await client.send(frame[:5])
+        assert await _read_within(client.reader, HEAD_TIMEOUT * 1.25 + 0.5) == b""
+        await client.send(frame[5:])
+        assert (await client.frame())[1].startswith(b'a["RECEIPT')
 
 
 @pytest.mark.parametrize(

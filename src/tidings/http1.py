@@ -248,6 +248,15 @@ _FRAMING_FIELD = re.compile(
 )
 _CHUNK_SIZE_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,16}")  # 16 hex digits: 2**64 - 1 at most
 _FRAMING_INITIALS = frozenset(b"cCtTuU")  # Content-Length, Connection, Transfer-Encoding, Upgrade
+# What a head said so far, as bits of RequestFraming._facts.
+_REQUEST_LINE = 1  # its request line is still to come (read a line at a time)
+_CONNECT = 2  # the method is CONNECT
+_CODED = 4  # Transfer-Encoding came
+_CHUNKED = 8  # ... and its last coding is chunked
+_CONNECTION_UPGRADE = 16  # Connection has the "upgrade" option
+_UPGRADE = 32  # Upgrade came
+_INVALID = 64  # a framing field is not valid
+_SWITCH_ASKED = _CONNECTION_UPGRADE | _UPGRADE  # RFC 9110 §7.8
 
 
 class RequestFraming:
@@ -272,19 +281,13 @@ class RequestFraming:
     """
 
     __slots__ = (
-        "_chunked",
-        "_coded",
-        "_connect",
-        "_connection_upgrade",
+        "_facts",
         "_held",
-        "_invalid",
         "_length",
         "_line",
         "_over",
         "_remaining",
-        "_request_line",
         "_state",
-        "_upgrade",
         "heads",
         "max_held_bytes",
         "max_line_bytes",
@@ -300,14 +303,8 @@ class RequestFraming:
         self._remaining = 0  # bytes left of a body or a chunk
         self._held = bytearray()  # what came after a switch, until resume()
         # What the head read so far said (_start_head resets it for the next one).
-        self._request_line = True  # the next line of the head is its request line
-        self._connect = False  # the method is CONNECT
+        self._facts = _REQUEST_LINE
         self._length: int | None = None  # Content-Length
-        self._coded = False  # Transfer-Encoding came
-        self._chunked = False  # ... and its last coding is chunked
-        self._connection_upgrade = False  # Connection has the "upgrade" option
-        self._upgrade = False  # Upgrade came
-        self._invalid = False  # the framing fields are not valid
 
     @property
     def in_head(self) -> bool:
@@ -421,7 +418,7 @@ class RequestFraming:
     def _whole_head(self, data: bytes, start: int, end: int) -> None:
         """The head in ``data[start:end]``, its blank line included, read at once: what
         reading it a line at a time finds, in one search for each kind of line."""
-        self._connect = data.startswith(b"CONNECT ", start)
+        self._facts = _CONNECT if data.startswith(b"CONNECT ", start) else 0
         if _FOLD.search(data, start, end):
             self._lose()
             return
@@ -433,12 +430,14 @@ class RequestFraming:
                 field[1].lower(), value, field.end() - field.start() - 1 > self.max_line_bytes
             )
         self.heads += 1
-        self._head_ended()
+        if self._facts or self._length is not None:
+            self._head_ended()
+        else:  # no body, no switch (most heads): the next request may start
+            self._facts = _REQUEST_LINE
 
     def _head_line(self, line: bytes, over: bool) -> None:
-        if self._request_line:
-            self._request_line = False
-            self._connect = line.startswith(b"CONNECT ")
+        if self._facts & _REQUEST_LINE:
+            self._facts = _CONNECT if line.startswith(b"CONNECT ") else 0
             return
         if not line and not over:
             self.heads += 1
@@ -458,27 +457,33 @@ class RequestFraming:
             value = value.strip(b" \t")
             # §6.3 item 5: one value, 1*DIGIT (a longer one is over any limit there is)
             if over or self._length is not None or not value.isdigit() or len(value) > 18:
-                self._invalid = True
+                self._facts |= _INVALID
             else:
                 self._length = int(value)
         elif name == b"transfer-encoding":
             # §6.3 item 4: chunked frames the body if it is the last coding, or none does
-            self._coded = True
             last = value.rpartition(b",")[2].strip(b" \t").lower()
-            self._chunked = last == b"chunked" and not over
+            if last == b"chunked" and not over:
+                self._facts |= _CODED | _CHUNKED
+            else:
+                self._facts = (self._facts | _CODED) & ~_CHUNKED
         elif name == b"connection":
             tokens = [token.strip(b" \t").lower() for token in value.split(b",")]
-            self._connection_upgrade = self._connection_upgrade or b"upgrade" in tokens or over
+            if b"upgrade" in tokens or over:
+                self._facts |= _CONNECTION_UPGRADE
         elif name == b"upgrade":
-            self._upgrade = True
+            self._facts |= _UPGRADE
 
     def _head_ended(self) -> None:
-        if self._connect:  # RFC 9110 §9.3.6: no content; the tunnel follows the head
+        facts = self._facts
+        if facts & _CONNECT:  # RFC 9110 §9.3.6: no content; the tunnel follows the head
             self._start_head()
             self._state = _SWITCH
-        elif self._invalid or (self._coded and (self._length is not None or not self._chunked)):
+        elif facts & _INVALID or (
+            facts & _CODED and (self._length is not None or not facts & _CHUNKED)
+        ):
             self._lose()  # §6.3 items 3-5: the server refuses the request and closes
-        elif self._coded:
+        elif facts & _CODED:
             self._state = _CHUNK_SIZE
         elif self._length:
             self._remaining = self._length
@@ -488,15 +493,13 @@ class RequestFraming:
 
     def _after_message(self) -> int:
         """The state after the request ends: a protocol switch it asked for, or the next."""
-        switch = self._connection_upgrade and self._upgrade  # RFC 9110 §7.8
+        switch = self._facts & _SWITCH_ASKED == _SWITCH_ASKED
         self._start_head()
         return _SWITCH if switch else _BETWEEN
 
     def _start_head(self) -> None:
-        self._request_line = True
+        self._facts = _REQUEST_LINE
         self._length = None
-        self._connect = self._coded = self._chunked = self._invalid = False
-        self._connection_upgrade = self._upgrade = False
 
     def _lose(self) -> None:
         self._state = _LOST
