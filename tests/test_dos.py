@@ -275,6 +275,17 @@ async def test_a_half_sent_head_behind_a_request_is_answered_408(node: Node, bef
     assert HEAD_TIMEOUT * 0.9 <= elapsed < HEAD_TIMEOUT * 1.25 + 1, elapsed
 
 
+async def test_a_long_first_head_handed_to_aiohttp_is_answered_408(node: Node) -> None:
+    """A first head over the edge's 16 KB goes to aiohttp unfinished (its lines are
+    within aiohttp's limits): it held the connection --keepalive-timeout; now 408."""
+    field = b"X-Pad: " + b"p" * 1000 + b"\r\n"
+    elapsed, answer = await partial_request(node, b"GET /healthz HTTP/1.1\r\n" + field * 17)
+    status, body = status_and_json(answer)
+    assert status == 408, answer
+    assert body["error"] == "request_head_timeout", body
+    assert HEAD_TIMEOUT * 0.9 <= elapsed < HEAD_TIMEOUT * 1.25 + 1, elapsed
+
+
 async def test_pipelined_requests_are_answered_and_kept_alive(node: Node) -> None:
     """Complete requests in one write, bodies among them: each answered in order, and the
     connection then idles until --keepalive-timeout, not the head timeout."""
