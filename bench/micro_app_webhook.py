@@ -1,7 +1,7 @@
 """Webhook round trip (issue 16): client SEND -> ``--app-webhook`` -> reply MESSAGE, p50/p99.
 
     .venv/bin/python -m bench.micro_app_webhook [--rate 1000] [--seconds 10] [--clients 50]
-        [--delay-ms 0,20] [--rounds 1]
+        [--delay-ms 0,20] [--rounds 1] [--node-args "--app-webhook-concurrency 16"]
 
 Starts one node (``tidings serve``, the embedded memory broker, default limits) on the
 server core and a real aiohttp webhook (a process of its own on the client core) that
@@ -219,6 +219,7 @@ def run(args: argparse.Namespace, delay_ms: float, log_dir: Path) -> str:
             [
                 *(sys.executable, "-m", "tidings", "serve", "--port", str(node_port)),
                 *("--app-webhook", f"http://127.0.0.1:{hook_port}/hook", "--log-level", "warning"),
+                *args.node_args.split(),
             ],
             core=SERVER_CORE,
             log_dir=log_dir,
@@ -236,6 +237,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--delay-ms", default="0,20", help="webhook answer delays to run")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--node-args",
+        default="",
+        help="more `tidings serve` options, e.g. --app-webhook-concurrency 16",
+    )
     parser.add_argument("--serve-webhook", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_webhook:
