@@ -104,7 +104,10 @@ class HeadGuard(asyncio.Protocol):
                 if framing.held and self._timer is None:
                     self._look_later(self._timeout / 4 * 2**self._looks)
                 return
-            framing.resume()  # aiohttp answered without switching and waits for a request
+            # aiohttp answered without switching, and so every switch asked for in what
+            # it held, since it waits for a request: what follows is requests.
+            while framing.switching:
+                framing.resume()
             self._looks = 0
         if framing.lost:
             self._stop_following()
