@@ -242,9 +242,9 @@ class RequestReader(Generic[R]):
 _BETWEEN, _HEAD, _BODY, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _SWITCH, _LOST = range(9)
 _NOT_CR_LF = re.compile(rb"[^\r\n]")
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # the end of a head (§2.2: a bare LF ends a line too)
-_FOLD = re.compile(rb"\n[ \t]")
+# A field that frames what follows the head: name, value (CR included), to the line's end.
 _FRAMING_FIELD = re.compile(
-    rb"\n(content-length|transfer-encoding|connection|upgrade):([^\n]*)", re.IGNORECASE
+    rb"\n((?i:content-length|transfer-encoding|connection|upgrade)):([^\n]*)"
 )
 _CHUNK_SIZE_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,16}")  # 16 hex digits: 2**64 - 1 at most
 _FRAMING_INITIALS = frozenset(b"cCtTuU")  # Content-Length, Connection, Transfer-Encoding, Upgrade
@@ -275,9 +275,10 @@ class RequestFraming:
     held, not read, until ``resume()`` says the switch did not happen (the server
     answered that request and went on with HTTP). Framing it does not follow - an invalid
     or repeated Content-Length, a coding that does not end in chunked, Content-Length
-    with Transfer-Encoding, a folded line (§5.2), a bad chunk size, more held bytes than
-    allowed - makes it ``lost`` for good: a server answers such a request 400 and closes
-    (§6.3 items 3-5), and nothing is known of the stream after it.
+    with Transfer-Encoding, a bad chunk size, more held bytes than allowed - makes it
+    ``lost`` for good: a server answers such a request 400 and closes (§6.3 items 3-5),
+    and nothing is known of the stream after it. Other faults of a head (a folded line,
+    a malformed request line) are not looked for: the server refuses them and closes.
     """
 
     __slots__ = (
@@ -337,10 +338,11 @@ class RequestFraming:
                 if not self._remaining:
                     self._state = _CHUNK_END if state == _CHUNK_DATA else self._after_message()
             elif state == _BETWEEN:
-                start = _NOT_CR_LF.search(data, pos)  # §2.2: empty lines before a request
-                if start is None:
-                    return
-                pos = start.start()
+                if data[pos] in b"\r\n":  # §2.2: empty lines before a request
+                    start = _NOT_CR_LF.search(data, pos)
+                    if start is None:
+                        return
+                    pos = start.start()
                 end_of_head = _BLANK_LINE.search(data, pos)
                 if end_of_head is None:  # the head goes on in the next piece: line by line
                     self._state = _HEAD
@@ -417,18 +419,11 @@ class RequestFraming:
 
     def _whole_head(self, data: bytes, start: int, end: int) -> None:
         """The head in ``data[start:end]``, its blank line included, read at once: what
-        reading it a line at a time finds, in one search for each kind of line."""
+        reading it a line at a time finds, in one search for its framing fields."""
         self._facts = _CONNECT if data.startswith(b"CONNECT ", start) else 0
-        if _FOLD.search(data, start, end):
-            self._lose()
-            return
-        for field in _FRAMING_FIELD.finditer(data, start, end):
-            value = field[2]
-            if value[-1:] == b"\r":
-                value = value[:-1]
-            self._field(
-                field[1].lower(), value, field.end() - field.start() - 1 > self.max_line_bytes
-            )
+        for name, value in _FRAMING_FIELD.findall(data, start, end):
+            over = len(name) + 1 + len(value) > self.max_line_bytes
+            self._field(name.lower(), value[:-1] if value[-1:] == b"\r" else value, over)
         self.heads += 1
         if self._facts or self._length is not None:
             self._head_ended()
@@ -443,11 +438,7 @@ class RequestFraming:
             self.heads += 1
             self._head_ended()
             return
-        first = line[0]
-        if first in b" \t":  # §5.2: obs-fold; a server rejects it
-            self._lose()
-            return
-        if first in _FRAMING_INITIALS:
+        if line[0] in _FRAMING_INITIALS:
             name, _, value = line.partition(b":")
             self._field(name.lower(), value, over)
 
