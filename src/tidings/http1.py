@@ -263,10 +263,11 @@ class RequestFraming:
     """Where a connection's stream of requests stands, fed its bytes as they arrive:
     between requests, in a head, in a body, or past a protocol switch (RFC 9112).
 
-    It keeps no request. A head is read a line at a time for the fields that frame what
-    follows it: Content-Length and Transfer-Encoding (§6.3), Connection and Upgrade (a
-    protocol switch, RFC 9110 §7.8; CONNECT, §9.3.6); a body is skipped by its length or
-    by its chunks, trailers included (§7.1). Empty lines before a request are skipped, and
+    It keeps no request. A head is read (at once when it ends in the same piece, else a
+    line at a time) for the fields that frame what follows it: Content-Length and
+    Transfer-Encoding (§6.3), Connection and Upgrade (a protocol switch, RFC 9110 §7.8;
+    CONNECT, §9.3.6); a body is skipped by its length or by its chunks, trailers included
+    (§7.1). Empty lines before a request are skipped, and
     a line may end in a bare LF (§2.2). Time is linear in the input and memory bounded:
     at most ``max_line_bytes`` of a line are kept (a field's name is in them; a framing
     field longer than that is not valid), and ``max_held_bytes`` after a switch.
