@@ -21,6 +21,7 @@ from tidings import __version__
 from tidings.app_webhook import AppWebhook
 from tidings.brokers import REDIS_SCHEMES, MemoryBroker, broker_from_url
 from tidings.config import Config
+from tidings.connect_webhook import ConnectWebhook
 from tidings.inbox.memory import MemoryInbox
 from tidings.metrics import ServerStats
 from tidings.node import Node
@@ -108,6 +109,18 @@ def build_node(config: Config) -> Node:
     )
 
 
+def connect_webhook_for(config: Config) -> ConnectWebhook | None:
+    """``--auth webhook``'s client of ``--connect-webhook`` (tidings.connect_webhook)."""
+    if config.auth != "webhook" or not config.connect_webhook:
+        return None
+    return ConnectWebhook(
+        config.connect_webhook,
+        token=config.connect_webhook_token,
+        timeout_s=config.connect_webhook_timeout_s,
+        max_in_flight=config.connect_webhook_concurrency,
+    )
+
+
 class Server:
     """State shared by every handler of one node.
 
@@ -131,6 +144,7 @@ class Server:
                 max_message_bytes=config.max_message_bytes,
             )
         self.app_webhook = app_webhook
+        self.connect_webhook = connect_webhook_for(config)
         self.context = SessionContext(
             config,
             self.node,
@@ -140,6 +154,7 @@ class Server:
             f"Tidings/{__version__} (node {self.node.id})",
             ConnectDeadlines(config.connect_timeout_s),
             app_webhook,
+            self.connect_webhook,
             send_budget=SendBudget(config.max_send_stored_bytes, config.inbox),
         )
         self.exporter = Metrics(self.context)
@@ -265,6 +280,8 @@ class Server:
         await self.node.start()
         if self.app_webhook is not None:
             await self.app_webhook.start()
+        if self.connect_webhook is not None:
+            await self.connect_webhook.start()
         await self.admin.start()
         self.exporter.start()
         # Modules, classes and the app live as long as the process: keep them out of every
@@ -301,6 +318,8 @@ class Server:
         self.exporter.stop()
         if self.app_webhook is not None:
             await self.app_webhook.close()
+        if self.connect_webhook is not None:
+            await self.connect_webhook.close()
         await self.admin.stop()
         await self.node.stop()
 
