@@ -31,6 +31,7 @@ from tidings.server.admin import AdminApi
 from tidings.server.admin_access import client_address, forwarded_for_of
 from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
 from tidings.server.edge import ORIGIN_NOT_ALLOWED, STOMP_SUBPROTOCOLS, Edge, start_websocket
+from tidings.server.me_api import MeApi
 from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tidings.server.metrics import UPGRADED, Metrics, response_counter
 from tidings.server.openapi import openapi_document
@@ -161,6 +162,7 @@ class Server:
         self.api = PublishApi(
             self.node, self.trust, self.stats, max_message_bytes=config.max_message_bytes
         )
+        self.me = MeApi(self.node, self.trust, self.stats, auth=config.auth)  # /api/v1/me
         self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
         self.admin = AdminApi(self.context, self.api)
 
@@ -346,6 +348,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/vendor/{name}", server.vendor)
     app.router.add_get("/tidings.js", server.sdk)
     app.router.add_routes(server.api.routes())
+    app.router.add_routes(server.me.routes())
     app.router.add_routes(server.admin.routes())
     app.router.add_get("/admin", server.admin_console)
     app.on_startup.append(server.on_startup)
