@@ -263,7 +263,48 @@ async def test_under_auth_none_the_user_is_named_and_under_webhook_refused(
     assert "--auth webhook" in body["message"]
 
 
-async def publish_plain(node: TidingsServer, user: str) -> None:
+async def publish_plain(node: TidingsServer, user: str, body: str = "hi") -> None:
     path = f"/api/v1/users/{user}/messages"
-    status, answer, _ = await call(node, "POST", path, json={"body": "hi"})
+    status, answer, _ = await call(node, "POST", path, json={"body": body})
     assert status == 202, answer
+
+
+SDK_PAGE = """import("/tidings.js").then(({ connect }) => {
+  window.got = [];
+  window.center = connect({ token: %s, reconnectDelay: 200 });
+  window.center.addEventListener("notification", (e) => {
+    window.got.push([e.detail.body, e.detail.history]);
+  });
+})"""
+
+
+async def test_tidings_js_shows_the_history_on_a_first_visit_once(
+    tidings_server: StartServer, tmp_path: Path
+) -> None:
+    """tidings.js with a token: a first visit reads /api/v1/me/inbox, then resumes live
+    after it (nothing twice); a later visit resumes from its last id (no history again)."""
+    node = await tidings_server("--auth", "jwt", env={"TIDINGS_JWT_SECRET": SECRET})
+    for n in range(2):
+        await publish_plain(node, "alice", f"old {n}")
+    browser = await Browser.start(tmp_path / "profile")
+    try:
+        await browser.goto(f"http://127.0.0.1:{node.port}/api/v1/docs")  # the node's origin
+        await browser.eval(SDK_PAGE % dumps(token("alice")))
+        await browser.wait("window.center.connected && window.center.unread === 2")
+        await publish_plain(node, "alice", "live")
+        await browser.wait("window.got.length >= 3")
+        await browser.eval("window.center.close()")
+        assert await browser.eval("window.got") == [
+            ["old 0", True],
+            ["old 1", True],
+            ["live", False],
+        ]
+        await browser.goto(f"http://127.0.0.1:{node.port}/api/v1/docs")  # a later visit
+        await browser.eval(SDK_PAGE % dumps(token("alice")))
+        await browser.wait("window.center.connected && window.center.unread === 3")
+        await publish_plain(node, "alice", "after the reload")
+        await browser.wait("window.got.length >= 1")
+        assert await browser.eval("window.got") == [["after the reload", False]]
+        assert not [line for line in browser.console if "[error]" in line], browser.console
+    finally:
+        await browser.close()
