@@ -116,7 +116,7 @@ async def test_a_sockjs_session_is_named_too(
     assert back_end.calls[0]["transport"] == "sockjs"
 
 
-async def answer_with(status: int, body: bytes) -> Handler:
+def answer_with(status: int, body: bytes) -> Handler:
     async def handler(call: dict[str, Any]) -> web.StreamResponse:
         return web.Response(status=status, body=body, content_type="application/json")
 
@@ -158,7 +158,7 @@ async def test_anything_but_a_user_refuses_the_session_saying_what_failed(
         await back_end.released.wait()  # the node gives up long before
         return web.json_response({"user": "late"})
 
-    back_end.handler = hang if status is None else await answer_with(status, body)
+    back_end.handler = hang if status is None else answer_with(status, body)
     node = await node_for(tidings_server, back_end, "--connect-webhook-timeout", "0.5")
     client = await js_client("stompjs7", node.ws_url())
     await client.command("connect", headers={"login": "ada", "passcode": "x"}, heartbeat=[0, 0])
@@ -169,6 +169,15 @@ async def test_anything_but_a_user_refuses_the_session_saying_what_failed(
     closed = await client.expect("closed")
     assert closed["code"] == 1008
     assert len(back_end.calls) == 1
+    # Counted by a short, fixed reason (a label of tidings_auth_failures_total).
+    reason = {403: "webhook_refused", 500: "webhook_refused", None: "webhook_timeout"}
+    label = f'reason="{reason.get(status, "invalid_answer")}"'
+    counted = {
+        name: value
+        for name, value in (await node.metrics()).items()
+        if name.startswith("tidings_auth_failures_total{")
+    }
+    assert [value for name, value in counted.items() if label in name] == [1], counted
 
 
 async def test_an_unreachable_back_end_refuses_without_naming_it(
@@ -249,8 +258,7 @@ def test_contradictory_options_stop_the_start_with_exit_2(args: list[str], error
     assert error in result.stderr, result.stderr
 
 
-def test_a_refusal_reason_is_counted_by_its_code() -> None:
-    """The reasons are labels of tidings_auth_failures_total: a short, fixed set."""
+def test_an_answer_names_one_valid_user() -> None:
     for data in (b"nope", b"{}", b'{"user": null}'):
         with pytest.raises(AuthError) as raised:
             user_of(data)
