@@ -1,9 +1,11 @@
-"""The broker contract, run unchanged against every broker, then Redis faults.
+"""The broker contract, run unchanged against every broker, then Redis and RabbitMQ faults.
 
 ``TestContract`` is what the node relies on from any broker (DESIGN.md §4, as in
 centrifuge's per-engine tests). ``TestRedis`` covers what only a networked broker has:
 several nodes on one Redis, Redis stopped and restarted, subscriber connections killed
 or silently dead, and the legacy raw channel. Every Redis test runs its own redis-server.
+``TestAmqp`` (issue 20) does the same on the session's private RabbitMQ node
+(tests/rabbit_fixture.py), each test on an exchange of its own.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import Any
 import pytest
 
 from tidings.brokers import MemoryBroker, MessageHandler, broker_from_url
+from tidings.brokers.amqp import AmqpBroker, routing_key, split_url
 from tidings.brokers.redis import SUBSCRIBE_BATCH, RedisBroker
 from tidings.errors import BrokerUnavailable
 
+from .rabbit_fixture import RabbitServer
 from .redis_fixture import RedisServer
 from .sentinel_fixture import one_sentinel
 
@@ -57,7 +61,7 @@ class Recorder:
 class Subject:
     """A broker under test (not started) and the recorder to start it with."""
 
-    broker: MemoryBroker | RedisBroker
+    broker: MemoryBroker | RedisBroker | AmqpBroker
     got: Recorder
 
     async def start(self) -> None:
@@ -71,13 +75,16 @@ class Subject:
         await eventually(lambda: marker in self.got.on(channel), what=f"barrier on {channel}")
 
 
-@pytest.fixture(params=["memory", "redis", "sentinel"])
+@pytest.fixture(params=["memory", "redis", "sentinel", "amqp"])
 async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Subject]:
     server: RedisServer | None = None
-    broker: MemoryBroker | RedisBroker
+    broker: MemoryBroker | RedisBroker | AmqpBroker
     async with contextlib.AsyncExitStack() as stack:
         if request.param == "memory":
             broker = MemoryBroker()
+        elif request.param == "amqp":  # the session's RabbitMQ node, an exchange of its own
+            rabbit: RabbitServer = request.getfixturevalue("rabbit_server")
+            broker = AmqpBroker(rabbit.url())
         elif request.param == "sentinel":  # redis+sentinel://: the master found by asking
             sentinels = await stack.enter_async_context(one_sentinel(tmp_path))
             broker = RedisBroker(sentinels.url)
@@ -169,7 +176,7 @@ class TestContract:
         await subject.broker.publish("u:6", b"whole")
         await subject.barrier("u:6")
         assert subject.got.on("u:6")[0] == b"whole"
-        assert False not in reports  # (Redis reports True when first hearing its channels)
+        assert False not in reports  # (Redis, RabbitMQ report True when first hearing)
         await subject.broker.close()
         assert False not in reports  # closing is not a break
 
@@ -589,5 +596,25 @@ def test_broker_from_url_schemes() -> None:
     assert isinstance(broker_from_url("memory://"), MemoryBroker)
     for url in ("redis://127.0.0.1:1/0", "rediss://:pw@127.0.0.1:1/2"):
         assert isinstance(broker_from_url(url), RedisBroker)  # no connection made yet
-    with pytest.raises(ValueError, match=r"memory://, redis://, rediss://"):
+    amqp = broker_from_url("amqp://u:p@127.0.0.1:1/vhost")
+    assert isinstance(amqp, AmqpBroker) and amqp.exchange == "tidings"
+    amqps = broker_from_url("amqps://u:p@127.0.0.1:1/?exchange=app.events&heartbeat=2")
+    assert isinstance(amqps, AmqpBroker) and amqps.exchange == "app.events"
+    with pytest.raises(ValueError, match=r"memory://, redis://, rediss://.*amqp://, amqps://"):
         broker_from_url("nats://localhost")
+    with pytest.raises(ValueError, match=r"\?exchange= must name an exchange"):
+        broker_from_url("amqp://127.0.0.1:1/?exchange=")
+
+
+def test_amqp_url_and_routing_keys() -> None:
+    """What aiormq is given: the URL less ``exchange``, a heartbeat unless one is set;
+    names too long for a routing key are hashed (the module docstring)."""
+    assert split_url("amqp://u:p@h:5/v?exchange=x&name=n") == (
+        "amqp://u:p@h:5/v?name=n&heartbeat=5",
+        "x",
+    )
+    assert split_url("amqps://h/?heartbeat=2")[0] == "amqps://h/?heartbeat=2"
+    assert routing_key("t:a.*.#") == "t:a.*.#"
+    assert routing_key("u:" + "é" * 126) == "u:" + "é" * 126  # 254 bytes
+    long = routing_key("u:" + "é" * 127)
+    assert long.startswith("#sha256:") and len(long) == 72

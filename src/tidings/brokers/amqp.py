@@ -1,0 +1,457 @@
+"""The AMQP 0-9-1 broker (``amqp://user:pass@host:port/vhost``, ``amqps://``): nodes meet
+on RabbitMQ (issue 20).
+
+Routing is RabbitMQ's own (DESIGN.md §4, targeted routing): one exchange for the
+deployment (``?exchange=NAME``, default ``tidings``) and one exclusive, auto-delete,
+server-named queue per node. ``subscribe`` binds the node's queue to the exchange with
+the channel's routing key, ``unsubscribe`` unbinds it; a publish carries the channel's
+routing key, and RabbitMQ copies it into the queues that bound it and no other, so a
+node receives only the channels it bound.
+
+Routing keys: the exchange is a *direct* exchange, not a topic exchange. A direct
+exchange matches a routing key byte for byte, so ``.``, ``*`` and ``#`` in a channel name
+mean nothing to it (a topic exchange reads ``.`` as a word separator and ``*``/``#`` in a
+binding as wildcards: ``t:a.*`` would also receive ``t:a.b``), no escaping is needed, and
+its lookup is a hash, not a trie walk. A name is its own routing key while its UTF-8 fits
+AMQP's shortstr (255 bytes); a longer one is routed as ``#sha256:`` + the hex digest of
+its UTF-8 (``routing_key``), which no Tidings channel name (``u:...``, ``t:...``) can be.
+
+Publishes wait for RabbitMQ's publisher confirm (``Basic.Ack``) before returning; a
+``Basic.Nack``, a lost connection or no confirm within CONFIRM_TIMEOUT_S raise
+BrokerUnavailable. Nothing is accepted and dropped.
+
+One connection, two AMQP channels: one consumes and (un)binds, one publishes with
+confirms. A task owns the connection: connect, declare, consume, bind every wanted
+channel, serve until the connection, a channel or the consumer ends, then report the
+break (``on_continuity(False)``) and reconnect with capped, jittered exponential
+backoff; ``on_continuity(True)`` once the new queue holds every binding again, so the
+node's catch-up (tidings.catchup) reads what was missed from the inbox. The queue is
+exclusive, so it (and its bindings) die with the connection: a reconnect declares a new
+one. AMQP heartbeats (``?heartbeat=SECONDS``, default HEARTBEAT_S) notice a silently dead
+connection within about three heartbeats.
+
+Library: aiormq (docs/decisions.md, session 8): the publish with confirm is the hot
+path, and aio-pika adds its own objects on top of aiormq's per publish and a "robust"
+reconnect that would hide the break this broker must report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+from collections.abc import Coroutine
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiormq
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from pamqp import commands as spec
+
+from tidings.brokers import AMQP_SCHEMES
+from tidings.brokers.base import ContinuityHandler, MessageHandler
+from tidings.errors import BrokerUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXCHANGE = "tidings"
+CONNECT_TIMEOUT_S = 2.0
+"""TCP connect, TLS and the AMQP handshake: a dead RabbitMQ is noticed within it."""
+SETUP_TIMEOUT_S = 10.0
+"""Declaring the exchange and queue, consuming and binding every wanted channel."""
+SUBSCRIBE_TIMEOUT_S = 3.0
+"""How long ``subscribe()`` waits for ``Queue.BindOk``."""
+CONFIRM_TIMEOUT_S = 5.0
+"""How long ``publish()`` waits for RabbitMQ's publisher confirm."""
+START_TIMEOUT_S = 5.0
+"""How long ``start()`` waits for the first connection before returning not-ready."""
+CLOSE_TIMEOUT_S = 2.0
+"""Bound on the AMQP close handshake."""
+HEARTBEAT_S = 5
+"""AMQP heartbeat asked for unless the URL says ``?heartbeat=``."""
+MAX_KEY_BYTES = 255
+"""AMQP 0-9-1 shortstr: the longest routing key."""
+
+_ERRORS = (aiormq.exceptions.AMQPError, RuntimeError, OSError, TimeoutError)
+"""What aiormq raises when the connection or a channel is (or goes) away."""
+
+
+def routing_key(channel: str) -> str:
+    """The routing key of ``channel`` on the direct exchange (see the module docstring)."""
+    raw = channel.encode()
+    if len(raw) <= MAX_KEY_BYTES:
+        return channel
+    return "#sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(the URL aiormq connects to, the exchange name): ``?exchange=`` is Tidings' own.
+
+    ValueError for another scheme or an empty exchange name. A URL without a path is
+    the default vhost ``/`` (aiormq's reading too); ``heartbeat`` defaults to HEARTBEAT_S.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in AMQP_SCHEMES:
+        raise ValueError(f"expected an amqp:// or amqps:// URL, got scheme {parts.scheme!r}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    exchange = DEFAULT_EXCHANGE
+    rest: list[tuple[str, str]] = []
+    for name, value in query:
+        if name == "exchange":
+            exchange = value
+        else:
+            rest.append((name, value))
+    if not exchange or len(exchange.encode()) > MAX_KEY_BYTES:
+        raise ValueError("?exchange= must name an exchange of 1 to 255 bytes")
+    if not any(name == "heartbeat" for name, _ in rest):
+        rest.append(("heartbeat", str(HEARTBEAT_S)))
+    return urlunsplit(parts._replace(query=urlencode(rest))), exchange
+
+
+class _Link:
+    """One connection's AMQP objects, set up by ``AmqpBroker._connect``."""
+
+    def __init__(self, connection: aiormq.Connection) -> None:
+        self.connection = connection
+        self.consumer: AbstractChannel | None = None
+        self.publisher: aiormq.Channel | None = None
+        self.queue = ""
+        self.cancelled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Resolved when RabbitMQ cancels the consumer (the queue was deleted)."""
+
+    async def close(self) -> None:
+        """Close the connection, bounded; whatever is in flight on it fails."""
+        with contextlib.suppress(*_ERRORS):
+            await self.connection.close(
+                ConnectionError("amqp connection closed"), timeout=CLOSE_TIMEOUT_S
+            )
+
+
+class AmqpBroker:
+    """Broker on RabbitMQ: a direct exchange, one exclusive queue per node."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        backoff_initial_s: float = 0.05,
+        backoff_max_s: float = 1.0,
+    ) -> None:
+        self._url, self.exchange = split_url(url)
+        self.reconnects = 0
+        """Times the connection was re-established after a loss."""
+        self.received = 0
+        """Messages handed to the handler."""
+        self._backoff_initial_s = backoff_initial_s
+        self._backoff_max_s = backoff_max_s
+        # Routing key -> channel name, for every channel subscribed and not unsubscribed.
+        self._routes: dict[str, str] = {}
+        # Routing key -> the Queue.Bind of subscribe() in flight (None once BindOk came,
+        # else why it failed); concurrent subscribers of one channel share it.
+        self._binding: dict[str, asyncio.Future[str | None]] = {}
+        self._handler: MessageHandler | None = None
+        self._continuity: ContinuityHandler | None = None
+        self._link: _Link | None = None
+        self._ready = False
+        self._ever_ready = False
+        self._became_ready = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._operations: set[asyncio.Task[None]] = set()  # binds and unbinds under way
+
+    @property
+    def queue(self) -> str:
+        """This node's queue on RabbitMQ while connected, else ``""``."""
+        return self._link.queue if self._link is not None else ""
+
+    # -- Broker interface ------------------------------------------------------------
+
+    async def start(self, handler: MessageHandler) -> None:
+        """Start the connection task; wait (bounded) until the first connection is set up.
+
+        If RabbitMQ cannot be reached within START_TIMEOUT_S this returns anyway, not
+        ready, and keeps reconnecting in the background.
+        """
+        if self._closed:
+            raise BrokerUnavailable("amqp broker is closed")
+        if self._task is not None:
+            return
+        self._handler = handler
+        self._task = asyncio.create_task(self._run(), name="tidings-amqp")
+        try:
+            await asyncio.wait_for(self._became_ready.wait(), START_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("amqp broker not ready after %.1fs; still reconnecting", START_TIMEOUT_S)
+
+    async def close(self) -> None:
+        """Stop the task and close the connection; no handler call after this returns."""
+        if self._closed:
+            return
+        self._closed = True
+        self._handler = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._became_ready.set()  # lets a start() that is still waiting return
+
+    def on_continuity(self, handler: ContinuityHandler | None) -> None:
+        """``handler(False)`` when the connection (or its consumer) is lost,
+        ``handler(True)`` once a new queue holds every channel's binding."""
+        self._continuity = handler
+
+    async def subscribe(self, channel: str) -> None:
+        """Return once RabbitMQ has bound the channel's key to this node's queue
+        (idempotent; concurrent callers of one channel share one ``Queue.Bind``).
+
+        BrokerUnavailable if not connected, or RabbitMQ does not confirm within
+        SUBSCRIBE_TIMEOUT_S (the channel is then not wanted any more).
+        """
+        key = routing_key(channel)
+        if key in self._routes:
+            pending = self._binding.get(key)
+            if pending is None:
+                if not self._ready:
+                    raise BrokerUnavailable("amqp unavailable: not connected")
+                return  # bound on the current connection
+        else:
+            consumer, queue = self._live()
+            pending = asyncio.get_running_loop().create_future()
+            self._binding[key] = pending
+            self._routes[key] = channel
+            self._spawn(self._bind(consumer, queue, key, pending))
+        error = await asyncio.shield(pending)
+        if error is not None:
+            raise BrokerUnavailable(f"amqp unavailable: binding {channel!r} {error}")
+
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel`` at once; unbind it if connected (never raises)."""
+        key = routing_key(channel)
+        if self._routes.pop(key, None) is None:
+            return
+        self._binding.pop(key, None)
+        link = self._link
+        if link is None or link.consumer is None or link.consumer.is_closed:
+            return  # the queue died with the connection: no binding to remove
+        await asyncio.shield(self._spawn(self._unbind(link.consumer, link.queue, key)))
+
+    async def publish(self, channel: str, payload: bytes) -> None:
+        """Publish and wait for RabbitMQ's confirm; BrokerUnavailable unless it acked."""
+        if self._closed or self._handler is None:
+            raise BrokerUnavailable("amqp broker is not running")
+        link = self._link
+        publisher = link.publisher if link is not None else None
+        if publisher is None or publisher.is_closed:
+            raise BrokerUnavailable("amqp unavailable: not connected")
+        try:
+            confirm = await publisher.basic_publish(
+                payload,
+                exchange=self.exchange,
+                routing_key=routing_key(channel),
+                properties=spec.Basic.Properties(delivery_mode=1),
+                timeout=CONFIRM_TIMEOUT_S,
+                wait=False,
+            )
+        except _ERRORS as exc:
+            raise BrokerUnavailable(f"amqp unavailable: publish not confirmed: {exc!r}") from exc
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller's cancellation
+            # aiormq rejects a confirm with CancelledError when its channel closes.
+            raise BrokerUnavailable(
+                "amqp unavailable: connection lost before the confirm"
+            ) from None
+        if not isinstance(confirm, spec.Basic.Ack):
+            raise BrokerUnavailable(f"amqp unavailable: RabbitMQ refused the message ({confirm!r})")
+
+    @property
+    def ready(self) -> bool:
+        """True while connected with every wanted channel bound."""
+        return self._ready
+
+    # -- subscriptions ---------------------------------------------------------------
+
+    def _live(self) -> tuple[AbstractChannel, str]:
+        """The consuming channel and queue if connected and ready, else BrokerUnavailable."""
+        link = self._link
+        consumer = link.consumer if link is not None else None
+        if not self._ready or link is None or consumer is None or consumer.is_closed:
+            raise BrokerUnavailable("amqp unavailable: not connected")
+        return consumer, link.queue
+
+    def _spawn(self, operation: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a Queue.(Un)Bind as a task of its own, started in call order.
+
+        Every bind and unbind goes this way, so they reach aiormq (which runs each call
+        as a task and sends them in the order those start) and RabbitMQ in the order
+        ``subscribe`` and ``unsubscribe`` were called; a caller's cancellation does not
+        withdraw one already asked for.
+        """
+        task = asyncio.create_task(operation)
+        self._operations.add(task)
+        task.add_done_callback(self._operations.discard)
+        return task
+
+    async def _unbind(self, consumer: AbstractChannel, queue: str, key: str) -> None:
+        with contextlib.suppress(*_ERRORS, asyncio.CancelledError):
+            await consumer.queue_unbind(
+                queue, self.exchange, routing_key=key, timeout=SUBSCRIBE_TIMEOUT_S
+            )
+
+    async def _bind(
+        self, consumer: AbstractChannel, queue: str, key: str, pending: asyncio.Future[str | None]
+    ) -> None:
+        """``Queue.Bind`` for ``subscribe``; a failure makes the channel not wanted.
+
+        aiormq closes the AMQP channel when a call times out; the connection task then
+        reconnects, so a bind that got lost on the way costs one reconnect, not a
+        binding believed made.
+        """
+        error: str | None = None
+        try:
+            await consumer.queue_bind(
+                queue, self.exchange, routing_key=key, timeout=SUBSCRIBE_TIMEOUT_S
+            )
+        except _ERRORS as exc:
+            error = f"not confirmed: {exc!r}"
+        except asyncio.CancelledError:  # aiormq's, when the channel closes
+            error = "not confirmed: connection lost"
+        if error is not None and self._binding.get(key) is pending:
+            self._routes.pop(key, None)
+        if self._binding.get(key) is pending:
+            del self._binding[key]
+        if not pending.done():
+            pending.set_result(error)
+
+    # -- the connection --------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Own the connection: connect, serve, and on loss reconnect, forever."""
+        failures = 0
+        while True:
+            link = _Link(aiormq.Connection(self._url))
+            try:
+                await self._connect(link)
+                failures = 0
+                await self._serve(link)
+            except _ERRORS as exc:
+                if not self._ever_ready and failures == 0:
+                    log.warning("rabbitmq unreachable: %s (retrying in the background)", exc)
+                elif self._ready or failures == 0:
+                    log.warning("rabbitmq connection lost: %s", exc)
+                else:
+                    log.debug("rabbitmq reconnect failed: %s", exc)
+            except Exception:
+                log.exception("amqp connection task failed unexpectedly")
+            finally:
+                self._lost()
+                await link.close()
+            failures += 1
+            await asyncio.sleep(self._backoff(failures))
+
+    async def _connect(self, link: _Link) -> None:
+        """Connect, declare the exchange and a new queue, consume it, bind every wanted
+        channel; then ready, and ``on_continuity(True)``.
+
+        The binds are sent without waiting for each ``BindOk`` (``nowait``), then one
+        ``Basic.Qos`` whose ``QosOk`` proves that RabbitMQ has applied them all: an AMQP
+        channel runs its methods in order, and a failed bind would close it instead.
+        """
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            await link.connection.connect()
+        self._link = link
+        async with asyncio.timeout(SETUP_TIMEOUT_S):
+            consumer = await link.connection.channel(publisher_confirms=False)
+            publisher = await link.connection.channel(publisher_confirms=True)
+            link.publisher = cast(aiormq.Channel, publisher)  # for basic_publish's wait=
+            await consumer.exchange_declare(self.exchange, exchange_type="direct", durable=True)
+            declared = await consumer.queue_declare("", exclusive=True, auto_delete=True)
+            link.queue = declared.queue or ""
+            consumer.on_consumer_cancel_callbacks.add(lambda frame: _settle(link.cancelled))
+            await consumer.basic_consume(link.queue, self._on_delivery, no_ack=True)
+            wanted = list(self._routes)
+            for key in wanted:
+                await consumer.queue_bind(link.queue, self.exchange, routing_key=key, nowait=True)
+            await consumer.basic_qos(prefetch_count=0)
+            link.consumer = consumer
+            # Unsubscribed while the binds were on their way: unbind those again.
+            for key in wanted:
+                if key not in self._routes:
+                    await consumer.queue_unbind(link.queue, self.exchange, routing_key=key)
+        self._ready = True
+        self._became_ready.set()
+        if self._ever_ready:
+            self.reconnects += 1
+            log.info("rabbitmq reconnected (%d reconnects)", self.reconnects)
+        self._ever_ready = True
+        self._report_continuity(True)
+
+    async def _serve(self, link: _Link) -> None:
+        """Return (raising why) once the connection, a channel or the consumer ends."""
+        assert link.consumer is not None and link.publisher is not None
+        watched: list[asyncio.Future[Any]] = [
+            link.connection.closing,
+            link.consumer.closing,
+            link.publisher.closing,
+            link.cancelled,
+        ]
+        try:
+            done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in watched:
+                if future is not link.cancelled:
+                    future.cancel()  # an observer only (aiormq's Base.closing)
+        for future in done:
+            if future is link.cancelled:
+                raise ConnectionError("RabbitMQ cancelled the consumer (queue deleted?)")
+            if not future.cancelled() and (exc := future.exception()) is not None:
+                raise ConnectionError(f"{exc!r}")
+        raise ConnectionError("connection closed")
+
+    async def _on_delivery(self, message: DeliveredMessage) -> None:
+        """aiormq runs it as a task per message, in arrival order; it never awaits."""
+        channel = self._routes.get(message.routing_key or "")
+        handler = self._handler
+        if channel is None or handler is None:
+            return  # unsubscribed meanwhile, or closing
+        self.received += 1
+        try:
+            handler(channel, message.body)
+        except Exception:
+            log.exception("broker message handler failed on %s", channel)
+
+    def _lost(self) -> None:
+        """Forget the connection: not ready, continuity broken, binds in flight fail."""
+        if self._ready:
+            self._report_continuity(False)
+        self._ready = False
+        self._became_ready.clear()
+        self._link = None
+        binding, self._binding = self._binding, {}
+        for key, pending in binding.items():
+            self._routes.pop(key, None)
+            if not pending.done():
+                pending.set_result("lost with the connection")
+
+    def _report_continuity(self, hearing: bool) -> None:
+        handler = self._continuity
+        if handler is None or self._closed:
+            return
+        try:
+            handler(hearing)
+        except Exception:
+            log.exception("broker continuity handler failed")
+
+    def _backoff(self, failures: int) -> float:
+        """Capped exponential delay before reconnect attempt ``failures``, with jitter."""
+        delay = min(self._backoff_max_s, self._backoff_initial_s * 2.0 ** (failures - 1))
+        return delay * random.uniform(0.5, 1.0)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
