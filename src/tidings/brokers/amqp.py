@@ -69,8 +69,9 @@ START_TIMEOUT_S = 5.0
 """How long ``start()`` waits for the first connection before returning not-ready."""
 CLOSE_TIMEOUT_S = 2.0
 """Bound on the AMQP close handshake."""
-HEARTBEAT_S = 5
-"""AMQP heartbeat asked for unless the URL says ``?heartbeat=``."""
+HEARTBEAT_S = 2
+"""AMQP heartbeat asked for unless the URL says ``?heartbeat=``: aiormq drops a connection
+that sent nothing for 3 * (heartbeat + 1) s, 9 s here (RabbitMQ after two missed ones)."""
 MAX_KEY_BYTES = 255
 """AMQP 0-9-1 shortstr: the longest routing key."""
 
@@ -255,6 +256,10 @@ class AmqpBroker:
                 timeout=CONFIRM_TIMEOUT_S,
                 wait=False,
             )
+        except aiormq.exceptions.DeliveryError as exc:  # Basic.Nack (or Basic.Return)
+            raise BrokerUnavailable(
+                f"amqp unavailable: RabbitMQ refused the message ({exc.frame!r})"
+            ) from exc
         except _ERRORS as exc:
             raise BrokerUnavailable(f"amqp unavailable: publish not confirmed: {exc!r}") from exc
         except asyncio.CancelledError:
