@@ -13,8 +13,15 @@ REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 """The URL schemes of a broker on Redis (shared by every node of a deployment)."""
 AMQP_SCHEMES = ("amqp", "amqps")
 """The URL schemes of a broker on RabbitMQ (AMQP 0-9-1)."""
+AMQP_NEEDS_INBOX = (
+    "--broker amqp:// routes messages between nodes but stores none: it needs an inbox "
+    "store of its own (--inbox, issue 20), which this version does not have yet; use "
+    "--broker redis:// meanwhile"
+)
+"""Why a node refuses to start on an AMQP broker until ``--inbox`` exists."""
 
 __all__ = [
+    "AMQP_NEEDS_INBOX",
     "AMQP_SCHEMES",
     "REDIS_SCHEMES",
     "Broker",
