@@ -708,6 +708,26 @@ class TestAmqp:
         await eventually(lambda: len(got.on("u:2")) == 1)
         assert got.messages == [("u:1", b"u:1"), ("u:2", b"u:2")]
 
+    async def test_a_storm_of_subscribes_is_bound_in_batches(
+        self, rabbit_server: RabbitServer, amqp_broker: AmqpHarness
+    ) -> None:
+        """The binds of one loop turn go out as one batch (S4's connection storm): all of
+        them bound, none timed out, each channel delivered once."""
+        broker, got = await amqp_broker()
+        names = [f"u:{i}" for i in range(2000)]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.gather(
+            *(broker.subscribe(name) for name in names),
+            *(broker.subscribe(name) for name in names[:10]),  # callers of one channel
+        )
+        print(f"\n2,000 subscribes bound in {loop.time() - start:.2f}s")
+        for name in names:
+            await broker.publish(name, name.encode())
+        await eventually(lambda: len(got.messages) == len(names), what="one message each")
+        assert sorted(got.messages) == sorted((name, name.encode()) for name in names)
+        assert len(await rabbit_server.bindings(broker.exchange)) == len(names)
+
     async def test_restart_breaks_continuity_refuses_publishes_then_rebinds_all(
         self, rabbit_server: RabbitServer
     ) -> None:
