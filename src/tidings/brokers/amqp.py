@@ -18,7 +18,8 @@ its UTF-8 (``routing_key``), which no Tidings channel name (``u:...``, ``t:...``
 
 Publishes wait for RabbitMQ's publisher confirm (``Basic.Ack``) before returning; a
 ``Basic.Nack``, a lost connection or no confirm within CONFIRM_TIMEOUT_S raise
-BrokerUnavailable. Nothing is accepted and dropped.
+BrokerUnavailable. Nothing is accepted and dropped. The publishes of one loop turn go out
+in one write (``_write_publishes``).
 
 One connection, two AMQP channels: one consumes and (un)binds, one publishes with
 confirms. A task owns the connection: connect, declare, consume, bind every wanted
