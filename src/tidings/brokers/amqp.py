@@ -322,19 +322,28 @@ class AmqpBroker:
         assert publisher is not None
         try:
             async with publisher.lock:
+                first = publisher.delivery_tag + 1
                 frames: list[Any] = []
-                for key, payload, confirmation in batch:
-                    publisher.delivery_tag += 1
-                    confirmed = publisher.create_future()
-                    publisher.confirmations[publisher.delivery_tag] = confirmed
-                    confirmed.add_done_callback(partial(_chain, confirmation))
+                step = publisher.max_content_size
+                for key, payload, _ in batch:
                     frames.append(spec.Basic.Publish(exchange=self.exchange, routing_key=key))
                     frames.append(ContentHeader(body_size=len(payload), properties=_PROPERTIES))
-                    step = publisher.max_content_size
                     frames += [
                         ContentBody(payload[at : at + step]) for at in range(0, len(payload), step)
                     ]
-                await publisher.write_queue.put(ChannelFrame.marshall(publisher.number, frames))
+                for tag, (_, _, confirmation) in enumerate(batch, first):
+                    confirmed = publisher.create_future()
+                    publisher.confirmations[tag] = confirmed
+                    confirmed.add_done_callback(partial(_chain, confirmation))
+                publisher.delivery_tag += len(batch)
+                try:
+                    await publisher.write_queue.put(ChannelFrame.marshall(publisher.number, frames))
+                except BaseException:
+                    # Not sent: RabbitMQ will number the next publishes from ``first``.
+                    publisher.delivery_tag = first - 1
+                    for tag in range(first, first + len(batch)):
+                        publisher.confirmations.pop(tag, None)
+                    raise
         except BaseException as exc:
             for _, _, confirmation in batch:
                 if not confirmation.done():
@@ -474,8 +483,10 @@ class AmqpBroker:
         async with asyncio.timeout(_allowance(SETUP_TIMEOUT_S, len(self._routes))):
             consumer = cast(aiormq.Channel, await link.connection.channel(publisher_confirms=False))
             publisher = await link.connection.channel(publisher_confirms=True)
-            link.publisher = cast(aiormq.Channel, publisher)  # for basic_publish's wait=
             await consumer.exchange_declare(self.exchange, exchange_type="direct", durable=True)
+            # Publishes may go out from now on (a publish to an exchange not declared yet
+            # would close the channel); the node's catch-up covers any while rebinding.
+            link.publisher = cast(aiormq.Channel, publisher)
             declared = await consumer.queue_declare("", exclusive=True, auto_delete=True)
             link.queue = declared.queue or ""
             consumer.on_consumer_cancel_callbacks.add(lambda frame: _resolve(link.cancelled))
