@@ -29,7 +29,15 @@ from urllib.parse import urlsplit
 
 ENV_PREFIX = "TIDINGS_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
-BROKER_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "rediss+sentinel")
+BROKER_SCHEMES = (
+    "memory",
+    "redis",
+    "rediss",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
 
 # TIDINGS_* variables the project reads that are not options of `tidings serve`.
 NOT_OPTIONS: dict[str, str] = {
@@ -226,7 +234,8 @@ class BrokerUrl(Kind):
         scheme = urlsplit(value).scheme
         if scheme not in BROKER_SCHEMES:
             raise ValueError(
-                "expected a memory://, redis://, rediss:// or redis+sentinel:// URL, got "
+                "expected a memory://, redis://, rediss://, redis+sentinel:// or "
+                "redis+cluster:// URL, got "
                 f"{redact_url(value)!r}"
             )
         if scheme.endswith("+sentinel"):
@@ -234,6 +243,10 @@ class BrokerUrl(Kind):
             from tidings.redis_sentinel import parse  # noqa: PLC0415
 
             parse(value)  # ValueError saying what is wrong
+        if scheme.endswith("+cluster"):
+            from tidings.redis_cluster import parse as parse_cluster  # noqa: PLC0415
+
+            parse_cluster(value)
         return value
 
 

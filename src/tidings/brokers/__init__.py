@@ -1,5 +1,6 @@
 """Brokers, chosen by URL scheme: ``memory://`` (default), ``redis://``, ``rediss://``
-and ``redis+sentinel://`` (``rediss+sentinel://``)."""
+``redis+sentinel://`` (``rediss+sentinel://``) and ``redis+cluster://``
+(``rediss+cluster://``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from urllib.parse import urlsplit
 from tidings.brokers.base import Broker, ContinuityHandler, MessageHandler
 from tidings.brokers.memory import MemoryBroker
 
-REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+REDIS_SCHEMES = (
+    "redis",
+    "rediss",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
 """The URL schemes of a broker on Redis (shared by every node of a deployment)."""
 
 __all__ = [
@@ -28,10 +36,10 @@ def broker_from_url(url: str) -> Broker:
         return MemoryBroker()
     if scheme in REDIS_SCHEMES:
         # Imported here so that redis-py loads only when a Redis URL is configured.
-        from tidings.brokers.redis import RedisBroker  # noqa: PLC0415
+        from tidings.brokers.redis import redis_broker  # noqa: PLC0415
 
-        return RedisBroker(url)
+        return redis_broker(url)
     raise ValueError(
         f"unsupported broker URL {url!r}: supported schemes are memory://, redis://, rediss://, "
-        "redis+sentinel://, rediss+sentinel://"
+        "redis+sentinel://, rediss+sentinel://, redis+cluster://, rediss+cluster://"
     )
