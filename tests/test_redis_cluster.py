@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis
 
 from tidings.brokers import REDIS_SCHEMES, broker_from_url
 from tidings.brokers.redis import redis_broker
@@ -160,6 +161,52 @@ async def test_a_stale_slot_map_is_followed_by_moved(
         await scripts.close()
 
 
+def node_ids(cluster: RedisCluster, *ports: int) -> dict[int, str]:
+    out = {}
+    for port in ports:
+        with cluster.client(port) as client:
+            out[port] = client.execute_command("CLUSTER", "MYID").decode()
+    return out
+
+
+async def test_a_publish_to_a_migrating_slot_follows_ask_and_tryagain(
+    cluster: RedisCluster, node: tuple[RedisClusterBroker, RedisInbox, Got]
+) -> None:
+    """A slot half-way through a migration: the source answers a channel whose keys are
+    not there ASK, the target (after ASKING) TRYAGAIN while not all the script's keys are
+    there; the publish is sent again until the migration ends (MOVED) and is stored on
+    the new owner, once."""
+    _, inbox, _ = node
+    stream = "tidings:inbox:{u:asked}"
+    slot, source = slot_of(stream), owner(cluster, stream)
+    target = next(port for port in cluster.masters() if port != source)
+    ids = node_ids(cluster, source, target)
+    with cluster.client(target) as client:
+        client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+    with cluster.client(source) as client:
+        client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+        asks_before = _errorstat(client, "ASK")
+    publish = asyncio.ensure_future(inbox.publish(msg("u:asked", "asked")))
+    await asyncio.sleep(0.15)  # a few rounds of ASK, ASKING + TRYAGAIN, wait
+    assert not publish.done()
+    with cluster.client(source) as client:
+        assert _errorstat(client, "ASK") > asks_before
+    for port in [target, *(p for p in cluster.masters() if p != target)]:
+        with cluster.client(port) as client:  # the migration ends: the target owns the slot
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+    inbox_id = await asyncio.wait_for(publish, 5)
+    with cluster.client(target) as client:
+        assert [entry[0].decode() for entry in client.xrange(stream)] == [inbox_id]
+    with cluster.client(source) as client:
+        assert client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+
+
+def _errorstat(client: redis.Redis, code: str) -> int:
+    """How many error replies starting with ``code`` the node gave (INFO errorstats)."""
+    stats = client.info("errorstats").get(f"errorstat_{code}", {})
+    return int(stats.get("count", 0)) if isinstance(stats, dict) else 0
+
+
 async def test_a_slot_moving_away_resubscribes_where_it_lives_now(
     cluster: RedisCluster, node: tuple[RedisClusterBroker, RedisInbox, Got]
 ) -> None:
@@ -172,10 +219,7 @@ async def test_a_slot_moving_away_resubscribes_where_it_lives_now(
     live = "tidings:{u:moving}"
     slot, source = slot_of(live), owner(cluster, live)
     target = next(port for port in cluster.masters() if port != source)
-    ids = {}
-    for port in (source, target):
-        with cluster.client(port) as client:
-            ids[port] = client.execute_command("CLUSTER", "MYID").decode()
+    ids = node_ids(cluster, source, target)
     with cluster.client(target) as client:
         client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
     with cluster.client(source) as client:

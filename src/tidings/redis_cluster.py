@@ -19,8 +19,11 @@ Two kinds of connections, as on one Redis (``tidings.redis_connect``):
   ``inbox.resp.ScriptConnection`` per master, a call routed by the slot of its first key
   (CRC16 of the hash tag, mod 16384) through the client's slot map. ``MOVED``: the map
   is loaded again (``CLUSTER SLOTS``) and the call sent to the slot's new master; ``ASK``
-  (a slot migrating): sent once more to the node named, after ``ASKING``. Neither ran the
-  script, so resending stores nothing twice.
+  (a slot migrating): sent once more to the node named, after ``ASKING``; ``TRYAGAIN``
+  (the script's keys are split between the two nodes of a migrating slot, or, after
+  ASKING, not all on the target yet): sent again TRYAGAIN_DELAY_S later, until the
+  migration ends (then MOVED). None of them ran the script, so resending stores nothing
+  twice; past MAX_REDIRECTS the call fails with BrokerUnavailable.
 """
 
 from __future__ import annotations
@@ -51,8 +54,11 @@ SCHEMES = ("redis+cluster", "rediss+cluster")
 """The URL schemes of a Redis Cluster (``rediss``: TLS)."""
 
 DEFAULT_PORT = 6379
-MAX_REDIRECTS = 3
-"""MOVED/ASK answers one call may follow before it fails (a slot moving twice is rare)."""
+MAX_REDIRECTS = 10
+"""MOVED/ASK/TRYAGAIN answers one call may follow before it fails (TRYAGAIN: about half a
+second of a slot's migration)."""
+TRYAGAIN_DELAY_S = 0.05
+"""How long a call answered TRYAGAIN waits before it is sent again (redis-py's wait)."""
 
 _QUERY_KEYS = frozenset(
     {"username", "password", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"}
@@ -262,7 +268,10 @@ class ClusterScripts:
         if error is None:
             outer.set_result(inner.result())
         elif isinstance(error, Redirect) and tries < MAX_REDIRECTS:
-            if error.ask:
+            if error.address is None:  # TRYAGAIN
+                again = functools.partial(self._route, command, slot, outer, tries + 1)
+                asyncio.get_running_loop().call_later(TRYAGAIN_DELAY_S, again)
+            elif error.ask:
                 self._route(command, slot, outer, tries + 1, to=error.address)
             else:
                 self._refresh(functools.partial(self._route, command, slot, outer, tries + 1))

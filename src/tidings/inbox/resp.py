@@ -328,18 +328,22 @@ class _Link(asyncio.Protocol):
 
 
 class Redirect(BrokerUnavailable):
-    """A Redis Cluster's ``MOVED <slot> <host>:<port>`` or ``ASK ...`` error reply: the
-    command did not run; ``tidings.redis_cluster`` sends it where the reply says."""
+    """A Redis Cluster's ``MOVED <slot> <host>:<port>``, ``ASK ...`` or ``TRYAGAIN``
+    (``address`` None: a multi-key call in a slot under migration) error reply: the command
+    did not run; ``tidings.redis_cluster`` sends it where (or when) the reply says."""
 
-    def __init__(self, message: str, *, ask: bool, address: tuple[str, int]) -> None:
+    def __init__(self, message: str, *, ask: bool, address: tuple[str, int] | None) -> None:
         super().__init__(message)
         self.ask = ask
         self.address = address
 
 
 def _error(reply: Exception) -> BrokerUnavailable:
-    """The exception a caller gets for an error reply (``Redirect`` for MOVED and ASK)."""
+    """The exception a caller gets for an error reply (``Redirect`` for MOVED, ASK and
+    TRYAGAIN)."""
     text = str(reply)
+    if text.startswith("TRYAGAIN"):
+        return Redirect(f"redis unavailable: {text}", ask=False, address=None)
     if text.startswith(("MOVED ", "ASK ")):
         kind, _, address = text.split(" ", 2)
         host, _, port = address.rpartition(":")
