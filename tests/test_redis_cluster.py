@@ -96,7 +96,7 @@ async def test_keys_of_many_users_and_topics_spread_and_each_channels_share_a_sl
         second = await inbox.publish(msg(f"u:{user}"))
         await inbox.ack(user, [first])
         assert await inbox.unacked(user, "/message", limit=10) != []  # moves the ack cursor
-        assert await inbox.mark_read(user, ids=[second], up_to=first) == 0
+        assert (await inbox.mark_read(user, ids=[second], up_to=first)).unread == 0
         await presence.add(user, "s")
     for topic in range(20):
         await inbox.publish(msg(f"t:news{topic}"))
