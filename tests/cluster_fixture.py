@@ -95,6 +95,27 @@ class RedisCluster:
             pytest.fail(f"redis-cli --cluster create failed:\n{created.stdout.decode()}")
         for port in self.ports:
             self._until(lambda p=port: self._ok(p), deadline, f"node {port} cluster_state:ok")
+        for port in self.ports:
+            self._until(lambda p=port: self._synced(p), deadline, f"replica {port} in sync")
+
+    def _synced(self, port: int) -> bool:
+        """A master, or a replica whose link to its master is up."""
+        with self.client(port) as client:
+            info = client.info("replication")
+        return info.get("role") == "master" or info.get("master_link_status") == "up"
+
+    def revive(self, port: int) -> None:
+        """Start a killed node again on its port, from its nodes.conf (it rejoins; a former
+        master whose replica took over becomes that one's replica)."""
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self._start_node(binary, port)
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node: no shutdown, no goodbye to its clients or its replicas."""
+        proc = self._procs[port]
+        proc.kill()
+        proc.wait()
 
     @property
     def running(self) -> bool:
@@ -159,7 +180,7 @@ class RedisCluster:
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0)
 
     def masters(self) -> list[int]:
-        """The ports of the nodes that are masters now."""
+        """The ports of the live nodes that are masters (with slots) now."""
         out = []
         for port, proc in self._procs.items():
             if proc.poll() is not None:
@@ -168,6 +189,16 @@ class RedisCluster:
                 if client.execute_command("ROLE")[0] == b"master":
                     out.append(port)
         return out
+
+    def owner(self, slot: int, *, ask: int | None = None) -> int | None:
+        """The port of the master serving ``slot`` as node ``ask`` (the first live master)
+        sees it now."""
+        port = ask if ask is not None else self.masters()[0]
+        with self.client(port) as client:
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return int(master[1])
+        return None
 
     def flush(self) -> None:
         """Empty every master: keys and the script cache."""

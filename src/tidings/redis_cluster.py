@@ -45,7 +45,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from tidings.errors import BrokerUnavailable
-from tidings.inbox.resp import Redirect, Replicas, ScriptConnection
+from tidings.inbox.resp import ErrorReply, Redirect, Replicas, ScriptConnection
 from tidings.redis_connect import bulk, pack
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,9 @@ DEFAULT_PORT = 6379
 MAX_REDIRECTS = 10
 """MOVED/ASK/TRYAGAIN answers one call may follow before it fails (TRYAGAIN: about half a
 second of a slot's migration)."""
+REFRESH_INTERVAL_S = 0.1
+"""The least time between two loads of the slot map after failed calls (a master down
+fails every call to it until a replica takes over: one load per failure would be many)."""
 TRYAGAIN_DELAY_S = 0.05
 """How long a call answered TRYAGAIN waits before it is sent again (redis-py's wait)."""
 
@@ -190,6 +193,7 @@ class ClusterScripts:
         self._asking = pack(b"ASKING")
         self._by_node: dict[str, ScriptConnection] = {}
         self._refreshing: asyncio.Task[None] | None = None
+        self._loaded_at = -REFRESH_INTERVAL_S  # loop time of the last load
 
     @property
     def writes(self) -> int:
@@ -277,8 +281,8 @@ class ClusterScripts:
                 self._refresh(functools.partial(self._route, command, slot, outer, tries + 1))
         else:
             outer.set_exception(error)
-            if not isinstance(error, Redirect) and "unavailable: connection" in str(error):
-                self._refresh(None)  # a master lost: a failover may have moved its slots
+            if not isinstance(error, ErrorReply):  # a master lost or unreachable: a
+                self._refresh(None)  # failover may have moved its slots (or will: again)
 
     def _connection(self, address: tuple[str, int]) -> ScriptConnection:
         name = f"{address[0]}:{address[1]}"
@@ -294,14 +298,18 @@ class ClusterScripts:
         return connection
 
     def _refresh(self, then: Any) -> None:
-        """Load the slot map again (one load at a time), then call ``then()``."""
+        """Load the slot map again (one load at a time, REFRESH_INTERVAL_S apart), then
+        call ``then()``."""
         if self._refreshing is None:
             self._refreshing = asyncio.create_task(self._load())
         if then is not None:
             self._refreshing.add_done_callback(lambda _: then())
 
     async def _load(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
+            await asyncio.sleep(self._loaded_at + REFRESH_INTERVAL_S - loop.time())
+            self._loaded_at = loop.time()
             await load_slots(self._client)
         except BrokerUnavailable as exc:
             log.warning("redis cluster: cannot load the slot map: %s", exc)

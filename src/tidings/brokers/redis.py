@@ -337,9 +337,11 @@ class RedisBroker:
             loop.call_later(SUBSCRIBE_TIMEOUT_S, _expire, [waiter for _, waiter in waiters])
 
     async def _run_subscriber(self) -> None:
-        """Own the subscriber connection: connect, serve, and on loss reconnect, forever."""
+        """Own the subscriber connection: connect, serve, and on loss reconnect, until
+        closed. (``close`` cancels this task; a cancellation a client library turned into
+        a connection error must not keep it reconnecting: it also checks ``_closed``.)"""
         failures = 0
-        while True:
+        while not self._closed:
             link = self._new_link()
             try:
                 await self._connect(link)
@@ -472,7 +474,7 @@ class RedisBroker:
 
     async def _run_probe(self) -> None:
         """Publish to our private probe channel; ``_serve`` notices if nothing comes back."""
-        while True:
+        while not self._closed:
             await asyncio.sleep(self._probe_interval_s)
             try:
                 await self._publish_probe()

@@ -327,7 +327,11 @@ class _Link(asyncio.Protocol):
         self._on_lost(self, error)
 
 
-class Redirect(BrokerUnavailable):
+class ErrorReply(BrokerUnavailable):
+    """Redis answered the call with an error: the connection itself is fine."""
+
+
+class Redirect(ErrorReply):
     """A Redis Cluster's ``MOVED <slot> <host>:<port>``, ``ASK ...`` or ``TRYAGAIN``
     (``address`` None: a multi-key call in a slot under migration) error reply: the command
     did not run; ``tidings.redis_cluster`` sends it where (or when) the reply says."""
@@ -338,7 +342,7 @@ class Redirect(BrokerUnavailable):
         self.address = address
 
 
-def _error(reply: Exception) -> BrokerUnavailable:
+def _error(reply: Exception) -> ErrorReply:
     """The exception a caller gets for an error reply (``Redirect`` for MOVED, ASK and
     TRYAGAIN)."""
     text = str(reply)
@@ -350,7 +354,7 @@ def _error(reply: Exception) -> BrokerUnavailable:
         if port.isdigit():
             where = (host, int(port))
             return Redirect(f"redis unavailable: {text}", ask=kind == "ASK", address=where)
-    return BrokerUnavailable(f"redis unavailable: {text}")
+    return ErrorReply(f"redis unavailable: {text}")
 
 
 def _send_waited(
