@@ -33,7 +33,7 @@ from aiohttp import web
 
 from tidings import __version__, gclog, logs
 from tidings.auth import verifier_for
-from tidings.brokers import REDIS_SCHEMES
+from tidings.brokers import AMQP_NEEDS_INBOX, AMQP_SCHEMES, REDIS_SCHEMES
 from tidings.config import DEFAULT_ENDPOINTS, DEFAULT_TRUSTED_PROXIES, Config
 from tidings.errors import TidingsError
 from tidings.inbox.base import InboxLimits
@@ -676,6 +676,8 @@ JWT_ONLY_OPTIONS = (
 def check_config(config: Config, values: Resolved) -> None:
     """What no single option can check: options that need one another."""
     shared = config.broker.split(":", 1)[0] in REDIS_SCHEMES
+    if config.broker.split(":", 1)[0] in AMQP_SCHEMES:
+        raise OptionError(AMQP_NEEDS_INBOX)
     if config.api_key is not None and (problem := api_key_problem(config.api_key)):
         # RFC 6750 §2.1: a key outside the b64token set can never arrive as a bearer token.
         raise OptionError(

@@ -30,13 +30,9 @@ from urllib.parse import urlsplit
 ENV_PREFIX = "TIDINGS_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 BROKER_SCHEMES = (
-    "memory",
-    "redis",
-    "rediss",
-    "redis+sentinel",
-    "rediss+sentinel",
-    "redis+cluster",
-    "rediss+cluster",
+    *("memory", "redis", "rediss", "redis+sentinel", "rediss+sentinel"),
+    *("redis+cluster", "rediss+cluster"),
+    *("amqp", "amqps"),
 )
 
 # TIDINGS_* variables the project reads that are not options of `tidings serve`.
@@ -234,9 +230,8 @@ class BrokerUrl(Kind):
         scheme = urlsplit(value).scheme
         if scheme not in BROKER_SCHEMES:
             raise ValueError(
-                "expected a memory://, redis://, rediss://, redis+sentinel:// or "
-                "redis+cluster:// URL, got "
-                f"{redact_url(value)!r}"
+                "expected a memory://, redis://, rediss://, redis+sentinel://, redis+cluster:// "
+                f"or amqp:// URL, got {redact_url(value)!r}"
             )
         if scheme.endswith("+sentinel"):
             # Imported here: redis-py loads only when a Redis URL is configured.
@@ -247,6 +242,14 @@ class BrokerUrl(Kind):
             from tidings.redis_cluster import parse as parse_cluster  # noqa: PLC0415
 
             parse_cluster(value)
+        if scheme.startswith("amqp"):
+            try:  # aiormq, the `amqp` extra, loads only when an AMQP URL is configured
+                from tidings.brokers.amqp import split_url  # noqa: PLC0415
+            except ImportError:
+                raise ValueError(
+                    "an amqp:// broker needs the aiormq package: pip install 'tidings[amqp]'"
+                ) from None
+            split_url(value)  # ValueError saying what is wrong
         return value
 
 

@@ -1,6 +1,7 @@
-"""Brokers, chosen by URL scheme: ``memory://`` (default), ``redis://``, ``rediss://``
-``redis+sentinel://`` (``rediss+sentinel://``) and ``redis+cluster://``
-(``rediss+cluster://``)."""
+"""Brokers, chosen by URL scheme: ``memory://`` (default), ``redis://``, ``rediss://``,
+``redis+sentinel://`` (``rediss+sentinel://``), ``redis+cluster://`` (``rediss+cluster://``,
+issue 18), and ``amqp://`` / ``amqps://`` (RabbitMQ, routing only: its messages are stored
+elsewhere, issue 20)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,18 @@ REDIS_SCHEMES = (
     "rediss+cluster",
 )
 """The URL schemes of a broker on Redis (shared by every node of a deployment)."""
+AMQP_SCHEMES = ("amqp", "amqps")
+"""The URL schemes of a broker on RabbitMQ (AMQP 0-9-1)."""
+AMQP_NEEDS_INBOX = (
+    "--broker amqp:// routes messages between nodes but stores none: it needs an inbox "
+    "store of its own (--inbox, issue 20), which this version does not have yet; use "
+    "--broker redis:// meanwhile"
+)
+"""Why a node refuses to start on an AMQP broker until ``--inbox`` exists."""
 
 __all__ = [
+    "AMQP_NEEDS_INBOX",
+    "AMQP_SCHEMES",
     "REDIS_SCHEMES",
     "Broker",
     "ContinuityHandler",
@@ -39,7 +50,13 @@ def broker_from_url(url: str) -> Broker:
         from tidings.brokers.redis import redis_broker  # noqa: PLC0415
 
         return redis_broker(url)
+    if scheme in AMQP_SCHEMES:
+        # Imported here so that aiormq (the `amqp` extra) loads only for an AMQP URL.
+        from tidings.brokers.amqp import AmqpBroker  # noqa: PLC0415
+
+        return AmqpBroker(url)
     raise ValueError(
         f"unsupported broker URL {url!r}: supported schemes are memory://, redis://, rediss://, "
-        "redis+sentinel://, rediss+sentinel://, redis+cluster://, rediss+cluster://"
+        "redis+sentinel://, rediss+sentinel://, redis+cluster://, rediss+cluster://, amqp://, "
+        "amqps://"
     )

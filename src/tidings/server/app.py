@@ -19,7 +19,13 @@ from aiohttp import web
 
 from tidings import __version__
 from tidings.app_webhook import AppWebhook
-from tidings.brokers import REDIS_SCHEMES, MemoryBroker, broker_from_url
+from tidings.brokers import (
+    AMQP_NEEDS_INBOX,
+    AMQP_SCHEMES,
+    REDIS_SCHEMES,
+    MemoryBroker,
+    broker_from_url,
+)
 from tidings.config import Config
 from tidings.inbox.memory import MemoryInbox
 from tidings.metrics import ServerStats
@@ -97,6 +103,8 @@ def build_node(config: Config) -> Node:
         )
     if config.legacy_channel:
         raise ValueError("--legacy-channel needs a redis:// broker")
+    if scheme in AMQP_SCHEMES:
+        raise ValueError(AMQP_NEEDS_INBOX)
     memory = broker_from_url(config.broker)  # ValueError naming the supported schemes
     assert isinstance(memory, MemoryBroker)
     return Node(
