@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from .cluster_fixture import cluster, redis_cluster  # noqa: F401
 from .jsclient import JsClient
 from .nginx_fixture import nginx_proxy  # noqa: F401
 from .ports import free_port

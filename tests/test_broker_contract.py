@@ -3,9 +3,10 @@
 ``TestContract`` is what the node relies on from any broker (DESIGN.md §4, as in
 centrifuge's per-engine tests). ``TestRedis`` covers what only a networked broker has:
 several nodes on one Redis, Redis stopped and restarted, subscriber connections killed
-or silently dead, and the legacy raw channel. Every Redis test runs its own redis-server.
-``TestAmqp`` (issue 20) does the same on the session's private RabbitMQ node
-(tests/rabbit_fixture.py), each test on an exchange of its own.
+or silently dead, and the legacy raw channel. Every Redis test runs its own redis-server;
+the ``cluster`` subject runs on the session's Redis Cluster (tests/cluster_fixture.py),
+emptied for each test. ``TestAmqp`` (issue 20) does the same on the session's private
+RabbitMQ node (tests/rabbit_fixture.py), each test on an exchange of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pytest
 from tidings.brokers import MemoryBroker, MessageHandler, broker_from_url
 from tidings.brokers.amqp import AmqpBroker, routing_key, split_url
 from tidings.brokers.redis import SUBSCRIBE_BATCH, RedisBroker
+from tidings.brokers.redis import redis_broker as broker_of_url
 from tidings.errors import BrokerUnavailable
 
 from .ports import free_port
@@ -77,7 +79,7 @@ class Subject:
         await eventually(lambda: marker in self.got.on(channel), what=f"barrier on {channel}")
 
 
-@pytest.fixture(params=["memory", "redis", "sentinel", "amqp"])
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster", "amqp"])
 async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Subject]:
     server: RedisServer | None = None
     broker: MemoryBroker | RedisBroker | AmqpBroker
@@ -90,6 +92,8 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         elif request.param == "sentinel":  # redis+sentinel://: the master found by asking
             sentinels = await stack.enter_async_context(one_sentinel(tmp_path))
             broker = RedisBroker(sentinels.url)
+        elif request.param == "cluster":  # redis+cluster://: sharded pub/sub
+            broker = broker_of_url(request.getfixturevalue("cluster").url)
         else:
             server = RedisServer(tmp_path)
             await server.start()

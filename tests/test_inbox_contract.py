@@ -4,7 +4,9 @@ Each subject is an inbox on its own started broker whose handler records what wa
 announced, plus ``other``: for Redis a second ``RedisInbox`` on a second connection to
 the same Redis (another node, another device), for memory the same inbox. Read and ack
 state is written on one and checked on the other: every device agrees. Every Redis test
-runs its own redis-server.
+runs its own redis-server; the ``cluster`` subjects share the session's Redis Cluster
+(tests/cluster_fixture.py), emptied for each test, and name keys as a cluster does
+(``tidings.redis_keys``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import hiredis
 import pytest
 
 from tidings.brokers import MemoryBroker
-from tidings.brokers.redis import RedisBroker
+from tidings.brokers.redis import RedisBroker, redis_broker
 from tidings.errors import BrokerUnavailable
 from tidings.inbox.base import Inbox, InboxLimits, compare_ids, split_announcement
 from tidings.inbox.memory import MemoryInbox
 from tidings.inbox.redis import InboxWriter, RedisInbox
 from tidings.message import Message, id_key
+from tidings.redis_keys import KeyLayout
 
+from .cluster_fixture import ClusterServer
 from .redis_fixture import RedisServer
 from .sentinel_fixture import one_sentinel
 
@@ -71,7 +75,8 @@ class Subject:
     other: Inbox
     broker: MemoryBroker | RedisBroker
     got: Recorder
-    server: RedisServer | None
+    server: RedisServer | ClusterServer | None
+    keys: KeyLayout
 
     async def announced(self, channel: str) -> list[bytes]:
         """Everything announced on ``channel`` (subscribed) so far: a marker published
@@ -86,13 +91,13 @@ class Subject:
 Make = Callable[..., Awaitable[Subject]]
 
 
-@pytest.fixture(params=["memory", "redis", "sentinel"])
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
 async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
     """Factory: ``subject = await make(**InboxLimits fields)``; all closed at teardown.
 
     ``sentinel``: Redis found through a sentinel (``redis+sentinel://``), with a replica
     and ``min_replicas=1``: every publish waits for the replica (WAIT)."""
-    server: RedisServer | None = None
+    server: RedisServer | ClusterServer | None = None
     url = ""
     stack = contextlib.AsyncExitStack()
     defaults: dict[str, Any] = {}
@@ -104,7 +109,13 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         sentinels = await stack.enter_async_context(one_sentinel(tmp_path))
         server, url = sentinels.servers.master, sentinels.url
         defaults = {"min_replicas": 1}
+    elif request.param == "cluster":
+        server = ClusterServer(request.getfixturevalue("cluster"))
+        await server.open()
+        stack.push_async_callback(server.close)
+        url = server.url
     brokers: list[MemoryBroker | RedisBroker] = []
+    inboxes: list[Inbox] = []
 
     async def build(**limits: Any) -> Subject:
         inbox_limits = InboxLimits(**{**defaults, **limits})
@@ -117,20 +128,24 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
             await broker.start(got)
             inbox = other = MemoryInbox(broker, inbox_limits)
         else:
-            broker = RedisBroker(url)
-            second = RedisBroker(url)
+            broker = redis_broker(url)
+            second = redis_broker(url)
             brokers.append(second)
             await broker.start(got)
             await second.start(Recorder())
             inbox = RedisInbox(broker, inbox_limits)
             other = RedisInbox(second, inbox_limits)
         brokers.append(broker)
+        inboxes.extend((inbox, other))
         await inbox.start()
         await other.start()
-        return Subject(request.param, inbox, other, broker, got, server)
+        keys = KeyLayout(cluster=request.param == "cluster")
+        return Subject(request.param, inbox, other, broker, got, server, keys)
 
     async with stack:
         yield build
+        for inbox in inboxes:
+            await inbox.close()
         for broker in brokers:
             await broker.close()
         if request.param == "redis" and server is not None:
@@ -152,7 +167,7 @@ async def not_stored(s: Subject, channel: str) -> bool:
         return s.inbox._streams.get(channel) is None
     client = s.server.client()
     try:
-        return await client.exists(f"tidings:inbox:{channel}") == 0
+        return await client.exists(s.keys.stream(channel)) == 0
     finally:
         await client.aclose()
 
@@ -171,9 +186,9 @@ async def stored_state(s: Subject, user: str) -> tuple[int, int, int]:
     client = s.server.client()
     try:
         return (
-            await client.xlen(f"tidings:inbox:u:{user}"),
-            await client.zcard(f"tidings:acked:{user}"),
-            await client.zcard(f"tidings:read:{user}"),
+            await client.xlen(s.keys.stream(f"u:{user}")),
+            await client.zcard(s.keys.user_key("acked", user)),
+            await client.zcard(s.keys.user_key("read", user)),
         )
     finally:
         await client.aclose()
@@ -493,7 +508,7 @@ class TestAcks:
         if s.server is not None:
             client = s.server.client()
             try:
-                assert await client.zcard("tidings:acked:1") == 0
+                assert await client.zcard(s.keys.user_key("acked", "1")) == 0
             finally:
                 await client.aclose()
 
@@ -595,7 +610,7 @@ class TestReadState:
         if s.server is not None:
             client = s.server.client()
             try:
-                assert await client.zcard("tidings:read:4") == 0
+                assert await client.zcard(s.keys.user_key("read", "4")) == 0
             finally:
                 await client.aclose()
 

@@ -198,6 +198,20 @@ async def test_killed_node_loses_nothing_that_was_accepted(
     await run_resume_scenario(nodes, http, users=50, messages=4_000, kill_node=True)
 
 
+async def test_resume_on_a_redis_cluster_loses_and_repeats_nothing(
+    tidings_server: StartServer, cluster: Any, http: aiohttp.ClientSession
+) -> None:
+    """Two node processes on a Redis Cluster (issue 18): the same scenario as on one Redis,
+    users spread over the masters, live delivery on sharded pub/sub."""
+    nodes = list(
+        await asyncio.gather(
+            *(tidings_server("--broker", cluster.url, "--node-id", f"N{n}") for n in range(2))
+        )
+    )
+    readers = await run_resume_scenario(nodes, http, users=60, messages=3_000)
+    assert sum(r.reconnects for r in readers.values()) >= 20, "the scenario dropped too few"
+
+
 async def ack_client(js_client: JsClientFactory, node: TidingsServer, user: str) -> Any:
     client = await js_client("stompjs7", node.ws_url())
     await client.connect(login=user)

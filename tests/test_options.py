@@ -130,7 +130,7 @@ def test_an_empty_environment_variable_counts_as_unset() -> None:
         ("[serve]\nport = 1", "tidings.toml: unknown key 'serve'"),
         (
             "broker = 'http://x'",
-            "expected a memory://, redis://, rediss://, redis+sentinel:// or amqp://",
+            "expected a memory://, redis://, rediss://, redis+sentinel://, redis+cluster:// or amqp://",
         ),
         ("broker = 'redis+sentinel://h:1/'", "broker: expected the master's name as the path"),
         ("inbox-replica-timeout = 0", "inbox-replica-timeout: must be between 1 and 10000"),

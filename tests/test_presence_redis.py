@@ -2,7 +2,9 @@
 
 Writes go as EVALSHA of one script on a connection of their own, the changes of a loop
 turn together (``brokers/redis_presence.py``). These tests read Redis with a client of
-their own and count commands with ``INFO commandstats``.
+their own and count commands with ``INFO commandstats``. Each runs on one Redis and on the
+session's Redis Cluster (tests/cluster_fixture.py), where a script call's users share a
+slot: a turn's changes are one call per slot there.
 """
 
 from __future__ import annotations
@@ -10,31 +12,78 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
-from tidings.brokers.redis import command_client
+from tidings.brokers.redis import RedisClient, command_client
 from tidings.brokers.redis_presence import WRITE_CHUNK, RedisPresence
+from tidings.redis_cluster import cluster_client, slot_of
+from tidings.redis_keys import KeyLayout
 
+from .cluster_fixture import ClusterServer
 from .redis_fixture import RedisServer
 
 TTL_S = 15.0
-KEY = "tidings:presence:"
+
+
+@dataclass
+class Target:
+    """One Redis or the cluster: its URL, a way to stop and start it, and its key names."""
+
+    url: str
+    server: RedisServer | ClusterServer
+    keys: KeyLayout
+
+    def client(self) -> RedisClient:
+        if self.keys.cluster:
+            return cluster_client(self.url)
+        return command_client(self.url)
+
+    def key(self, user: str) -> str:
+        return self.keys.user_key("presence", user)
+
+    def calls(self, chunks: Iterable[Sequence[str]]) -> int:
+        """Script calls a write of these chunks of users takes: one per chunk, on a
+        cluster one per slot of each chunk."""
+        if not self.keys.cluster:
+            return len(list(chunks))
+        return sum(len({slot_of(self.key(user)) for user in chunk}) for chunk in chunks)
+
+    async def start(self) -> None:
+        if isinstance(self.server, RedisServer):
+            await self.server.start()
+        else:
+            await asyncio.to_thread(self.server.cluster.restart)
+
+
+@pytest.fixture(params=["redis", "cluster"])
+async def target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
+    if request.param == "cluster":
+        cluster = ClusterServer(request.getfixturevalue("cluster"))
+        yield Target(cluster.url, cluster, KeyLayout(cluster=True))
+        await cluster.close()
+        return
+    server = RedisServer(tmp_path)
+    await server.start()
+    yield Target(server.url, server, KeyLayout())
+    await server.stop()
 
 
 @pytest.fixture
-async def admin(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = redis_server.client()
+async def admin(target: Target) -> AsyncIterator[RedisClient]:
+    client = target.client()
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-async def presence(redis_server: RedisServer) -> AsyncIterator[RedisPresence]:
+async def presence(target: Target) -> AsyncIterator[RedisPresence]:
     """Node A's presence; its refresher sleeps TTL/3, longer than any test here."""
-    client = command_client(redis_server.url)
+    client = target.client()
     presence = RedisPresence(client, "A", ttl_s=TTL_S)
     await presence.start()
     yield presence
@@ -42,35 +91,46 @@ async def presence(redis_server: RedisServer) -> AsyncIterator[RedisPresence]:
     await client.aclose()
 
 
-async def evalsha_calls(admin: Redis) -> int:
+async def evalsha_calls(admin: RedisClient) -> int:
+    """EVALSHA calls so far (on a cluster: over every master)."""
+    if isinstance(admin, RedisCluster):
+        per_node = await admin.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+        return sum(
+            int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) for stats in per_node.values()
+        )
     stats = await admin.info("commandstats")
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
-async def members(admin: Redis, user: str) -> dict[str, float]:
-    return {m.decode(): s for m, s in await admin.zrange(KEY + user, 0, -1, withscores=True)}
+async def members(admin: RedisClient, user: str) -> dict[str, float]:
+    key = KeyLayout(cluster=isinstance(admin, RedisCluster)).user_key("presence", user)
+    return {m.decode(): s for m, s in await admin.zrange(key, 0, -1, withscores=True)}
 
 
 async def test_add_returns_once_stored_and_one_turn_is_one_script_call(
-    presence: RedisPresence, admin: Redis
+    presence: RedisPresence, admin: RedisClient, target: Target
 ) -> None:
-    await presence.add("first", "s")  # loads the script (NOSCRIPT, SCRIPT LOAD, again)
+    # loads the script (NOSCRIPT, SCRIPT LOAD, again), on every master of a cluster
+    await asyncio.gather(*(presence.add(f"first{n}", "s") for n in range(60)))
     before = await evalsha_calls(admin)
     started = time.time()
-    await asyncio.gather(*(presence.add(f"u{n}", f"s{n}") for n in range(WRITE_CHUNK)))
-    assert await evalsha_calls(admin) == before + 1
+    users = [f"u{n}" for n in range(WRITE_CHUNK)]
+    await asyncio.gather(*(presence.add(user, f"s{n}") for n, user in enumerate(users)))
+    assert await evalsha_calls(admin) == before + target.calls([users])
     for n in range(WRITE_CHUNK):
         (score,) = (await members(admin, f"u{n}")).values()
         assert started + TTL_S <= score <= time.time() + TTL_S
-        assert 0 < await admin.ttl(KEY + f"u{n}") <= int(TTL_S) + 1
+        assert 0 < await admin.ttl(target.key(f"u{n}")) <= int(TTL_S) + 1
     seen = await presence.get("u7")
     assert (seen.online, seen.sessions, seen.nodes) == (True, 1, ["A"])
 
     # one more user than a chunk: two script calls, still all stored on return
     before = await evalsha_calls(admin)
     await asyncio.gather(*(presence.add("v", f"s{n}") for n in range(3)), presence.add("w", "x"))
-    await asyncio.gather(*(presence.add(f"x{n}", "s") for n in range(WRITE_CHUNK + 1)))
-    assert await evalsha_calls(admin) == before + 1 + 2
+    xs = [f"x{n}" for n in range(WRITE_CHUNK + 1)]
+    await asyncio.gather(*(presence.add(user, "s") for user in xs))
+    chunks = [["v", "w"], xs[:WRITE_CHUNK], xs[WRITE_CHUNK:]]
+    assert await evalsha_calls(admin) == before + target.calls(chunks)
     assert set(await members(admin, "v")) == {"A|s0", "A|s1", "A|s2"}
     assert await presence.query([f"x{n}" for n in range(WRITE_CHUNK + 1)] + ["nobody"]) == {
         **{f"x{n}": True for n in range(WRITE_CHUNK + 1)},
@@ -78,7 +138,9 @@ async def test_add_returns_once_stored_and_one_turn_is_one_script_call(
     }
 
 
-async def test_a_removal_never_overtakes_its_entry(presence: RedisPresence, admin: Redis) -> None:
+async def test_a_removal_never_overtakes_its_entry(
+    presence: RedisPresence, admin: RedisClient
+) -> None:
     await presence.add("u", "old")
     # Added and removed in one loop turn: the removal is written after the entry.
     add = asyncio.ensure_future(presence.add("u", "gone"))
@@ -92,10 +154,10 @@ async def test_a_removal_never_overtakes_its_entry(presence: RedisPresence, admi
 
 
 async def test_writes_drop_expired_members_and_leave_other_nodes_alone(
-    presence: RedisPresence, admin: Redis
+    presence: RedisPresence, admin: RedisClient, target: Target
 ) -> None:
     now = time.time()
-    await admin.zadd(KEY + "u", {"B|dead": now - 1, "B|live": now + 60})
+    await admin.zadd(target.key("u"), {"B|dead": now - 1, "B|live": now + 60})
     await presence.add("u", "s")
     assert set(await members(admin, "u")) == {"B|live", "A|s"}
     presence.remove("u", "s")
@@ -104,7 +166,7 @@ async def test_writes_drop_expired_members_and_leave_other_nodes_alone(
 
 
 async def test_refresh_pushes_every_expiry_forward_in_chunks(
-    presence: RedisPresence, admin: Redis
+    presence: RedisPresence, admin: RedisClient, target: Target
 ) -> None:
     users = [f"u{n}" for n in range(2 * WRITE_CHUNK + 50)]
     await asyncio.gather(*(presence.add(user, "s") for user in users))
@@ -112,17 +174,19 @@ async def test_refresh_pushes_every_expiry_forward_in_chunks(
     old = {user: (await members(admin, user))["A|s"] for user in users}
     before = await evalsha_calls(admin)
     await presence.refresh()
-    assert await evalsha_calls(admin) == before + 3  # 250 users, at most 100 per call
+    # 250 users, at most 100 per call (per slot of them, on a cluster)
+    chunks = [users[start : start + WRITE_CHUNK] for start in range(0, len(users), WRITE_CHUNK)]
+    assert await evalsha_calls(admin) == before + target.calls(chunks)
     for user in users:
         assert (await members(admin, user))["A|s"] > old[user]
     assert set(await members(admin, "u0")) == {"A|s", "A|t"}
 
 
 async def test_a_failed_add_returns_and_the_next_refresh_repairs_it(
-    redis_server: RedisServer, presence: RedisPresence, caplog: pytest.LogCaptureFixture
+    target: Target, presence: RedisPresence, caplog: pytest.LogCaptureFixture
 ) -> None:
     await presence.add("u", "first")
-    await redis_server.stop()
+    await target.server.stop()
     with caplog.at_level(logging.WARNING, "tidings.brokers.redis_presence"):
         await presence.add("u", "second")  # does not raise: the node serves on
         await presence.refresh()  # nor does this
@@ -130,8 +194,8 @@ async def test_a_failed_add_returns_and_the_next_refresh_repairs_it(
     assert any(m.startswith("presence write failed (the next refresh retries)") for m in messages)
     assert any(m.startswith("presence refresh failed (the next one retries)") for m in messages)
 
-    await redis_server.start()  # empty: it saves nothing
-    admin = redis_server.client()
+    await target.start()  # empty: it saves nothing
+    admin = target.client()
     try:
         assert await members(admin, "u") == {}
         await presence.refresh()
@@ -143,11 +207,11 @@ async def test_a_failed_add_returns_and_the_next_refresh_repairs_it(
         await admin.aclose()
 
 
-async def test_close_removes_this_nodes_entries(redis_server: RedisServer, admin: Redis) -> None:
-    client = command_client(redis_server.url)
+async def test_close_removes_this_nodes_entries(target: Target, admin: RedisClient) -> None:
+    client = target.client()
     presence = RedisPresence(client, "A", ttl_s=TTL_S)  # not started: close() awaits nothing
     try:
-        await admin.zadd(KEY + "u", {"B|s": time.time() + 60})
+        await admin.zadd(target.key("u"), {"B|s": time.time() + 60})
         await asyncio.gather(presence.add("u", "s1"), presence.add("u", "s2"))
         await presence.add("v", "s1")
         presence.remove("v", "s1")

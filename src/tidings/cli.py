@@ -104,7 +104,8 @@ OPTIONS: tuple[Option, ...] = (
         "process; redis://[:password@]host:port/db (rediss:// for TLS) shares it between "
         "nodes and survives restarts; redis+sentinel://host:port[,host:port...]/<master>"
         "[?db=&password=&sentinel_password=] finds the master through Redis Sentinel and "
-        "follows its failovers",
+        "follows its failovers; redis+cluster://host:port[,host:port...][?password=] "
+        "spreads channels over the masters of a Redis Cluster (rediss+cluster:// for TLS)",
         "broker",
     ),
     Option(

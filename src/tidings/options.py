@@ -31,6 +31,7 @@ ENV_PREFIX = "TIDINGS_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 BROKER_SCHEMES = (
     *("memory", "redis", "rediss", "redis+sentinel", "rediss+sentinel"),
+    *("redis+cluster", "rediss+cluster"),
     *("amqp", "amqps"),
 )
 
@@ -229,14 +230,18 @@ class BrokerUrl(Kind):
         scheme = urlsplit(value).scheme
         if scheme not in BROKER_SCHEMES:
             raise ValueError(
-                "expected a memory://, redis://, rediss://, redis+sentinel:// or amqp:// URL, "
-                f"got {redact_url(value)!r}"
+                "expected a memory://, redis://, rediss://, redis+sentinel://, redis+cluster:// "
+                f"or amqp:// URL, got {redact_url(value)!r}"
             )
         if scheme.endswith("+sentinel"):
             # Imported here: redis-py loads only when a Redis URL is configured.
             from tidings.redis_sentinel import parse  # noqa: PLC0415
 
             parse(value)  # ValueError saying what is wrong
+        if scheme.endswith("+cluster"):
+            from tidings.redis_cluster import parse as parse_cluster  # noqa: PLC0415
+
+            parse_cluster(value)
         if scheme.startswith("amqp"):
             try:  # aiormq, the `amqp` extra, loads only when an AMQP URL is configured
                 from tidings.brokers.amqp import split_url  # noqa: PLC0415

@@ -12,7 +12,8 @@ on nodes started with ``--broker`` on that Redis, without the HTTP hop: the same
 script as a node's inbox (``tidings.inbox.redis.InboxWriter``), so the message gets its
 ``tidings-id``, is trimmed and expired by the same limits, and nodes deliver it; resume,
 acks and unread counts see it. Calls made in one loop turn share one Redis round trip.
-See docs/publisher.md.
+A ``redis+cluster://`` URL (issue 18) works alike: each publish goes to the master of its
+channel's slot, those of one loop turn to one master in one write. See docs/publisher.md.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Mapping
 from typing import Self
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from tidings import publish_rules
 from tidings.brokers.redis import command_client
@@ -45,7 +47,7 @@ class Publisher:
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RedisCluster,
         *,
         limits: InboxLimits | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,

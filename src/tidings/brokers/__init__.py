@@ -1,6 +1,7 @@
 """Brokers, chosen by URL scheme: ``memory://`` (default), ``redis://``, ``rediss://``,
-``redis+sentinel://`` (``rediss+sentinel://``), and ``amqp://`` / ``amqps://`` (RabbitMQ,
-routing only: its messages are stored elsewhere, issue 20)."""
+``redis+sentinel://`` (``rediss+sentinel://``), ``redis+cluster://`` (``rediss+cluster://``,
+issue 18), and ``amqp://`` / ``amqps://`` (RabbitMQ, routing only: its messages are stored
+elsewhere, issue 20)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from urllib.parse import urlsplit
 from tidings.brokers.base import Broker, ContinuityHandler, MessageHandler
 from tidings.brokers.memory import MemoryBroker
 
-REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
+REDIS_SCHEMES = (
+    "redis",
+    "rediss",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
 """The URL schemes of a broker on Redis (shared by every node of a deployment)."""
 AMQP_SCHEMES = ("amqp", "amqps")
 """The URL schemes of a broker on RabbitMQ (AMQP 0-9-1)."""
@@ -39,9 +47,9 @@ def broker_from_url(url: str) -> Broker:
         return MemoryBroker()
     if scheme in REDIS_SCHEMES:
         # Imported here so that redis-py loads only when a Redis URL is configured.
-        from tidings.brokers.redis import RedisBroker  # noqa: PLC0415
+        from tidings.brokers.redis import redis_broker  # noqa: PLC0415
 
-        return RedisBroker(url)
+        return redis_broker(url)
     if scheme in AMQP_SCHEMES:
         # Imported here so that aiormq (the `amqp` extra) loads only for an AMQP URL.
         from tidings.brokers.amqp import AmqpBroker  # noqa: PLC0415
@@ -49,5 +57,6 @@ def broker_from_url(url: str) -> Broker:
         return AmqpBroker(url)
     raise ValueError(
         f"unsupported broker URL {url!r}: supported schemes are memory://, redis://, rediss://, "
-        "redis+sentinel://, rediss+sentinel://, amqp://, amqps://"
+        "redis+sentinel://, rediss+sentinel://, redis+cluster://, rediss+cluster://, amqp://, "
+        "amqps://"
     )

@@ -1,5 +1,7 @@
 """The Redis broker (``redis://``, ``rediss://``, ``redis+sentinel://``): nodes on several
-machines share one Redis.
+machines share one Redis. On Redis Cluster (``redis+cluster://``) the broker is
+``brokers.redis_cluster.RedisClusterBroker``, this one with sharded pub/sub;
+``redis_broker`` picks by URL.
 
 Two connections, as in centrifuge's Redis engine (DESIGN.md §4):
 
@@ -29,19 +31,25 @@ import logging
 import random
 import secrets
 from collections import deque
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import redis.asyncio
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
-from tidings import redis_sentinel
+from tidings import redis_cluster, redis_sentinel
 from tidings.brokers.base import ContinuityHandler, MessageHandler
 from tidings.brokers.redis_pubsub import PubSubConnection
 from tidings.errors import BrokerUnavailable
 from tidings.redis_connect import connection_params, open_connection
+from tidings.redis_keys import KeyLayout
+
+RedisClient = redis.asyncio.Redis | RedisCluster
+"""A command client: of one Redis, or of a Redis Cluster (issue 18)."""
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +70,35 @@ _Waiter = asyncio.Future[str | None]
 """One per SUBSCRIBE sent: None once Redis confirmed it, else why it was not."""
 
 
-def command_client(url: str, *, client_name: str | None = None) -> redis.asyncio.Redis:
+class Subscriber(Protocol):
+    """The subscriber connection as the broker uses it: a ``PubSubConnection``, or on a
+    cluster one per master together (``brokers.redis_cluster``)."""
+
+    @property
+    def ended(self) -> asyncio.Future[BrokerUnavailable]: ...
+    @property
+    def is_open(self) -> bool: ...
+    def send(self, commands: Sequence[Sequence[bytes]]) -> None: ...
+    def close(self) -> None: ...
+
+
+def redis_broker(url: str, **kwargs: Any) -> RedisBroker:
+    """The broker of a Redis URL: ``RedisClusterBroker`` for ``redis+cluster://`` (and
+    ``rediss+cluster://``), else ``RedisBroker``; ``kwargs`` as ``RedisBroker`` takes."""
+    if redis_cluster.is_cluster_url(url):
+        from tidings.brokers.redis_cluster import RedisClusterBroker  # noqa: PLC0415
+
+        return RedisClusterBroker(url, **kwargs)
+    return RedisBroker(url, **kwargs)
+
+
+def command_client(url: str, *, client_name: str | None = None) -> RedisClient:
     """A client on a bounded pool of POOL_SIZE connections, with the timeouts above.
 
     No silent retries: a publish Redis did not take must surface as an error. A
     ``redis+sentinel://`` URL gets a pool that finds the master through the sentinels
-    at each connect (``tidings.redis_sentinel``).
+    at each connect (``tidings.redis_sentinel``); a ``redis+cluster://`` URL redis-py's
+    cluster client, POOL_SIZE connections per node (``tidings.redis_cluster``).
     """
     settings: dict[str, Any] = {
         "max_connections": POOL_SIZE,
@@ -78,6 +109,8 @@ def command_client(url: str, *, client_name: str | None = None) -> redis.asyncio
         "retry": Retry(NoBackoff(), 0),
         "client_name": client_name,
     }
+    if redis_cluster.is_cluster_url(url):
+        return redis_cluster.cluster_client(url, **settings)
     if redis_sentinel.is_sentinel_url(url):
         pool: ConnectionPool = redis_sentinel.master_pool(url, **settings)
     else:
@@ -107,10 +140,10 @@ class RedisBroker:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 1.0,
     ) -> None:
-        self.redis = command_client(url)
+        self.redis: RedisClient = self._command_client(url)
         """The command client; also for the node's own keys (presence)."""
-        # The subscriber connection's settings: the pool's, under a name of its own.
-        self._params = connection_params(self.redis.connection_pool, client_name="tidings-pubsub")
+        self.layout = KeyLayout(prefix, cluster=isinstance(self.redis, RedisCluster))
+        """The names of each channel's keys (``tidings.redis_keys``)."""
         self.reconnects = 0
         """Times the subscriber connection was re-established after a loss."""
         self.received = 0
@@ -135,13 +168,21 @@ class RedisBroker:
         self._pending: list[tuple[bytes, bytes, _Waiter | None]] = []
         self._handler: MessageHandler | None = None
         self._continuity: ContinuityHandler | None = None
-        self._link: PubSubConnection | None = None  # the subscriber connection, once set up
+        self._link: Subscriber | None = None  # the subscriber connection, once set up
         self._ready = False
         self._ever_ready = False
         self._became_ready = asyncio.Event()
         self._deaf_at: asyncio.Timeout | None = None  # pushed forward by each probe
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _command_client(self, url: str) -> RedisClient:
+        """The command client of ``url``; also reads the subscriber connection's settings
+        from its pool (under a name of its own)."""
+        client = command_client(url)
+        assert isinstance(client, redis.asyncio.Redis), "a redis+cluster:// URL: redis_broker"
+        self._params = connection_params(client.connection_pool, client_name="tidings-pubsub")
+        return client
 
     # -- Broker interface ------------------------------------------------------------
 
@@ -228,7 +269,7 @@ class RedisBroker:
             raise BrokerUnavailable("redis broker is not running")
         try:
             await self.redis.publish(self._key(channel), payload)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
 
     @property
@@ -241,7 +282,7 @@ class RedisBroker:
     def _key(self, channel: str) -> bytes:
         return self._prefix + channel.encode()
 
-    def _live_link(self) -> PubSubConnection:
+    def _live_link(self) -> Subscriber:
         """The subscriber connection if it can take a command now, else BrokerUnavailable."""
         link = self._link
         if not self._ready or link is None or not link.is_open:
@@ -296,10 +337,12 @@ class RedisBroker:
             loop.call_later(SUBSCRIBE_TIMEOUT_S, _expire, [waiter for _, waiter in waiters])
 
     async def _run_subscriber(self) -> None:
-        """Own the subscriber connection: connect, serve, and on loss reconnect, forever."""
+        """Own the subscriber connection: connect, serve, and on loss reconnect, until
+        closed. (``close`` cancels this task; a cancellation a client library turned into
+        a connection error must not keep it reconnecting: it also checks ``_closed``.)"""
         failures = 0
-        while True:
-            link = PubSubConnection(self._on_message, self._on_subscribed, self._on_pong)
+        while not self._closed:
+            link = self._new_link()
             try:
                 await self._connect(link)
                 await self._serve(link)
@@ -320,7 +363,10 @@ class RedisBroker:
             failures += 1
             await asyncio.sleep(self._backoff(failures))
 
-    async def _connect(self, link: PubSubConnection) -> None:
+    def _new_link(self) -> Subscriber:
+        return PubSubConnection(self._on_message, self._on_subscribed, self._on_pong)
+
+    async def _connect(self, link: Any) -> None:
         """Connect and subscribe the probe, the raw channels and every wanted channel.
 
         A PING follows the SUBSCRIBE commands; its reply (``_on_pong``) proves all of
@@ -328,13 +374,14 @@ class RedisBroker:
         settings, RESP2 and no socket timeout after its set-up: it may rightly be silent
         for long, and the probe deadline bounds that instead (``_serve``).
         """
+        assert isinstance(link, PubSubConnection)
         await open_connection(self._params, link)
         self._link = link
         commands = [*_commands(b"SUBSCRIBE", [self._probe_key, *self._routes]), (b"PING",)]
         # One write: an UNSUBSCRIBE queued meanwhile cannot land between these.
         link.send(commands)
 
-    async def _serve(self, link: PubSubConnection) -> None:
+    async def _serve(self, link: Subscriber) -> None:
         """Return (raising why) once the connection ends or goes deaf.
 
         One deadline covers the whole session, pushed forward by each probe that comes
@@ -356,19 +403,24 @@ class RedisBroker:
         channel = self._routes.get(key)
         handler = self._handler
         if channel is None or handler is None:
-            deaf_at = self._deaf_at
-            # A probe that comes after the deadline fired, before the waiting task ran:
-            # the connection is being dropped as deaf already (a fired Timeout refuses
-            # reschedule with RuntimeError, which would escape data_received).
-            if key == self._probe_key and deaf_at is not None and not deaf_at.expired():
+            if key == self._probe_key:
                 now = asyncio.get_running_loop().time()
-                deaf_at.reschedule(now + self._probe_timeout_s)
+                self._deaf_after(now + self._probe_timeout_s)
             return  # our probe, or unsubscribed meanwhile, or closing
         self.received += 1
         try:
             handler(channel, payload)
         except Exception:
             log.exception("broker message handler failed on %s", channel)
+
+    def _deaf_after(self, deadline: float) -> None:
+        """Move the deaf deadline to ``deadline`` (loop time): a probe came back."""
+        deaf_at = self._deaf_at
+        # A probe that comes after the deadline fired, before the waiting task ran: the
+        # connection is being dropped as deaf already (a fired Timeout refuses reschedule
+        # with RuntimeError, which would escape data_received).
+        if deaf_at is not None and not deaf_at.expired():
+            deaf_at.reschedule(deadline)
 
     def _on_subscribed(self, key: bytes) -> None:
         waiters = self._waiters.get(key)
@@ -422,12 +474,15 @@ class RedisBroker:
 
     async def _run_probe(self) -> None:
         """Publish to our private probe channel; ``_serve`` notices if nothing comes back."""
-        while True:
+        while not self._closed:
             await asyncio.sleep(self._probe_interval_s)
             try:
-                await self.redis.publish(self._probe_key, b"probe")
-            except (RedisError, OSError, TimeoutError) as exc:
+                await self._publish_probe()
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 log.debug("redis probe publish failed: %s", exc)
+
+    async def _publish_probe(self) -> None:
+        await self.redis.publish(self._probe_key, b"probe")
 
 
 def _commands(command: bytes, keys: list[bytes]) -> list[tuple[bytes, ...]]:

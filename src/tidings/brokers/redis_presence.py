@@ -8,6 +8,11 @@ Writes (adds, removes, the refresh) run ``WRITE_SCRIPT`` by EVALSHA on a connect
 their own (``ScriptConnection``, as the inbox's publishes): the changes of one loop turn
 are one script call per WRITE_CHUNK users, and every write leaves in the order it was
 made, so a session's removal never overtakes its entry.
+
+On Redis Cluster (issue 18) a user's key is ``<prefix>presence:{u:<user>}``, in the slot
+of the user's channel (``tidings.redis_keys``); a script call's users must share a slot,
+so the changes of a turn are split per slot (``ClusterScripts`` writes those of one master
+together), and queries go through redis-py's cluster pipeline, split per master.
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from tidings.errors import BrokerUnavailable
-from tidings.inbox.resp import ScriptConnection
+from tidings.inbox.redis import script_connection
 from tidings.presence import LocalSessions, UserPresence
+from tidings.redis_cluster import slot_of
+from tidings.redis_keys import KeyLayout
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +68,7 @@ _Changes = tuple[list[str], list[str]]
 def _redis_errors() -> Iterator[None]:
     try:
         yield
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
 
 
@@ -68,12 +76,17 @@ class RedisPresence(LocalSessions):
     """Presence entries in Redis sorted sets with per-member expiry (see module docstring)."""
 
     def __init__(
-        self, redis: Redis, node_id: str, *, prefix: str = "tidings:", ttl_s: float = 15.0
+        self,
+        redis: Redis | RedisCluster,
+        node_id: str,
+        *,
+        prefix: str = "tidings:",
+        ttl_s: float = 15.0,
     ) -> None:
         super().__init__(node_id)
         self._redis = redis  # reads
-        self._writer = ScriptConnection(redis, WRITE_SCRIPT)
-        self._prefix = prefix + "presence:"
+        self._writer = script_connection(redis, WRITE_SCRIPT)
+        self._layout = KeyLayout(prefix, cluster=isinstance(redis, RedisCluster))
         self._member_prefix = node_id + "|"
         self.ttl_s = ttl_s
         self._refresher: asyncio.Task[None] | None = None
@@ -137,13 +150,22 @@ class RedisPresence(LocalSessions):
             write.add_done_callback(release)
 
     def _submit(self, changes: Sequence[tuple[str, _Changes]]) -> asyncio.Future[Any]:
-        """One script call for ``changes``; its future fails with BrokerUnavailable."""
+        """One script call for ``changes`` (on a cluster, one per slot); its future fails
+        with BrokerUnavailable."""
+        if not self._layout.cluster:
+            return self._submit_one(changes)
+        by_slot: dict[int, list[tuple[str, _Changes]]] = {}
+        for change in changes:
+            by_slot.setdefault(slot_of(self._key(change[0])), []).append(change)
+        return asyncio.gather(*[self._submit_one(group) for group in by_slot.values()])
+
+    def _submit_one(self, changes: Sequence[tuple[str, _Changes]]) -> asyncio.Future[Any]:
         now = time.time()
         keys: list[str] = []
         args: list[str | int] = [repr(now + self.ttl_s), repr(now), int(self.ttl_s) + 1]
         prefix = self._member_prefix
         for user, (added, removed) in changes:
-            keys.append(self._prefix + user)
+            keys.append(self._key(user))
             args.append(len(added))
             args += [prefix + session for session in added]
             args.append(len(removed))
@@ -191,7 +213,7 @@ class RedisPresence(LocalSessions):
         return {user: count > 0 for user, count in zip(users, counts, strict=True)}
 
     def _key(self, user: str) -> str:
-        return self._prefix + user
+        return self._layout.user_key("presence", user)
 
 
 def _chunks(

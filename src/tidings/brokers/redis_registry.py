@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from tidings.errors import BrokerUnavailable
 from tidings.registry import RECORD_TTL_S
@@ -53,7 +54,7 @@ return out
 def _redis_errors() -> Iterator[None]:
     try:
         yield
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
         raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
 
 
@@ -61,7 +62,7 @@ class RedisRegistry:
     """Node records in one Redis hash with per-field expiry (see the module docstring)."""
 
     def __init__(
-        self, redis: Redis, *, prefix: str = "tidings:", ttl_s: float = RECORD_TTL_S
+        self, redis: Redis | RedisCluster, *, prefix: str = "tidings:", ttl_s: float = RECORD_TTL_S
     ) -> None:
         self._redis = redis
         self.key = prefix + "{admin}:nodes"

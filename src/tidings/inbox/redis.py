@@ -27,6 +27,13 @@ for a resume from before its first id.
 
 ``InboxWriter`` is the publish half alone, which ``tidings.publisher`` shares: a back end
 publishing straight to Redis runs the very same script as a node.
+
+On Redis Cluster (issue 18) the names carry the channel's hash tag (``tidings.redis_keys``:
+``P inbox:{u:42}``, ``P acked:{u:42}``...), so each script touches one slot; the scripts
+announce with ``SPUBLISH`` on the sharded channel ``P{<channel>}`` of that slot, and the
+publish (and legacy store) calls go over ``redis_cluster.ClusterScripts``, to the master
+of the channel's slot. Batch reads (``histories``, ``last_ids``, ``behind``) are split per
+slot and pipelined per master by redis-py's cluster pipeline.
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from tidings.brokers.redis import RedisBroker
 from tidings.errors import BrokerUnavailable, TidingsError
@@ -56,7 +64,9 @@ from tidings.inbox.memory import (
 from tidings.inbox.resp import ScriptConnection
 from tidings.legacy import SPRING_DESTINATION, outbound_json
 from tidings.message import Message
+from tidings.redis_cluster import ClusterScripts, slot_of
 from tidings.redis_connect import bulk
+from tidings.redis_keys import KeyLayout
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +432,24 @@ _PACKED_CHANNELS = 4096
 MIN_REDIS_VERSION = (7, 0)
 """``XINFO STREAM``'s ``max-deleted-entry-id`` (gap detection) came with Redis 7.0."""
 
+_ANNOUNCE = "redis.call('PUBLISH', ARGV[6],"
+
+
+def script_connection(
+    client: Redis | RedisCluster,
+    script: str,
+    *,
+    encoding: str | None = None,
+    wait: tuple[int, float] | None = None,
+) -> ScriptConnection | ClusterScripts:
+    """The lean connection(s) running ``script``: a ``ScriptConnection`` on one Redis;
+    on a cluster ``ClusterScripts``, the script announcing with SPUBLISH (a shard channel
+    of the script's slot: Redis 7.0 lets a script publish there, and only there)."""
+    if isinstance(client, RedisCluster):
+        sharded = script.replace(_ANNOUNCE, "redis.call('SPUBLISH', ARGV[6],")
+        return ClusterScripts(client, sharded, encoding=encoding, wait=wait)
+    return ScriptConnection(client, script, encoding=encoding, wait=wait)
+
 
 class InboxWriter:
     """The publish half of the inbox: stores messages and announces them, nothing else.
@@ -435,7 +463,7 @@ class InboxWriter:
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RedisCluster,
         limits: InboxLimits,
         *,
         prefix: str = "tidings:",
@@ -443,6 +471,8 @@ class InboxWriter:
     ) -> None:
         check_limits(limits)
         self._redis = client
+        self.layout = KeyLayout(prefix, cluster=isinstance(client, RedisCluster))
+        """The names of each channel's keys (``tidings.redis_keys``)."""
         # The Spring bridge (tidings.legacy): user messages to /message are also published
         # there, by the publish script itself (one step: stored means forwarded). Chosen
         # here, so that a writer without one runs the very same ``submit`` as before.
@@ -450,14 +480,13 @@ class InboxWriter:
         if self._legacy is not None:
             self.submit = self._submit_bridging  # type: ignore[method-assign]
         self._limits = limits
-        self._prefix = prefix
         self._max_age_ms = int(limits.max_age_s * 1000)
         self._ttl_ms = self._max_age_ms + int(TTL_MARGIN_S * 1000)
         self._idempotency_ttl_ms = max(1, int(limits.idempotency_ttl_s * 1000))
         self._closed = False
         # ids: str; with min_replicas, a WAIT after each write (ScriptConnection)
         wait = (limits.min_replicas, limits.replica_timeout_s)
-        self._publisher = ScriptConnection(client, _PUBLISH, encoding="ascii", wait=wait)
+        self._publisher = script_connection(client, _PUBLISH, encoding="ascii", wait=wait)
         # EVALSHA of _PUBLISH: KEYS stream, acked, read[, idempotency key]; ARGV message,
         # then 5 per channel, then the idempotency key's TTL if there is one. All but the
         # message and the idempotency key are the same for every publish to a channel:
@@ -473,7 +502,7 @@ class InboxWriter:
         self._closed = False
         try:
             info = await self._redis.info("server")
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             log.warning("redis inbox: cannot check the redis version now: %s", exc)
             return
         version = str(info.get("redis_version", "0"))
@@ -506,7 +535,7 @@ class InboxWriter:
         if idempotency_key is None:
             parts = (self._head, keys, bulk(encoded), args)
         else:
-            key = f"{self._prefix}idem:{len(channel)}:{channel}:{idempotency_key}"
+            key = self.layout.idempotency(channel, idempotency_key)
             parts = (self._head_keyed, keys, bulk(key), bulk(encoded), args, self._keyed_ttl)
         future: asyncio.Future[str] = self._publisher.submit_packed(b"".join(parts))
         return future
@@ -528,7 +557,7 @@ class InboxWriter:
         if idempotency_key is None:
             parts = (self._publisher.head(3, 8), keys, bulk(encoded), args, bridge)
         else:
-            key = f"{self._prefix}idem:{len(message.channel)}:{message.channel}:{idempotency_key}"
+            key = self.layout.idempotency(message.channel, idempotency_key)
             head = self._publisher.head(4, 9)
             parts = (head, keys, bulk(key), bulk(encoded), args, self._keyed_ttl, bridge)
         future: asyncio.Future[str] = self._publisher.submit_packed(b"".join(parts))
@@ -547,13 +576,13 @@ class InboxWriter:
         publish script's call for ``channel`` and ``destination``, packed and kept."""
         user = user_of(channel)
         limit = self._limits.max_messages if user is not None else self._limits.topic_history
-        keys = [self._stream(channel), *self._sets(user)]
+        keys = [self._stream(channel), *self.layout.sets(channel, user)]
         args: list[str | int] = [
             destination,
             limit,
             self._max_age_ms,
             self._ttl_ms,
-            self._prefix + channel,
+            self.layout.live(channel),
         ]
         packed = b"".join([bulk(key) for key in keys]), b"".join([bulk(arg) for arg in args])
         if len(self._packed) >= _PACKED_CHANNELS:
@@ -562,13 +591,7 @@ class InboxWriter:
         return packed
 
     def _stream(self, channel: str) -> str:
-        return f"{self._prefix}inbox:{channel}"
-
-    def _sets(self, user: str | None) -> list[str]:
-        """The user's acked and read sets; two empty names (no sets) for a topic."""
-        if user is None:
-            return ["", ""]
-        return [f"{self._prefix}acked:{user}", f"{self._prefix}read:{user}"]
+        return self.layout.stream(channel)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -599,24 +622,25 @@ class RedisInbox(InboxWriter):
 
     async def history(self, channel: str, after: str, *, limit: int) -> History:
         after = canonical_id(after)
-        keys = [self._stream(channel), *self._sets(user_of(channel))]
+        keys = [self._stream(channel), *self.layout.sets(channel, user_of(channel))]
         count = max(limit, 1)  # the gap is wanted even for no messages; COUNT 0 is no limit
         reply = await self._run(self._history, keys, [after, count, self._max_age_ms])
         pairs = list(zip(reply[1::2], reply[2::2], strict=True))[: max(limit, 0)]
         return History([Stored(_decode(i, m)) for i, m in pairs], gap=bool(reply[0]))
 
     async def histories(self, after: Mapping[str, str], *, limit: int) -> dict[str, History]:
-        """One pipeline of the ``history`` script per channel: one round trip for all."""
+        """One pipeline of the ``history`` script per channel: one round trip for all
+        (on a cluster, one per master)."""
         self._check_open()
         if not after:
             return {}
         count = max(limit, 1)
-        pipe = self._redis.pipeline(transaction=False)
+        calls: list[tuple[AsyncScript, list[str], list[Any]]] = []
         for channel, inbox_id in after.items():
-            keys = [self._stream(channel), *self._sets(user_of(channel))]
+            keys = [self._stream(channel), *self.layout.sets(channel, user_of(channel))]
             args: list[str | int] = [canonical_id(inbox_id), count, self._max_age_ms]
-            await self._history(keys=keys, args=args, client=pipe)
-        replies = await self._execute(pipe)
+            calls.append((self._history, keys, args))
+        replies = await self._pipelined(calls)
         out = {}
         for channel, reply in zip(after, replies, strict=True):
             pairs = list(zip(reply[1::2], reply[2::2], strict=True))[: max(limit, 0)]
@@ -624,41 +648,82 @@ class RedisInbox(InboxWriter):
         return out
 
     async def last_ids(self, channels: Sequence[str]) -> dict[str, str | None]:
-        """The ``_LAST_IDS`` script on batches of CATCHUP_BATCH streams, pipelined."""
+        """The ``_LAST_IDS`` script on batches of CATCHUP_BATCH streams (of one slot, on a
+        cluster), pipelined."""
         self._check_open()
         if not channels:
             return {}
-        pipe = self._redis.pipeline(transaction=False)
-        for start in range(0, len(channels), CATCHUP_BATCH):
-            keys = [self._stream(channel) for channel in channels[start : start + CATCHUP_BATCH]]
-            await self._last_ids(keys=keys, args=[], client=pipe)
-        replies = await self._execute(pipe)
+        batches = self._batches(channels)
+        calls: list[tuple[AsyncScript, list[str], list[Any]]] = [
+            (self._last_ids, [self._stream(channel) for channel in batch], []) for batch in batches
+        ]
+        replies = await self._pipelined(calls)
         ids = [i.decode("ascii") if i else None for reply in replies for i in reply]
-        return dict(zip(channels, ids, strict=True))
+        ordered = [channel for batch in batches for channel in batch]
+        return dict(zip(ordered, ids, strict=True))
 
     async def behind(self, after: Mapping[str, str]) -> list[str]:
-        """``XREAD COUNT 1 STREAMS <keys> <ids>`` in batches: Redis answers only for the
-        streams with an entry after the given id, so an up-to-date channel costs one
-        lookup and nothing on the wire."""
+        """``XREAD COUNT 1 STREAMS <keys> <ids>`` in batches (of one slot, on a cluster):
+        Redis answers only for the streams with an entry after the given id, so an
+        up-to-date channel costs one lookup and nothing on the wire."""
         self._check_open()
         if not after:
             return []
-        channels = list(after)
-        by_key = {self._stream(channel).encode(): channel for channel in channels}
+        by_key = {self._stream(channel).encode(): channel for channel in after}
         pipe = self._redis.pipeline(transaction=False)
-        for start in range(0, len(channels), CATCHUP_BATCH):
-            batch = channels[start : start + CATCHUP_BATCH]
+        for batch in self._batches(list(after)):
             ids = [canonical_id(after[channel]) for channel in batch]
             keys = [self._stream(channel) for channel in batch]
             pipe.execute_command("XREAD", "COUNT", 1, "STREAMS", *keys, *ids)
         replies = await self._execute(pipe)
         return [by_key[bytes(key)] for reply in replies if reply for key, _ in reply]
 
+    def _batches(self, channels: Sequence[str]) -> list[list[str]]:
+        """``channels`` in batches of at most CATCHUP_BATCH; on a cluster, each of one slot
+        (a command's keys must share one)."""
+        groups: list[list[str]] = [list(channels)]
+        if self.layout.cluster:
+            by_slot: dict[int, list[str]] = {}
+            for channel in channels:
+                by_slot.setdefault(slot_of(self._stream(channel)), []).append(channel)
+            groups = list(by_slot.values())
+        return [
+            group[start : start + CATCHUP_BATCH]
+            for group in groups
+            for start in range(0, len(group), CATCHUP_BATCH)
+        ]
+
+    async def _pipelined(self, calls: list[tuple[AsyncScript, list[str], list[Any]]]) -> list[Any]:
+        """The replies of script ``calls`` sent in one pipeline. On a cluster redis-py's
+        pipeline splits them per master; a NOSCRIPT there (a master restarted or failed
+        over) loads the scripts and sends them all once more."""
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for script, keys, args in calls:
+                if self.layout.cluster:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                else:
+                    await script(keys=keys, args=args, client=pipe)  # type: ignore[arg-type]
+            try:
+                return await self._execute(pipe)
+            except BrokerUnavailable as exc:
+                if attempt or not isinstance(exc.__cause__, NoScriptError):
+                    raise
+                for script in {id(script): script for script, _, _ in calls}.values():
+                    await self._run_command(self._redis.script_load(script.script))
+        raise AssertionError("unreachable")
+
+    async def _run_command(self, command: Any) -> Any:
+        try:
+            return await command
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+
     async def unacked(self, user: str, destination: str, *, limit: int) -> list[Stored]:
         if limit <= 0:
             self._check_open()
             return []
-        keys = [*self._user_keys(user)[:3], f"{self._prefix}ackcursor:{user}"]
+        keys = [*self._user_keys(user)[:3], self.layout.user_key("ackcursor", user)]
         args = [self._max_age_ms, destination, limit, self._ttl_ms]
         reply = await self._run(self._unacked, keys, args)
         return [Stored(_decode(i, m)) for i, m in zip(reply[::2], reply[1::2], strict=True)]
@@ -714,16 +779,17 @@ class RedisInbox(InboxWriter):
 
     def _user_keys(self, user: str) -> list[str]:
         """stream, acked, read, readfloor of ``user``."""
+        channel = f"u:{user}"
         return [
-            self._stream(f"u:{user}"),
-            *self._sets(user),
-            f"{self._prefix}readfloor:{user}",
+            self._stream(channel),
+            *self.layout.sets(channel, user),
+            self.layout.user_key("readfloor", user),
         ]
 
     async def _execute(self, pipe: Any) -> list[Any]:
         try:
             replies: list[Any] = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
         finally:
             await pipe.reset()
@@ -733,7 +799,7 @@ class RedisInbox(InboxWriter):
         self._check_open()
         try:
             return await script(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
 
 

@@ -16,11 +16,12 @@ messages arrived, those of one loop turn in one write.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
-from tidings.inbox.redis import _STORE, _STORE_LOCALS, InboxWriter
-from tidings.inbox.resp import ScriptConnection
+from tidings.inbox.redis import _STORE, _STORE_LOCALS, InboxWriter, script_connection
 from tidings.legacy import CLAIM_WINDOW_S
 from tidings.message import Message
 from tidings.redis_connect import bulk
@@ -45,15 +46,15 @@ class LegacyStore:
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RedisCluster,
         writer: InboxWriter,
         *,
         prefix: str = "tidings:",
         window_s: float = CLAIM_WINDOW_S,
     ) -> None:
         self._writer = writer
-        self._prefix = prefix
-        self._connection = ScriptConnection(client, _STORE_CLAIMED, encoding="ascii")
+        self._layout = dataclasses.replace(writer.layout, prefix=prefix)
+        self._connection = script_connection(client, _STORE_CLAIMED, encoding="ascii")
         self._head = self._connection.head(4, 8)
         self._window = bulk(max(1, int(window_s * 1000)))
 
@@ -62,7 +63,7 @@ class LegacyStore:
         a future of its inbox id, None if not stored, or BrokerUnavailable."""
         channel = message.channel
         keys, args = self._writer.packed_call(channel, message.destination)
-        claim = f"{self._prefix}legacy:{len(channel)}:{channel}:{name}"
+        claim = self._layout.legacy_claim(channel, name)
         parts = (
             self._head,
             keys,

@@ -74,14 +74,18 @@ class ScriptConnection:
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | AbstractConnection,
         script: str,
         *,
         max_in_flight: int = 128,
         encoding: str | None = None,
         wait: Replicas | None = None,
     ) -> None:
-        self._params = connection_params(client.connection_pool)
+        # A Redis client's pool settings, or a connection's (a cluster node's, issue 18)
+        if isinstance(client, AbstractConnection):
+            self._params = client
+        else:
+            self._params = connection_params(client.connection_pool)
         self._encoding = encoding
         self._wait: tuple[bytes, int, float] | None = None
         if wait is not None and wait[0] > 0:
@@ -274,7 +278,7 @@ class _Link(asyncio.Protocol):
                     retry.append((None, future))  # None: no second retry
                     resend.append(command)
                 elif isinstance(reply, Exception):  # an error reply, for this call only
-                    future.set_exception(BrokerUnavailable(f"redis unavailable: {reply}"))
+                    future.set_exception(_error(reply))
                 else:
                     future.set_result(reply)
         except (hiredis.ProtocolError, IndexError) as exc:  # garbled, or a reply unasked for
@@ -321,6 +325,36 @@ class _Link(asyncio.Protocol):
             if future is not None and not future.done():
                 future.set_exception(error)
         self._on_lost(self, error)
+
+
+class ErrorReply(BrokerUnavailable):
+    """Redis answered the call with an error: the connection itself is fine."""
+
+
+class Redirect(ErrorReply):
+    """A Redis Cluster's ``MOVED <slot> <host>:<port>``, ``ASK ...`` or ``TRYAGAIN``
+    (``address`` None: a multi-key call in a slot under migration) error reply: the command
+    did not run; ``tidings.redis_cluster`` sends it where (or when) the reply says."""
+
+    def __init__(self, message: str, *, ask: bool, address: tuple[str, int] | None) -> None:
+        super().__init__(message)
+        self.ask = ask
+        self.address = address
+
+
+def _error(reply: Exception) -> ErrorReply:
+    """The exception a caller gets for an error reply (``Redirect`` for MOVED, ASK and
+    TRYAGAIN)."""
+    text = str(reply)
+    if text.startswith("TRYAGAIN"):
+        return Redirect(f"redis unavailable: {text}", ask=False, address=None)
+    if text.startswith(("MOVED ", "ASK ")):
+        kind, _, address = text.split(" ", 2)
+        host, _, port = address.rpartition(":")
+        if port.isdigit():
+            where = (host, int(port))
+            return Redirect(f"redis unavailable: {text}", ask=kind == "ASK", address=where)
+    return ErrorReply(f"redis unavailable: {text}")
 
 
 def _send_waited(

@@ -80,12 +80,12 @@ def build_node(config: Config) -> Node:
     node_id = config.node_id or secrets.token_hex(4)
     scheme = urlsplit(config.broker).scheme
     if scheme in REDIS_SCHEMES:
-        from tidings.brokers.redis import RedisBroker  # noqa: PLC0415 - optional dependency
+        from tidings.brokers.redis import redis_broker  # noqa: PLC0415 - optional dependency
         from tidings.brokers.redis_presence import RedisPresence  # noqa: PLC0415
         from tidings.inbox.redis import RedisInbox  # noqa: PLC0415
 
         legacy = config.legacy_channel
-        broker = RedisBroker(config.broker, raw_channels=(legacy,) if legacy else ())
+        broker = redis_broker(config.broker, raw_channels=(legacy,) if legacy else ())
         presence: Presence = RedisPresence(broker.redis, node_id, ttl_s=config.presence_ttl_s)
         inbox = RedisInbox(broker, config.inbox, legacy_channel=legacy)
         bridge = None

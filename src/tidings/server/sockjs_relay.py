@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from tidings.errors import BrokerUnavailable
@@ -101,7 +102,11 @@ class Directory:
     """Which node owns which SockJS session: ``<prefix><session id>`` → node id."""
 
     def __init__(
-        self, redis: Redis, *, prefix: str = "tidings:sockjs:", ttl_s: float = DIRECTORY_TTL_S
+        self,
+        redis: Redis | RedisCluster,
+        *,
+        prefix: str = "tidings:sockjs:",
+        ttl_s: float = DIRECTORY_TTL_S,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -171,11 +176,16 @@ class _SessionMissing(Exception):
 class Relay:
     """Relays SockJS requests between the nodes that share a Redis broker."""
 
-    def __init__(self, service: SockJSService, node: Node, redis: Redis) -> None:
+    def __init__(self, service: SockJSService, node: Node, redis: Redis | RedisCluster) -> None:
         self.service = service
         self.node = node
         self.node_id = node.id
-        self.directory = Directory(redis)
+        # On Redis Cluster the directory's keys share one slot (its scripts read a
+        # session's key and its owner's liveness key together): the hash tag {sockjs}.
+        cluster = isinstance(redis, RedisCluster)
+        self.directory = (
+            Directory(redis, prefix="tidings:{sockjs}:") if cluster else Directory(redis)
+        )
         self._channel = ""
         self._ids = itertools.count(1)
         self._id_prefix = f"{self.node_id}-{secrets.token_hex(4)}-"
