@@ -16,7 +16,10 @@ from importlib import resources
 from typing import Any
 
 from tidings.errors import TidingsError
+from tidings.options import redact_url
 
+PG_SCHEMES = ("postgresql", "postgres")
+"""URL schemes of ``--inbox`` that name a PostgreSQL database."""
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _LOCK = 0x7469_6469_6E67_73  # pg_advisory_xact_lock key of `tidings migrate` ("tidings")
 
@@ -83,6 +86,23 @@ async def migrate(conn: Any) -> list[int]:
             )
             applied.append(migration.version)
     return applied
+
+
+async def apply(url: str) -> tuple[list[int], int]:
+    """``tidings migrate``: connect to ``url``, apply what is missing; returns the versions
+    applied and the version now. TidingsError if the database cannot be reached."""
+    import asyncpg  # noqa: PLC0415 - the optional dependency, only where it is used
+
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        where = redact_url(url)
+        raise TidingsError(f"cannot connect to {where}: {exc}") from None
+    try:
+        applied = await migrate(conn)
+        return applied, await schema_version(conn)
+    finally:
+        await conn.close()
 
 
 async def check_schema(conn: Any) -> None:

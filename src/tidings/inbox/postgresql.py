@@ -46,8 +46,6 @@ from tidings.message import Message
 
 log = logging.getLogger(__name__)
 
-PG_SCHEMES = ("postgresql", "postgres")
-"""URL schemes of ``--inbox`` that name a PostgreSQL database."""
 MAX_BIGINT = 2**63 - 1
 """Ids are stored as two bigints; a bound beyond (an id never given out) is clamped."""
 POOL_SIZE = 10
