@@ -7,12 +7,19 @@ The inbox contract itself runs on PostgreSQL in tests/test_inbox_contract.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
+from tidings.brokers.redis import RedisBroker
+from tidings.inbox.base import InboxLimits, split_announcement
 from tidings.inbox.pg_schema import latest_version, schema_version
+from tidings.inbox.postgresql import PostgresInbox
+from tidings.message import APPLICATION_JSON, Message, id_key
 
 from .conftest import StartServer
 from .ports import free_port
@@ -64,7 +71,8 @@ async def test_migrate_creates_the_schema_once(pg_cluster: PgCluster) -> None:
     try:
         first = await asyncio.to_thread(run_cli, "migrate", "--inbox", database.url)
         assert first.returncode == 0, first.stderr
-        assert f"applied 1; schema version {latest_version()}" in first.stdout
+        applied = ", ".join(str(v) for v in range(1, latest_version() + 1))
+        assert f"applied {applied}; schema version {latest_version()}" in first.stdout
         again = await asyncio.to_thread(run_cli, "migrate", env={"TIDINGS_INBOX": database.url})
         assert again.returncode == 0, again.stderr
         assert "nothing to apply" in again.stdout
@@ -82,6 +90,7 @@ async def test_migrate_creates_the_schema_once(pg_cluster: PgCluster) -> None:
             "channels",
             "idempotency",
             "messages",
+            "outbox",
             "read_floors",
             "read_ids",
             "tidings_schema_version",
@@ -98,7 +107,7 @@ async def test_a_node_without_the_schema_refuses_to_start_and_migrate_fixes_it(
         port = str(free_port())
         refused = await asyncio.to_thread(run_cli, "serve", "--port", port, "--inbox", database.url)
         assert refused.returncode == 2, refused.stderr
-        assert "schema is at version 0" in refused.stderr
+        assert f"schema is at version 0, this Tidings needs {latest_version()}" in refused.stderr
         assert "run `tidings migrate --inbox <url>` (or start with --migrate)" in refused.stderr
         assert "Traceback" not in refused.stderr
         node = await tidings_server("--inbox", database.url, "--migrate")
@@ -157,3 +166,169 @@ def test_inbox_combinations_that_cannot_work_exit_2(args: list[str], error: str)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith("tidings serve: error: "), lines
     assert error in lines[1]
+
+
+# -- the transactional outbox (issue 20, item 4) --------------------------------------------
+
+
+class Heard(list[tuple[str, bytes]]):
+    """What a subscriber heard, (channel, payload) in order; ``at_least`` waits for more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._more = asyncio.Event()
+
+    def __call__(self, channel: str, payload: bytes) -> None:
+        self.append((channel, payload))
+        self._more.set()
+
+    async def at_least(self, count: int, within: float = 10.0) -> None:
+        async with asyncio.timeout(within):
+            while len(self) < count:
+                self._more.clear()
+                await self._more.wait()
+
+
+async def outbox_nodes(
+    database: PgDatabase, redis_url: str, count: int, **kwargs: Any
+) -> tuple[list[PostgresInbox], list[RedisBroker], Heard]:
+    """``count`` inboxes draining the outbox, each announcing on its own Redis broker;
+    and what a subscriber of ``u:7`` and ``t:news`` heard."""
+    heard = Heard()
+    brokers = [RedisBroker(redis_url) for _ in range(count + 1)]
+    await brokers[0].start(heard)
+    for channel in ("u:7", "t:news"):
+        await brokers[0].subscribe(channel)
+    inboxes = []
+    for broker in brokers[1:]:
+        await broker.start(lambda channel, payload: None)
+        inbox = PostgresInbox(database.url, broker, InboxLimits(), pool_size=3, **kwargs)
+        await inbox.start()
+        inboxes.append(inbox)
+    return inboxes, brokers, heard
+
+
+async def close_all(inboxes: list[PostgresInbox], brokers: list[RedisBroker]) -> None:
+    for inbox in inboxes:
+        await inbox.close()
+    for broker in brokers:
+        await broker.close()
+
+
+async def test_outbox_delivers_a_committed_transaction_and_nothing_of_a_rolled_back_one(
+    postgres_db: PgDatabase, redis_server: Any
+) -> None:
+    inboxes, brokers, heard = await outbox_nodes(postgres_db, redis_server.url, 1)
+    app = await postgres_db.connect()  # the back end's own connection and transactions
+    try:
+        async with app.transaction():
+            await app.execute("CREATE TABLE orders (id int)")
+        with contextlib.suppress(RuntimeError):
+            async with app.transaction():
+                await app.execute("INSERT INTO orders VALUES (1)")
+                await app.fetchval("SELECT tidings.publish_to_user('7', '\"order 1\"')")
+                raise RuntimeError("the order fails: roll back")
+        async with app.transaction():
+            await app.execute("INSERT INTO orders VALUES (2)")
+            await app.fetchval("SELECT tidings.publish_to_user('7', '{\"order\": 2}', 'o-2')")
+            await app.fetchval("SELECT tidings.publish_to_topic('news', '\"hello\"')")
+        await heard.at_least(2)
+        await asyncio.sleep(0.3)  # anything more would come now (the poll interval is 1 s)
+        assert sorted(channel for channel, _ in heard) == ["t:news", "u:7"]
+        by_channel = {channel: split_announcement(payload) for channel, payload in heard}
+        user_id, encoded = by_channel["u:7"]
+        assert user_id is not None
+        message = Message.decode(encoded, user_id)
+        assert (message.body, message.content_type) == (b'{"order":2}', APPLICATION_JSON)
+        assert Message.decode(by_channel["t:news"][1]).destination == "/topic/news"
+        history = await inboxes[0].history("u:7", "0", limit=10)
+        assert [m.message.id for m in history.messages] == [user_id]
+        assert await app.fetchval("SELECT count(*) FROM tidings.outbox") == 0
+        # The idempotency key holds across the outbox and the API alike.
+        again = await inboxes[0].publish(message, idempotency_key="o-2")
+        assert again == user_id
+    finally:
+        await app.close()
+        await close_all(inboxes, brokers)
+
+
+async def test_outbox_rules_are_checked_in_the_callers_transaction(
+    postgres_db: PgDatabase,
+) -> None:
+    app = await postgres_db.connect()
+    try:
+        for call, error in [
+            ("tidings.publish_to_user('a/b', '1')", "invalid user_id: a/b"),
+            ("tidings.publish_to_user(NULL, '1')", "user_id and body are required"),
+            ("tidings.publish_to_topic('/x', '1')", "invalid topic: /x"),
+            ("tidings.publish_to_topic('a//b', '1')", "invalid topic"),
+            ("tidings.publish_to_user('7', '1', '')", "invalid idempotency_key"),
+            (f"tidings.publish_to_user('7', to_jsonb(repeat('x', {70_000})))", "the limit is"),
+        ]:
+            with pytest.raises(asyncpg.PostgresError, match=re.escape(error)):
+                await app.fetchval(f"SELECT {call}")
+        assert await app.fetchval("SELECT count(*) FROM tidings.outbox") == 0
+        assert await app.fetchval("SELECT tidings.publish_to_topic('a/b', '1')") > 0
+    finally:
+        await app.close()
+
+
+async def test_two_nodes_drain_the_outbox_exactly_once_in_order(
+    postgres_db: PgDatabase, redis_server: Any
+) -> None:
+    # 600 messages in 60 transactions, two nodes draining while they commit.
+    inboxes, brokers, heard = await outbox_nodes(postgres_db, redis_server.url, 2)
+    app = await postgres_db.connect()
+    try:
+        for t in range(60):
+            async with app.transaction():
+                for i in range(10):
+                    await app.fetchval(
+                        "SELECT tidings.publish_to_user('7', to_jsonb($1::text))", f"m{t * 10 + i}"
+                    )
+        await heard.at_least(600, within=30)
+        await asyncio.sleep(0.3)
+        ids = [split_announcement(payload)[0] for _, payload in heard]
+        bodies = [Message.decode(split_announcement(payload)[1]).body for _, payload in heard]
+        assert len(heard) == 600 and len(set(ids)) == 600  # once each
+        assert [id_key(i) for i in ids if i] == sorted(id_key(i) for i in ids if i)
+        assert bodies == [f"m{n}".encode() for n in range(600)]  # in commit order
+        assert all(inbox.outbox.drained > 0 for inbox in inboxes)  # both took a share
+        assert sum(inbox.outbox.drained for inbox in inboxes) == 600
+        history = await inboxes[1].history("u:7", "0", limit=1000)
+        assert [m.message.id for m in history.messages] == ids
+    finally:
+        await app.close()
+        await close_all(inboxes, brokers)
+
+
+async def test_outbox_wakes_on_notify_and_polls_when_it_cannot_listen(
+    postgres_db: PgDatabase, redis_server: Any
+) -> None:
+    app = await postgres_db.connect()
+    # Polling every 30 s: a delivery within 5 s is the NOTIFY's doing.
+    inboxes, brokers, heard = await outbox_nodes(
+        postgres_db, redis_server.url, 1, outbox_poll_s=30.0
+    )
+    try:
+        await app.fetchval("SELECT tidings.publish_to_user('7', '\"woken\"')")
+        await heard.at_least(1, within=5)
+    finally:
+        await close_all(inboxes, brokers)
+    # Polling every 0.2 s, with the LISTEN connection killed: the poll finds the rows.
+    inboxes, brokers, heard = await outbox_nodes(
+        postgres_db, redis_server.url, 1, outbox_poll_s=0.2
+    )
+    try:
+        await asyncio.wait_for(inboxes[0].outbox.listening.wait(), 5)
+        killed = await app.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+        )
+        assert killed == 1
+        await app.fetchval("SELECT tidings.publish_to_user('7', '\"polled\"')")
+        await heard.at_least(1, within=5)
+        assert Message.decode(split_announcement(heard[0][1])[1]).body == b"polled"
+    finally:
+        await app.close()
+        await close_all(inboxes, brokers)

@@ -20,6 +20,9 @@ sharing a broker, ``tidings.store`` takes a session-level advisory lock per chan
 that is released only once the announcement is out. On the memory broker (one node)
 that lock is not needed and not taken.
 
+Every node also drains the transactional outbox (``tidings.publish_to_user`` and
+``publish_to_topic``, ``pg_outbox.py``) into the inbox.
+
 A background sweep deletes in batches what has expired (Redis key TTLs: a channel
 ``max_age_s`` + 1 s after its last publish, idempotency keys, read floors).
 """
@@ -41,6 +44,7 @@ from tidings.brokers.memory import MemoryBroker
 from tidings.errors import BrokerUnavailable, TidingsError
 from tidings.inbox.base import History, InboxLimits, Stored
 from tidings.inbox.memory import TTL_MARGIN_S, check_limits, known_ids, parse_id, user_of
+from tidings.inbox.pg_outbox import POLL_INTERVAL_S, OutboxDrainer
 from tidings.inbox.pg_schema import check_schema, migrate
 from tidings.message import Message
 
@@ -125,6 +129,7 @@ class PostgresInbox:
         migrate: bool = False,
         pool_size: int = POOL_SIZE,
         sweep_interval_s: float = SWEEP_INTERVAL_S,
+        outbox_poll_s: float = POLL_INTERVAL_S,
     ) -> None:
         check_limits(limits)
         self._url = url
@@ -141,6 +146,9 @@ class PostgresInbox:
         self._channels = _ChannelLocks()
         self._pool: asyncpg.Pool | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # The transactional outbox (pg_outbox.py); 0: this node does not drain it.
+        self.outbox = OutboxDrainer(self, url, lock_key, poll_interval_s=outbox_poll_s)
+        self._drain = outbox_poll_s > 0
         self._closed = False
 
     # -- life ------------------------------------------------------------------------
@@ -164,9 +172,12 @@ class PostgresInbox:
             await check_schema(conn)
         if self._sweep_interval_s > 0 and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._run_sweeper(), name="tidings-pg-sweep")
+        if self._drain:
+            self.outbox.start()
 
     async def close(self) -> None:
         self._closed = True
+        await self.outbox.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -195,34 +206,43 @@ class PostgresInbox:
 
     async def _publish(self, message: Message, idempotency_key: str | None) -> str:
         channel = message.channel
-        limit = (
-            self._limits.max_messages if channel.startswith("u:") else self._limits.topic_history
-        )
-        encoded = (dataclasses.replace(message, id="") if message.id else message).encode()
         lock = lock_key(channel) if self._cross_node else None
-        async with self._channels.hold(channel), self._connection() as conn:
-            row = await conn.fetchrow(
-                "SELECT * FROM tidings.store($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                channel,
-                message.destination,
-                encoded,
-                limit,
-                self._max_age_ms,
-                self._ttl_ms,
-                idempotency_key,
-                self._key_ttl_ms,
-                lock,
-            )
-            inbox_id = f"{row['id_ms']}-{row['id_seq']}"
+        async with self._channels.hold(channel), self.connection() as conn:
+            inbox_id, stored = await self.store(conn, message, idempotency_key, lock)
             try:
-                if row["stored"]:
-                    await self._announce(channel, inbox_id, message)
+                if stored:
+                    await self.announce(channel, inbox_id, message)
             finally:
                 if lock is not None:
                     await conn.execute("SELECT pg_advisory_unlock($1)", lock)
         return inbox_id
 
-    async def _announce(self, channel: str, inbox_id: str, message: Message) -> None:
+    async def store(
+        self, conn: Any, message: Message, idempotency_key: str | None, lock: int | None
+    ) -> tuple[str, bool]:
+        """``tidings.store`` of ``message`` on ``conn``: (its id, whether it was stored
+        now rather than found under its idempotency key). With ``lock``, the channel's
+        advisory lock is held on return: the caller releases it after announcing."""
+        channel = message.channel
+        limit = (
+            self._limits.max_messages if channel.startswith("u:") else self._limits.topic_history
+        )
+        encoded = (dataclasses.replace(message, id="") if message.id else message).encode()
+        row = await conn.fetchrow(
+            "SELECT * FROM tidings.store($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            channel,
+            message.destination,
+            encoded,
+            limit,
+            self._max_age_ms,
+            self._ttl_ms,
+            idempotency_key,
+            self._key_ttl_ms,
+            lock,
+        )
+        return f"{row['id_ms']}-{row['id_seq']}", bool(row["stored"])
+
+    async def announce(self, channel: str, inbox_id: str, message: Message) -> None:
         """Announce a committed message; a failure leaves it to the catch-up."""
         payload = inbox_id.encode() + b" " + message.stored_as(inbox_id).encode()
         try:
@@ -411,7 +431,7 @@ class PostgresInbox:
             raise BrokerUnavailable("inbox is closed")
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[Any]:
+    async def connection(self) -> AsyncIterator[Any]:
         """A pooled connection; the database's unavailability as BrokerUnavailable."""
         self._check_open()
         assert self._pool is not None
@@ -422,6 +442,6 @@ class PostgresInbox:
             raise BrokerUnavailable(f"postgresql unavailable: {exc}") from exc
 
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows: list[Any] = await conn.fetch(sql, *args)
             return rows
