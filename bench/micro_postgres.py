@@ -14,6 +14,11 @@ it), a fresh database for each measurement, this process on uvloop:
   and through a psycopg ``AsyncConnectionPool`` (psycopg 3 with its C speedups, if
   installed: it is not a dependency of Tidings), so only the driver differs.
 
+* **outbox**: a back end's connection commits ``--messages`` transactions, each calling
+  ``tidings.publish_to_user`` once, while one node drains (woken by NOTIFY): messages/s
+  from the first commit to the last delivery, and commit (the back end's COMMIT returned)
+  to delivery (the node's broker handed the announcement over) p50 and p99.
+
 Prints calls per second and this process' CPU per call; the database's CPU is the same
 work in both drivers' runs.
 """
@@ -30,7 +35,7 @@ import uvloop
 from tests.postgres_fixture import PgCluster
 
 from tidings.brokers.memory import MemoryBroker
-from tidings.inbox.base import InboxLimits
+from tidings.inbox.base import InboxLimits, split_announcement
 from tidings.inbox.postgresql import PostgresInbox
 from tidings.message import Message
 
@@ -109,6 +114,45 @@ async def bench_psycopg(cluster: PgCluster, calls: int, concurrency: int) -> str
         await database.drop()
 
 
+async def bench_outbox(cluster: PgCluster, calls: int) -> str:
+    database = await cluster.database()
+    delivered: dict[int, float] = {}
+    done = asyncio.Event()
+
+    def heard(channel: str, payload: bytes) -> None:
+        number = int(Message.decode(split_announcement(payload)[1]).body)
+        delivered[number] = time.perf_counter()
+        if len(delivered) == calls:
+            done.set()
+
+    broker = MemoryBroker()
+    await broker.start(heard)
+    await broker.subscribe("u:7")
+    inbox = PostgresInbox(database.url, broker, InboxLimits(), sweep_interval_s=0)
+    await inbox.start()
+    await asyncio.wait_for(inbox.outbox.listening.wait(), 10)
+    app = await asyncpg.connect(database.url)
+    committed: dict[int, float] = {}
+    try:
+        start = time.perf_counter()
+        for n in range(calls):
+            async with app.transaction():
+                await app.execute("SELECT tidings.publish_to_user('7', $1::text::jsonb)", str(n))
+            committed[n] = time.perf_counter()
+        await asyncio.wait_for(done.wait(), 60)
+        wall = max(delivered.values()) - start
+        lags = sorted(delivered[n] - committed[n] for n in range(calls))
+    finally:
+        await app.close()
+        await inbox.close()
+        await database.drop()
+    p50, p99 = lags[len(lags) // 2], lags[int(len(lags) * 0.99)]
+    return (
+        f"{calls / wall:6.0f} messages/s; commit to delivery "
+        f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
+    )
+
+
 async def main(calls: int, concurrencies: list[int]) -> None:
     cluster = PgCluster()
     cluster.start()
@@ -121,6 +165,9 @@ async def main(calls: int, concurrencies: list[int]) -> None:
                 print(f"inbox ({label}):   {result}")
             print(f"store via asyncpg:  {await bench_asyncpg(cluster, calls, concurrency)}")
             print(f"store via psycopg:  {await bench_psycopg(cluster, calls, concurrency)}")
+        print(
+            f"-- outbox, {calls} transactions of one message: {await bench_outbox(cluster, calls)}"
+        )
     finally:
         cluster.remove()
 

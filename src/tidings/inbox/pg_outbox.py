@@ -152,20 +152,27 @@ class OutboxDrainer:
         self.listening.clear()
         await self._close_listener()
         try:
-            conn = await asyncpg.connect(self._url, timeout=5)
-            await conn.add_listener(CHANNEL, self._notified)
+            self._listener = await asyncpg.connect(self._url, timeout=5)
+            # Kept before it listens: a stop (cancel) meanwhile still closes it.
+            await self._listener.add_listener(CHANNEL, self._notified)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             every = self._poll_interval_s
             log.info("outbox: cannot LISTEN now (polling every %s s): %s", every, exc)
+            await self._close_listener()
             return
-        self._listener = conn
         self.listening.set()
 
     async def _close_listener(self) -> None:
         conn, self._listener = self._listener, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 5)
+        if conn is None:
+            return
+        try:
+            await asyncio.wait_for(conn.close(), 5)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            conn.terminate()
+        except asyncio.CancelledError:
+            conn.terminate()
+            raise
 
     def _notified(self, *_: object) -> None:
         self._wake.set()

@@ -166,10 +166,15 @@ class PostgresInbox:
                 )
             except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
                 raise TidingsError(f"cannot connect to the PostgreSQL inbox: {exc}") from None
-        async with self._pool.acquire() as conn:
-            if self._migrate:
-                await migrate(conn)
-            await check_schema(conn)
+        try:
+            async with self._pool.acquire() as conn:
+                if self._migrate:
+                    await migrate(conn)
+                await check_schema(conn)
+        except BaseException:
+            pool, self._pool = self._pool, None
+            pool.terminate()
+            raise
         if self._sweep_interval_s > 0 and self._sweeper is None:
             self._sweeper = asyncio.create_task(self._run_sweeper(), name="tidings-pg-sweep")
         if self._drain:
