@@ -1151,9 +1151,12 @@ def markdown(data: Result, made: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-KEPT_SECTIONS = ("## Catch-up and safety net (issue 13)",)
-"""Sections other benchmarks write into this page (bench/micro_catchup.py): a full run
-keeps them, from their heading to the next one."""
+KEPT_SECTIONS = (
+    "## Catch-up and safety net (issue 13)",
+    "## Client → back end (app webhook)",
+)
+"""Sections other benchmarks write into this page (bench/micro_catchup.py, and by hand from
+bench/micro_app_webhook.py): a full run keeps them, from their heading to the next one."""
 
 
 def kept_sections(previous: str) -> str:

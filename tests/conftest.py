@@ -85,6 +85,26 @@ class TidingsServer:
     def running(self) -> bool:
         return self.proc.returncode is None
 
+    async def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics, as ``{'name{labels}': value}``."""
+        async with aiohttp.ClientSession() as http, http.get(f"{self.http_url}/metrics") as reply:
+            assert reply.status == 200, reply.status
+            text = await reply.text()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+    async def metric(self, family: str) -> float:
+        """A metric family's samples summed over their labels (0 before its first one)."""
+        return sum(
+            value
+            for name, value in (await self.metrics()).items()
+            if name == family or name.startswith(family + "{")
+        )
+
     async def stop(self, *, grace: float = STOP_GRACE) -> int:
         """SIGTERM, then SIGKILL after `grace` seconds; return the exit code."""
         return await terminate(self.proc, grace)

@@ -219,7 +219,7 @@ async def test_inbox_deletion_is_seen_from_the_other_node(
     status, body = await call(b, "DELETE", "/api/v1/users/7/inbox")
     assert (status, body) == (200, {"deleted": 1, "unread": 0})
     event = orjson.loads((await device.expect("message", subscription="s0"))["body"])
-    assert (event["unread"], event["deleted"]) == (0, 1)
+    assert (event["unread"], event["deleted"], event["last"]) == (0, 1, ids[2])
     status, body = await call(a, "GET", "/api/v1/users/7/inbox")
     assert body["messages"] == []
 

@@ -13,7 +13,7 @@ import itertools
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,11 @@ import orjson
 import pytest
 
 from .conftest import StartServer, TidingsServer
+from .message_log import MessageLog
 from .ports import free_port
 from .processes import terminate
 from .redis_fixture import RedisServer
-from .stompws import Closed, StompWs
+from .stompws import StompWs
 
 CHANNEL = "webSocketMsgPush"
 LEGACY = ("--legacy-channel", CHANNEL)
@@ -84,17 +85,6 @@ async def spring_instance(tmp_path: Path) -> AsyncIterator[StartSpring]:
         await terminate(instance.proc, 5)
 
 
-async def metrics(node: TidingsServer) -> dict[str, float]:
-    async with aiohttp.ClientSession() as http, http.get(f"{node.http_url}/metrics") as reply:
-        text = await reply.text()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 def legacy_outcomes(samples: dict[str, float]) -> dict[str, float]:
     return {
         name.split('outcome="')[1].split('"')[0]: value
@@ -106,42 +96,6 @@ def legacy_outcomes(samples: dict[str, float]) -> dict[str, float]:
 def spring_json(to: str, content: str) -> bytes:
     """``JSON.toJSONString(message)`` of the article's Message."""
     return orjson.dumps({"code": "1", "content": content, "form": "admin", "to": to})
-
-
-@dataclass
-class Reader:
-    """One user's plain auto-ack session (no resume, no ack mode): every body it shows."""
-
-    user: str
-    client: StompWs
-    side: str
-    expected: Counter[str] = field(default_factory=Counter)
-    bodies: list[str] = field(default_factory=list)
-    ended: str = ""
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    end_seen: bool = False
-
-    async def run(self) -> None:
-        while True:
-            try:
-                item = await self.client.next(timeout=3600)
-            except Exception as exc:  # reported by the assertions
-                self.ended = repr(exc)
-                self.done.set()
-                return
-            if isinstance(item, Closed):
-                self.ended = f"closed {item}"
-                self.done.set()
-                return
-            if isinstance(item, str) or item.command != "MESSAGE":
-                continue
-            body = item.body.decode()
-            if body == END:
-                self.end_seen = True
-            else:
-                self.bodies.append(body)
-            if self.end_seen and Counter(self.bodies) >= self.expected:
-                self.done.set()
 
 
 async def test_e_mixed_cluster_behind_round_robin_loses_nothing_and_shows_nothing_twice(
@@ -160,7 +114,7 @@ async def test_e_mixed_cluster_behind_round_robin_loses_nothing_and_shows_nothin
         connected = await client.connect(login=user)
         side = "spring" if "SpringStandIn" in (connected.get("server") or "") else "tidings"
         await client.subscribe("sub-0", f"/user/{user}/message")
-        readers.append(Reader(user, client, side))
+        readers.append(MessageLog(user, client, END, side))
     sides = Counter(reader.side for reader in readers)
     assert sides == {"tidings": USERS // 2, "spring": USERS // 2}, sides
     tasks = [asyncio.create_task(reader.run()) for reader in readers]
@@ -218,7 +172,7 @@ async def test_e_mixed_cluster_behind_round_robin_loses_nothing_and_shows_nothin
         for body in reader.bodies
         if body not in reader.expected
     ]
-    outcomes = legacy_outcomes(await metrics(node))
+    outcomes = legacy_outcomes(await node.metrics())
     via_nginx = Counter(
         r["upstream_addr"].rpartition(":")[2]
         for r in proxy.requests()
@@ -287,7 +241,7 @@ async def test_malformed_legacy_messages_are_logged_with_their_reason_and_droppe
         assert await bodies(on_a, 3) == ["ok1", "ok3", "ok5"]
         assert await bodies(on_b, 3) == ["ok0", "ok2", "ok4"]
         for node in nodes:
-            outcomes = legacy_outcomes(await metrics(node))
+            outcomes = legacy_outcomes(await node.metrics())
             assert outcomes["malformed"] == len(MALFORMED), outcomes
             log = node.log()
             for _, reason in MALFORMED:
@@ -333,7 +287,7 @@ async def test_legacy_messages_are_stored_once_for_offline_users_resume_and_unre
         "same",
         "other",
     ]
-    outcomes = [legacy_outcomes(await metrics(node)) for node in nodes]
+    outcomes = [legacy_outcomes(await node.metrics()) for node in nodes]
     assert sum(o["stored"] for o in outcomes) == 3
     assert sum(o["stored_elsewhere"] for o in outcomes) == 3
     # Offline delivery: a session resuming from the start gets all three, each once, then

@@ -32,9 +32,10 @@ import pytest
 from tidings.message import id_key
 
 from .conftest import StartServer, TidingsServer
+from .message_log import MessageLog
 from .redis_fixture import RedisServer
 from .sentinel_fixture import Sentinels
-from .stompws import Closed, StompWs
+from .stompws import StompWs
 
 USERS = 20
 PUBLISHES = 520  # over both nodes: 260 each, one every 20 ms
@@ -53,40 +54,6 @@ async def durable_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
         yield server
     finally:
         await server.stop()
-
-
-@dataclass
-class Reader:
-    """One user's STOMP session: records every MESSAGE body and its tidings-id."""
-
-    user: str
-    client: StompWs
-    bodies: list[str] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
-    gaps: int = 0
-    ended: str = ""
-    done: asyncio.Event = field(default_factory=asyncio.Event)  # END (or the end) came
-
-    async def run(self) -> None:
-        while True:
-            try:
-                item = await self.client.next(timeout=3600)
-            except Exception as exc:  # reported by the test's assertions
-                self.ended = repr(exc)
-                self.done.set()
-                return
-            if isinstance(item, Closed):
-                self.ended = f"closed {item}"
-                self.done.set()
-                return
-            if isinstance(item, str) or item.command != "MESSAGE":
-                continue
-            if item.body == END:
-                self.done.set()
-                continue
-            self.bodies.append(item.body.decode())
-            self.ids.append(item.get("tidings-id") or "")
-            self.gaps += item.get("tidings-gap") == "true"
 
 
 @dataclass
@@ -149,7 +116,7 @@ async def run_scenario(
         client = await StompWs.open(nodes[index % 2].ws_url("/publicServer"))
         await client.connect(login=user)
         await client.subscribe("sub-0", f"/user/{user}/message")
-        readers.append(Reader(user, client))
+        readers.append(MessageLog(user, client, END.decode()))
     tasks = [asyncio.create_task(reader.run()) for reader in readers]
     tally = Tally()
     faulted = asyncio.Event()
@@ -205,11 +172,11 @@ async def run_scenario(
     )
     print(f"\n{report}")
     for node in nodes:
-        metrics = await node_metrics(node)
         print(
-            f"node {node.port}: caught up {metrics.get('catchup_messages_total', 0):.0f} "
-            f"messages in {metrics.get('catchup_runs_total', 0):.0f} runs, "
-            f"reconnects {metrics['broker_reconnects_total']:.0f}"
+            f"node {node.port}: caught up "
+            f"{await node.metric('tidings_catchup_messages_total'):.0f} messages in "
+            f"{await node.metric('tidings_catchup_runs_total'):.0f} runs, reconnects "
+            f"{await node.metric('tidings_broker_reconnects_total'):.0f}"
         )
     assert not lost, f"{report}; lost e.g. {lost[:10]}"
     assert not duplicated, f"{report}; duplicated e.g. {duplicated[:10]}"
@@ -220,18 +187,6 @@ async def run_scenario(
         orders = [id_key(i) for i in reader.ids]
         assert orders == sorted(orders), f"{reader.user}: out of order"
         assert len(reader.bodies) == expected[reader.user], report
-
-
-async def node_metrics(node: TidingsServer) -> dict[str, float]:
-    """``{name: value}`` of /metrics (the one sample per name this test reads)."""
-    async with aiohttp.ClientSession() as http, http.get(f"{node.http_url}/metrics") as reply:
-        text = await reply.text()
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith("tidings_"):
-            name, _, value = line.rpartition(" ")
-            samples[name.split("{")[0].removeprefix("tidings_")] = float(value)
-    return samples
 
 
 async def test_redis_restart_with_aof_loses_nothing(
@@ -317,7 +272,7 @@ async def test_safety_net_delivers_a_stored_message_that_was_never_announced(
         message = await client.expect("MESSAGE", timeout=5, **{"tidings-id": silent})
         assert message.body == b"silent"
         assert message.get("tidings-gap") is None
-        assert (await node_metrics(node))["catchup_messages_total"] == 1
+        assert await node.metric("tidings_catchup_messages_total") == 1
     finally:
         await client.close()
 
@@ -363,6 +318,6 @@ async def test_missed_messages_beyond_retention_come_with_a_gap_header(
         got = [await client.expect("MESSAGE", timeout=5) for _ in range(3)]
         assert [m.get("tidings-id") for m in got] == silent[2:]
         assert [m.get("tidings-gap") for m in got] == ["true", None, None]
-        assert (await node_metrics(node))["catchup_gaps_total"] == 1
+        assert await node.metric("tidings_catchup_gaps_total") == 1
     finally:
         await client.close()

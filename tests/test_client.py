@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import jwt
+import orjson
 import pytest
 
-from tidings.client import Client, ClientError, Notification, Subscription, connect
+from tidings.client import (
+    Client,
+    ClientError,
+    Notification,
+    Subscription,
+    UnreadCount,
+    connect,
+)
 from tidings.publisher import Publisher
 
 from .conftest import StartServer, TidingsServer
@@ -157,6 +166,67 @@ async def test_closing_a_subscription_ends_its_iteration(tidings_server: StartSe
             pass
         with pytest.raises(StopAsyncIteration):
             await anext(sub)
+
+
+def test_the_unread_count_is_right_whatever_order_states_and_messages_arrive_in() -> None:
+    """Issue 16's race: a read's state event may reach a device after a message stored
+    later (or an older read's after a newer one). The inbox: 1-0 stored, a read of all
+    (state 0, last 1-0), 2-0 and 3-0 stored, a read of 2-0 (state 1, last 3-0): one unread."""
+    events: list[dict[str, object] | str] = [
+        "1-0",
+        {"unread": 0, "last": "1-0", "read": [], "up_to": "1-0"},
+        "2-0",
+        "3-0",
+        {"unread": 1, "last": "3-0", "read": ["2-0"], "up_to": None},
+    ]
+    for order in itertools.permutations(events):
+        count = UnreadCount()
+        assert count.value is None
+        assert count.state({"unread": 0, "last": None})  # at SUBSCRIBE
+        for event in order:
+            if isinstance(event, str):
+                count.message(event)
+            else:
+                count.state(event)
+        assert count.value == 1, order
+    count = UnreadCount()
+    assert count.state({"unread": 2, "last": "5-0"})
+    assert not count.state({"unread": 4, "last": "4-0"})  # computed before: ignored
+    assert not count.state({"unread": 3, "last": "5-0"})  # the same last, more: older
+    assert count.state({"unread": 1, "last": "5-0"})
+    assert count.message("6-0") and not count.message("6-0") and not count.message("5-0")
+    assert count.value == 2
+    assert not count.state({"unread": "2"}) and not count.state({"unread": 1, "last": 7})
+    count.reset()
+    assert count.value is None
+
+
+async def test_the_unread_count_follows_the_node(tidings_server: StartServer) -> None:
+    """The inbox-state events of a real node (the state at SUBSCRIBE, then a read on
+    another device) and the user's messages, fed to an UnreadCount."""
+    node = await tidings_server()
+    count = UnreadCount()
+    async with connect(node.ws_url(), user="42") as client:
+        states = client.notifications("/user/queue/inbox-state")
+        notes = client.notifications("/user/42/message")
+        await asyncio.gather(states.subscribed(WAIT), notes.subscribed(WAIT))
+        [initial] = await take(states, 1)
+        assert count.state(orjson.loads(initial.body))
+        ids = [await published(node, "42", f"n{n}") for n in range(3)]
+        for note in await take(notes, 3):
+            assert note.id is not None and count.message(note.id)
+        assert count.value == 3
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{node.http_url}/api/v1/users/42/inbox/read", json={"up_to": ids[1]}
+            ) as reply,
+        ):
+            assert await reply.json() == {"unread": 1}
+        [read] = await take(states, 1)
+        assert orjson.loads(read.body)["last"] == ids[2]
+        assert count.state(orjson.loads(read.body))
+        assert count.value == 1
 
 
 def test_bad_arguments_are_refused() -> None:

@@ -44,18 +44,6 @@ async def publish_topic(server: TidingsServer, topic: str, body: str) -> int:
     return status
 
 
-async def metrics(server: TidingsServer) -> dict[str, float]:
-    """``{'name{labels}': value}`` from /metrics."""
-    status, text = await request("GET", f"{server.http_url}/metrics")
-    assert status == 200 and isinstance(text, str)
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 def node_of(connected: dict[str, object]) -> str:
     """The node a session landed on, from CONNECTED's `server:Tidings/x (node <id>)`."""
     headers = connected["headers"]
@@ -113,11 +101,11 @@ async def test_three_nodes_route_to_the_nodes_that_hold_the_user(
     await expect_bodies(other, ["end"])
     await expect_bodies(watcher, ["end"])
 
-    c_metrics = await metrics(c)
+    c_metrics = await c.metrics()
     assert c_metrics['tidings_broker_messages_received_total{kind="user",node="C"}'] == 0
     assert c_metrics['tidings_broker_messages_received_total{kind="topic",node="C"}'] == 1
     assert c_metrics['tidings_messages_published_total{node="C"}'] == 21
-    a_metrics = await metrics(a)
+    a_metrics = await a.metrics()
     assert a_metrics['tidings_broker_messages_received_total{kind="user",node="A"}'] == 20
     assert a_metrics['tidings_frames_delivered_total{node="A"}'] == 21
 
@@ -156,7 +144,7 @@ async def test_redis_outage_gives_503_then_delivery_resumes_without_reconnecting
     assert received["body"].startswith("after-")
     status, _ = await request("GET", f"{a.http_url}/readyz")
     assert status == 200
-    assert (await metrics(a))['tidings_broker_reconnects_total{node="A"}'] >= 1
+    assert (await a.metrics())['tidings_broker_reconnects_total{node="A"}'] >= 1
 
 
 async def test_killed_pubsub_connection_is_noticed_and_delivery_resumes(

@@ -374,7 +374,7 @@ class TestHistory:
         s = await make(max_age_s=0.5)
         old = await publish_n(s.inbox, "u:3", 2)
         await s.other.ack("3", [old[0]])
-        assert await s.other.mark_read("3", ids=[old[1]]) == 1
+        assert (await s.other.mark_read("3", ids=[old[1]])).unread == 1
         # Older than max_age_s, while the inbox (kept max_age_s + 1 s after a write) stays.
         await asyncio.sleep(0.7)
         new = await s.inbox.publish(msg("u:3", "new"))
@@ -545,19 +545,19 @@ class TestReadState:
         s = await make()
         ids = await publish_n(s.inbox, "u:7", 5)
         assert await s.other.unread("7") == 5
-        assert await s.inbox.mark_read("7", ids=[ids[1], ids[3]]) == 3
+        assert (await s.inbox.mark_read("7", ids=[ids[1], ids[3]])).unread == 3
         assert await s.other.unread("7") == 3
-        assert await s.inbox.mark_read("7", ids=[ids[1]]) == 3  # again: no change
+        assert (await s.inbox.mark_read("7", ids=[ids[1]])).unread == 3  # again: no change
         flags = [m.read for m in await s.other.listing("7", "0", limit=10)]
         assert flags == [False, True, False, True, False]
-        assert await s.inbox.mark_read("7", up_to=ids[2]) == 1
+        assert (await s.inbox.mark_read("7", up_to=ids[2])).unread == 1
         flags = [m.read for m in await s.other.listing("7", "0", limit=10)]
         assert flags == [True, True, True, True, False]
-        assert await s.inbox.mark_read("7", up_to=ids[0]) == 1  # the floor never goes back
+        assert (await s.inbox.mark_read("7", up_to=ids[0])).unread == 1  # the floor never goes back
         listing = await s.other.listing("7", ids[2], limit=1)
         assert [(m.message.id, m.read) for m in listing] == [(ids[3], True)]
         assert listing[0].message == msg("u:7", "m3").stored_as(ids[3])
-        assert await s.other.mark_read("7", ids=[ids[4]], up_to=ids[1]) == 0
+        assert (await s.other.mark_read("7", ids=[ids[4]], up_to=ids[1])).unread == 0
         assert await s.inbox.unread("7") == 0
         assert all(m.read for m in await s.other.listing("7", "0", limit=10))
 
@@ -567,33 +567,65 @@ class TestReadState:
         ids = await publish_n(s.inbox, "u:9", 4)  # ids[0] trimmed
         await s.inbox.publish(msg("u:10"))
         assert await s.other.unread_state("9") == (3, ids[3])
-        assert await s.inbox.mark_read("9", up_to=ids[2]) == 1
+        assert (await s.inbox.mark_read("9", up_to=ids[2])).unread == 1
         assert await s.other.unread_state("9") == (1, ids[3])
+
+    async def test_read_and_delete_answer_the_newest_id_they_counted(self, make: Make) -> None:
+        """Issue 16: an inbox-state event carries the count and ``last``, taken in one step,
+        where ``last`` is the newest id given out (even deleted): ids above it are not
+        counted, so a client can order the event against the messages it receives."""
+        s = await make()
+        ids = await publish_n(s.inbox, "u:8", 3)
+        assert await s.inbox.mark_read("8", ids=[ids[0]]) == (2, ids[2])
+        later = await s.other.publish(msg("u:8"))
+        assert await s.other.mark_read("8", up_to=ids[1]) == (2, later)
+        assert await s.inbox.delete("8", up_to=ids[2]) == (3, (1, later))
+        assert await s.other.delete("8") == (1, (0, later))
+        assert await s.inbox.unread_state("8") == (0, later)
+        newer = await s.inbox.publish(msg("u:8"))
+        assert await s.other.mark_read("8") == (1, newer)
+        assert await s.inbox.mark_read("nobody") == (0, None)
+
+    async def test_a_read_state_and_its_last_agree_under_concurrent_publishes(
+        self, make: Make
+    ) -> None:
+        """The race of issue 16: reads of another device interleaved with publishes; each
+        answer's count is exactly the messages after the floor up to its ``last``."""
+        s = await make()
+        first = await s.inbox.publish(msg("u:8"))
+        calls: list[Awaitable[Any]] = []
+        for _ in range(30):
+            calls += [s.inbox.publish(msg("u:8")), s.other.mark_read("8", up_to=first)]
+        results = await asyncio.gather(*calls)
+        published = sorted([first, *results[::2]], key=id_key)
+        for state in results[1::2]:
+            assert state.last is not None
+            assert state.unread == published.index(state.last), (state, published)
 
     async def test_unknown_ids_and_future_floor(self, make: Make) -> None:
         s = await make()
         ids = await publish_n(s.inbox, "u:7", 2)
         await s.inbox.publish(msg("u:8"))
-        assert await s.inbox.mark_read("7", ids=["99999999999999-0", "1-1", "junk"]) == 2
-        assert await s.inbox.mark_read("7") == 2
-        assert await s.inbox.mark_read("nobody", ids=ids, up_to=ids[1]) == 0
+        assert (await s.inbox.mark_read("7", ids=["99999999999999-0", "1-1", "junk"])).unread == 2
+        assert (await s.inbox.mark_read("7")).unread == 2
+        assert (await s.inbox.mark_read("nobody", ids=ids, up_to=ids[1])).unread == 0
         assert await s.other.unread("8") == 1
         # up_to beyond the newest covers what exists, not what comes later
-        assert await s.inbox.mark_read("7", up_to="99999999999999-0") == 0
+        assert (await s.inbox.mark_read("7", up_to="99999999999999-0")).unread == 0
         later = await s.inbox.publish(msg("u:7"))
         assert await s.other.unread("7") == 1
         assert [m.read for m in await s.other.listing("7", ids[1], limit=10)] == [False]
-        assert await s.inbox.mark_read("7", ids=[later]) == 0
+        assert (await s.inbox.mark_read("7", ids=[later])).unread == 0
         with pytest.raises(ValueError):
             await s.inbox.mark_read("7", up_to="junk")
 
     async def test_read_state_forgets_trimmed_ids(self, make: Make) -> None:
         s = await make(max_messages=3)
         old = await publish_n(s.inbox, "u:4", 3)
-        assert await s.inbox.mark_read("4", ids=old[1:]) == 1
+        assert (await s.inbox.mark_read("4", ids=old[1:])).unread == 1
         new = await publish_n(s.inbox, "u:4", 2)  # old[0] and old[1] trimmed
         assert await s.other.unread("4") == 2
-        assert await s.other.mark_read("4", up_to=old[1]) == 2  # nothing retained up to it
+        assert (await s.other.mark_read("4", up_to=old[1])).unread == 2  # nothing retained up to it
         listing = await s.other.listing("4", "0", limit=10)
         assert [(m.message.id, m.read) for m in listing] == [
             (old[2], True),
@@ -607,11 +639,13 @@ class TestReadState:
     async def test_unread_counts_across_trims_by_count(self, make: Make) -> None:
         s = await make(max_messages=3)
         ids = await publish_n(s.inbox, "u:5", 3)
-        assert await s.inbox.mark_read("5", up_to=ids[1]) == 1
+        assert (await s.inbox.mark_read("5", up_to=ids[1])).unread == 1
         more = await publish_n(s.inbox, "u:5", 2)  # ids[0] and the floor ids[1] trimmed
         assert await s.other.unread("5") == 3
-        assert await s.inbox.mark_read("5", up_to=ids[2]) == 2  # a floor on a retained entry
-        assert await s.inbox.mark_read("5", ids=[more[1]]) == 1
+        assert (
+            await s.inbox.mark_read("5", up_to=ids[2])
+        ).unread == 2  # a floor on a retained entry
+        assert (await s.inbox.mark_read("5", ids=[more[1]])).unread == 1
         last = await s.inbox.publish(msg("u:5", "last"))  # the floor ids[2] trimmed
         assert await s.other.unread("5") == 2
         listing = await s.other.listing("5", "0", limit=10)
@@ -625,16 +659,16 @@ class TestReadState:
         s = await make()
         ids = await publish_n(s.inbox, "u:6", 5)
         await s.inbox.publish(msg("u:9"))
-        assert await s.inbox.mark_read("6", ids=[ids[1], ids[3]]) == 3
+        assert (await s.inbox.mark_read("6", ids=[ids[1], ids[3]])).unread == 3
         await s.inbox.ack("6", [ids[0], ids[4]])
-        assert await s.other.delete("6", up_to=ids[2]) == (3, 1)  # ids[4] unread
+        assert await s.other.delete("6", up_to=ids[2]) == (3, (1, ids[4]))  # ids[4] unread
         assert await stored_state(s, "6") == (2, 1, 1)  # the marks of ids 0-2 went with them
         listing = await s.inbox.listing("6", "0", limit=10)
         assert [(m.message.id, m.read) for m in listing] == [(ids[3], True), (ids[4], False)]
         assert (await s.inbox.history("u:6", ids[1], limit=10)).gap  # deleted = missed
         assert not (await s.inbox.history("u:6", ids[2], limit=10)).gap
-        assert await s.inbox.delete("6", up_to=ids[2]) == (0, 1)  # nothing left there
-        assert await s.other.delete("6") == (2, 0)
+        assert await s.inbox.delete("6", up_to=ids[2]) == (0, (1, ids[4]))  # nothing left there
+        assert await s.other.delete("6") == (2, (0, ids[4]))  # still the newest given out
         assert await stored_state(s, "6") == (0, 0, 0)
         assert await s.other.unread("6") == 0
         later = await s.inbox.publish(msg("u:6", "later"))
@@ -642,7 +676,7 @@ class TestReadState:
         assert await s.inbox.unread("6") == 1
         assert (await s.inbox.history("u:6", ids[3], limit=10)).gap
         assert await s.inbox.unread("9") == 1  # another user's inbox untouched
-        assert await s.inbox.delete("nobody") == (0, 0)
+        assert await s.inbox.delete("nobody") == (0, (0, None))
         with pytest.raises(ValueError):
             await s.inbox.delete("6", up_to="junk")
 
@@ -650,7 +684,7 @@ class TestReadState:
         s = await make(max_age_s=0.3)
         old = await publish_n(s.inbox, "u:6", 2)
         await asyncio.sleep(0.15)  # the clock: the read state must outlive the inbox
-        assert await s.inbox.mark_read("6", ids=[old[1]]) == 1
+        assert (await s.inbox.mark_read("6", ids=[old[1]])).unread == 1
         # Untouched (every call would trim it by age), the inbox expires before the read
         # ids do; watch it without calling the inbox.
         await eventually(lambda: not_stored(s, "u:6"), within=5, what="inbox expired")

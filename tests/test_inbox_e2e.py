@@ -265,14 +265,14 @@ async def test_read_state_is_shared_by_every_device(
     await phone.send("/app/inbox/read", orjson.dumps({"ids": ids[:2]}).decode(), receipt="read")
     await phone.expect("receipt", id="read")
     for device in (phone, laptop):
-        event = await device.expect("message", subscription="state")
-        assert orjson.loads(event["body"])["unread"] == 4
+        event = orjson.loads((await device.expect("message", subscription="state"))["body"])
+        assert (event["unread"], event["last"]) == (4, ids[5])  # what the count includes
     # Then everything up to the fourth over HTTP.
     async with http.post(api + "/read", json={"up_to": ids[3]}) as reply:
         assert await reply.json() == {"unread": 2}
     for device in (phone, laptop):
-        event = await device.expect("message", subscription="state")
-        assert orjson.loads(event["body"])["unread"] == 2
+        event = orjson.loads((await device.expect("message", subscription="state"))["body"])
+        assert (event["unread"], event["last"]) == (2, ids[5])
     async with http.get(api, params={"after": "0", "limit": "10"}) as reply:
         listing = (await reply.json())["messages"]
     assert [(m["id"], m["read"]) for m in listing] == [

@@ -86,6 +86,40 @@ async def test_the_bell_counts_what_is_unread_and_mark_read_lowers_it(
     assert not [line for line in browser.console if "[error]" in line], browser.console
 
 
+async def test_a_state_event_older_than_the_count_shown_is_ignored(
+    browser: Browser, tidings_server: StartServer
+) -> None:
+    """Issue 16's race: a read's inbox-state event may arrive after a newer one (reads on
+    two nodes) or after a message stored later. Each carries ``last``, the newest id its
+    count took in, and tidings.js ignores one older than the count it shows. The late
+    events here are published to the user's /queue/inbox-state, as a back end may, with
+    the bodies such late events have."""
+    node = await tidings_server()
+    user = uuid.uuid4().hex[:8]
+    await open_demo(browser, node, user)
+    await unread_badge(browser, 0)
+    first = await publish(node, user, "a")
+    second = await publish(node, user, "b")
+    await wait_shown(browser, 2)
+    await unread_badge(browser, 2)
+    await browser.click("#inbox li:first-child .meta button")  # b read: the state (1, b)
+    await unread_badge(browser, 1)
+    for late in ({"unread": 2, "last": first}, {"unread": 2, "last": second}):
+        state = {"destination": "/queue/inbox-state", "body": {**late, "read": [], "up_to": None}}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{node.http_url}/api/v1/users/{user}/messages", json=state) as reply,
+        ):
+            assert reply.status == 202, await reply.text()
+    await publish(node, user, "c")  # after the late events, on the same channel
+    assert (await wait_shown(browser, 3))[-1] == "c"
+    # The count moved with the message shown (one task): a and c, the late states ignored.
+    assert await browser.eval("document.getElementById('unread').textContent") == "2"
+    await browser.click("#bell")  # mark all read: the node's own state, newer, applies
+    await unread_badge(browser, 0)
+    assert not [line for line in browser.console if "[error]" in line], browser.console
+
+
 async def test_a_node_restart_mid_stream_loses_nothing_and_shows_nothing_twice(
     browser: Browser, tidings_server: StartServer, redis_server: RedisServer
 ) -> None:

@@ -36,7 +36,7 @@ from tidings.errors import TidingsError
 from tidings.inbox.base import compare_ids
 from tidings.stomp.frames import SERVER_COMMANDS, Frame, FrameParser, Limits, serialize
 
-__all__ = ["Client", "ClientError", "Notification", "Subscription", "connect"]
+__all__ = ["Client", "ClientError", "Notification", "Subscription", "UnreadCount", "connect"]
 
 log = logging.getLogger("tidings.client")
 
@@ -44,6 +44,7 @@ ID_HEADER = "tidings-id"
 RESUME_HEADER = "tidings-resume-after"
 GAP_HEADER = "tidings-gap"
 ACK_MODES = ("auto", "client", "client-individual")
+MAX_UNCOUNTED = 1000  # new ids an UnreadCount keeps for a later state; past it the oldest go
 # ERROR messages after which reconnecting helps; any other ERROR is final (a forbidden or
 # unknown destination would only be refused again).
 TRANSIENT_ERRORS = frozenset(
@@ -93,6 +94,69 @@ class Notification:
     async def nack(self) -> bool:
         """Refuse it: it stays unacknowledged and comes back on the next connect."""
         return await self._ack(False)
+
+
+class UnreadCount:
+    """The user's unread count from ``/user/queue/inbox-state`` events and new messages.
+
+    Sans-I/O, as tidings.js's ``UnreadCount`` (issue 16). Each state event is ``{"unread":
+    n, "last": id | None, ...}``: the count and the newest inbox id it took in. A message
+    with a greater id adds one; a state computed before the one applied (a smaller
+    ``last``, or the same one with a greater count: reads only lower it) is ignored, so the
+    count is right whatever order events and messages arrive in::
+
+        count = UnreadCount()
+        count.state(orjson.loads(note.body))  # each note of /user/queue/inbox-state
+        count.message(note.id)  # each stored notification of the user
+        print(count.value)
+
+    A reconnect needs nothing (the inbox outlives it, its ids only grow); ``reset()`` starts
+    over, for an inbox that was lost (a memory-broker node that restarted).
+    """
+
+    def __init__(self) -> None:
+        self._state: tuple[int, str | None] | None = None  # (unread, last) applied
+        self._uncounted: list[str] = []  # ids received that _state does not count
+
+    @property
+    def value(self) -> int | None:
+        """The count, or None before the first state."""
+        if self._state is None:
+            return None
+        return self._state[0] + len(self._uncounted)
+
+    def state(self, event: Mapping[str, object]) -> bool:
+        """Apply an inbox-state event; False if it is older than the one applied."""
+        unread, last = event.get("unread"), event.get("last")
+        if not isinstance(unread, int) or not (last is None or isinstance(last, str)):
+            return False
+        if self._state is not None:
+            order = _compare_last(last, self._state[1])
+            if order < 0 or (order == 0 and unread > self._state[0]):
+                return False
+        self._state = (unread, last)
+        self._uncounted = [i for i in self._uncounted if _compare_last(i, last) > 0]
+        return True
+
+    def message(self, message_id: str) -> bool:
+        """A stored message of the user arrived; False if the state applied counts it."""
+        if self._state is not None and _compare_last(message_id, self._state[1]) <= 0:
+            return False
+        if message_id in self._uncounted:
+            return False
+        self._uncounted.append(message_id)
+        del self._uncounted[:-MAX_UNCOUNTED]
+        return True
+
+    def reset(self) -> None:
+        self._state, self._uncounted = None, []
+
+
+def _compare_last(a: str | None, b: str | None) -> int:
+    """``compare_ids`` with None (an inbox that never held a message) before every id."""
+    if a is None or b is None:
+        return (a is not None) - (b is not None)
+    return compare_ids(a, b)
 
 
 class Subscription:

@@ -214,10 +214,11 @@ class Node:
         """Record read state and tell every session of ``user``; returns the unread count.
 
         The event goes to ``/user/queue/inbox-state`` (and ``/user/<id>/queue/inbox-state``)
-        so that badges agree on every device (issue 4).
+        so that badges agree on every device (issue 4), with ``last``, the newest id the
+        count took into account: a client orders the event by it (issue 16).
         """
-        unread = await self.inbox.mark_read(user, ids=ids, up_to=up_to)
-        event = {"unread": unread, "read": ids, "up_to": up_to}
+        unread, last = await self.inbox.mark_read(user, ids=ids, up_to=up_to)
+        event = {"unread": unread, "last": last, "read": ids, "up_to": up_to}
         await self.publish_event(
             Message(
                 id=self.new_message_id(),
@@ -250,8 +251,8 @@ class Node:
     async def delete_inbox(self, user: str, *, up_to: str | None) -> tuple[int, int]:
         """Delete ``user``'s stored messages (all, or those <= ``up_to``) and tell every
         session of the user, as ``mark_read`` does; returns (deleted, unread after)."""
-        deleted, unread = await self.inbox.delete(user, up_to=up_to)
-        event: dict[str, object] = {"unread": unread, "read": [], "up_to": None}
+        deleted, (unread, last) = await self.inbox.delete(user, up_to=up_to)
+        event: dict[str, object] = {"unread": unread, "last": last, "read": [], "up_to": None}
         event["deleted"] = deleted
         if up_to is not None:
             event["deleted_up_to"] = up_to

@@ -235,19 +235,15 @@ const legacyStomp = (() => {
   return Stomp;
 })();
 
-class LegacySession {
-  constructor(cmd) {
-    const versions = cmd.versions ?? ['1.1', '1.0'];
-    const [outgoing, incoming] = cmd.heartbeat ?? [0, 0];
-    // CONNECT's accept-version comes from this global function.
-    legacyStomp.VERSIONS.supportedVersions = () => versions.join(',');
-    this.receiptWaiters = new Map();
-    this.ws = openSocket(versions);
-    const client = legacyStomp.over(this.ws);
+// The legacy stompjs and webstomp-client share one API (webstomp-client began as a fork
+// of stompjs): the same receipt, subscription, ack and disconnect calls.
+class StompJsFamilySession {
+  // Wires `client` (over `this.ws`) and sends CONNECT. `transportOf()` names the SockJS
+  // transport once connected; `errorFrame(arg)` tells an ERROR frame from what else the
+  // library passes to its error callback (a close).
+  start(client, cmd, transportOf, errorFrame) {
     this.client = client;
-    client.heartbeat.outgoing = outgoing;
-    client.heartbeat.incoming = incoming;
-    client.debug = DEBUG ? msg => debug('legacy:', msg) : null;
+    this.receiptWaiters = new Map();
     client.onreceipt = frame => {
       const id = frame.headers['receipt-id'];
       const waiter = this.receiptWaiters.get(id);
@@ -267,17 +263,12 @@ class LegacySession {
           event: 'connected',
           headers: plainHeaders(frame.headers),
           protocol: this.ws.protocol || null,
-          transport: this.ws.transport ?? null,
+          transport: transportOf(),
           version: frame.headers.version ?? null,
         }),
-      frameOrMessage => {
-        // Called with the ERROR frame, or with a string when the socket closes.
-        if (typeof frameOrMessage === 'string') return;
-        emit({
-          event: 'error',
-          headers: plainHeaders(frameOrMessage.headers),
-          body: frameOrMessage.body,
-        });
+      arg => {
+        if (!errorFrame(arg)) return;
+        emit({ event: 'error', headers: plainHeaders(arg.headers), body: arg.body });
       },
     );
   }
@@ -304,15 +295,10 @@ class LegacySession {
 
   unsubscribe(cmd, headers) {
     this.requireConnected();
-    // Legacy unsubscribe(id) sends no other header; do what it does, plus our headers.
+    // Their unsubscribe(id) sends no other header; do what it does, plus our headers.
     this.receiptWaiters.set(headers.receipt, () => emit({ event: 'unsubscribed', id: cmd.id }));
     delete this.client.subscriptions[cmd.id];
     this.client._transmit('UNSUBSCRIBE', headers);
-  }
-
-  send(cmd) {
-    this.requireConnected();
-    this.client.send(cmd.destination, plainHeaders(cmd.headers), cmd.body ?? '');
   }
 
   ack(cmd, nack) {
@@ -331,18 +317,40 @@ class LegacySession {
   }
 }
 
+class LegacySession extends StompJsFamilySession {
+  constructor(cmd) {
+    super();
+    const versions = cmd.versions ?? ['1.1', '1.0'];
+    const [outgoing, incoming] = cmd.heartbeat ?? [0, 0];
+    // CONNECT's accept-version comes from this global function.
+    legacyStomp.VERSIONS.supportedVersions = () => versions.join(',');
+    this.ws = openSocket(versions);
+    const client = legacyStomp.over(this.ws);
+    client.heartbeat.outgoing = outgoing;
+    client.heartbeat.incoming = incoming;
+    client.debug = DEBUG ? msg => debug('legacy:', msg) : null;
+    // Its error callback gets the ERROR frame, or a string when the socket closes.
+    this.start(client, cmd, () => this.ws.transport ?? null, arg => typeof arg !== 'string');
+  }
+
+  send(cmd) {
+    this.requireConnected();
+    this.client.send(cmd.destination, plainHeaders(cmd.headers), cmd.body ?? '');
+  }
+}
+
 // --- webstomp-client 1.2.6 ----------------------------------------------------------------
 
 // Its CONNECT's accept-version is the version of the subprotocol the server chose; it
 // heart-beats only on 1.1 and 1.2. Its debug() writes to stdout: only to stderr here.
 const WEBSTOMP_VERSIONS = ['1.0', '1.1', '1.2']; // its default offer: v10.stomp first
 
-class WebstompSession {
+class WebstompSession extends StompJsFamilySession {
   constructor(cmd) {
+    super();
     if (opts.transport) throw new Error('webstomp is driven over a raw WebSocket only');
     const webstomp = require('webstomp-client');
     const [outgoing, incoming] = cmd.heartbeat ?? [0, 0];
-    this.receiptWaiters = new Map();
     this.ws = openSocket(WEBSTOMP_VERSIONS);
     this.ws.binaryType = 'arraybuffer'; // what the library expects of binary messages
     const client = webstomp.over(this.ws, {
@@ -354,81 +362,13 @@ class WebstompSession {
       client.hasDebug = true;
       client.debug = (...args) => debug('webstomp:', ...args);
     }
-    this.client = client;
-    client.onreceipt = frame => {
-      const id = frame.headers['receipt-id'];
-      const waiter = this.receiptWaiters.get(id);
-      if (waiter) {
-        this.receiptWaiters.delete(id);
-        waiter();
-      } else {
-        emit({ event: 'receipt', id });
-      }
-    };
-    client.onreceive = message => this.onMessage(message);
-    client.connect(
-      plainHeaders(cmd.headers),
-      frame =>
-        emit({
-          event: 'connected',
-          headers: plainHeaders(frame.headers),
-          protocol: this.ws.protocol || null,
-          transport: null,
-          version: frame.headers.version ?? null,
-        }),
-      frameOrEvent => {
-        // Called with the ERROR frame, or with the close event (reported by openSocket).
-        if (frameOrEvent?.command !== 'ERROR') return;
-        emit({ event: 'error', headers: plainHeaders(frameOrEvent.headers), body: frameOrEvent.body });
-      },
-    );
-  }
-
-  onMessage(message) {
-    emit({
-      event: 'message',
-      subscription: message.headers.subscription ?? null,
-      destination: message.headers.destination ?? null,
-      headers: plainHeaders(message.headers),
-      body: message.body,
-    });
-  }
-
-  requireConnected() {
-    if (!this.client.connected) throw new Error('not connected');
-  }
-
-  subscribe(cmd, headers) {
-    this.requireConnected();
-    this.receiptWaiters.set(headers.receipt, () => emit({ event: 'subscribed', id: cmd.id }));
-    this.client.subscribe(cmd.destination, message => this.onMessage(message), headers);
-  }
-
-  unsubscribe(cmd, headers) {
-    this.requireConnected();
-    this.receiptWaiters.set(headers.receipt, () => emit({ event: 'unsubscribed', id: cmd.id }));
-    delete this.client.subscriptions[cmd.id];
-    this.client._transmit('UNSUBSCRIBE', headers);
+    // Its error callback gets the ERROR frame, or the close event (openSocket reports it).
+    this.start(client, cmd, () => null, arg => arg?.command === 'ERROR');
   }
 
   send(cmd) {
     this.requireConnected();
     this.client.send(cmd.destination, cmd.body ?? '', plainHeaders(cmd.headers));
-  }
-
-  ack(cmd, nack) {
-    this.requireConnected();
-    const method = nack ? 'nack' : 'ack';
-    this.client[method](cmd.message, cmd.subscription, plainHeaders(cmd.headers));
-  }
-
-  disconnect() {
-    // Sends DISCONNECT (no receipt) and closes the socket at once.
-    this.client.disconnect();
-  }
-
-  drop() {
-    terminate(this.ws);
   }
 }
 

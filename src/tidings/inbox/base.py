@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from tidings.message import Message, id_key
 
@@ -30,6 +30,7 @@ __all__ = [
     "Inbox",
     "InboxLimits",
     "Stored",
+    "UnreadState",
     "compare_ids",
     "id_key",
     "split_announcement",
@@ -64,6 +65,17 @@ class History:
 
     messages: list[Stored]
     gap: bool
+
+
+class UnreadState(NamedTuple):
+    """A user's unread count and ``last``, the newest id their inbox had given out when it
+    was counted (even if trimmed or deleted since; None if it never held one), read in one
+    step: messages with a greater id are not in ``unread``. Every inbox-state event carries
+    both, so a client can order it against the messages it receives and against other
+    events (issue 16; docs/notification-center.md)."""
+
+    unread: int
+    last: str | None
 
 
 def compare_ids(a: str, b: str) -> int:
@@ -138,19 +150,19 @@ class Inbox(Protocol):
     async def unread(self, user: str) -> int:
         """Retained messages of ``user`` not read."""
 
-    async def unread_state(self, user: str) -> tuple[int, str | None]:
-        """``unread`` and the newest retained id of ``user``'s inbox, read in one step: a
-        client counting new messages from that id on never counts one twice."""
+    async def unread_state(self, user: str) -> UnreadState:
+        """``unread`` and ``last`` of ``user``'s inbox, read in one step: a client counting
+        new messages from that id on never counts one twice."""
 
     async def mark_read(
         self, user: str, *, ids: Sequence[str] = (), up_to: str | None = None
-    ) -> int:
-        """Mark ids read, and everything <= ``up_to``; returns the unread count after."""
+    ) -> UnreadState:
+        """Mark ids read, and everything <= ``up_to``; returns the state after."""
 
-    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, int]:
+    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, UnreadState]:
         """Delete ``user``'s retained messages: all, or those with id <= ``up_to``.
 
         Only the oldest go (the inbox is trimmed from its front, as by retention), so ids
         stay ordered, a resume from a deleted id reports ``gap`` and new ids are greater.
-        Their acknowledged and read marks go with them. Returns (deleted, unread after).
+        Their acknowledged and read marks go with them. Returns (deleted, state after).
         """

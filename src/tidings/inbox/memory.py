@@ -27,7 +27,7 @@ from typing import Generic, TypeVar
 
 from tidings.brokers.memory import MemoryBroker
 from tidings.errors import BrokerUnavailable
-from tidings.inbox.base import History, InboxLimits, Stored
+from tidings.inbox.base import History, InboxLimits, Stored, UnreadState
 from tidings.message import Message, id_key
 
 Key = tuple[int, int]
@@ -303,15 +303,13 @@ class MemoryInbox:
         stream = self._stream(f"u:{user}", user)
         return self._unread(stream, self._read.get(user) or _ReadState())
 
-    async def unread_state(self, user: str) -> tuple[int, str | None]:
+    async def unread_state(self, user: str) -> UnreadState:
         stream = self._stream(f"u:{user}", user)
-        count = self._unread(stream, self._read.get(user) or _ReadState())
-        last = stream.keys[-1] if stream is not None and stream.keys else None
-        return count, None if last is None else f"{last[0]}-{last[1]}"
+        return self._state(stream, self._read.get(user) or _ReadState())
 
     async def mark_read(
         self, user: str, *, ids: Sequence[str] = (), up_to: str | None = None
-    ) -> int:
+    ) -> UnreadState:
         up_to_key = parse_id(up_to) if up_to is not None else None
         stream = self._stream(f"u:{user}", user)
         state = self._read.get(user) or _ReadState()
@@ -327,19 +325,19 @@ class MemoryInbox:
             )
         if state.floor != (0, 0) or state.ids:
             self._read.put(user, state)
-        return self._unread(stream, state)
+        return self._state(stream, state)
 
-    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, int]:
+    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, UnreadState]:
         up_to_key = parse_id(up_to) if up_to is not None else None
         stream = self._stream(f"u:{user}", user)
         if stream is None:
-            return 0, 0
+            return 0, UnreadState(0, None)
         count = (
             len(stream.keys) if up_to_key is None else bisect.bisect_right(stream.keys, up_to_key)
         )
         gone = stream.trim_front(count)
         self._trim_age(stream, user, _wall_ms(), forget=bool(gone))
-        return len(gone), self._unread(stream, self._read.get(user) or _ReadState())
+        return len(gone), self._state(stream, self._read.get(user) or _ReadState())
 
     # -- internals -------------------------------------------------------------------
 
@@ -372,6 +370,13 @@ class MemoryInbox:
         state = self._read.get(user)
         if state is not None:
             state.ids.difference_update([key for key in state.ids if key < first])
+
+    @classmethod
+    def _state(cls, stream: _Stream | None, state: _ReadState) -> UnreadState:
+        """The count and the last id given out, even if trimmed since (issue 16)."""
+        if stream is None or stream.last == (0, 0):
+            return UnreadState(cls._unread(stream, state), None)
+        return UnreadState(cls._unread(stream, state), f"{stream.last[0]}-{stream.last[1]}")
 
     @staticmethod
     def _unread(stream: _Stream | None, state: _ReadState) -> int:

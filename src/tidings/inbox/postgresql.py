@@ -42,7 +42,7 @@ import asyncpg
 from tidings.brokers.base import Broker
 from tidings.brokers.memory import MemoryBroker
 from tidings.errors import BrokerUnavailable, TidingsError
-from tidings.inbox.base import History, InboxLimits, Stored
+from tidings.inbox.base import History, InboxLimits, Stored, UnreadState
 from tidings.inbox.memory import TTL_MARGIN_S, check_limits, known_ids, parse_id, user_of
 from tidings.inbox.pg_outbox import POLL_INTERVAL_S, OutboxDrainer
 from tidings.inbox.pg_schema import check_schema, migrate
@@ -84,6 +84,12 @@ def _ids(ids: Sequence[str]) -> tuple[list[int], list[int]]:
     """The well-formed ids that could be stored, as two columns."""
     keys = [key for key in known_ids(ids) if key[0] <= MAX_BIGINT and key[1] <= MAX_BIGINT]
     return [k[0] for k in keys], [k[1] for k in keys]
+
+
+def _state(row: Any) -> UnreadState:
+    """A row's ``unread``, ``last_ms`` and ``last_seq`` (NULL: no id given out yet)."""
+    last = None if row["last_ms"] is None else f"{row['last_ms']}-{row['last_seq']}"
+    return UnreadState(int(row["unread"]), last)
 
 
 def _decode(ms: int, seq: int, body: bytes) -> Message:
@@ -368,23 +374,21 @@ class PostgresInbox:
     async def unread(self, user: str) -> int:
         return (await self.unread_state(user))[0]
 
-    async def unread_state(self, user: str) -> tuple[int, str | None]:
+    async def unread_state(self, user: str) -> UnreadState:
         self._check_open()
         rows = await self._fetch(
             "SELECT * FROM tidings.unread_state($1, $2)", user, self._max_age_ms
         )
-        row = rows[0]
-        last = None if row["last_ms"] is None else f"{row['last_ms']}-{row['last_seq']}"
-        return int(row["unread"]), last
+        return _state(rows[0])
 
     async def mark_read(
         self, user: str, *, ids: Sequence[str] = (), up_to: str | None = None
-    ) -> int:
+    ) -> UnreadState:
         self._check_open()
         up = _bound(up_to) if up_to is not None else (None, None)
         ms, seq = _ids(ids)
         rows = await self._fetch(
-            "SELECT tidings.mark_read($1, $2::bigint[], $3::bigint[], $4, $5, $6, $7) AS n",
+            "SELECT * FROM tidings.mark_read($1, $2::bigint[], $3::bigint[], $4, $5, $6, $7)",
             user,
             ms,
             seq,
@@ -393,9 +397,9 @@ class PostgresInbox:
             self._max_age_ms,
             self._ttl_ms,
         )
-        return int(rows[0]["n"])
+        return _state(rows[0])
 
-    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, int]:
+    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, UnreadState]:
         self._check_open()
         up = _bound(up_to) if up_to is not None else (None, None)
         rows = await self._fetch(
@@ -405,7 +409,7 @@ class PostgresInbox:
             up[1],
             self._max_age_ms,
         )
-        return int(rows[0]["deleted"]), int(rows[0]["unread"])
+        return int(rows[0]["deleted"]), _state(rows[0])
 
     # -- expiry ----------------------------------------------------------------------
 

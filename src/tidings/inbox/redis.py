@@ -43,7 +43,7 @@ from redis.exceptions import RedisError
 
 from tidings.brokers.redis import RedisBroker
 from tidings.errors import BrokerUnavailable, TidingsError
-from tidings.inbox.base import History, InboxLimits, Stored
+from tidings.inbox.base import History, InboxLimits, Stored, UnreadState
 from tidings.inbox.memory import (
     MAX_ID_PART,
     TTL_MARGIN_S,
@@ -130,6 +130,15 @@ local function entry_at(stream, id)
   local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
   if not first or id_lt(id, first[1]) then return nil end
   return redis.call('XREVRANGE', stream, id, '-', 'COUNT', 1)[1]
+end
+
+-- The newest id `stream` gave out, even if trimmed or deleted since ('' for no stream):
+-- what an inbox-state event's count took into account (issue 16).
+local function newest(stream)
+  local e = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if e then return e[1] end
+  if redis.call('EXISTS', stream) == 1 then return stream_info(stream, 'last-generated-id') end
+  return ''
 end
 
 -- Retained entries after `floor` minus the read ids (all retained and above the floor).
@@ -296,16 +305,14 @@ return out
 """
 
 # KEYS: stream, acked, read, readfloor. ARGV: max_age_ms.
-# Returns {the unread count, the newest retained id or ''}.
+# Returns {the unread count, the newest id given out or ''}.
 _UNREAD = """
 trim(KEYS[1], false, tonumber(ARGV[1]), user_sets(), false)
-local count = unread(KEYS[1], KEYS[3], redis.call('GET', KEYS[4]) or '0-0')
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-return {count, last and last[1] or ''}
+return {unread(KEYS[1], KEYS[3], redis.call('GET', KEYS[4]) or '0-0'), newest(KEYS[1])}
 """
 
 # KEYS: stream, acked, read, readfloor. ARGV: max_age_ms, ttl_ms, up_to or '', ids...
-# Returns the unread count after.
+# Returns {the unread count after, the newest id given out or ''}.
 _MARK_READ = """
 trim(KEYS[1], false, tonumber(ARGV[1]), user_sets(), false)
 local floor = redis.call('GET', KEYS[4]) or '0-0'
@@ -326,7 +333,7 @@ for i = 4, #ARGV do
 end
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 redis.call('PEXPIRE', KEYS[4], ARGV[2])
-return unread(KEYS[1], KEYS[3], floor)
+return {unread(KEYS[1], KEYS[3], floor), newest(KEYS[1])}
 """
 
 # KEYS: stream, acked, read. ARGV: max_age_ms, ttl_ms, ids...
@@ -375,9 +382,9 @@ return out
 """
 
 # KEYS: stream, acked, read, readfloor. ARGV: max_age_ms, first id kept ('' : none kept)
-# Returns {deleted, unread after}. Trimmed from the front as retention trims (XTRIM), so
-# the oldest kept entry's `p` names the greatest deleted id (gap) and the stream keeps
-# its last id even when emptied (new ids are greater).
+# Returns {deleted, unread after, the newest id given out or ''}. Trimmed from the front
+# as retention trims (XTRIM), so the oldest kept entry's `p` names the greatest deleted id
+# (gap) and the stream keeps its last id even when emptied (new ids are greater).
 _DELETE = """
 trim(KEYS[1], false, tonumber(ARGV[1]), user_sets(), false)
 local n
@@ -392,7 +399,7 @@ if n > 0 then
     if first then drop_until(zset, first[1], false) else redis.call('DEL', zset) end
   end
 end
-return {n, unread(KEYS[1], KEYS[3], redis.call('GET', KEYS[4]) or '0-0')}
+return {n, unread(KEYS[1], KEYS[3], redis.call('GET', KEYS[4]) or '0-0'), newest(KEYS[1])}
 """
 
 # KEYS: streams. Returns each one's newest id, '' where it has no entry. A new channel
@@ -680,25 +687,28 @@ class RedisInbox(InboxWriter):
     async def unread(self, user: str) -> int:
         return (await self.unread_state(user))[0]
 
-    async def unread_state(self, user: str) -> tuple[int, str | None]:
+    async def unread_state(self, user: str) -> UnreadState:
         count, last = await self._run(self._unread, self._user_keys(user), [self._max_age_ms])
-        return int(count), last.decode("ascii") if last else None
+        return _state(count, last)
 
     async def mark_read(
         self, user: str, *, ids: Sequence[str] = (), up_to: str | None = None
-    ) -> int:
+    ) -> UnreadState:
         floor = canonical_id(up_to) if up_to is not None else ""
         args = [self._max_age_ms, self._ttl_ms, floor, *_canonical(ids)]
-        return int(await self._run(self._mark_read, self._user_keys(user), args))
+        count, last = await self._run(self._mark_read, self._user_keys(user), args)
+        return _state(count, last)
 
-    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, int]:
+    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, UnreadState]:
         kept = ""
         if up_to is not None:
             ms, seq = parse_id(up_to)
             # XTRIM MINID keeps ids >= its argument: the id right after up_to.
             kept = f"{ms}-{seq + 1}" if seq < MAX_ID_PART else f"{ms + 1}-0"
-        reply = await self._run(self._delete, self._user_keys(user), [self._max_age_ms, kept])
-        return int(reply[0]), int(reply[1])
+        deleted, count, last = await self._run(
+            self._delete, self._user_keys(user), [self._max_age_ms, kept]
+        )
+        return int(deleted), _state(count, last)
 
     # -- internals -------------------------------------------------------------------
 
@@ -725,6 +735,11 @@ class RedisInbox(InboxWriter):
             return await script(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
+
+
+def _state(count: int, last: bytes) -> UnreadState:
+    """A read script's count and newest id ('' for none) as the inbox's answer."""
+    return UnreadState(int(count), last.decode("ascii") if last else None)
 
 
 def _canonical(ids: Sequence[str]) -> list[str]:

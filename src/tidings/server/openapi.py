@@ -245,7 +245,8 @@ def _inbox_read() -> Json:
         summary="Mark messages read (by id, or everything up to an id)",
         description=(
             "Read state belongs to the user: every session of the user receives an event on"
-            " `/user/queue/inbox-state` with the new unread count."
+            " `/user/queue/inbox-state` with the new unread count and `last`, the newest"
+            " inbox id that count took in (a client orders events by it)."
         ),
         request_schema="ReadRequest",
         success={

@@ -71,7 +71,8 @@ def admin_inbox_delete() -> Json:
         "The oldest messages go, up to `up_to` (all without it), on every node at once"
         " (the inbox is shared storage); their read and acknowledged marks go with them."
         " Every session of the user subscribed to `/user/queue/inbox-state` receives"
-        " `{unread, read: [], up_to: null, deleted[, deleted_up_to]}`. A resume from a"
+        " `{unread, last, read: [], up_to: null, deleted[, deleted_up_to]}` (`last`: the"
+        " newest id the count took in). A resume from a"
         " deleted id reports `tidings-gap`. Writes an audit log line."
     )
     operation["parameters"].append(

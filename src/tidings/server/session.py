@@ -347,8 +347,9 @@ class StompSession:
         """A new ``/user/queue/inbox-state`` subscriber gets the current state at once, then
         the changes (issue 16): a bell shows the right count without asking the back end.
 
-        ``last`` is the newest stored id when the count was taken: a client adds one for
-        each message it receives with a greater id (tidings.js does).
+        ``last`` is the newest id the inbox had given out when the count was taken (as in
+        every inbox-state event): a client adds one for each message it receives with a
+        greater id, and ignores a later event with a smaller one (tidings.js does).
         """
         unread, last = await self.server.node.inbox.unread_state(user)
         if self.closed or self._subscriptions.get(sub.id) is not sub:

@@ -294,7 +294,8 @@ BEGIN
         ORDER BY m.ms, m.seq LIMIT p_limit;
 END $$;
 
--- (unread count, newest retained id) of a user, from one statement.
+-- (unread count, the newest id the inbox gave out, even if trimmed or deleted since) of a
+-- user, from one statement: messages with a greater id are not in the count (issue 16).
 CREATE FUNCTION tidings._unread_state(p_user text, OUT unread bigint, OUT last_ms bigint,
     OUT last_seq bigint) LANGUAGE sql AS $$
     SELECT
@@ -303,11 +304,10 @@ CREATE FUNCTION tidings._unread_state(p_user text, OUT unread bigint, OUT last_m
          WHERE m.channel = 'u:' || p_user
            AND (f.user_id IS NULL OR (m.ms, m.seq) > (f.ms, f.seq)))
         - (SELECT count(*) FROM tidings.read_ids r WHERE r.user_id = p_user),
-        n.ms, n.seq
+        c.last_ms, c.last_seq
     FROM (SELECT 1) one
-    LEFT JOIN LATERAL (SELECT m.ms, m.seq FROM tidings.messages m
-                       WHERE m.channel = 'u:' || p_user
-                       ORDER BY m.ms DESC, m.seq DESC LIMIT 1) n ON true
+    LEFT JOIN tidings.channels c ON c.channel = 'u:' || p_user
+        AND (c.last_ms, c.last_seq) <> (0::bigint, 0::bigint)
 $$;
 
 CREATE FUNCTION tidings.unread_state(p_user text, p_max_age_ms bigint,
@@ -354,19 +354,20 @@ BEGIN
 END $$;
 
 -- Mark ids read, and move the floor to the newest retained id <= up_to (only forward);
--- returns the unread count after. The floor row is locked: one user's marks in turn.
+-- returns the unread state after. The floor row is locked: one user's marks in turn.
 CREATE FUNCTION tidings.mark_read(p_user text, p_ms bigint[], p_seq bigint[],
-    p_up_ms bigint, p_up_seq bigint, p_max_age_ms bigint, p_ttl_ms bigint)
-RETURNS bigint LANGUAGE plpgsql AS $$
+    p_up_ms bigint, p_up_seq bigint, p_max_age_ms bigint, p_ttl_ms bigint,
+    OUT unread bigint, OUT last_ms bigint, OUT last_seq bigint)
+LANGUAGE plpgsql AS $$
 DECLARE
     v_now bigint := tidings.now_ms();
     v_channel text := 'u:' || p_user;
     f record;
     a record;
-    v_count bigint;
 BEGIN
     IF NOT tidings._prepare(v_channel, p_max_age_ms, v_now) THEN
-        RETURN 0;
+        unread := 0;
+        RETURN;
     END IF;
     PERFORM 1 FROM tidings.channels c WHERE c.channel = v_channel FOR SHARE;
     INSERT INTO tidings.read_floors VALUES (p_user, 0, 0, v_now + p_ttl_ms)
@@ -391,14 +392,16 @@ BEGIN
         JOIN unnest(p_ms, p_seq) AS i(ms, seq) ON m.ms = i.ms AND m.seq = i.seq
         WHERE m.channel = v_channel AND (m.ms, m.seq) > (f.ms, f.seq)
         ON CONFLICT DO NOTHING;
-    SELECT s.unread INTO v_count FROM tidings._unread_state(p_user) s;
-    RETURN v_count;
+    SELECT s.unread, s.last_ms, s.last_seq INTO unread, last_ms, last_seq
+        FROM tidings._unread_state(p_user) s;
 END $$;
 
 -- Delete a user's oldest messages: all, or those <= up_to (from the front, as
--- retention trims: the gap mark moves, new ids stay greater). Returns (deleted, unread).
+-- retention trims: the gap mark moves, new ids stay greater). Returns (deleted, the
+-- unread state after).
 CREATE FUNCTION tidings.delete_inbox(p_user text, p_up_ms bigint, p_up_seq bigint,
-    p_max_age_ms bigint, OUT deleted bigint, OUT unread bigint) LANGUAGE plpgsql AS $$
+    p_max_age_ms bigint, OUT deleted bigint, OUT unread bigint, OUT last_ms bigint,
+    OUT last_seq bigint) LANGUAGE plpgsql AS $$
 DECLARE
     v_channel text := 'u:' || p_user;
     c record;
@@ -428,7 +431,8 @@ BEGIN
             WHERE ch.channel = v_channel;
         PERFORM tidings._forget(v_channel);
     END IF;
-    SELECT s.unread INTO unread FROM tidings._unread_state(p_user) s;
+    SELECT s.unread, s.last_ms, s.last_seq INTO unread, last_ms, last_seq
+        FROM tidings._unread_state(p_user) s;
 END $$;
 
 -- One batch of the sweep (Redis key expiry): expired channels with their messages and

@@ -29,6 +29,58 @@ export function compareIds(a, b) {
   return Math.sign(am - bm || as - bs);
 }
 
+/** -1, 0 or 1 as an inbox-state's `last` a is before, equal to or after b (null first). */
+function compareLast(a, b) {
+  if (a === null || b === null) return Number(a !== null) - Number(b !== null);
+  return compareIds(a, b);
+}
+
+const MAX_UNCOUNTED = 1000;  // new ids kept for a later state to recount; past it the oldest go
+
+/**
+ * The unread count from /user/queue/inbox-state events ({unread, last, ...}: the count and
+ * the newest inbox id it took in) and the user's new messages (each adds one). A state event
+ * computed before the one applied (a smaller `last`, or the same one with a greater count:
+ * reads only lower it) is ignored, whatever order the events and messages arrive in.
+ */
+export class UnreadCount {
+  #state = null;     // {unread, last} of the newest state applied; null before the first
+  #uncounted = [];   // ids of messages received that #state does not count, oldest first
+
+  /** The count, or null before the first state. */
+  get value() {
+    return this.#state === null ? null : this.#state.unread + this.#uncounted.length;
+  }
+
+  /** Apply an inbox-state event; false if it was older than the state applied. */
+  state(event) {
+    if (typeof event?.unread !== "number") return false;
+    const next = { unread: event.unread, last: event.last ?? null };
+    if (this.#state !== null) {
+      const order = compareLast(next.last, this.#state.last);
+      if (order < 0 || (order === 0 && next.unread > this.#state.unread)) return false;
+    }
+    this.#state = next;
+    this.#uncounted = this.#uncounted.filter((id) => compareLast(id, next.last) > 0);
+    return true;
+  }
+
+  /** A stored message of the user arrived; false if the state applied already counts it. */
+  message(id) {
+    if (this.#state !== null && compareLast(id, this.#state.last) <= 0) return false;
+    if (this.#uncounted.includes(id)) return false;
+    this.#uncounted.push(id);
+    if (this.#uncounted.length > MAX_UNCOUNTED) this.#uncounted.shift();
+    return true;
+  }
+
+  /** Forget everything (a new connection: its first state starts the count again). */
+  reset() {
+    this.#state = null;
+    this.#uncounted = [];
+  }
+}
+
 /** Load a classic script once (the vendored bundles define globals). */
 const loading = new Map();
 function loadScript(src) {
@@ -73,9 +125,8 @@ export class NotificationCenter extends EventTarget {
   #options;
   #client = null;
   #storage;
-  #unread = null;
-  #countedUpTo;       // undefined until the first state: ids above it are not in the count
-  #beforeState = [];  // stored ids received before the first state arrived
+  #unread = new UnreadCount();
+  #shown = null;  // the count last reported, kept across a reconnect until its first state
   #failures = 0;
   #transport;
   #closed = false;
@@ -101,7 +152,7 @@ export class NotificationCenter extends EventTarget {
   }
 
   /** The unread count the node last reported (null before the first report). */
-  get unread() { return this.#unread; }
+  get unread() { return this.#shown; }
 
   /** "websocket" or "sockjs": what the current or next connection uses. */
   get transport() { return this.#transport; }
@@ -179,8 +230,7 @@ export class NotificationCenter extends EventTarget {
     const user = this.#options.destination;
     this.#subscribe(client, user, "client-individual");
     for (const topic of this.#options.topics) this.#subscribe(client, topic, "auto");
-    this.#countedUpTo = undefined;
-    this.#beforeState = [];
+    this.#unread.reset();
     client.subscribe(STATE_DESTINATION, (frame) => this.#onState(JSON.parse(frame.body)));
   }
 
@@ -231,31 +281,19 @@ export class NotificationCenter extends EventTarget {
     return `tidings:last:${this.#options.user ?? "token"}:${destination}`;
   }
 
-  // The first state after SUBSCRIBE carries "last", the newest id its count includes;
-  // later ones (a read on any device) are absolute counts.
+  // Every state carries "last", the newest id its count took in: one computed before the
+  // one applied is ignored, and messages above it are added (issue 16).
   #onState(state) {
-    if (typeof state.unread !== "number") return;
-    let count = state.unread;
-    if ("last" in state) {
-      this.#countedUpTo = state.last;
-      count += this.#beforeState.filter((id) => this.#isNew(id)).length;
-      this.#beforeState = [];
-    }
-    this.#setUnread(count);
-  }
-
-  #isNew(id) {
-    return this.#countedUpTo === null || compareIds(id, this.#countedUpTo) > 0;
+    if (this.#unread.state(state)) this.#changed();
   }
 
   #countNew(id) {
-    if (this.#countedUpTo === undefined) this.#beforeState.push(id);
-    else if (this.#isNew(id)) this.#setUnread(this.#unread + 1);
+    if (this.#unread.message(id) && this.#unread.value !== null) this.#changed();
   }
 
-  #setUnread(count) {
-    this.#unread = count;
-    this.dispatchEvent(new CustomEvent("unread", { detail: count }));
+  #changed() {
+    this.#shown = this.#unread.value;
+    this.dispatchEvent(new CustomEvent("unread", { detail: this.#shown }));
   }
 
   #send(destination, body) {
