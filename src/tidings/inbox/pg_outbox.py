@@ -112,8 +112,10 @@ class OutboxDrainer:
         them; returns how many rows were taken."""
         inbox = self._inbox
         async with inbox.connection() as conn:
-            locks: list[int] = []
-            announcements: list[tuple[str, str, Message]] = []
+            # Per channel, in the order stored: how many times its lock was taken, and
+            # the messages to announce (the never-announced ones first).
+            due: dict[str, tuple[int, list[Message]]] = {}
+            announced: dict[str, str | None] = {}
             try:
                 async with conn.transaction():
                     rows = await conn.fetch(_TAKE, BATCH)
@@ -126,23 +128,24 @@ class OutboxDrainer:
                             log.error("outbox row %d dropped: %s", row["n"], exc)
                             continue
                         lock = self._lock_key(message.channel)
-                        if lock not in locks:
-                            locks.append(lock)
                         key = row["idempotency_key"]
-                        inbox_id, stored = await inbox.store(conn, message, key, lock)
+                        inbox_id, stored, pending = await inbox.store(conn, message, key, lock)
+                        times, messages = due.get(message.channel) or (0, pending)
                         if stored:
-                            announcements.append((message.channel, inbox_id, message))
+                            messages.append(message.stored_as(inbox_id))
+                        due[message.channel] = (times + 1, messages)  # later pending: ours
                     await conn.execute(
                         "DELETE FROM tidings.outbox WHERE n = ANY($1::bigint[])",
                         [row["n"] for row in rows],
                     )
                 self.drained += len(rows)
-                for channel, inbox_id, message in announcements:
-                    await inbox.announce(channel, inbox_id, message)
+                for channel, (_, messages) in due.items():
+                    announced[channel] = await inbox.announce(channel, messages)
             finally:
                 # Session-level locks outlive a rollback too: always released here.
-                for lock in locks:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", lock)
+                for channel, (times, _) in due.items():
+                    lock = self._lock_key(channel)
+                    await inbox.release(conn, channel, announced.get(channel), lock, times)
         return len(rows)
 
     async def _listen(self) -> None:

@@ -219,21 +219,24 @@ class PostgresInbox:
         channel = message.channel
         lock = lock_key(channel) if self._cross_node else None
         async with self._channels.hold(channel), self.connection() as conn:
-            inbox_id, stored = await self.store(conn, message, idempotency_key, lock)
+            inbox_id, stored, pending = await self.store(conn, message, idempotency_key, lock)
+            announced = None
             try:
-                if stored:
-                    await self.announce(channel, inbox_id, message)
+                due = [*pending, message.stored_as(inbox_id)] if stored else pending
+                announced = await self.announce(channel, due)
             finally:
                 if lock is not None:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", lock)
+                    await self.release(conn, channel, announced, lock)
         return inbox_id
 
     async def store(
         self, conn: Any, message: Message, idempotency_key: str | None, lock: int | None
-    ) -> tuple[str, bool]:
-        """``tidings.store`` of ``message`` on ``conn``: (its id, whether it was stored
-        now rather than found under its idempotency key). With ``lock``, the channel's
-        advisory lock is held on return: the caller releases it after announcing."""
+    ) -> tuple[str, bool, list[Message]]:
+        """``tidings.store`` of ``message`` on ``conn``: its id, whether it was stored now
+        (rather than found under its idempotency key), and the channel's messages stored
+        before it that were never announced (their publisher died or its broker failed
+        in between: to announce first). With ``lock``, the channel's advisory lock is
+        held on return: the caller announces, then calls ``release``."""
         channel = message.channel
         limit = (
             self._limits.max_messages if channel.startswith("u:") else self._limits.topic_history
@@ -251,20 +254,41 @@ class PostgresInbox:
             self._key_ttl_ms,
             lock,
         )
-        return f"{row['id_ms']}-{row['id_seq']}", bool(row["stored"])
+        pending = [
+            _decode(ms, seq, body)
+            for ms, seq, body in zip(row["pend_ms"], row["pend_seq"], row["pend_body"], strict=True)
+        ]
+        return f"{row['id_ms']}-{row['id_seq']}", bool(row["stored"]), pending
 
-    async def announce(self, channel: str, inbox_id: str, message: Message) -> None:
-        """Announce a committed message; a failure leaves it to the catch-up."""
-        payload = inbox_id.encode() + b" " + message.stored_as(inbox_id).encode()
-        try:
-            await self._broker.publish(channel, payload)
-        except BrokerUnavailable as exc:
-            log.warning(
-                "stored %s on %s but could not announce it (catch-up delivers it): %s",
-                inbox_id,
-                channel,
-                exc,
-            )
+    async def announce(self, channel: str, messages: Sequence[Message]) -> str | None:
+        """Announce committed messages in order; returns the id of the last one announced
+        (None if none was). The first failure stops it: the rest is left to the catch-up
+        and to the channel's next publish (``tidings.store``'s pending messages)."""
+        announced = None
+        for message in messages:
+            payload = message.id.encode() + b" " + message.encode()
+            try:
+                await self._broker.publish(channel, payload)
+            except BrokerUnavailable as exc:
+                log.warning(
+                    "stored %s on %s but could not announce it (catch-up delivers it): %s",
+                    message.id,
+                    channel,
+                    exc,
+                )
+                break
+            announced = message.id
+        return announced
+
+    async def release(
+        self, conn: Any, channel: str, announced: str | None, lock: int, times: int = 1
+    ) -> None:
+        """Record ``channel``'s announcements up to ``announced`` and release its advisory
+        lock, taken ``times`` times by ``store``."""
+        ms, seq = _bound(announced) if announced is not None else (None, None)
+        await conn.execute(
+            "SELECT tidings.announced($1, $2, $3, $4, $5)", channel, ms, seq, lock, times
+        )
 
     # -- reads -----------------------------------------------------------------------
 

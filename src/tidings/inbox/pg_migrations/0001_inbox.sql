@@ -14,7 +14,9 @@ CREATE TABLE tidings.channels (
     gap_ms     bigint NOT NULL,  -- a resume after an id below this one misses something:
     gap_seq    bigint NOT NULL,  -- the greatest id trimmed, or a new stream's first id
     retained   integer NOT NULL, -- rows in tidings.messages
-    expires_ms bigint NOT NULL   -- wall-clock ms after which the channel is gone
+    expires_ms bigint NOT NULL,  -- wall-clock ms after which the channel is gone
+    announced_ms  bigint NOT NULL DEFAULT 0,  -- the last id known announced: a publisher
+    announced_seq bigint NOT NULL DEFAULT 0   -- that died before announcing left a hole
 );
 CREATE INDEX channels_expiry ON tidings.channels (expires_ms);
 
@@ -186,12 +188,17 @@ END $$;
 -- Store a message: assign its id under the channel row's lock (ids are committed in
 -- id order), trim, remember the idempotency key. stored is false when the key was seen:
 -- then the id is the first one, and nothing was stored. With p_lock, first takes that
--- session-level advisory lock, which the caller releases once it has announced the
--- message: announcements of one channel go out in id order, whatever node publishes.
+-- session-level advisory lock, which the caller releases (tidings.announced) once it has
+-- announced the message: announcements of one channel go out in id order, whatever node
+-- publishes; and pend_* are the retained messages stored before this one but never
+-- announced (their publisher died, or its broker failed, in between): the caller
+-- announces them first. Without p_lock (one node, which announces at once), the message
+-- counts as announced.
 CREATE FUNCTION tidings.store(
     p_channel text, p_destination text, p_body bytea, p_max_len integer,
     p_max_age_ms bigint, p_ttl_ms bigint, p_key text, p_key_ttl_ms bigint, p_lock bigint,
-    OUT id_ms bigint, OUT id_seq bigint, OUT stored boolean
+    OUT id_ms bigint, OUT id_seq bigint, OUT stored boolean,
+    OUT pend_ms bigint[], OUT pend_seq bigint[], OUT pend_body bytea[]
 ) LANGUAGE plpgsql AS $$
 DECLARE
     c record;
@@ -206,6 +213,9 @@ BEGIN
         VALUES (p_channel, 0, 0, 0, 0, 0, v_now + p_ttl_ms)
         ON CONFLICT (channel) DO NOTHING;
     SELECT * INTO c FROM tidings.channels ch WHERE ch.channel = p_channel FOR UPDATE;
+    pend_ms := '{}';
+    pend_seq := '{}';
+    pend_body := '{}';
     IF p_key IS NOT NULL THEN
         SELECT i.ms, i.seq INTO id_ms, id_seq FROM tidings.idempotency i
             WHERE i.channel = p_channel AND i.key = p_key AND i.expires_ms > v_now;
@@ -219,6 +229,16 @@ BEGIN
         INSERT INTO tidings.channels VALUES (p_channel, 0, 0, 0, 0, 0, v_now + p_ttl_ms);
         SELECT * INTO c FROM tidings.channels ch WHERE ch.channel = p_channel;
     END IF;
+    IF p_lock IS NOT NULL AND (c.last_ms, c.last_seq) > (c.announced_ms, c.announced_seq) THEN
+        SELECT coalesce(array_agg(m.ms ORDER BY m.ms, m.seq), '{}'),
+               coalesce(array_agg(m.seq ORDER BY m.ms, m.seq), '{}'),
+               coalesce(array_agg(m.body ORDER BY m.ms, m.seq), '{}')
+            INTO pend_ms, pend_seq, pend_body
+            FROM (SELECT x.ms, x.seq, x.body FROM tidings.messages x
+                  WHERE x.channel = p_channel
+                    AND (x.ms, x.seq) > (c.announced_ms, c.announced_seq)
+                  ORDER BY x.ms, x.seq LIMIT 1000) m;
+    END IF;
     v_fresh := c.retained = 0;  -- the user's id sets may name ids of what went before
     id_ms := greatest(v_now, c.last_ms);
     id_seq := CASE WHEN id_ms = c.last_ms THEN c.last_seq + 1 ELSE 0 END;
@@ -229,7 +249,9 @@ BEGIN
     INSERT INTO tidings.messages VALUES (p_channel, id_ms, id_seq, p_destination, p_body);
     UPDATE tidings.channels ch
         SET last_ms = id_ms, last_seq = id_seq, gap_ms = c.gap_ms, gap_seq = c.gap_seq,
-            retained = c.retained + 1, expires_ms = v_now + p_ttl_ms
+            retained = c.retained + 1, expires_ms = v_now + p_ttl_ms,
+            announced_ms = CASE WHEN p_lock IS NULL THEN id_ms ELSE ch.announced_ms END,
+            announced_seq = CASE WHEN p_lock IS NULL THEN id_seq ELSE ch.announced_seq END
         WHERE ch.channel = p_channel;
     PERFORM tidings._trim(p_channel, p_max_len, p_max_age_ms, v_now, v_fresh);
     IF p_key IS NOT NULL THEN
@@ -239,6 +261,21 @@ BEGIN
             SET ms = excluded.ms, seq = excluded.seq, expires_ms = excluded.expires_ms;
     END IF;
     stored := true;
+END $$;
+
+-- After the announcement of a channel's messages up to an id (NULL: it failed): record
+-- it, then release the channel's advisory lock taken by tidings.store.
+-- p_times: how many times this session took the lock (tidings.store calls).
+CREATE FUNCTION tidings.announced(p_channel text, p_ms bigint, p_seq bigint, p_lock bigint,
+    p_times integer DEFAULT 1) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_ms IS NOT NULL THEN
+        UPDATE tidings.channels c SET announced_ms = p_ms, announced_seq = p_seq
+            WHERE c.channel = p_channel AND (c.announced_ms, c.announced_seq) < (p_ms, p_seq);
+    END IF;
+    FOR i IN 1..p_times LOOP
+        PERFORM pg_advisory_unlock(p_lock);
+    END LOOP;
 END $$;
 
 -- Messages of a channel after an id, oldest first, and whether some after it were
