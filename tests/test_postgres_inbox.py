@@ -15,10 +15,11 @@ import aiohttp
 import asyncpg
 import pytest
 
+from tidings.brokers.memory import MemoryBroker
 from tidings.brokers.redis import RedisBroker
 from tidings.inbox.base import InboxLimits, split_announcement
 from tidings.inbox.pg_schema import latest_version, schema_version
-from tidings.inbox.postgresql import PostgresInbox, lock_key
+from tidings.inbox.postgresql import SWEEP_BATCH, PostgresInbox, lock_key
 from tidings.message import APPLICATION_JSON, Message, id_key
 
 from .conftest import StartServer
@@ -419,3 +420,39 @@ async def test_a_message_whose_publisher_died_before_announcing_goes_out_first(
         await inbox.close()
         await listener.close()
         await publisher.close()
+
+
+async def test_the_sweep_deletes_what_expired_in_batches(postgres_db: PgDatabase) -> None:
+    # Redis' key TTLs, here: 600 users' inboxes (more than one batch of SWEEP_BATCH), their
+    # read floors and idempotency keys go once expired; an inbox written since stays.
+    broker = MemoryBroker()
+    await broker.start(lambda channel, payload: None)
+    limits = InboxLimits(max_age_s=0.3, idempotency_ttl_s=0.3)
+    inbox = PostgresInbox(postgres_db.url, broker, limits, sweep_interval_s=0, outbox_poll_s=0)
+    await inbox.start()
+    conn = await postgres_db.connect()
+
+    async def count(table: str) -> int:
+        return int(await conn.fetchval(f"SELECT count(*) FROM tidings.{table}"))
+
+    try:
+        assert SWEEP_BATCH < 600
+        await asyncio.gather(
+            *(
+                inbox.publish(Message("", f"u:{n}", "/message", b"x"), idempotency_key="k")
+                for n in range(600)
+            )
+        )
+        await inbox.mark_read("1", up_to="99999999999999-0")
+        await asyncio.sleep(1.5)  # the clock: past max_age_s + 1 s
+        kept = await inbox.publish(Message("", "u:kept", "/message", b"y"))
+        assert await inbox.sweep() >= 600
+        for table in ("messages", "channels"):
+            assert await count(table) == 1, table
+        assert await count("idempotency") == 0
+        assert await count("read_floors") == 0
+        history = await inbox.history("u:kept", "0", limit=10)
+        assert [m.message.id for m in history.messages] == [kept]
+    finally:
+        await conn.close()
+        await inbox.close()
