@@ -327,12 +327,27 @@ class RabbitCluster:
 
     _count = 0
 
-    def __init__(self, reg: Registry, work: Path, log_dir: Path) -> None:
+    def __init__(
+        self,
+        reg: Registry,
+        work: Path,
+        log_dir: Path,
+        *,
+        web_stomp: bool = True,
+        core: str = SERVER_CORE,
+        ctl_core: str = CLIENT_CORE,
+    ) -> None:
         self.reg = reg
         self.work = work
         self.log_dir = log_dir
         self.home = work / "home"
         self.nodes: list[RabbitNode] = []
+        self.web_stomp = web_stomp
+        """Enable the Web-STOMP and STOMP plugins (the bench's peer); AMQP alone without."""
+        self.core = core
+        """taskset's CPU list for the nodes (tests pass "0-1": the whole machine)."""
+        self.ctl_core = ctl_core
+        self._peers: dict[str, list[str]] = {}
         RabbitCluster._count += 1
         self._tag = f"{os.getpid()}-{RabbitCluster._count}"
 
@@ -344,13 +359,16 @@ class RabbitCluster:
         conf = node.base / "rabbitmq.conf"
         lines = [
             f"listeners.tcp.local = 127.0.0.1:{node.amqp_port}",
-            f"web_stomp.tcp.port = {node.web_stomp_port}",
-            "web_stomp.tcp.ip = 127.0.0.1",
-            f"stomp.listeners.tcp.1 = 127.0.0.1:{free_port()}",
             "loopback_users = none",
             "log.console = false",
             "log.file.level = warning",
         ]
+        if self.web_stomp:
+            lines += [
+                f"web_stomp.tcp.port = {node.web_stomp_port}",
+                "web_stomp.tcp.ip = 127.0.0.1",
+                f"stomp.listeners.tcp.1 = 127.0.0.1:{free_port()}",
+            ]
         if peers:
             lines.append("cluster_formation.peer_discovery_backend = classic_config")
             lines += [
@@ -358,7 +376,8 @@ class RabbitCluster:
                 for i, peer in enumerate(peers, 1)
             ]
         conf.write_text("\n".join(lines) + "\n")
-        (node.base / "enabled_plugins").write_text("[rabbitmq_web_stomp].\n")
+        plugins = "rabbitmq_web_stomp" if self.web_stomp else ""
+        (node.base / "enabled_plugins").write_text(f"[{plugins}].\n")
         return {
             "HOME": str(self.home),
             "RABBITMQ_NODENAME": node.name,
@@ -377,8 +396,9 @@ class RabbitCluster:
 
     def ctl(self, node: RabbitNode, *args: str, timeout: float = 90) -> str:
         env = {**os.environ, "HOME": str(self.home), "ERL_EPMD_ADDRESS": "127.0.0.1"}
+        ctl = str(RABBIT_BIN / "rabbitmqctl")
         done = subprocess.run(
-            ["taskset", "-c", CLIENT_CORE, str(RABBIT_BIN / "rabbitmqctl"), "-n", node.name, *args],
+            ["taskset", "-c", self.ctl_core, ctl, "-n", node.name, *args],
             capture_output=True,
             text=True,
             env=env,
@@ -406,24 +426,9 @@ class RabbitCluster:
                 base=self.work / f"node{len(self.nodes) + 1}",
             )
             (node.base / "log").mkdir(parents=True, exist_ok=True)
-            env = self._env(node, [first.name, node.name] if first else [])
-            done = subprocess.run(
-                ["taskset", "-c", SERVER_CORE, str(RABBIT_BIN / "rabbitmq-server"), "-detached"],
-                env={**os.environ, **env},
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            if done.returncode != 0:
-                raise BenchError(f"rabbitmq-server failed: {done.stderr or done.stdout}")
-            try:
-                self.ctl(node, "wait", str(node.base / "pid"), "--timeout", "90")
-            except BenchError as exc:
-                raise BenchError(f"{exc}\n{self._boot_error(node)}") from None
-            pid = int((node.base / "pid").read_text().strip())
-            node.proc = self.reg.adopt(Proc(f"rabbitmq-{index + 1}", None, pid, None))
+            self._peers[node.name] = [first.name, node.name] if first else []
             self.nodes.append(node)
+            self.start_node(node)
             if first is None:
                 first = node
         if count > 1 and first is not None:
@@ -432,6 +437,36 @@ class RabbitCluster:
             if missing:
                 raise BenchError(f"RabbitMQ nodes did not form a cluster: {missing}")
         return self.nodes
+
+    def start_node(self, node: RabbitNode) -> None:
+        """Boot ``node`` (again, after ``stop_node``) on its own ports and data dir."""
+        env = self._env(node, self._peers.get(node.name, []))
+        done = subprocess.run(
+            ["taskset", "-c", self.core, str(RABBIT_BIN / "rabbitmq-server"), "-detached"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise BenchError(f"rabbitmq-server failed: {done.stderr or done.stdout}")
+        try:
+            self.ctl(node, "wait", str(node.base / "pid"), "--timeout", "90")
+        except BenchError as exc:
+            raise BenchError(f"{exc}\n{self._boot_error(node)}") from None
+        pid = int((node.base / "pid").read_text().strip())
+        number = self.nodes.index(node) + 1
+        node.proc = self.reg.adopt(Proc(f"rabbitmq-{number}", None, pid, None))
+
+    def stop_node(self, node: RabbitNode) -> None:
+        """Stop ``node`` (``rabbitmqctl stop``, then by its pid); its data dir stays."""
+        if node.proc is None:
+            return
+        with contextlib.suppress(BenchError, subprocess.TimeoutExpired):
+            self.ctl(node, "stop", timeout=30)
+        self.reg.stop(node.proc)
+        node.proc = None
 
     def _boot_error(self, node: RabbitNode) -> str:
         """The lines around BOOT FAILED in the node's log, if it wrote one."""
@@ -442,9 +477,5 @@ class RabbitCluster:
 
     def stop(self) -> None:
         for node in reversed(self.nodes):
-            if node.proc is None:
-                continue
-            with contextlib.suppress(BenchError, subprocess.TimeoutExpired):
-                self.ctl(node, "stop", timeout=30)
-            self.reg.stop(node.proc)
+            self.stop_node(node)
         self.nodes.clear()

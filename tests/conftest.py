@@ -27,6 +27,7 @@ from .nginx_fixture import nginx_proxy  # noqa: F401
 from .ports import free_port
 from .postgres_fixture import pg_cluster, postgres_db  # noqa: F401
 from .processes import terminate
+from .rabbit_fixture import rabbit_server  # noqa: F401
 from .redis_fixture import redis_server  # noqa: F401
 from .sentinel_fixture import replicated, sentinels  # noqa: F401
 from .wheel_support import installed_wheel  # noqa: F401

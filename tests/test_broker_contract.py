@@ -1,9 +1,11 @@
-"""The broker contract, run unchanged against every broker, then Redis faults.
+"""The broker contract, run unchanged against every broker, then Redis and RabbitMQ faults.
 
 ``TestContract`` is what the node relies on from any broker (DESIGN.md §4, as in
 centrifuge's per-engine tests). ``TestRedis`` covers what only a networked broker has:
 several nodes on one Redis, Redis stopped and restarted, subscriber connections killed
 or silently dead, and the legacy raw channel. Every Redis test runs its own redis-server.
+``TestAmqp`` (issue 20) does the same on the session's private RabbitMQ node
+(tests/rabbit_fixture.py), each test on an exchange of its own.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiormq
 import pytest
 
 from tidings.brokers import MemoryBroker, MessageHandler, broker_from_url
+from tidings.brokers.amqp import AmqpBroker, routing_key, split_url
 from tidings.brokers.redis import SUBSCRIBE_BATCH, RedisBroker
 from tidings.errors import BrokerUnavailable
 
+from .ports import free_port
+from .rabbit_fixture import RabbitServer
 from .redis_fixture import RedisServer
 from .sentinel_fixture import one_sentinel
 
@@ -57,7 +63,7 @@ class Recorder:
 class Subject:
     """A broker under test (not started) and the recorder to start it with."""
 
-    broker: MemoryBroker | RedisBroker
+    broker: MemoryBroker | RedisBroker | AmqpBroker
     got: Recorder
 
     async def start(self) -> None:
@@ -71,13 +77,16 @@ class Subject:
         await eventually(lambda: marker in self.got.on(channel), what=f"barrier on {channel}")
 
 
-@pytest.fixture(params=["memory", "redis", "sentinel"])
+@pytest.fixture(params=["memory", "redis", "sentinel", "amqp"])
 async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Subject]:
     server: RedisServer | None = None
-    broker: MemoryBroker | RedisBroker
+    broker: MemoryBroker | RedisBroker | AmqpBroker
     async with contextlib.AsyncExitStack() as stack:
         if request.param == "memory":
             broker = MemoryBroker()
+        elif request.param == "amqp":  # the session's RabbitMQ node, an exchange of its own
+            rabbit: RabbitServer = request.getfixturevalue("rabbit_server")
+            broker = AmqpBroker(rabbit.url())
         elif request.param == "sentinel":  # redis+sentinel://: the master found by asking
             sentinels = await stack.enter_async_context(one_sentinel(tmp_path))
             broker = RedisBroker(sentinels.url)
@@ -169,7 +178,7 @@ class TestContract:
         await subject.broker.publish("u:6", b"whole")
         await subject.barrier("u:6")
         assert subject.got.on("u:6")[0] == b"whole"
-        assert False not in reports  # (Redis reports True when first hearing its channels)
+        assert False not in reports  # (Redis, RabbitMQ report True when first hearing)
         await subject.broker.close()
         assert False not in reports  # closing is not a break
 
@@ -589,5 +598,263 @@ def test_broker_from_url_schemes() -> None:
     assert isinstance(broker_from_url("memory://"), MemoryBroker)
     for url in ("redis://127.0.0.1:1/0", "rediss://:pw@127.0.0.1:1/2"):
         assert isinstance(broker_from_url(url), RedisBroker)  # no connection made yet
-    with pytest.raises(ValueError, match=r"memory://, redis://, rediss://"):
+    amqp = broker_from_url("amqp://u:p@127.0.0.1:1/vhost")
+    assert isinstance(amqp, AmqpBroker) and amqp.exchange == "tidings"
+    amqps = broker_from_url("amqps://u:p@127.0.0.1:1/?exchange=app.events&heartbeat=2")
+    assert isinstance(amqps, AmqpBroker) and amqps.exchange == "app.events"
+    with pytest.raises(ValueError, match=r"memory://, redis://, rediss://.*amqp://, amqps://"):
         broker_from_url("nats://localhost")
+    with pytest.raises(ValueError, match=r"\?exchange= must name an exchange"):
+        broker_from_url("amqp://127.0.0.1:1/?exchange=")
+
+
+def test_amqp_url_and_routing_keys() -> None:
+    """What aiormq is given: the URL less ``exchange``, a heartbeat unless one is set;
+    names too long for a routing key are hashed (the module docstring)."""
+    assert split_url("amqp://u:p@h:5/v?exchange=x&name=n") == (
+        "amqp://u:p@h:5/v?name=n&heartbeat=2",
+        "x",
+    )
+    assert split_url("amqps://h/?heartbeat=2")[0] == "amqps://h/?heartbeat=2"
+    assert routing_key("t:a.*.#") == "t:a.*.#"
+    assert routing_key("u:" + "é" * 126) == "u:" + "é" * 126  # 254 bytes
+    long = routing_key("u:" + "é" * 127)
+    assert long.startswith("#sha256:") and len(long) == 72
+
+
+# -- RabbitMQ only -------------------------------------------------------------------
+
+AmqpHarness = Callable[..., Awaitable[tuple[AmqpBroker, Recorder]]]
+
+
+@pytest.fixture
+async def amqp_broker(rabbit_server: RabbitServer) -> AsyncIterator[AmqpHarness]:
+    """Factory: ``broker, got = await amqp_broker(url="", **kwargs)``, started with a
+    Recorder on ``url`` (default: a new exchange of the session's node); every broker is
+    closed at teardown."""
+    brokers: list[AmqpBroker] = []
+
+    async def make(url: str = "", **kwargs: Any) -> tuple[AmqpBroker, Recorder]:
+        broker = AmqpBroker(url or rabbit_server.url(), **kwargs)
+        brokers.append(broker)
+        got = Recorder()
+        await broker.start(got)
+        assert broker.ready
+        return broker, got
+
+    yield make
+    for broker in brokers:
+        await broker.close()
+
+
+class TestAmqp:
+    async def test_a_node_receives_only_the_channels_it_bound(
+        self, rabbit_server: RabbitServer, amqp_broker: AmqpHarness
+    ) -> None:
+        url = rabbit_server.url()
+        node_a, got_a = await amqp_broker(url)
+        node_b, got_b = await amqp_broker(url)
+        await node_a.subscribe("u:1")
+        await node_b.subscribe("u:2")
+        await node_b.subscribe("t:news")
+        await node_a.subscribe("t:news")
+        await node_a.unsubscribe("t:news")
+        # RabbitMQ's own view: each queue bound to its node's channels, nothing else.
+        assert await rabbit_server.bindings(node_a.exchange) == sorted(
+            [(node_a.queue, "u:1"), (node_b.queue, "u:2"), (node_b.queue, "t:news")]
+        )
+        await node_b.publish("u:1", b"for a")
+        await node_a.publish("u:2", b"for b")
+        await node_a.publish("t:news", b"news")
+        await eventually(lambda: got_a.messages == [("u:1", b"for a")])
+        await eventually(lambda: got_b.messages == [("u:2", b"for b"), ("t:news", b"news")])
+        await node_a.publish("u:1", b"a's own")  # node a's barrier: anything else came before
+        await eventually(lambda: got_a.on("u:1") == [b"for a", b"a's own"])
+        assert got_a.messages == [("u:1", b"for a"), ("u:1", b"a's own")]
+        assert (node_a.received, node_b.received) == (2, 2)
+
+    async def test_routing_characters_and_long_names_route_exactly(
+        self, amqp_broker: AmqpHarness
+    ) -> None:
+        """'.', '*' and '#' would be separators and wildcards on a topic exchange."""
+        long_name = "t:" + "x" * 300
+        names = ["t:a.b", "t:a.*", "t:#", "t:a.#", "*", "#", "t:a", long_name]
+        broker, got = await amqp_broker()
+        for name in names:
+            await broker.subscribe(name)
+        for name in names:
+            await broker.publish(name, name.encode())
+        await broker.publish("t:a.c", b"bound by no one")  # t:a.* and t:a.# would match it
+        await broker.publish("t:a", b"end")
+        await eventually(lambda: got.on("t:a")[-1:] == [b"end"])
+        assert got.messages == [(name, name.encode()) for name in names] + [("t:a", b"end")]
+
+    async def test_unsubscribe_racing_a_subscribe_keeps_call_order(
+        self, rabbit_server: RabbitServer, amqp_broker: AmqpHarness
+    ) -> None:
+        broker, got = await amqp_broker()
+        # One loop turn: bind u:1, unbind u:1, bind u:2, bind u:1 again, unbind u:3.
+        await asyncio.gather(
+            broker.subscribe("u:1"),
+            broker.unsubscribe("u:1"),
+            broker.subscribe("u:2"),
+            broker.subscribe("u:3"),
+            broker.unsubscribe("u:3"),
+        )
+        assert await rabbit_server.bindings(broker.exchange) == [(broker.queue, "u:2")]
+        await broker.subscribe("u:1")
+        for channel in ("u:1", "u:3", "u:2"):
+            await broker.publish(channel, channel.encode())
+        await eventually(lambda: len(got.on("u:2")) == 1)
+        assert got.messages == [("u:1", b"u:1"), ("u:2", b"u:2")]
+
+    async def test_a_storm_of_subscribes_is_bound_in_batches(
+        self, rabbit_server: RabbitServer, amqp_broker: AmqpHarness
+    ) -> None:
+        """The binds of one loop turn go out as one batch (S4's connection storm): all of
+        them bound, none timed out, each channel delivered once."""
+        broker, got = await amqp_broker()
+        names = [f"u:{i}" for i in range(2000)]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.gather(
+            *(broker.subscribe(name) for name in names),
+            *(broker.subscribe(name) for name in names[:10]),  # callers of one channel
+        )
+        print(f"\n2,000 subscribes bound in {loop.time() - start:.2f}s")
+        for name in names:
+            await broker.publish(name, name.encode())
+        await eventually(lambda: len(got.messages) == len(names), what="one message each")
+        assert sorted(got.messages) == sorted((name, name.encode()) for name in names)
+        assert len(await rabbit_server.bindings(broker.exchange)) == len(names)
+
+    async def test_restart_breaks_continuity_refuses_publishes_then_rebinds_all(
+        self, rabbit_server: RabbitServer
+    ) -> None:
+        """Issue 20: a RabbitMQ restart: False, publishes refused (not dropped) while it is
+        down, True once every channel is bound to the new queue, delivery resumes."""
+        names = [f"u:{i}" for i in range(50)] + ["t:a.b", "t:#"]
+        broker = AmqpBroker(rabbit_server.url("restart"), backoff_max_s=0.5)
+        got = Recorder()
+        reports: list[bool] = []
+        broker.on_continuity(reports.append)
+        try:
+            await broker.start(got)
+            await asyncio.gather(*(broker.subscribe(name) for name in names))
+            await broker.publish("u:0", b"before")
+            await eventually(lambda: got.on("u:0") == [b"before"])
+            assert reports == [True]
+            old_queue = broker.queue
+
+            await rabbit_server.stop()
+            await eventually(lambda: reports == [True, False], within=5, what="break reported")
+            assert not broker.ready
+            with pytest.raises(BrokerUnavailable, match="amqp unavailable"):
+                await broker.publish("u:1", b"during the outage")
+            with pytest.raises(BrokerUnavailable):
+                await broker.subscribe("u:new")
+            await broker.unsubscribe("u:49")  # never raises; not rebound after the restart
+
+            loop = asyncio.get_running_loop()
+            starting = loop.time()
+            await rabbit_server.start()  # returns once the node serves (rabbitmqctl wait)
+            booted = loop.time() - starting
+            await eventually(lambda: broker.ready, within=10, what="ready after restart")
+            ready = loop.time() - starting
+            print(f"\nrabbitmq restart: node booted {booted:.2f}s, broker ready {ready:.2f}s")
+            assert reports == [True, False, True]
+            assert broker.reconnects == 1 and broker.queue != old_queue
+            wanted = sorted((broker.queue, name) for name in names if name != "u:49")
+            assert await rabbit_server.bindings("restart") == wanted
+            for name in names:
+                await broker.publish(name, b"after")
+            await eventually(lambda: len(got.messages) == len(names), what="every channel")
+            assert sorted(got.messages) == sorted(
+                [("u:0", b"before")] + [(name, b"after") for name in names if name != "u:49"]
+            )
+        finally:
+            await broker.close()
+            await rabbit_server.start()  # for the tests after this one, whatever happened
+        assert reports == [True, False, True]  # closing is not a break
+
+    async def test_start_while_rabbitmq_is_unreachable(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("tidings.brokers.amqp.START_TIMEOUT_S", 0.3)
+        port = free_port()  # nothing listens there
+        broker = AmqpBroker(f"amqp://guest:guest@127.0.0.1:{port}/")
+        try:
+            await broker.start(Recorder())
+            assert not broker.ready
+            with pytest.raises(BrokerUnavailable, match="not connected"):
+                await broker.publish("u:1", b"x")
+            with pytest.raises(BrokerUnavailable, match="not connected"):
+                await broker.subscribe("u:1")
+        finally:
+            await broker.close()
+
+    async def test_a_deleted_queue_is_a_break_then_a_new_queue(
+        self, rabbit_server: RabbitServer, amqp_broker: AmqpHarness
+    ) -> None:
+        """RabbitMQ cancels the consumer of a deleted queue: the node must not go deaf."""
+        reports: list[bool] = []
+        broker, got = await amqp_broker()
+        broker.on_continuity(reports.append)
+        await broker.subscribe("u:42")
+        old_queue = broker.queue
+        await rabbit_server.ctl("delete_queue", old_queue)
+        await eventually(lambda: reports == [False, True], within=10, what="break, then heard")
+        assert broker.queue != old_queue and broker.ready
+        await broker.publish("u:42", b"after")
+        await eventually(lambda: got.messages == [("u:42", b"after")])
+
+    async def test_a_nacked_publish_raises(
+        self, rabbit_server: RabbitServer, amqp_broker: AmqpHarness
+    ) -> None:
+        """A queue that refuses more than one message (``x-overflow: reject-publish``)
+        makes RabbitMQ nack the publish: never accepted and dropped."""
+        broker, got = await amqp_broker()
+        connection = aiormq.Connection(f"amqp://guest:guest@127.0.0.1:{rabbit_server.port}/")
+        await connection.connect()
+        try:
+            channel = await connection.channel()
+            arguments = {"x-max-length": 1, "x-overflow": "reject-publish"}
+            declared = await channel.queue_declare("", exclusive=True, arguments=arguments)
+            assert declared.queue
+            await channel.queue_bind(declared.queue, broker.exchange, routing_key="u:full")
+            await broker.publish("u:full", b"fits")
+            with pytest.raises(BrokerUnavailable, match="refused the message"):
+                await broker.publish("u:full", b"refused")
+            await broker.subscribe("u:fine")
+            await broker.publish("u:fine", b"still publishing")
+            await eventually(lambda: got.messages == [("u:fine", b"still publishing")])
+        finally:
+            await connection.close()
+
+    async def test_a_frozen_connection_times_out_and_is_replaced(
+        self, rabbit_server: RabbitServer, amqp_broker: AmqpHarness, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Bytes stop flowing, the socket stays open: the publish's confirm never comes
+        (BrokerUnavailable after CONFIRM_TIMEOUT_S), and the missed AMQP heartbeats end
+        the connection; a new one is bound again."""
+        monkeypatch.setattr("tidings.brokers.amqp.CONFIRM_TIMEOUT_S", 0.3)
+        proxy = FreezingProxy(rabbit_server.port)
+        await proxy.start()
+        try:
+            url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/?exchange=frozen&heartbeat=1"
+            broker, got = await amqp_broker(url)
+            reports: list[bool] = []
+            broker.on_continuity(reports.append)
+            await broker.subscribe("u:42")
+            proxy.freeze()
+            with pytest.raises(BrokerUnavailable, match="not confirmed"):
+                await broker.publish("u:42", b"unconfirmed")
+            loop = asyncio.get_running_loop()
+            frozen_at = loop.time()
+            await eventually(lambda: reports == [False, True], within=15, what="replaced")
+            print(f"\nfrozen amqp connection -> replaced in {loop.time() - frozen_at:.2f}s")
+            await broker.publish("u:42", b"after")
+            await eventually(lambda: got.on("u:42")[-1:] == [b"after"])
+        finally:
+            proxy.thaw()
+            await proxy.close()

@@ -71,6 +71,8 @@ def test_version(flag: str) -> None:
         (["--log-level", "loud"], {}, "argument --log-level: expected one of debug, info,"),
         (["--max-frame-bytes", "0"], {}, "argument --max-frame-bytes: must be at least 1, got 0"),
         (["--broker", "http://h"], {}, "argument --broker: expected a memory://, redis://"),
+        (["--broker", "amqps://u:p@h/v"], {}, "--broker amqp:// routes messages between nodes"),
+        (["--broker", "amqp://h/?exchange="], {}, "argument --broker: ?exchange= must name"),
         ([], {"TIDINGS_APIKEY": "k"}, "unknown environment variable TIDINGS_APIKEY (did you"),
         ([], {"TIDINGS_HEAD_TIMEOUT": "-1"}, "TIDINGS_HEAD_TIMEOUT: must be a positive number"),
         (["--config", "/nonexistent/tidings.toml"], {}, "cannot read config file"),
@@ -86,7 +88,9 @@ def test_version(flag: str) -> None:
         ),
     ],
     ids=[
-        *("port", "log-level", "size", "broker", "env-typo", "env-timeout", "config-missing"),
+        *("port", "log-level", "size", "broker", "amqp-without-inbox", "amqp-exchange"),
+        "env-typo",
+        *("env-timeout", "config-missing"),
         *("test-services-with-jwt", "test-services-endpoint"),
     ],
 )

@@ -40,6 +40,12 @@ OPERATIONS = {
     ("/api/v1/users/{user}/disconnect", "post"): {"200"} | POST_ERRORS,
     ("/api/v1/users/{user}/inbox", "delete"): {"200", "400", "401", "403", "503"},
     ("/admin", "get"): {"200"},
+    ("/api/v1/me/inbox", "get"): {"200", "400", "401", "403", "503"},
+    ("/api/v1/me/inbox/unread", "get"): {"200", "400", "401", "403", "503"},
+    ("/api/v1/me/inbox/read", "post"): {"200"} | POST_ERRORS,
+    ("/api/v1/me/inbox", "options"): {"204", "403"},
+    ("/api/v1/me/inbox/unread", "options"): {"204", "403"},
+    ("/api/v1/me/inbox/read", "options"): {"204", "403"},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -175,7 +181,10 @@ def test_bearer_scheme_describes_the_loopback_rule(doc: dict[str, Any]) -> None:
 def test_api_operations_take_the_bearer_key_or_loopback(doc: dict[str, Any]) -> None:
     for path, method in OPERATIONS:
         security = operation(doc, path, method)["security"]
-        if method == "post" or path.startswith(("/api/v1/users/", "/api/v1/admin/")):
+        if path.startswith("/api/v1/me/"):
+            # The user's own token (the dev mode: none); a preflight carries no credentials.
+            assert security == ([] if method == "options" else [{"userToken": []}, {}])
+        elif method == "post" or path.startswith(("/api/v1/users/", "/api/v1/admin/")):
             assert {"bearer": []} in security and {} in security
         else:
             assert security == []

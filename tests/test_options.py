@@ -128,7 +128,10 @@ def test_an_empty_environment_variable_counts_as_unset() -> None:
         ("max-frame-bytes = true", "max-frame-bytes: expected an integer, got a boolean"),
         ("apikey = 'k'", "tidings.toml: unknown key 'apikey' (did you mean api-key?)"),
         ("[serve]\nport = 1", "tidings.toml: unknown key 'serve'"),
-        ("broker = 'http://x'", "expected a memory://, redis://, rediss:// or redis+sentinel://"),
+        (
+            "broker = 'http://x'",
+            "expected a memory://, redis://, rediss://, redis+sentinel:// or amqp://",
+        ),
         ("broker = 'redis+sentinel://h:1/'", "broker: expected the master's name as the path"),
         ("inbox-replica-timeout = 0", "inbox-replica-timeout: must be between 1 and 10000"),
         ("log-level = 'loud'", "log-level: expected one of debug, info, warning, error"),
@@ -181,6 +184,7 @@ def test_an_unreadable_or_invalid_file_is_one_line(tmp_path: Path) -> None:
         (["--workers", "2"], {}, "--workers N needs a shared broker"),
         (["--legacy-channel", "c"], {}, "--legacy-channel needs a redis:// broker"),
         (["--inbox-min-replicas", "1"], {}, "--inbox-min-replicas needs a Redis broker"),
+        (["--broker", "amqp://h/"], {}, "--broker amqp:// routes .* needs an inbox store"),
         (["--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"], {}, "cannot read"),
     ],
 )

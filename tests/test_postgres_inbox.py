@@ -25,6 +25,7 @@ from tidings.message import APPLICATION_JSON, Message, id_key
 from .conftest import StartServer
 from .ports import free_port
 from .postgres_fixture import PgCluster, PgDatabase
+from .rabbit_fixture import RabbitServer
 from .redis_fixture import RedisServer
 from .test_catchup_e2e import run_scenario
 from .test_cli import run_cli
@@ -456,3 +457,48 @@ async def test_the_sweep_deletes_what_expired_in_batches(postgres_db: PgDatabase
     finally:
         await conn.close()
         await inbox.close()
+
+
+# -- RabbitMQ routing, PostgreSQL storage (issue 20, items 1-3 and 5) ------------------------
+
+
+async def test_resume_under_load_on_rabbitmq_and_postgresql(
+    tidings_server: StartServer,
+    rabbit_server: RabbitServer,
+    postgres_db: PgDatabase,
+    http: aiohttp.ClientSession,
+) -> None:
+    url = rabbit_server.url()
+    nodes = list(
+        await asyncio.gather(
+            *(
+                tidings_server("--broker", url, "--inbox", postgres_db.url, "--node-id", f"N{n}")
+                for n in range(2)
+            )
+        )
+    )
+    readers = await run_resume_scenario(nodes, http, users=30, messages=1500)
+    assert sum(r.reconnects for r in readers.values()) > 0
+
+
+async def test_rabbitmq_restart_with_a_postgresql_inbox_loses_nothing(
+    tidings_server: StartServer,
+    rabbit_server: RabbitServer,
+    redis_server: RedisServer,
+    postgres_db: PgDatabase,
+) -> None:
+    # tests/test_catchup_e2e.py's scenario (2 nodes, 20 plain live sessions, 520
+    # publishes), RabbitMQ stopped and started again mid-stream: publishes go on being
+    # stored in PostgreSQL, and the catch-up delivers what the broker could not.
+    async def restart() -> None:
+        await rabbit_server.stop()
+        await rabbit_server.start()
+
+    await run_scenario(
+        tidings_server,
+        redis_server,
+        restart,
+        "rabbitmq restart, postgresql inbox",
+        broker=rabbit_server.url(),
+        node_args=["--inbox", postgres_db.url],
+    )

@@ -10,24 +10,21 @@ else (another status, a timeout, a body that is not such an object) becomes a
 
 Bounded: at most ``max_in_flight`` calls per node (the HTTP client's connection pool, and
 a semaphore that makes further SENDs wait: back-pressure on the sessions that send them),
-each within ``timeout_s``, each answer read up to ``MAX_ANSWER_BYTES``.
+each within ``timeout_s``, each answer read up to ``MAX_ANSWER_BYTES``
+(tidings.webhook_http, shared with ``--connect-webhook``).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
 import orjson
 
 from tidings import publish_rules
 from tidings.errors import InvalidPublish
 from tidings.message import Message
-
-MAX_ANSWER_BYTES = 1024 * 1024
-"""The most of a webhook's answer read; a longer one is a failure (``invalid_answer``)."""
+from tidings.webhook_http import CallFailed, WebhookClient
 
 # Headers of a SEND that STOMP defines (1.2 §SEND, §Standard Headers); the others are
 # the application's and go to the back end.
@@ -82,12 +79,9 @@ class AppWebhook:
         self.prefix = prefix.rstrip("/") + "/"
         self.timeout_s = timeout_s
         self.max_message_bytes = max_message_bytes
-        self._headers = {"Content-Type": "application/json"}
-        if token:
-            self._headers["Authorization"] = f"Bearer {token}"
-        self._slots = asyncio.Semaphore(max_in_flight)
-        self._max_in_flight = max_in_flight
-        self._http: aiohttp.ClientSession | None = None
+        self._client = WebhookClient(
+            url, token=token, timeout_s=timeout_s, max_in_flight=max_in_flight
+        )
         self.calls = 0
         self.failures = 0
 
@@ -95,12 +89,10 @@ class AppWebhook:
         return destination.startswith(self.prefix)
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._max_in_flight)
-        self._http = aiohttp.ClientSession(connector=connector)
+        await self._client.start()
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
+        await self._client.close()
 
     async def call(
         self,
@@ -125,32 +117,17 @@ class AppWebhook:
                 "body": text,
             }
         )
-        async with self._slots:
-            self.calls += 1
-            outcome = await self._post(request)
+        self.calls += 1
+        outcome = await self._post(request)
         if isinstance(outcome, Failure):
             self.failures += 1
         return outcome
 
     async def _post(self, request: bytes) -> Answer | Failure:
-        assert self._http is not None, "start() first"
         try:
-            async with (
-                asyncio.timeout(self.timeout_s),
-                self._http.post(self.url, data=request, headers=self._headers) as reply,
-            ):
-                data = await reply.content.read(MAX_ANSWER_BYTES + 1)
-                status = reply.status
-        except TimeoutError:
-            return Failure(
-                "webhook_timeout", f"the back end did not answer in {self.timeout_s:g} s"
-            )
-        except aiohttp.ClientError as exc:
-            return Failure("webhook_unreachable", f"the back end could not be reached: {exc}")
-        if not 200 <= status < 300:
-            return Failure("webhook_status", f"the back end answered {status}", status)
-        if len(data) > MAX_ANSWER_BYTES:
-            return Failure("invalid_answer", f"the answer is over {MAX_ANSWER_BYTES} bytes")
+            data = await self._client.post(request)
+        except CallFailed as exc:
+            return Failure(exc.error, exc.message, exc.status)
         try:
             return self._parse(data)
         except InvalidPublish as exc:

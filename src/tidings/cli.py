@@ -33,7 +33,7 @@ from aiohttp import web
 
 from tidings import __version__, gclog, logs
 from tidings.auth import verifier_for
-from tidings.brokers import REDIS_SCHEMES
+from tidings.brokers import AMQP_NEEDS_INBOX, AMQP_SCHEMES, REDIS_SCHEMES
 from tidings.config import DEFAULT_ENDPOINTS, DEFAULT_TRUSTED_PROXIES, Config
 from tidings.errors import TidingsError
 from tidings.inbox.base import InboxLimits
@@ -164,10 +164,43 @@ OPTIONS: tuple[Option, ...] = (
     # -- identity and permissions
     Option(
         "auth",
-        Choice(choices=("none", "jwt")),
+        Choice(choices=("none", "jwt", "webhook")),
         _CONFIG.auth,
         "who a client is: 'none' trusts the login header of its CONNECT frame; 'jwt' "
-        "requires a signed token whose sub claim is the user id",
+        "requires a signed token whose sub claim is the user id; 'webhook' asks "
+        "--connect-webhook",
+        "auth",
+    ),
+    Option(
+        "connect-webhook",
+        Text("URL"),
+        None,
+        "with --auth webhook: POST every CONNECT's headers, transport and client address to "
+        'this URL as JSON; a 2xx {"user": ID} admits the session as that user, anything '
+        "else refuses it (docs/security.md)",
+        "auth",
+    ),
+    Option(
+        "connect-webhook-token",
+        Text("TOKEN"),
+        None,
+        "sent to --connect-webhook as 'Authorization: Bearer TOKEN'",
+        "auth",
+    ),
+    Option(
+        "connect-webhook-timeout",
+        Seconds(),
+        _CONFIG.connect_webhook_timeout_s,
+        "a CONNECT whose webhook call is not answered within this is refused; below "
+        "--connect-timeout",
+        "auth",
+    ),
+    Option(
+        "connect-webhook-concurrency",
+        Integer(),
+        _CONFIG.connect_webhook_concurrency,
+        "connect webhook calls one node makes at a time; further CONNECTs wait (within "
+        "--connect-webhook-timeout)",
         "auth",
     ),
     Option("jwt-secret", Text("SECRET"), None, "HS256 secret (32+ bytes) for --auth jwt", "auth"),
@@ -642,6 +675,10 @@ def config_from_options(values: Resolved) -> Config:
         jwt_allow_no_exp=v["jwt-allow-no-exp"],
         allow_query_token=v["allow-query-token"],
         api_key=v["api-key"] or None,
+        connect_webhook=v["connect-webhook"] or None,
+        connect_webhook_token=v["connect-webhook-token"] or None,
+        connect_webhook_timeout_s=v["connect-webhook-timeout"],
+        connect_webhook_concurrency=v["connect-webhook-concurrency"],
         trusted_proxies=tuple(v["trusted-proxy"]) or DEFAULT_TRUSTED_PROXIES,
         allowed_origins=tuple(v["allowed-origin"] + v["sockjs-allowed-origin"]) or ("*",),
         send_allow=tuple(v["send-allow"]),
@@ -711,6 +748,9 @@ JWT_ONLY_OPTIONS = (
 def check_config(config: Config, values: Resolved) -> None:
     """What no single option can check: options that need one another."""
     shared = config.broker.split(":", 1)[0] in REDIS_SCHEMES
+    amqp = config.broker.split(":", 1)[0] in AMQP_SCHEMES
+    if amqp and config.inbox_url.split(":", 1)[0] not in PG_SCHEMES:
+        raise OptionError(AMQP_NEEDS_INBOX)
     if config.api_key is not None and (problem := api_key_problem(config.api_key)):
         # RFC 6750 §2.1: a key outside the b64token set can never arrive as a bearer token.
         raise OptionError(
@@ -735,20 +775,21 @@ def check_config(config: Config, values: Resolved) -> None:
     elif jwt_only := [key for key in JWT_ONLY_OPTIONS if values.values[key]]:
         key = jwt_only[0]
         raise OptionError(
-            f"{values.origins[key]} is set but --auth is 'none', so no token would be "
-            "checked: add --auth jwt, or remove it"
+            f"{values.origins[key]} is set but --auth is '{config.auth}', so no token would "
+            "be checked: add --auth jwt, or remove it"
         )
-    if config.sockjs_test_services and config.auth == "jwt":
+    check_connect_webhook(config, values)
+    if config.sockjs_test_services and config.auth != "none":
         raise OptionError(
             "--sockjs-test-services serves echo endpoints that no token guards: it is for "
-            "conformance testing and cannot be combined with --auth jwt"
+            f"conformance testing and cannot be combined with --auth {config.auth}"
         )
     if config.sockjs_test_services and (taken := set(config.endpoints) & set(TEST_SERVICES)):
         raise OptionError(
             f"--sockjs-test-services needs {', '.join(sorted(taken))} for itself: "
             "choose other --endpoint paths"
         )
-    if config.workers > 1 and not shared:
+    if config.workers > 1 and not (shared or amqp):
         raise OptionError(
             "--workers N needs a shared broker (--broker redis://...): with memory:// each "
             "worker would be a separate island and messages would not cross between them"
@@ -792,6 +833,31 @@ def check_inbox(config: Config) -> None:
         "--broker): its store script announces on that Redis. Leave --inbox out, or use "
         "--inbox postgresql://..."
     )
+
+
+CONNECT_WEBHOOK_OPTIONS = (
+    *("connect-webhook", "connect-webhook-token"),
+    *("connect-webhook-timeout", "connect-webhook-concurrency"),
+)
+"""Options that mean something only with ``--auth webhook``: refused without it."""
+
+
+def check_connect_webhook(config: Config, values: Resolved) -> None:
+    """``--auth webhook`` and ``--connect-webhook`` come together (docs/security.md)."""
+    if config.auth == "webhook":
+        if not config.connect_webhook:
+            raise OptionError("--auth webhook needs --connect-webhook URL")
+        if config.connect_webhook_timeout_s >= config.connect_timeout_s:
+            raise OptionError(
+                f"--connect-webhook-timeout ({config.connect_webhook_timeout_s:g} s) must be "
+                f"below --connect-timeout ({config.connect_timeout_s:g} s), the time a "
+                "session has to be connected"
+            )
+    elif given := [key for key in CONNECT_WEBHOOK_OPTIONS if values.origins[key] != "default"]:
+        raise OptionError(
+            f"{values.origins[given[0]]} is set but --auth is '{config.auth}', so no "
+            "webhook would be asked: add --auth webhook, or remove it"
+        )
 
 
 # -- main ---------------------------------------------------------------------------------------

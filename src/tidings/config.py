@@ -28,7 +28,8 @@ class Config:
     migrate: bool = False  # apply the PostgreSQL inbox's schema migrations at start
     node_id: str = ""
     endpoints: tuple[str, ...] = DEFAULT_ENDPOINTS
-    # Identity: "none" trusts the CONNECT login header; "jwt" verifies a token.
+    # Identity: "none" trusts the CONNECT login header; "jwt" verifies a token; "webhook"
+    # asks connect_webhook (tidings.connect_webhook).
     auth: str = "none"
     jwt_secret: str | None = None
     jwt_public_key: str | None = None  # PEM text, not a path
@@ -37,6 +38,11 @@ class Config:
     jwt_allow_no_exp: bool = False  # accept tokens without exp (they never expire)
     allow_query_token: bool = False  # also take the token from ?access_token=
     api_key: str | None = None
+    # --auth webhook: CONNECT headers are POSTed here; a 2xx {"user": id} admits the session.
+    connect_webhook: str | None = None
+    connect_webhook_token: str | None = None
+    connect_webhook_timeout_s: float = 5.0  # below connect_timeout_s
+    connect_webhook_concurrency: int = 64
     # Proxies whose X-Forwarded-For names the client (tidings.trust); () trusts nobody.
     trusted_proxies: tuple[str, ...] = DEFAULT_TRUSTED_PROXIES
     # Origin patterns a browser page may open a WebSocket or SockJS session from ("*": any).

@@ -29,7 +29,10 @@ from urllib.parse import urlsplit
 
 ENV_PREFIX = "TIDINGS_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
-BROKER_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "rediss+sentinel")
+BROKER_SCHEMES = (
+    *("memory", "redis", "rediss", "redis+sentinel", "rediss+sentinel"),
+    *("amqp", "amqps"),
+)
 
 # TIDINGS_* variables the project reads that are not options of `tidings serve`.
 NOT_OPTIONS: dict[str, str] = {
@@ -226,14 +229,22 @@ class BrokerUrl(Kind):
         scheme = urlsplit(value).scheme
         if scheme not in BROKER_SCHEMES:
             raise ValueError(
-                "expected a memory://, redis://, rediss:// or redis+sentinel:// URL, got "
-                f"{redact_url(value)!r}"
+                "expected a memory://, redis://, rediss://, redis+sentinel:// or amqp:// URL, "
+                f"got {redact_url(value)!r}"
             )
         if scheme.endswith("+sentinel"):
             # Imported here: redis-py loads only when a Redis URL is configured.
             from tidings.redis_sentinel import parse  # noqa: PLC0415
 
             parse(value)  # ValueError saying what is wrong
+        if scheme.startswith("amqp"):
+            try:  # aiormq, the `amqp` extra, loads only when an AMQP URL is configured
+                from tidings.brokers.amqp import split_url  # noqa: PLC0415
+            except ImportError:
+                raise ValueError(
+                    "an amqp:// broker needs the aiormq package: pip install 'tidings[amqp]'"
+                ) from None
+            split_url(value)  # ValueError saying what is wrong
         return value
 
 

@@ -220,6 +220,7 @@ class TrustPolicy:
         "_send_allow",
         "allow_query_token",
         "proxies",
+        "users_verified",
         "verifier",
     )
 
@@ -232,7 +233,10 @@ class TrustPolicy:
         send_allow: tuple[str, ...] = (),
         verifier: JwtVerifier | None = None,
         allow_query_token: bool = False,
+        users_verified: bool | None = None,
     ) -> None:
+        """``users_verified``: a session's user is vouched for (``--auth jwt`` or
+        ``webhook``), so it may read only its own destinations; by default, with a verifier."""
         if api_key is not None and (problem := api_key_problem(api_key)):
             raise ValueError(f"this API key can never authenticate: {problem}")
         self._api_key = api_key.encode() if api_key else None
@@ -246,6 +250,7 @@ class TrustPolicy:
         self._send_allow: GlobSet | None = compile_globs(send_allow)
         self.verifier = verifier
         self.allow_query_token = allow_query_token
+        self.users_verified = verifier is not None if users_verified is None else users_verified
 
     @classmethod
     def from_config(cls, config: Config) -> TrustPolicy:
@@ -256,6 +261,7 @@ class TrustPolicy:
             send_allow=config.send_allow,
             verifier=verifier_for(config) if config.auth == "jwt" else None,
             allow_query_token=config.allow_query_token,
+            users_verified=config.auth != "none",
         )
 
     # -- HTTP callers ------------------------------------------------------------------------
@@ -345,12 +351,13 @@ class TrustPolicy:
         return verifier.identity(token)
 
     def authorize_subscription(self, user: str | None, target: Route) -> None:
-        """With ``--auth jwt`` a session may read only its own user's destinations.
+        """With ``--auth jwt`` or ``webhook`` a session may read only its own user's
+        destinations.
 
         With ``--auth none`` the login is whatever the client says, so there is nothing
         to hold it to (docs/security.md).
         """
-        if self.verifier is not None and target.user is not None and target.user != user:
+        if self.users_verified and target.user is not None and target.user != user:
             raise AuthError(
                 f"user {user} may not subscribe to messages of user {target.user}",
                 "forbidden_destination",

@@ -1,5 +1,6 @@
-"""Brokers, chosen by URL scheme: ``memory://`` (default), ``redis://``, ``rediss://``
-and ``redis+sentinel://`` (``rediss+sentinel://``)."""
+"""Brokers, chosen by URL scheme: ``memory://`` (default), ``redis://``, ``rediss://``,
+``redis+sentinel://`` (``rediss+sentinel://``), and ``amqp://`` / ``amqps://`` (RabbitMQ,
+routing only: its messages are stored elsewhere, issue 20)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,17 @@ from tidings.brokers.memory import MemoryBroker
 
 REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 """The URL schemes of a broker on Redis (shared by every node of a deployment)."""
+AMQP_SCHEMES = ("amqp", "amqps")
+"""The URL schemes of a broker on RabbitMQ (AMQP 0-9-1)."""
+AMQP_NEEDS_INBOX = (
+    "--broker amqp:// routes messages between nodes but stores none: it needs an inbox "
+    "store of its own, --inbox postgresql://... (issue 20)"
+)
+"""Why a node refuses to start on an AMQP broker without a PostgreSQL ``--inbox``."""
 
 __all__ = [
+    "AMQP_NEEDS_INBOX",
+    "AMQP_SCHEMES",
     "REDIS_SCHEMES",
     "Broker",
     "ContinuityHandler",
@@ -31,7 +41,12 @@ def broker_from_url(url: str) -> Broker:
         from tidings.brokers.redis import RedisBroker  # noqa: PLC0415
 
         return RedisBroker(url)
+    if scheme in AMQP_SCHEMES:
+        # Imported here so that aiormq (the `amqp` extra) loads only for an AMQP URL.
+        from tidings.brokers.amqp import AmqpBroker  # noqa: PLC0415
+
+        return AmqpBroker(url)
     raise ValueError(
         f"unsupported broker URL {url!r}: supported schemes are memory://, redis://, rediss://, "
-        "redis+sentinel://, rediss+sentinel://"
+        "redis+sentinel://, rediss+sentinel://, amqp://, amqps://"
     )

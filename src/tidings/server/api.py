@@ -392,16 +392,7 @@ class PublishApi:
     async def inbox_listing(self, request: web.Request) -> web.Response:
         """The user's retained messages after ``after``, with ids and read flags."""
         self._check_caller(request)
-        user = _user(request)
-        after = request.query.get("after", "0")
-        if not publish_rules.valid_inbox_id(after):
-            raise ApiError(400, "invalid_field", "'after' must be an inbox id like 1700000000000-0")
-        limit_text = request.query.get("limit", "100")
-        limit = int(limit_text) if _LIMIT.fullmatch(limit_text) else 0
-        if not 1 <= limit <= MAX_INBOX_PAGE:
-            raise ApiError(400, "invalid_field", f"'limit' must be an integer 1..{MAX_INBOX_PAGE}")
-        stored = await self.node.inbox.listing(user, after, limit=limit)
-        return web.json_response({"messages": [_stored_json(s) for s in stored]})
+        return web.json_response(await inbox_page(self.node, _user(request), request.query))
 
     async def inbox_unread(self, request: web.Request) -> web.Response:
         self._check_caller(request)
@@ -411,13 +402,7 @@ class PublishApi:
     async def inbox_mark_read(self, request: web.Request) -> web.Response:
         """``{"ids": [...]}`` or ``{"up_to": id}``; the user's sessions get an inbox-state event."""
         data = await self._read_object(request)
-        user = _user(request)
-        try:
-            ids, up_to = parse_read_request(data)
-        except ValueError as exc:
-            raise ApiError(400, "invalid_field", str(exc)) from None
-        unread = await self.node.mark_read(user, ids=ids, up_to=up_to)
-        return web.json_response({"unread": unread})
+        return web.json_response(await mark_read(self.node, _user(request), data))
 
     async def user_presence(self, request: web.Request) -> web.Response:
         """``{"online", "sessions", "nodes"}`` for one user, cluster-wide."""
@@ -522,6 +507,28 @@ async def _batch_answer(started: list[asyncio.Future[str] | BrokerUnavailable]) 
         },
         503,
     )
+
+
+async def inbox_page(node: Node, user: str, query: Mapping[str, str]) -> dict[str, object]:
+    """``{"messages": [...]}``: ``user``'s retained messages after ``?after`` (``?limit``)."""
+    after = query.get("after", "0")
+    if not publish_rules.valid_inbox_id(after):
+        raise ApiError(400, "invalid_field", "'after' must be an inbox id like 1700000000000-0")
+    limit_text = query.get("limit", "100")
+    limit = int(limit_text) if _LIMIT.fullmatch(limit_text) else 0
+    if not 1 <= limit <= MAX_INBOX_PAGE:
+        raise ApiError(400, "invalid_field", f"'limit' must be an integer 1..{MAX_INBOX_PAGE}")
+    stored = await node.inbox.listing(user, after, limit=limit)
+    return {"messages": [_stored_json(s) for s in stored]}
+
+
+async def mark_read(node: Node, user: str, data: dict[str, object]) -> dict[str, object]:
+    """``{"ids": [...]}`` or ``{"up_to": id}`` marked read; ``{"unread": n}`` after."""
+    try:
+        ids, up_to = parse_read_request(data)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_field", str(exc)) from None
+    return {"unread": await node.mark_read(user, ids=ids, up_to=up_to)}
 
 
 def _stored_json(stored: Stored) -> dict[str, object]:

@@ -19,8 +19,16 @@ from aiohttp import web
 
 from tidings import __version__
 from tidings.app_webhook import AppWebhook
-from tidings.brokers import REDIS_SCHEMES, Broker, MemoryBroker, broker_from_url
+from tidings.brokers import (
+    AMQP_NEEDS_INBOX,
+    AMQP_SCHEMES,
+    REDIS_SCHEMES,
+    Broker,
+    MemoryBroker,
+    broker_from_url,
+)
 from tidings.config import Config
+from tidings.connect_webhook import ConnectWebhook
 from tidings.inbox.base import Inbox
 from tidings.inbox.memory import MemoryInbox
 from tidings.inbox.pg_schema import PG_SCHEMES
@@ -32,6 +40,7 @@ from tidings.server.admin import AdminApi
 from tidings.server.admin_access import client_address, forwarded_for_of
 from tidings.server.api import PublishApi, client_max_size, error_response, json_errors
 from tidings.server.edge import ORIGIN_NOT_ALLOWED, STOMP_SUBPROTOCOLS, Edge, start_websocket
+from tidings.server.me_api import MeApi
 from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tidings.server.metrics import UPGRADED, Metrics, response_counter
 from tidings.server.openapi import openapi_document
@@ -120,6 +129,19 @@ def build_node(config: Config) -> Node:
         )
     if config.legacy_channel:
         raise ValueError("--legacy-channel needs a redis:// broker")
+    if scheme in AMQP_SCHEMES:
+        amqp = broker_from_url(config.broker)
+        stored = build_inbox(config, amqp)
+        if stored is None:
+            raise ValueError(AMQP_NEEDS_INBOX)
+        # Presence stays per node on this combination for now (issue 20: its home).
+        return Node(
+            amqp,
+            MemoryPresence(node_id),
+            stored,
+            node_id=node_id,
+            catchup_interval_s=config.catchup_interval_s,
+        )
     memory = broker_from_url(config.broker)  # ValueError naming the supported schemes
     assert isinstance(memory, MemoryBroker)
     return Node(
@@ -128,6 +150,18 @@ def build_node(config: Config) -> Node:
         build_inbox(config, memory) or MemoryInbox(memory, config.inbox),
         node_id=node_id,
         catchup_interval_s=config.catchup_interval_s,
+    )
+
+
+def connect_webhook_for(config: Config) -> ConnectWebhook | None:
+    """``--auth webhook``'s client of ``--connect-webhook`` (tidings.connect_webhook)."""
+    if config.auth != "webhook" or not config.connect_webhook:
+        return None
+    return ConnectWebhook(
+        config.connect_webhook,
+        token=config.connect_webhook_token,
+        timeout_s=config.connect_webhook_timeout_s,
+        max_in_flight=config.connect_webhook_concurrency,
     )
 
 
@@ -154,6 +188,7 @@ class Server:
                 max_message_bytes=config.max_message_bytes,
             )
         self.app_webhook = app_webhook
+        self.connect_webhook = connect_webhook_for(config)
         self.context = SessionContext(
             config,
             self.node,
@@ -163,12 +198,14 @@ class Server:
             f"Tidings/{__version__} (node {self.node.id})",
             ConnectDeadlines(config.connect_timeout_s),
             app_webhook,
+            self.connect_webhook,
             send_budget=SendBudget(config.max_send_stored_bytes, config.inbox),
         )
         self.exporter = Metrics(self.context)
         self.api = PublishApi(
             self.node, self.trust, self.stats, max_message_bytes=config.max_message_bytes
         )
+        self.me = MeApi(self.node, self.trust, self.stats, auth=config.auth)  # /api/v1/me
         self.api_connections: set[ApiConnection] = set()  # publishes served by the edge
         self.admin = AdminApi(self.context, self.api)
 
@@ -288,6 +325,8 @@ class Server:
         await self.node.start()
         if self.app_webhook is not None:
             await self.app_webhook.start()
+        if self.connect_webhook is not None:
+            await self.connect_webhook.start()
         await self.admin.start()
         self.exporter.start()
         # Modules, classes and the app live as long as the process: keep them out of every
@@ -324,6 +363,8 @@ class Server:
         self.exporter.stop()
         if self.app_webhook is not None:
             await self.app_webhook.close()
+        if self.connect_webhook is not None:
+            await self.connect_webhook.close()
         await self.admin.stop()
         await self.node.stop()
 
@@ -350,6 +391,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/vendor/{name}", server.vendor)
     app.router.add_get("/tidings.js", server.sdk)
     app.router.add_routes(server.api.routes())
+    app.router.add_routes(server.me.routes())
     app.router.add_routes(server.admin.routes())
     app.router.add_get("/admin", server.admin_console)
     app.on_startup.append(server.on_startup)

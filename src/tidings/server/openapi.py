@@ -22,6 +22,7 @@ from tidings.publish_rules import (
 )
 from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tidings.server.openapi_admin import admin_inbox_delete, admin_paths, admin_schemas
+from tidings.server.openapi_me import ME_SECURITY_SCHEME, me_paths
 
 __all__ = ["OPENAPI_VERSION", "RESERVED_HEADERS", "openapi_document"]
 
@@ -157,7 +158,12 @@ def openapi_document(*, version: str) -> dict[str, object]:
             "schemas": _schemas(),
             "responses": _error_responses(),
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": _SECURITY_DESCRIPTION}
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": _SECURITY_DESCRIPTION,
+                },
+                "userToken": ME_SECURITY_SCHEME,
             },
         },
     }
@@ -188,6 +194,7 @@ def _paths() -> Json:
         "/vendor/{name}": {"get": _vendor_file()},
         "/tidings.js": {"get": _sdk()},
         **admin_paths(),
+        **me_paths(),
     }
 
 

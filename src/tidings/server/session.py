@@ -21,6 +21,7 @@ import orjson
 from tidings.app_webhook import ERRORS_DESTINATION, REPLY_DESTINATION, AppWebhook
 from tidings.app_webhook import Failure as WebhookFailure
 from tidings.catchup import GAP_HEADER
+from tidings.connect_webhook import ConnectWebhook
 from tidings.destinations import route
 from tidings.errors import (
     AuthError,
@@ -158,6 +159,7 @@ class SessionContext:
     server_header: str  # STOMP 1.2 §CONNECTED: server = name/version *(comment)
     connect_deadlines: ConnectDeadlines
     app_webhook: AppWebhook | None = None  # client SENDs to --app-prefix go there
+    connect_webhook: ConnectWebhook | None = None  # --auth webhook: it names the user
     # What client SENDs may keep stored (--max-send-stored-bytes); no cap unless given.
     send_budget: SendBudget = field(default_factory=lambda: SendBudget(0, InboxLimits()))
     sessions: set[StompSession] = field(default_factory=set)
@@ -295,7 +297,18 @@ class StompSession:
 
     async def _connect(self, event: ConnectRequested) -> None:
         self.server.connect_deadlines.discard(self)  # the CONNECT came in time
-        identity = self.server.trust.identify(event, self.access_token)
+        webhook = self.server.connect_webhook
+        if webhook is None:
+            identity = self.server.trust.identify(event, self.access_token)
+        else:  # within --connect-webhook-timeout, below the CONNECT deadline
+            identity = await webhook.identify(
+                event.frame.headers,
+                session=self.id,
+                transport=self.transport_name,
+                address=self.remote,
+            )
+            if self.closed:  # the client left while the back end thought
+                return
         self.user = identity.user if identity is not None else None
         self.version = event.version
         if identity is not None and identity.expires_at is not None:

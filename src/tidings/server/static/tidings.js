@@ -13,6 +13,8 @@
 // nothing is shown twice. User messages are acknowledged (ack:client-individual) once the
 // "notification" listeners ran; a first visit gets what the user has not acknowledged yet.
 // The unread count comes from /user/queue/inbox-state (the current state, then changes).
+// With a token, a first visit (no last id kept yet) first reads the user's history from
+// GET /api/v1/me/inbox, so the bell shows past notifications too (detail.history: true).
 // docs/notification-center.md walks through it.
 
 const STATE_DESTINATION = "/user/queue/inbox-state";
@@ -21,6 +23,7 @@ const RESUME_HEADER = "tidings-resume-after";
 const ID_HEADER = "tidings-id";
 const GAP_HEADER = "tidings-gap";
 const WEBSOCKET_FAILURES_BEFORE_SOCKJS = 2;
+const HISTORY_PAGE = 1000;  // the most GET /api/v1/me/inbox answers at once
 
 /** -1, 0 or 1 as inbox id a ("<ms>-<seq>") is before, equal to or after b. */
 export function compareIds(a, b) {
@@ -114,7 +117,8 @@ class MemoryStorage {
  *   topics        topic destinations to receive too, e.g. ["/topic/public"]
  *   storage       where last ids are kept, default localStorage
  *   reconnectDelay ms between reconnects, default 1000
- * Events: "notification" (detail: {id, body, json(), headers, destination, topic, gap}),
+ * Events: "notification" (detail: {id, body, json(), headers, destination, topic, gap,
+ * history}: history is true for what a first visit read from /api/v1/me/inbox),
  * "unread" (detail: the count), "status" (detail: {state, transport, error}).
  */
 export function connect(options = {}) {
@@ -180,6 +184,8 @@ export class NotificationCenter extends EventTarget {
     const { base } = this.#options;
     if (!globalThis.StompJs) await loadScript(`${base}/vendor/stomp.umd.min.js`);
     if (this.#transport === "sockjs") await this.#loadSockJS();
+    // Without it the bell still gets what is unacknowledged, as on any first visit.
+    await this.#history().catch((error) => console.warn("tidings.js: no history:", error));
     const client = new globalThis.StompJs.Client({
       webSocketFactory: () => this.#socket(),
       reconnectDelay: this.#options.reconnectDelay,
@@ -193,6 +199,42 @@ export class NotificationCenter extends EventTarget {
     this.#client = client;
     this.#status("connecting");
     client.activate();
+  }
+
+  // A first visit with a token: the retained messages, oldest first, then live ones
+  // resume after the newest of them (the STOMP subscription starts from the last id).
+  async #history() {
+    const { base, token, destination } = this.#options;
+    if (!token || this.#lastId(destination) !== null) return;
+    const bearer = typeof token === "function" ? await token() : token;
+    let after = "0";
+    for (;;) {
+      const url = `${base}/api/v1/me/inbox?after=${after}&limit=${HISTORY_PAGE}`;
+      const reply = await fetch(url, { headers: { Authorization: `Bearer ${bearer}` } });
+      if (!reply.ok) throw new Error(`${url}: ${reply.status}`);
+      const { messages } = await reply.json();
+      for (const stored of messages) this.#showStored(stored);
+      if (messages.length < HISTORY_PAGE) return;
+      after = messages.at(-1).id;
+    }
+  }
+
+  #showStored(stored) {
+    const json = stored.content_type.startsWith("application/json");
+    const body = json ? JSON.stringify(stored.body) : stored.body;
+    const detail = {
+      id: stored.id,
+      body,
+      headers: { ...stored.headers, [ID_HEADER]: stored.id },
+      destination: stored.destination,
+      topic: false,
+      gap: false,
+      history: true,
+      read: stored.read,
+      json() { return JSON.parse(body); },
+    };
+    this.dispatchEvent(new CustomEvent("notification", { detail }));
+    this.#remember(this.#options.destination, stored.id);
   }
 
   async #beforeConnect(client) {
@@ -256,6 +298,7 @@ export class NotificationCenter extends EventTarget {
         destination: frame.headers.destination,
         topic,
         gap: frame.headers[GAP_HEADER] === "true",
+        history: false,
         json() { return JSON.parse(frame.body); },
       };
       this.dispatchEvent(new CustomEvent("notification", { detail }));
