@@ -26,6 +26,7 @@ from .cluster_fixture import cluster, redis_cluster  # noqa: F401
 from .jsclient import JsClient
 from .nginx_fixture import nginx_proxy  # noqa: F401
 from .ports import free_port
+from .postgres_fixture import pg_cluster, postgres_db  # noqa: F401
 from .processes import terminate
 from .rabbit_fixture import rabbit_server  # noqa: F401
 from .redis_fixture import redis_server  # noqa: F401

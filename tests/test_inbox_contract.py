@@ -1,12 +1,15 @@
-"""The inbox contract (DESIGN.md §5, tidings/inbox/base.py), run unchanged on both inboxes.
+"""The inbox contract (DESIGN.md §5, tidings/inbox/base.py), run unchanged on every inbox.
 
 Each subject is an inbox on its own started broker whose handler records what was
 announced, plus ``other``: for Redis a second ``RedisInbox`` on a second connection to
-the same Redis (another node, another device), for memory the same inbox. Read and ack
-state is written on one and checked on the other: every device agrees. Every Redis test
-runs its own redis-server; the ``cluster`` subjects share the session's Redis Cluster
+the same Redis (another node, another device), for memory the same inbox, for
+PostgreSQL (issue 20) a second ``PostgresInbox`` on the same database, each announcing
+on its own Redis broker of one redis-server (two nodes). Read and ack state is written
+on one and checked on the other: every device agrees. Every Redis test runs its own
+redis-server; the ``cluster`` subjects share the session's Redis Cluster
 (tests/cluster_fixture.py), emptied for each test, and name keys as a cluster does
-(``tidings.redis_keys``).
+(``tidings.redis_keys``); every PostgreSQL test has its own database
+(tests/postgres_fixture.py).
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from tidings.brokers.redis import RedisBroker, redis_broker
 from tidings.errors import BrokerUnavailable
 from tidings.inbox.base import Inbox, InboxLimits, compare_ids, split_announcement
 from tidings.inbox.memory import MemoryInbox
+from tidings.inbox.postgresql import PostgresInbox
 from tidings.inbox.redis import InboxWriter, RedisInbox
 from tidings.message import Message, id_key
 from tidings.redis_keys import KeyLayout
 
 from .cluster_fixture import ClusterServer
+from .postgres_fixture import PgCluster, PgDatabase
 from .redis_fixture import RedisServer
 from .sentinel_fixture import one_sentinel
 
@@ -77,6 +82,7 @@ class Subject:
     got: Recorder
     server: RedisServer | ClusterServer | None
     keys: KeyLayout
+    pg: PgDatabase | None = None
 
     async def announced(self, channel: str) -> list[bytes]:
         """Everything announced on ``channel`` (subscribed) so far: a marker published
@@ -91,17 +97,25 @@ class Subject:
 Make = Callable[..., Awaitable[Subject]]
 
 
-@pytest.fixture(params=["memory", "redis", "sentinel", "cluster"])
+@pytest.fixture(params=["memory", "redis", "sentinel", "cluster", "postgresql"])
 async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Make]:
     """Factory: ``subject = await make(**InboxLimits fields)``; all closed at teardown.
 
     ``sentinel``: Redis found through a sentinel (``redis+sentinel://``), with a replica
-    and ``min_replicas=1``: every publish waits for the replica (WAIT)."""
+    and ``min_replicas=1``: every publish waits for the replica (WAIT).
+    ``postgresql``: the inbox in a database of its own, announced on Redis brokers."""
     server: RedisServer | ClusterServer | None = None
+    pg: PgDatabase | None = None
     url = ""
     stack = contextlib.AsyncExitStack()
     defaults: dict[str, Any] = {}
-    if request.param == "redis":
+    if request.param == "postgresql":
+        cluster: PgCluster = request.getfixturevalue("pg_cluster")
+        pg = await cluster.database()
+        server = RedisServer(tmp_path)
+        await server.start()
+        url = server.url
+    elif request.param == "redis":
         server = RedisServer(tmp_path)
         await server.start()
         url = server.url
@@ -133,23 +147,29 @@ async def make(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
             brokers.append(second)
             await broker.start(got)
             await second.start(Recorder())
-            inbox = RedisInbox(broker, inbox_limits)
-            other = RedisInbox(second, inbox_limits)
+            if pg is not None:
+                inbox = PostgresInbox(pg.url, broker, inbox_limits, pool_size=4)
+                other = PostgresInbox(pg.url, second, inbox_limits, pool_size=4)
+            else:
+                inbox = RedisInbox(broker, inbox_limits)
+                other = RedisInbox(second, inbox_limits)
         brokers.append(broker)
         inboxes.extend((inbox, other))
         await inbox.start()
         await other.start()
         keys = KeyLayout(cluster=request.param == "cluster")
-        return Subject(request.param, inbox, other, broker, got, server, keys)
+        return Subject(request.param, inbox, other, broker, got, server, keys, pg)
 
     async with stack:
         yield build
-        for inbox in inboxes:
-            await inbox.close()
+        for each in inboxes:
+            await each.close()
         for broker in brokers:
             await broker.close()
-        if request.param == "redis" and server is not None:
+        if request.param in ("redis", "postgresql") and server is not None:
             await server.stop()
+        if pg is not None:
+            await pg.drop()
 
 
 def msg(channel: str, body: str = "hi", destination: str = "/message") -> Message:
@@ -162,6 +182,17 @@ async def publish_n(inbox: Inbox, channel: str, n: int, destination: str = "/mes
 
 async def not_stored(s: Subject, channel: str) -> bool:
     """True once ``channel``'s inbox is gone, looked at without trimming it."""
+    if s.pg is not None:
+        conn = await s.pg.connect()
+        try:
+            live = await conn.fetchval(
+                "SELECT count(*) FROM tidings.channels"
+                " WHERE channel = $1 AND expires_ms > tidings.now_ms()",
+                channel,
+            )
+        finally:
+            await conn.close()
+        return bool(live == 0)
     if s.server is None:
         assert isinstance(s.inbox, MemoryInbox)
         return s.inbox._streams.get(channel) is None
@@ -174,6 +205,19 @@ async def not_stored(s: Subject, channel: str) -> bool:
 
 async def stored_state(s: Subject, user: str) -> tuple[int, int, int]:
     """(messages, acked ids, read ids) stored for ``user``, looked at without trimming."""
+    if s.pg is not None:
+        conn = await s.pg.connect()
+        try:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM tidings.messages WHERE channel = 'u:' || $1),"
+                " (SELECT count(*) FROM tidings.acked WHERE user_id = $1),"
+                " (SELECT count(*) FROM tidings.read_ids WHERE user_id = $1)",
+                user,
+            )
+        finally:
+            await conn.close()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
     if s.server is None:
         assert isinstance(s.inbox, MemoryInbox)
         stream = s.inbox._streams.get(f"u:{user}")
@@ -505,12 +549,7 @@ class TestAcks:
         await s.inbox.ack("1", old)
         new = await publish_n(s.inbox, "u:1", 2)
         assert ids_of(await s.other.unacked("1", "/message", limit=10)) == new
-        if s.server is not None:
-            client = s.server.client()
-            try:
-                assert await client.zcard(s.keys.user_key("acked", "1")) == 0
-            finally:
-                await client.aclose()
+        assert (await stored_state(s, "1"))[1] == 0  # no acked id kept
 
 
 class TestReadState:
@@ -607,12 +646,7 @@ class TestReadState:
         ]
         await publish_n(s.inbox, "u:4", 3)  # everything read is gone
         assert await s.other.unread("4") == 3
-        if s.server is not None:
-            client = s.server.client()
-            try:
-                assert await client.zcard(s.keys.user_key("read", "4")) == 0
-            finally:
-                await client.aclose()
+        assert (await stored_state(s, "4"))[2] == 0  # no read id kept
 
     async def test_unread_counts_across_trims_by_count(self, make: Make) -> None:
         s = await make(max_messages=3)
@@ -674,7 +708,9 @@ class TestFailure:
     async def test_storage_failure_raises_broker_unavailable(self, make: Make) -> None:
         s = await make()
         ids = await publish_n(s.inbox, "u:1", 1)
-        if s.server is not None:
+        if s.pg is not None:
+            await s.pg.drop()  # every connection ends, and none can be made again
+        elif s.server is not None:
             await s.server.stop()
         else:
             await s.broker.close()
@@ -693,8 +729,9 @@ class TestFailure:
             s.inbox.unread("1"),
             s.inbox.mark_read("1", ids=ids),
         ]
+        engine = "postgresql" if s.pg is not None else "redis"
         for call in calls:
-            with pytest.raises(BrokerUnavailable, match="redis unavailable"):
+            with pytest.raises(BrokerUnavailable, match=f"{engine} unavailable"):
                 await call
 
     async def test_closed_inbox_refuses(self, make: Make) -> None:

@@ -43,6 +43,7 @@ def test_wheel_holds_the_static_files_and_the_licenses(installed_wheel: Installe
         text = wheel.read(metadata).decode()
     assert "tidings/server/static/vendor/sockjs.min.js" in names
     assert "tidings/server/static/vendor/stomp.umd.min.js" in names
+    assert "tidings/inbox/pg_migrations/0001_inbox.sql" in names  # tidings migrate reads it
     assert "License-Expression: MIT" in text
     assert "License-File: THIRD_PARTY_NOTICES" in text
 

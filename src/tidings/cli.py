@@ -38,11 +38,13 @@ from tidings.config import DEFAULT_ENDPOINTS, DEFAULT_TRUSTED_PROXIES, Config
 from tidings.errors import TidingsError
 from tidings.inbox.base import InboxLimits
 from tidings.inbox.memory import MAX_REPLICA_TIMEOUT_S
+from tidings.inbox.pg_schema import PG_SCHEMES, SchemaNotReady
 from tidings.options import (
     CONFIG_ENV,
     BrokerUrl,
     Choice,
     EndpointPath,
+    InboxUrl,
     Integer,
     Many,
     Option,
@@ -106,6 +108,24 @@ OPTIONS: tuple[Option, ...] = (
         "[?db=&password=&sentinel_password=] finds the master through Redis Sentinel and "
         "follows its failovers; redis+cluster://host:port[,host:port...][?password=] "
         "spreads channels over the masters of a Redis Cluster (rediss+cluster:// for TLS)",
+        "broker",
+    ),
+    Option(
+        "inbox",
+        InboxUrl(),
+        "",
+        "where messages are stored, if not in the broker's own store: "
+        "postgresql://user:password@host:port/database keeps inboxes in PostgreSQL with any "
+        "broker (its schema comes from `tidings migrate`, or --migrate); memory:// only "
+        "with --broker memory://, a Redis URL only as the broker's own",
+        "broker",
+        shown_default="the broker's",
+    ),
+    Option(
+        "migrate",
+        Switch(),
+        False,
+        "apply the PostgreSQL inbox's schema migrations at start (as `tidings migrate`)",
         "broker",
     ),
     Option(
@@ -569,6 +589,20 @@ def _build() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         epilog="Exit codes: 0 stopped cleanly, 1 could not start (e.g. port taken), "
         "2 bad option. docs/deploy.md has a config file example.",
     )
+    migrate_cmd = commands.add_parser(
+        "migrate",
+        help="create or update the PostgreSQL inbox's schema",
+        usage="tidings migrate --inbox postgresql://...",
+        description="Apply the schema migrations of the PostgreSQL inbox (the schema "
+        "`tidings`) that the database lacks, in one transaction; a node started without "
+        "them refuses to start (exit code 2).",
+        epilog="Exit codes: 0 up to date, 1 the database cannot be reached, 2 bad option.",
+    )
+    migrate_cmd.add_argument(
+        "--inbox",
+        metavar="URL",
+        help="postgresql://user:password@host:port/database [env TIDINGS_INBOX]",
+    )
     serve.add_argument(
         "--config",
         metavar="FILE",
@@ -630,6 +664,8 @@ def config_from_options(values: Resolved) -> Config:
         host=v["host"],
         port=v["port"],
         broker=v["broker"],
+        inbox_url=v["inbox"],
+        migrate=v["migrate"],
         node_id=v["node-id"],
         endpoints=tuple(v["endpoint"]) or DEFAULT_ENDPOINTS,
         auth=v["auth"],
@@ -713,7 +749,8 @@ JWT_ONLY_OPTIONS = (
 def check_config(config: Config, values: Resolved) -> None:
     """What no single option can check: options that need one another."""
     shared = config.broker.split(":", 1)[0] in REDIS_SCHEMES
-    if config.broker.split(":", 1)[0] in AMQP_SCHEMES:
+    amqp = config.broker.split(":", 1)[0] in AMQP_SCHEMES
+    if amqp and config.inbox_url.split(":", 1)[0] not in PG_SCHEMES:
         raise OptionError(AMQP_NEEDS_INBOX)
     if config.api_key is not None and (problem := api_key_problem(config.api_key)):
         # RFC 6750 §2.1: a key outside the b64token set can never arrive as a bearer token.
@@ -753,18 +790,50 @@ def check_config(config: Config, values: Resolved) -> None:
             f"--sockjs-test-services needs {', '.join(sorted(taken))} for itself: "
             "choose other --endpoint paths"
         )
-    if config.workers > 1 and not shared:
+    if config.workers > 1 and not (shared or amqp):
         raise OptionError(
             "--workers N needs a shared broker (--broker redis://...): with memory:// each "
             "worker would be a separate island and messages would not cross between them"
         )
     if config.legacy_channel and not shared:
         raise OptionError("--legacy-channel needs a redis:// broker")
+    check_inbox(config)
     if config.inbox.min_replicas and not shared:
         raise OptionError(
             "--inbox-min-replicas needs a Redis broker (redis:// or redis+sentinel://): "
             "memory:// has no replicas"
         )
+
+
+def check_inbox(config: Config) -> None:
+    """``--inbox`` with ``--broker`` (issue 20; docs/deploy.md, "Where messages are stored"):
+    refuse what cannot work."""
+    inbox = config.inbox_url.split(":", 1)[0]
+    if inbox in PG_SCHEMES:
+        if config.legacy_channel:
+            raise OptionError(
+                "--legacy-channel needs the Redis inbox: its bridge stores and forwards in "
+                "one Redis script; leave --inbox out"
+            )
+        if config.inbox.min_replicas:
+            raise OptionError("--inbox-min-replicas waits for Redis replicas, not PostgreSQL's")
+        return
+    if config.migrate:
+        raise OptionError("--migrate applies the schema of a --inbox postgresql:// database")
+    if not config.inbox_url or config.inbox_url == config.broker:
+        return
+    if inbox == "memory":
+        raise OptionError(
+            "--inbox memory:// keeps messages in this process: with a shared broker every "
+            "node would keep its own, and a message stored on one would be missing from "
+            "the others' resumes and catch-ups. Use --inbox postgresql://..., or leave "
+            "--inbox out (the broker's own store)"
+        )
+    raise OptionError(
+        "--inbox with a Redis URL must be the broker's own Redis (the same URL as "
+        "--broker): its store script announces on that Redis. Leave --inbox out, or use "
+        "--inbox postgresql://..."
+    )
 
 
 CONNECT_WEBHOOK_OPTIONS = (
@@ -796,6 +865,8 @@ def check_connect_webhook(config: Config, values: Resolved) -> None:
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> None:
     parser, serve_parser = _build()
     args = parser.parse_args(argv)
+    if args.command == "migrate":
+        sys.exit(run_migrate(args.inbox or (environ or os.environ).get("TIDINGS_INBOX", "")))
     try:
         values = resolve_options(args, os.environ if environ is None else environ)
         config = config_from_options(values)
@@ -879,6 +950,27 @@ def _metrics_dir() -> Iterator[Callable[[int | None], None]]:
 class StartFailed(Exception):
     """The node cannot start; the message says why in one line."""
 
+    def __init__(self, message: str, code: int = EXIT_START_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def run_migrate(url: str) -> int:
+    """``tidings migrate``: apply the PostgreSQL inbox's missing migrations; exit code."""
+    if url.split(":", 1)[0] not in PG_SCHEMES:
+        print("tidings migrate: error: --inbox postgresql://... is required", file=sys.stderr)
+        return EXIT_USAGE
+    from tidings.inbox.pg_schema import apply  # noqa: PLC0415 - asyncpg loads only here
+
+    try:
+        applied, version = asyncio.run(apply(url))
+    except TidingsError as exc:
+        print(f"tidings migrate: error: {exc}", file=sys.stderr)
+        return EXIT_START_FAILED
+    done = f"applied {', '.join(map(str, applied))}" if applied else "nothing to apply"
+    print(f"tidings migrate: {redact_url(url)}: {done}; schema version {version}")
+    return 0
+
 
 def serve(
     config: Config, *, workers: int = 1, on_listening: Callable[[], None] | None = None
@@ -921,7 +1013,7 @@ def serve(
         )
     except StartFailed as exc:
         log.error("node %s cannot start: %s", server.node.id, exc)
-        code = EXIT_START_FAILED
+        code = exc.code
     finally:
         loop.run_until_complete(runner.cleanup())
         loop.run_until_complete(loop.shutdown_asyncgens())
@@ -934,6 +1026,8 @@ def serve(
 async def _start(runner: web.AppRunner, config: Config) -> None:
     try:
         await runner.setup()  # starts the node: broker, inbox, presence
+    except SchemaNotReady as exc:
+        raise StartFailed(str(exc), EXIT_USAGE) from None  # run `tidings migrate` first
     except TidingsError as exc:
         raise StartFailed(str(exc)) from None
     site = EdgeSite(

@@ -22,6 +22,10 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 9908
     broker: str = "memory://"
+    # Where messages are stored (issue 20): "" is the broker's own store (memory:// or
+    # its Redis); postgresql://... a PostgreSQL database with any broker.
+    inbox_url: str = ""
+    migrate: bool = False  # apply the PostgreSQL inbox's schema migrations at start
     node_id: str = ""
     endpoints: tuple[str, ...] = DEFAULT_ENDPOINTS
     # Identity: "none" trusts the CONNECT login header; "jwt" verifies a token; "webhook"

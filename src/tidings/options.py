@@ -253,6 +253,23 @@ class BrokerUrl(Kind):
         return value
 
 
+INBOX_SCHEMES = ("memory", *BROKER_SCHEMES[1:], "postgresql", "postgres")
+
+
+class InboxUrl(Kind):
+    """``--inbox``: where messages are stored (issue 20)."""
+
+    metavar = "URL"
+
+    def check(self, value: str) -> str:
+        if urlsplit(value).scheme not in INBOX_SCHEMES:
+            raise ValueError(
+                "expected a memory://, redis://, rediss://, redis+sentinel:// or "
+                f"postgresql:// URL, got {redact_url(value)!r}"
+            )
+        return value
+
+
 class EndpointPath(Kind):
     metavar = "PATH"
 

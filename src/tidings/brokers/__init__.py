@@ -23,10 +23,9 @@ AMQP_SCHEMES = ("amqp", "amqps")
 """The URL schemes of a broker on RabbitMQ (AMQP 0-9-1)."""
 AMQP_NEEDS_INBOX = (
     "--broker amqp:// routes messages between nodes but stores none: it needs an inbox "
-    "store of its own (--inbox, issue 20), which this version does not have yet; use "
-    "--broker redis:// meanwhile"
+    "store of its own, --inbox postgresql://... (issue 20)"
 )
-"""Why a node refuses to start on an AMQP broker until ``--inbox`` exists."""
+"""Why a node refuses to start on an AMQP broker without a PostgreSQL ``--inbox``."""
 
 __all__ = [
     "AMQP_NEEDS_INBOX",

@@ -23,12 +23,15 @@ from tidings.brokers import (
     AMQP_NEEDS_INBOX,
     AMQP_SCHEMES,
     REDIS_SCHEMES,
+    Broker,
     MemoryBroker,
     broker_from_url,
 )
 from tidings.config import Config
 from tidings.connect_webhook import ConnectWebhook
+from tidings.inbox.base import Inbox
 from tidings.inbox.memory import MemoryInbox
+from tidings.inbox.pg_schema import PG_SCHEMES
 from tidings.metrics import ServerStats
 from tidings.node import Node
 from tidings.presence import MemoryPresence, Presence
@@ -75,8 +78,27 @@ SHUTDOWN_ADVICE = (
 )
 
 
+def build_inbox(config: Config, broker: Broker) -> Inbox | None:
+    """The inbox ``--inbox`` names when it is not the broker's own store (issue 20), else
+    None. Combinations that cannot work are refused (ValueError; the CLI says it first)."""
+    scheme = urlsplit(config.inbox_url).scheme
+    if scheme in PG_SCHEMES:
+        if config.legacy_channel:
+            raise ValueError("--legacy-channel needs the Redis inbox, not --inbox postgresql://")
+        from tidings.inbox.postgresql import PostgresInbox  # noqa: PLC0415 - optional
+
+        return PostgresInbox(config.inbox_url, broker, config.inbox, migrate=config.migrate)
+    if config.migrate:
+        raise ValueError("--migrate applies the schema of a --inbox postgresql:// database")
+    if not config.inbox_url or config.inbox_url == config.broker:
+        return None
+    if scheme == "memory":
+        raise ValueError("--inbox memory:// needs --broker memory:// (one node)")
+    raise ValueError("--inbox redis://... must be the broker's own Redis (the same URL)")
+
+
 def build_node(config: Config) -> Node:
-    """The node and its broker and presence, as the broker URL's scheme says."""
+    """The node and its broker, presence and inbox, as the URLs' schemes say."""
     node_id = config.node_id or secrets.token_hex(4)
     scheme = urlsplit(config.broker).scheme
     if scheme in REDIS_SCHEMES:
@@ -87,9 +109,11 @@ def build_node(config: Config) -> Node:
         legacy = config.legacy_channel
         broker = redis_broker(config.broker, raw_channels=(legacy,) if legacy else ())
         presence: Presence = RedisPresence(broker.redis, node_id, ttl_s=config.presence_ttl_s)
-        inbox = RedisInbox(broker, config.inbox, legacy_channel=legacy)
+        inbox = build_inbox(config, broker) or RedisInbox(
+            broker, config.inbox, legacy_channel=legacy
+        )
         bridge = None
-        if legacy:
+        if legacy and isinstance(inbox, RedisInbox):
             from tidings.inbox.redis_legacy import LegacyStore  # noqa: PLC0415
             from tidings.legacy import SpringBridge  # noqa: PLC0415
 
@@ -106,13 +130,24 @@ def build_node(config: Config) -> Node:
     if config.legacy_channel:
         raise ValueError("--legacy-channel needs a redis:// broker")
     if scheme in AMQP_SCHEMES:
-        raise ValueError(AMQP_NEEDS_INBOX)
+        amqp = broker_from_url(config.broker)
+        stored = build_inbox(config, amqp)
+        if stored is None:
+            raise ValueError(AMQP_NEEDS_INBOX)
+        # Presence stays per node on this combination for now (issue 20: its home).
+        return Node(
+            amqp,
+            MemoryPresence(node_id),
+            stored,
+            node_id=node_id,
+            catchup_interval_s=config.catchup_interval_s,
+        )
     memory = broker_from_url(config.broker)  # ValueError naming the supported schemes
     assert isinstance(memory, MemoryBroker)
     return Node(
         memory,
         MemoryPresence(node_id),
-        MemoryInbox(memory, config.inbox),
+        build_inbox(config, memory) or MemoryInbox(memory, config.inbox),
         node_id=node_id,
         catchup_interval_s=config.catchup_interval_s,
     )

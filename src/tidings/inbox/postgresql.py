@@ -1,0 +1,480 @@
+"""The inbox on PostgreSQL (``--inbox postgresql://...``, issue 20), with any broker.
+
+The tables and functions are the schema ``tidings`` (``pg_migrations/0001_inbox.sql``,
+applied by ``tidings migrate``); each operation is one call of one of its functions,
+one round trip, so each is atomic as the Redis inbox's Lua scripts are. Ids, ordering,
+retention, read state, acks and idempotency follow the Redis inbox's rules exactly
+(tests/test_inbox_contract.py runs the same contract on all of them).
+
+Storage and routing are two engines here, so "store, then announce" is two steps:
+``tidings.store`` commits the message (its id assigned under the channel row's lock, so
+ids are committed in id order and a reader that read "after X" never misses one), then
+the broker announces it (``"<id> <message>"``, as ``split_announcement`` reads). An
+announcement that fails after the commit does not fail the publish: the message is
+stored, and the node-side catch-up (tidings.catchup) delivers it from here.
+
+Announcements of one channel must leave in id order, or a subscriber's de-duplication
+(one comparison of ids) would drop the earlier one. Within a node, publishes to one
+channel run one after the other (``_ChannelLocks``, in submission order); across nodes
+sharing a broker, ``tidings.store`` takes a session-level advisory lock per channel
+that is released only once the announcement is out. On the memory broker (one node)
+that lock is not needed and not taken.
+
+Every node also drains the transactional outbox (``tidings.publish_to_user`` and
+``publish_to_topic``, ``pg_outbox.py``) into the inbox.
+
+A background sweep deletes in batches what has expired (Redis key TTLs: a channel
+``max_age_s`` + 1 s after its last publish, idempotency keys, read floors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import zlib
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from tidings.brokers.base import Broker
+from tidings.brokers.memory import MemoryBroker
+from tidings.errors import BrokerUnavailable, TidingsError
+from tidings.inbox.base import History, InboxLimits, Stored, UnreadState
+from tidings.inbox.memory import TTL_MARGIN_S, check_limits, known_ids, parse_id, user_of
+from tidings.inbox.pg_outbox import POLL_INTERVAL_S, OutboxDrainer
+from tidings.inbox.pg_schema import check_schema, migrate
+from tidings.message import Message
+
+log = logging.getLogger(__name__)
+
+MAX_BIGINT = 2**63 - 1
+"""Ids are stored as two bigints; a bound beyond (an id never given out) is clamped."""
+POOL_SIZE = 10
+"""Connections per node (asyncpg pool): publishes of different channels in parallel."""
+SWEEP_INTERVAL_S = 30.0
+SWEEP_BATCH = 500
+COMMAND_TIMEOUT_S = 10.0
+"""The longest any inbox call may take; then BrokerUnavailable."""
+
+# Errors that mean "the database cannot serve now", not "this call is wrong".
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now
+    asyncpg.exceptions.InvalidCatalogNameError,  # the database is gone
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock, serialization
+)
+
+
+def _bound(inbox_id: str) -> tuple[int, int]:
+    """``(ms, seq)`` of an id given as a bound (ValueError if malformed), within bigints."""
+    ms, seq = parse_id(inbox_id)
+    if ms > MAX_BIGINT:
+        return MAX_BIGINT, MAX_BIGINT
+    return ms, min(seq, MAX_BIGINT)
+
+
+def _ids(ids: Sequence[str]) -> tuple[list[int], list[int]]:
+    """The well-formed ids that could be stored, as two columns."""
+    keys = [key for key in known_ids(ids) if key[0] <= MAX_BIGINT and key[1] <= MAX_BIGINT]
+    return [k[0] for k in keys], [k[1] for k in keys]
+
+
+def _state(row: Any) -> UnreadState:
+    """A row's ``unread``, ``last_ms`` and ``last_seq`` (NULL: no id given out yet)."""
+    last = None if row["last_ms"] is None else f"{row['last_ms']}-{row['last_seq']}"
+    return UnreadState(int(row["unread"]), last)
+
+
+def _decode(ms: int, seq: int, body: bytes) -> Message:
+    return Message.decode(body, f"{ms}-{seq}")
+
+
+def lock_key(channel: str) -> int:
+    """The advisory lock of ``channel``'s announcements (a signed 64-bit key)."""
+    digest = zlib.crc32(channel.encode()) | (len(channel) << 32)
+    return digest - 2**63 if digest >= 2**63 else digest
+
+
+class _ChannelLocks:
+    """One asyncio lock per channel with publishes in flight (FIFO: submission order)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, channel: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(channel) or (asyncio.Lock(), 0)
+        self._locks[channel] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[channel]
+            if users == 1:
+                del self._locks[channel]
+            else:
+                self._locks[channel] = (lock, users - 1)
+
+
+class PostgresInbox:
+    """User inboxes and topic histories in PostgreSQL, announced on ``broker``."""
+
+    def __init__(
+        self,
+        url: str,
+        broker: Broker,
+        limits: InboxLimits,
+        *,
+        migrate: bool = False,
+        pool_size: int = POOL_SIZE,
+        sweep_interval_s: float = SWEEP_INTERVAL_S,
+        outbox_poll_s: float = POLL_INTERVAL_S,
+    ) -> None:
+        check_limits(limits)
+        self._url = url
+        self._broker = broker
+        self._limits = limits
+        self._migrate = migrate
+        self._pool_size = pool_size
+        self._sweep_interval_s = sweep_interval_s
+        self._max_age_ms = int(limits.max_age_s * 1000)
+        self._ttl_ms = self._max_age_ms + int(TTL_MARGIN_S * 1000)
+        self._key_ttl_ms = max(1, int(limits.idempotency_ttl_s * 1000))
+        # One node on the memory broker: announcements of one channel are ordered here.
+        self._cross_node = not isinstance(broker, MemoryBroker)
+        self._channels = _ChannelLocks()
+        self._pool: asyncpg.Pool | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        # The transactional outbox (pg_outbox.py); 0: this node does not drain it.
+        self.outbox = OutboxDrainer(self, url, lock_key, poll_interval_s=outbox_poll_s)
+        self._drain = outbox_poll_s > 0
+        self._closed = False
+
+    # -- life ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, apply the migrations if asked, check the schema (SchemaNotReady)."""
+        self._closed = False
+        if self._pool is None:
+            try:
+                self._pool = await asyncpg.create_pool(
+                    self._url,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    command_timeout=COMMAND_TIMEOUT_S,
+                )
+            except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+                raise TidingsError(f"cannot connect to the PostgreSQL inbox: {exc}") from None
+        try:
+            async with self._pool.acquire() as conn:
+                if self._migrate:
+                    await migrate(conn)
+                await check_schema(conn)
+        except BaseException:
+            pool, self._pool = self._pool, None
+            pool.terminate()
+            raise
+        if self._sweep_interval_s > 0 and self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._run_sweeper(), name="tidings-pg-sweep")
+        if self._drain:
+            self.outbox.start()
+
+    async def close(self) -> None:
+        self._closed = True
+        await self.outbox.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), COMMAND_TIMEOUT_S)
+            except (*_UNAVAILABLE, asyncpg.PostgresError):
+                pool.terminate()
+
+    # -- publish ---------------------------------------------------------------------
+
+    async def publish(self, message: Message, *, idempotency_key: str | None = None) -> str:
+        return await self.submit(message, idempotency_key=idempotency_key)
+
+    def submit(
+        self, message: Message, *, idempotency_key: str | None = None
+    ) -> asyncio.Future[str]:
+        """``publish`` started now; publishes to one channel are stored (and announced)
+        in the order they were submitted."""
+        self._check_open()
+        user_of(message.channel)  # ValueError now for a channel that is not an inbox's
+        return asyncio.ensure_future(self._publish(message, idempotency_key))
+
+    async def _publish(self, message: Message, idempotency_key: str | None) -> str:
+        channel = message.channel
+        lock = lock_key(channel) if self._cross_node else None
+        async with self._channels.hold(channel), self.connection() as conn:
+            inbox_id, stored, pending = await self.store(conn, message, idempotency_key, lock)
+            announced = None
+            try:
+                due = [*pending, message.stored_as(inbox_id)] if stored else pending
+                announced = await self.announce(channel, due)
+            finally:
+                if lock is not None:
+                    await self.release(conn, channel, announced, lock)
+        return inbox_id
+
+    async def store(
+        self, conn: Any, message: Message, idempotency_key: str | None, lock: int | None
+    ) -> tuple[str, bool, list[Message]]:
+        """``tidings.store`` of ``message`` on ``conn``: its id, whether it was stored now
+        (rather than found under its idempotency key), and the channel's messages stored
+        before it that were never announced (their publisher died or its broker failed
+        in between: to announce first). With ``lock``, the channel's advisory lock is
+        held on return: the caller announces, then calls ``release``."""
+        channel = message.channel
+        limit = (
+            self._limits.max_messages if channel.startswith("u:") else self._limits.topic_history
+        )
+        encoded = (dataclasses.replace(message, id="") if message.id else message).encode()
+        row = await conn.fetchrow(
+            "SELECT * FROM tidings.store($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            channel,
+            message.destination,
+            encoded,
+            limit,
+            self._max_age_ms,
+            self._ttl_ms,
+            idempotency_key,
+            self._key_ttl_ms,
+            lock,
+        )
+        pending = [
+            _decode(ms, seq, body)
+            for ms, seq, body in zip(row["pend_ms"], row["pend_seq"], row["pend_body"], strict=True)
+        ]
+        return f"{row['id_ms']}-{row['id_seq']}", bool(row["stored"]), pending
+
+    async def announce(self, channel: str, messages: Sequence[Message]) -> str | None:
+        """Announce committed messages in order; returns the id of the last one announced
+        (None if none was). The first failure stops it: the rest is left to the catch-up
+        and to the channel's next publish (``tidings.store``'s pending messages)."""
+        announced = None
+        for message in messages:
+            payload = message.id.encode() + b" " + message.encode()
+            try:
+                await self._broker.publish(channel, payload)
+            except BrokerUnavailable as exc:
+                log.warning(
+                    "stored %s on %s but could not announce it (catch-up delivers it): %s",
+                    message.id,
+                    channel,
+                    exc,
+                )
+                break
+            announced = message.id
+        return announced
+
+    async def release(
+        self, conn: Any, channel: str, announced: str | None, lock: int, times: int = 1
+    ) -> None:
+        """Record ``channel``'s announcements up to ``announced`` and release its advisory
+        lock, taken ``times`` times by ``store``."""
+        ms, seq = _bound(announced) if announced is not None else (None, None)
+        await conn.execute(
+            "SELECT tidings.announced($1, $2, $3, $4, $5)", channel, ms, seq, lock, times
+        )
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def history(self, channel: str, after: str, *, limit: int) -> History:
+        user_of(channel)
+        return (await self.histories({channel: after}, limit=limit))[channel]
+
+    async def histories(self, after: Mapping[str, str], *, limit: int) -> dict[str, History]:
+        """One statement for every channel (in channel order: rows are locked in one order)."""
+        self._check_open()
+        if not after:
+            return {}
+        channels = sorted(after)
+        for channel in channels:
+            user_of(channel)
+        bounds = [_bound(after[channel]) for channel in channels]
+        rows = await self._fetch(
+            "SELECT h.* FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY"
+            " AS t(c, ms, seq, i), LATERAL tidings.history(t.c, t.ms, t.seq, $4, $5) h"
+            " ORDER BY t.i",
+            channels,
+            [b[0] for b in bounds],
+            [b[1] for b in bounds],
+            max(limit, 0),
+            self._max_age_ms,
+        )
+        pages = {
+            channel: History(
+                [
+                    Stored(_decode(ms, seq, body))
+                    for ms, seq, body in zip(
+                        row["ids_ms"], row["ids_seq"], row["bodies"], strict=True
+                    )
+                ],
+                gap=row["gap"],
+            )
+            for channel, row in zip(channels, rows, strict=True)
+        }
+        return {channel: pages[channel] for channel in after}
+
+    async def last_ids(self, channels: Sequence[str]) -> dict[str, str | None]:
+        self._check_open()
+        if not channels:
+            return {}
+        rows = await self._fetch(
+            "SELECT * FROM tidings.last_ids($1::text[], $2)", list(channels), self._max_age_ms
+        )
+        return {
+            row["r_channel"]: None if row["r_ms"] is None else f"{row['r_ms']}-{row['r_seq']}"
+            for row in rows
+        }
+
+    async def behind(self, after: Mapping[str, str]) -> list[str]:
+        self._check_open()
+        if not after:
+            return []
+        channels = list(after)
+        bounds = [_bound(after[channel]) for channel in channels]
+        rows = await self._fetch(
+            "SELECT * FROM tidings.behind($1::text[], $2::bigint[], $3::bigint[])",
+            channels,
+            [b[0] for b in bounds],
+            [b[1] for b in bounds],
+        )
+        return [row["r_channel"] for row in rows]
+
+    async def unacked(self, user: str, destination: str, *, limit: int) -> list[Stored]:
+        self._check_open()
+        if limit <= 0:
+            return []
+        rows = await self._fetch(
+            "SELECT * FROM tidings.unacked($1, $2, $3, $4)",
+            user,
+            destination,
+            limit,
+            self._max_age_ms,
+        )
+        return [Stored(_decode(r["r_ms"], r["r_seq"], r["r_body"])) for r in rows]
+
+    async def ack(self, user: str, ids: Sequence[str]) -> None:
+        self._check_open()
+        ms, seq = _ids(ids)
+        if ms:
+            await self._fetch(
+                "SELECT tidings.ack($1, $2::bigint[], $3::bigint[], $4)",
+                user,
+                ms,
+                seq,
+                self._max_age_ms,
+            )
+
+    async def listing(self, user: str, after: str, *, limit: int) -> list[Stored]:
+        self._check_open()
+        after_ms, after_seq = _bound(after)
+        if limit <= 0:
+            return []
+        rows = await self._fetch(
+            "SELECT * FROM tidings.listing($1, $2, $3, $4, $5)",
+            user,
+            after_ms,
+            after_seq,
+            limit,
+            self._max_age_ms,
+        )
+        return [Stored(_decode(r["r_ms"], r["r_seq"], r["r_body"]), read=r["r_read"]) for r in rows]
+
+    async def unread(self, user: str) -> int:
+        return (await self.unread_state(user))[0]
+
+    async def unread_state(self, user: str) -> UnreadState:
+        self._check_open()
+        rows = await self._fetch(
+            "SELECT * FROM tidings.unread_state($1, $2)", user, self._max_age_ms
+        )
+        return _state(rows[0])
+
+    async def mark_read(
+        self, user: str, *, ids: Sequence[str] = (), up_to: str | None = None
+    ) -> UnreadState:
+        self._check_open()
+        up = _bound(up_to) if up_to is not None else (None, None)
+        ms, seq = _ids(ids)
+        rows = await self._fetch(
+            "SELECT * FROM tidings.mark_read($1, $2::bigint[], $3::bigint[], $4, $5, $6, $7)",
+            user,
+            ms,
+            seq,
+            up[0],
+            up[1],
+            self._max_age_ms,
+            self._ttl_ms,
+        )
+        return _state(rows[0])
+
+    async def delete(self, user: str, *, up_to: str | None = None) -> tuple[int, UnreadState]:
+        self._check_open()
+        up = _bound(up_to) if up_to is not None else (None, None)
+        rows = await self._fetch(
+            "SELECT * FROM tidings.delete_inbox($1, $2, $3, $4)",
+            user,
+            up[0],
+            up[1],
+            self._max_age_ms,
+        )
+        return int(rows[0]["deleted"]), _state(rows[0])
+
+    # -- expiry ----------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Delete what has expired, in batches of SWEEP_BATCH (each its own transaction)."""
+        total = 0
+        while True:
+            rows = await self._fetch("SELECT tidings.sweep($1) AS n", SWEEP_BATCH)
+            gone = int(rows[0]["n"])
+            total += gone
+            if gone < SWEEP_BATCH:
+                return total
+
+    async def _run_sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
+            try:
+                await self.sweep()
+            except BrokerUnavailable as exc:
+                log.info("postgresql inbox sweep skipped: %s", exc)
+            except Exception:
+                log.exception("postgresql inbox sweep failed")
+
+    # -- internals -------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed or self._pool is None:
+            raise BrokerUnavailable("inbox is closed")
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; the database's unavailability as BrokerUnavailable."""
+        self._check_open()
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire(timeout=COMMAND_TIMEOUT_S) as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"postgresql unavailable: {exc}") from exc
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        async with self.connection() as conn:
+            rows: list[Any] = await conn.fetch(sql, *args)
+            return rows
