@@ -98,8 +98,11 @@ async def test_migrate_creates_the_schema_once(pg_cluster: PgCluster) -> None:
             "idempotency",
             "messages",
             "outbox",
+            "presence",
             "read_floors",
             "read_ids",
+            "sockjs_nodes",
+            "sockjs_sessions",
             "tidings_schema_version",
         ]
     finally:

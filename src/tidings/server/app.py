@@ -97,6 +97,17 @@ def build_inbox(config: Config, broker: Broker) -> Inbox | None:
     raise ValueError("--inbox redis://... must be the broker's own Redis (the same URL)")
 
 
+def database_presence(inbox: Inbox, node_id: str, ttl_s: float) -> Presence:
+    """Presence in the PostgreSQL inbox's database (issue 20); the inbox's own otherwise."""
+    from tidings.inbox.postgresql import PostgresInbox  # noqa: PLC0415 - optional dependency
+
+    if isinstance(inbox, PostgresInbox):
+        from tidings.inbox.pg_presence import PostgresPresence  # noqa: PLC0415
+
+        return PostgresPresence(inbox, node_id, ttl_s=ttl_s)
+    return MemoryPresence(node_id)
+
+
 def build_node(config: Config) -> Node:
     """The node and its broker, presence and inbox, as the URLs' schemes say."""
     node_id = config.node_id or secrets.token_hex(4)
@@ -134,10 +145,9 @@ def build_node(config: Config) -> Node:
         stored = build_inbox(config, amqp)
         if stored is None:
             raise ValueError(AMQP_NEEDS_INBOX)
-        # Presence stays per node on this combination for now (issue 20: its home).
         return Node(
             amqp,
-            MemoryPresence(node_id),
+            database_presence(stored, node_id, config.presence_ttl_s),
             stored,
             node_id=node_id,
             catchup_interval_s=config.catchup_interval_s,

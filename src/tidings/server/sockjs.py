@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import orjson
 from aiohttp import WSMsgType, web
@@ -60,8 +60,9 @@ from tidings.sockjs.session import Receiver, Session
 from tidings.wsframe import OP_TEXT, encode_close, encode_frame
 
 if TYPE_CHECKING:
+    from tidings.node import Node
     from tidings.server.session import SessionContext
-    from tidings.server.sockjs_relay import Relay
+    from tidings.server.sockjs_relay import Relay, SessionDirectory
 
 log = logging.getLogger(__name__)
 
@@ -860,12 +861,25 @@ def add_sockjs_routes(app: web.Application, server: SessionContext) -> SockJSSer
     service = SockJSService(server)
     for endpoint in server.config.endpoints:
         app.router.add_routes(service.routes(endpoint))
-    redis = getattr(server.node.broker, "redis", None)
-    if redis is not None:  # a shared broker: several nodes, no sticky sessions needed
+    directory = session_directory(server.node)
+    if directory is not None:  # a shared broker: several nodes, no sticky sessions needed
         from tidings.server.sockjs_relay import Relay  # noqa: PLC0415 - needs redis
 
-        relay = service.relay = Relay(service, server.node, redis)
+        relay = service.relay = Relay(service, server.node, directory)
         app.on_startup.append(lambda _app: relay.start())
         app.on_cleanup.append(lambda _app: relay.stop())
     app.on_shutdown.append(service.on_shutdown)
     return service
+
+
+def session_directory(node: Node) -> SessionDirectory | None:
+    """Where the nodes sharing ``node``'s broker record who holds which SockJS session:
+    the Redis broker's Redis, or the PostgreSQL inbox's database (its presence knows it);
+    None on one node (the memory broker)."""
+    redis = getattr(node.broker, "redis", None)
+    if redis is not None:
+        from tidings.server.sockjs_relay import redis_directory  # noqa: PLC0415
+
+        return redis_directory(redis)
+    in_database = getattr(node.presence, "session_directory", None)  # PostgresPresence
+    return None if in_database is None else cast("SessionDirectory", in_database())

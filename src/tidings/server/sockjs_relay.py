@@ -35,7 +35,7 @@ import itertools
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
@@ -96,6 +96,35 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+class SessionDirectory(Protocol):
+    """What the relay asks of a directory: ``Directory`` in Redis, or
+    ``inbox.pg_presence.PostgresDirectory`` on --broker amqp:// --inbox postgresql://.
+    Failures raise one of DIRECTORY_ERRORS."""
+
+    ttl_s: float
+
+    async def owner(self, session_id: str, claimant: str) -> str: ...
+    async def live_owner(self, session_id: str) -> str | None: ...
+    async def beat(self, node_id: str) -> None: ...
+    async def alive(self, node_id: str) -> bool: ...
+    async def gone(self, node_id: str) -> None: ...
+    async def claim(self, session_id: str, owner: str) -> None: ...
+    async def refresh(self, session_ids: list[str]) -> None: ...
+    async def release(self, session_id: str, owner: str) -> None: ...
+
+
+DIRECTORY_ERRORS = (RedisError, OSError, BrokerUnavailable)
+"""A directory that cannot answer now (Redis's errors; PostgreSQL's as BrokerUnavailable)."""
+
+
+def redis_directory(redis: Redis | RedisCluster) -> Directory:
+    """The directory in the broker's Redis. On Redis Cluster its keys share one slot (its
+    scripts read a session's key and its owner's liveness key together): ``{sockjs}``."""
+    if isinstance(redis, RedisCluster):
+        return Directory(redis, prefix="tidings:{sockjs}:")
+    return Directory(redis)
 
 
 class Directory:
@@ -176,16 +205,11 @@ class _SessionMissing(Exception):
 class Relay:
     """Relays SockJS requests between the nodes that share a Redis broker."""
 
-    def __init__(self, service: SockJSService, node: Node, redis: Redis | RedisCluster) -> None:
+    def __init__(self, service: SockJSService, node: Node, directory: SessionDirectory) -> None:
         self.service = service
         self.node = node
         self.node_id = node.id
-        # On Redis Cluster the directory's keys share one slot (its scripts read a
-        # session's key and its owner's liveness key together): the hash tag {sockjs}.
-        cluster = isinstance(redis, RedisCluster)
-        self.directory = (
-            Directory(redis, prefix="tidings:{sockjs}:") if cluster else Directory(redis)
-        )
+        self.directory = directory
         self._channel = ""
         self._ids = itertools.count(1)
         self._id_prefix = f"{self.node_id}-{secrets.token_hex(4)}-"
@@ -205,7 +229,7 @@ class Relay:
             # Redis down at start: the node starts not ready (docs/deploy.md) and the
             # channel is subscribed once Redis is back; the broker keeps it after that.
             self._spawn(self._subscribe_when_back())
-        with contextlib.suppress(RedisError, OSError):  # else the refresher retries
+        with contextlib.suppress(*DIRECTORY_ERRORS):  # else the refresher retries
             await self.directory.beat(self.node_id)
         self._refresher = asyncio.create_task(self._refresh(), name="tidings-sockjs-directory")
 
@@ -221,7 +245,7 @@ class Relay:
         sessions go with it, and other nodes take their ids over at once."""
         for queue in self._streams.values():
             queue.put_nowait({"op": "end"})
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*DIRECTORY_ERRORS):
             await self.directory.gone(self.node_id)
 
     async def stop(self) -> None:
@@ -239,7 +263,7 @@ class Relay:
                 await self.directory.beat(self.node_id)
                 if beat % sessions_every == 0:
                     await self.directory.refresh(list(self.service.sessions))
-            except (RedisError, OSError) as exc:
+            except DIRECTORY_ERRORS as exc:
                 log.warning("sockjs: cannot refresh the session directory: %s", exc)
 
     # -- the edge: requests for sessions held elsewhere ---------------------------------------
@@ -247,7 +271,7 @@ class Relay:
         """Who holds ``session_id``: this node claims it if nobody does."""
         try:
             return await self.directory.owner(session_id, self.node_id)
-        except (RedisError, OSError) as exc:
+        except DIRECTORY_ERRORS as exc:
             raise BrokerUnavailable(f"session directory: {exc}") from exc
 
     def release(self, session_id: str) -> None:
@@ -257,14 +281,14 @@ class Relay:
     async def _release(self, session_id: str) -> None:
         try:
             await self.directory.release(session_id, self.node_id)
-        except (RedisError, OSError) as exc:
+        except DIRECTORY_ERRORS as exc:
             log.info("sockjs: cannot release session %s: %s", session_id, exc)
 
     async def send(self, session_id: str, messages: list[str]) -> bool:
         """Hand ``messages`` to the node that holds the session; False if none does."""
         try:
             owner = await self.directory.live_owner(session_id)
-        except (RedisError, OSError) as exc:
+        except DIRECTORY_ERRORS as exc:
             raise BrokerUnavailable(f"session directory: {exc}") from exc
         if owner is None or owner == self.node_id:
             return False
@@ -312,7 +336,7 @@ class Relay:
             except _SessionMissing:
                 try:
                     await self.directory.claim(session_id, self.node_id)
-                except (RedisError, OSError) as exc:
+                except DIRECTORY_ERRORS as exc:
                     log.info("sockjs: cannot claim session %s: %s", session_id, exc)
                 return await here(write)
 
@@ -421,7 +445,7 @@ class Relay:
             if loop.time() - checked > NODE_TTL_S / 2:  # is anyone still listening?
                 checked = loop.time()
                 alive = True
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*DIRECTORY_ERRORS):
                     alive = await self.directory.alive(edge)
                 if not alive:
                     raise ConnectionResetError(f"node {edge} is gone")

@@ -1,0 +1,278 @@
+"""Presence and the SockJS session directory in PostgreSQL (issue 20).
+
+On ``--broker amqp:// --inbox postgresql://`` there is no Redis to hold what the Redis
+broker keeps in expiring keys, so both live in the inbox's database, as rows with an
+expiry (``pg_migrations/0003_presence.sql``), through the inbox's connection pool:
+
+- ``PostgresPresence``: the ``Presence`` of ``brokers/redis_presence.py``, one row per
+  session (``<node>|<session>`` of a user) that its node refreshes every ``ttl / 3``.
+  The changes of one loop turn are one statement, and writes leave one at a time in the
+  order they were made, so a session's removal never overtakes its entry.
+- ``PostgresDirectory``: ``server/sockjs_relay.py``'s ``Directory`` (session → owner,
+  node liveness), so SockJS works behind a round-robin balancer on this combination.
+
+Expiry is the database's clock (``clock_timestamp()``), not the nodes': their clocks
+may disagree. Reads ignore expired rows; refreshes delete them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from tidings.errors import BrokerUnavailable
+from tidings.inbox.postgresql import PostgresInbox
+from tidings.presence import LocalSessions, UserPresence
+
+log = logging.getLogger(__name__)
+
+WRITE_CHUNK = 1000
+"""Sessions per statement of a refresh."""
+
+_WRITE = """
+WITH gone AS (
+    DELETE FROM tidings.presence p USING unnest($3::text[], $4::text[]) AS r(u, m)
+    WHERE p.user_name = r.u AND p.member = r.m
+)
+INSERT INTO tidings.presence (user_name, member, expires_at)
+SELECT u, m, clock_timestamp() + make_interval(secs => $5)
+FROM unnest($1::text[], $2::text[]) AS a(u, m)
+ON CONFLICT (user_name, member) DO UPDATE SET expires_at = EXCLUDED.expires_at
+"""
+_SWEEP = "DELETE FROM tidings.presence WHERE expires_at < clock_timestamp()"
+_GET = "SELECT member FROM tidings.presence WHERE user_name = $1 AND expires_at > clock_timestamp()"
+_QUERY = (
+    "SELECT DISTINCT user_name FROM tidings.presence"
+    " WHERE user_name = ANY($1::text[]) AND expires_at > clock_timestamp()"
+)
+
+_Changes = tuple[list[str], list[str]]
+"""One user's sessions to add and to remove."""
+
+
+class PostgresPresence(LocalSessions):
+    """Presence rows in ``tidings.presence`` with per-row expiry (module docstring)."""
+
+    def __init__(self, inbox: PostgresInbox, node_id: str, *, ttl_s: float = 15.0) -> None:
+        super().__init__(node_id)
+        self.inbox = inbox
+        self.ttl_s = ttl_s
+        self._member_prefix = node_id + "|"
+        self._changes: dict[str, _Changes] = {}  # this loop turn's, by user
+        self._stored: list[asyncio.Future[None]] = []  # add()s waiting for them
+        self._writing = asyncio.Lock()  # FIFO: writes leave in the order they were made
+        self._writes: set[asyncio.Task[None]] = set()
+        self._refresher: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        self._closed = False
+        self._refresher = asyncio.create_task(self._refresh_forever(), name="tidings-presence")
+
+    async def close(self) -> None:
+        self._closed = True
+        self._flush()
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await asyncio.gather(*self._writes, return_exceptions=True)
+        # Best effort: a clean shutdown reads offline at once (else the rows expire).
+        entries: list[tuple[str, _Changes]] = [
+            (user, ([], list(sessions))) for user, sessions in self.by_user.items()
+        ]
+        with contextlib.suppress(BrokerUnavailable):
+            await self._write(entries)
+        self.by_user.clear()
+
+    async def add(self, user: str, session_id: str) -> None:
+        """Written with the other changes of this loop turn; returns once it is stored
+        (or its write failed: logged, and the next refresh writes it again)."""
+        self.add_local(user, session_id)
+        if self._closed:
+            return
+        self._user_changes(user)[0].append(session_id)
+        stored = asyncio.get_running_loop().create_future()
+        self._stored.append(stored)
+        await stored
+
+    def remove(self, user: str, session_id: str) -> None:
+        super().remove(user, session_id)
+        if not self._closed:
+            self._user_changes(user)[1].append(session_id)
+
+    def _user_changes(self, user: str) -> _Changes:
+        changes = self._changes.get(user)
+        if changes is None:
+            if not self._changes:
+                asyncio.get_running_loop().call_soon(self._flush)
+            changes = self._changes[user] = ([], [])
+        return changes
+
+    def _flush(self) -> None:
+        changes, self._changes = self._changes, {}
+        stored, self._stored = self._stored, []
+        if changes:
+            task = asyncio.create_task(self._write_then_release(list(changes.items()), stored))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _write_then_release(
+        self, changes: list[tuple[str, _Changes]], stored: list[asyncio.Future[None]]
+    ) -> None:
+        try:
+            await self._write(changes)
+        except (BrokerUnavailable, asyncpg.PostgresError) as exc:
+            log.warning("presence write failed (the next refresh retries): %s", exc)
+        finally:
+            for future in stored:
+                if not future.done():
+                    future.set_result(None)
+
+    async def _write(self, changes: list[tuple[str, _Changes]]) -> None:
+        """One statement: the removals, and the entries not removed in the same turn."""
+        rows: dict[tuple[str, str], None] = {}
+        gone_users: list[str] = []
+        gone_members: list[str] = []
+        for user, (added, removed) in changes:
+            for session in removed:
+                gone_users.append(user)
+                gone_members.append(self._member_prefix + session)
+            for session in set(added).difference(removed):
+                rows[user, self._member_prefix + session] = None
+        async with self._writing, self.inbox.connection() as conn:
+            await conn.execute(
+                _WRITE,
+                [user for user, _ in rows],
+                [member for _, member in rows],
+                gone_users,
+                gone_members,
+                self.ttl_s,
+            )
+
+    async def refresh(self) -> None:
+        """Push every local entry's expiry forward (WRITE_CHUNK sessions a statement) and
+        delete expired rows; the first failure is logged and ends this round."""
+        entries = [(user, list(sessions)) for user, sessions in self.by_user.items()]
+        try:
+            chunk: list[tuple[str, _Changes]] = []
+            size = 0
+            for user, sessions in entries:
+                # The sessions as they are now: one removed meanwhile is not written back.
+                now = [s for s in sessions if s in self.by_user.get(user, ())]
+                chunk.append((user, (now, [])))
+                size += len(now)
+                if size >= WRITE_CHUNK:
+                    await self._write(chunk)
+                    chunk, size = [], 0
+            if chunk:
+                await self._write(chunk)
+            async with self.inbox.connection() as conn:
+                await conn.execute(_SWEEP)
+        except (BrokerUnavailable, asyncpg.PostgresError) as exc:
+            log.warning("presence refresh failed (the next one retries): %s", exc)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_s / 3)
+            try:
+                await self.refresh()
+            except Exception:  # never let the refresher die: entries would expire
+                log.exception("presence refresh failed")
+
+    async def get(self, user: str) -> UserPresence:
+        async with self.inbox.connection() as conn:
+            members = [row[0] for row in await conn.fetch(_GET, user)]
+        nodes = sorted({member.partition("|")[0] for member in members})
+        return UserPresence(bool(members), len(members), nodes)
+
+    async def query(self, users: list[str]) -> dict[str, bool]:
+        async with self.inbox.connection() as conn:
+            online = {row[0] for row in await conn.fetch(_QUERY, users)}
+        return {user: user in online for user in users}
+
+    def session_directory(self) -> PostgresDirectory:
+        """The SockJS session directory in the same database (server/sockjs.py)."""
+        return PostgresDirectory(self.inbox)
+
+
+class PostgresDirectory:
+    """Which node owns which SockJS session, in ``tidings.sockjs_sessions``; which nodes
+    are alive, in ``tidings.sockjs_nodes`` (``sockjs_relay.Directory``'s contract)."""
+
+    def __init__(self, inbox: PostgresInbox, *, ttl_s: float | None = None) -> None:
+        from tidings.server.sockjs_relay import DIRECTORY_TTL_S, NODE_TTL_S  # noqa: PLC0415
+
+        self.inbox = inbox
+        self.ttl_s = DIRECTORY_TTL_S if ttl_s is None else ttl_s
+        self._node_ttl_s = NODE_TTL_S
+
+    async def _value(self, sql: str, *args: object) -> object:
+        async with self.inbox.connection() as conn:
+            return await conn.fetchval(sql, *args)
+
+    async def owner(self, session_id: str, claimant: str) -> str:
+        """The session's live owner; ``claimant`` becomes it if it has none."""
+        owner = await self._value(
+            "SELECT tidings.sockjs_owner($1, $2, $3)", session_id, claimant, self.ttl_s
+        )
+        return str(owner)
+
+    async def live_owner(self, session_id: str) -> str | None:
+        owner = await self._value(
+            "SELECT owner FROM tidings.sockjs_sessions WHERE session_id = $1"
+            " AND expires_at > clock_timestamp() AND tidings.sockjs_alive(owner)",
+            session_id,
+        )
+        return None if owner is None else str(owner)
+
+    async def beat(self, node_id: str) -> None:
+        """``node_id`` is alive for NODE_TTL_S more."""
+        await self._value(
+            "INSERT INTO tidings.sockjs_nodes VALUES ($1, clock_timestamp()"
+            " + make_interval(secs => $2)) ON CONFLICT (node_id)"
+            " DO UPDATE SET expires_at = EXCLUDED.expires_at",
+            node_id,
+            self._node_ttl_s,
+        )
+
+    async def alive(self, node_id: str) -> bool:
+        return bool(await self._value("SELECT tidings.sockjs_alive($1)", node_id))
+
+    async def gone(self, node_id: str) -> None:
+        await self._value("DELETE FROM tidings.sockjs_nodes WHERE node_id = $1", node_id)
+
+    async def claim(self, session_id: str, owner: str) -> None:
+        """Take the session over (its recorded owner has gone)."""
+        await self._value(
+            "INSERT INTO tidings.sockjs_sessions VALUES ($1, $2, clock_timestamp()"
+            " + make_interval(secs => $3)) ON CONFLICT (session_id)"
+            " DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at",
+            session_id,
+            owner,
+            self.ttl_s,
+        )
+
+    async def refresh(self, session_ids: list[str]) -> None:
+        """Push these sessions' expiry forward, and delete expired rows."""
+        async with self.inbox.connection() as conn:
+            await conn.execute(
+                "UPDATE tidings.sockjs_sessions SET expires_at = clock_timestamp()"
+                " + make_interval(secs => $2) WHERE session_id = ANY($1::text[])",
+                session_ids,
+                self.ttl_s,
+            )
+            await conn.execute(
+                "DELETE FROM tidings.sockjs_sessions WHERE expires_at < clock_timestamp();"
+                "DELETE FROM tidings.sockjs_nodes WHERE expires_at < clock_timestamp()"
+            )
+
+    async def release(self, session_id: str, owner: str) -> None:
+        await self._value(
+            "DELETE FROM tidings.sockjs_sessions WHERE session_id = $1 AND owner = $2",
+            session_id,
+            owner,
+        )
