@@ -240,3 +240,19 @@ async def js_client() -> AsyncIterator[JsClientFactory]:
 
     for client in clients:
         await client.close()
+
+
+SHARED_STORES = ["redis", "amqp+pg"]
+"""What the nodes of a cluster share: one Redis (routing and storage), or RabbitMQ
+routing with the PostgreSQL inbox (issue 20)."""
+
+
+@pytest.fixture(params=SHARED_STORES)
+def shared_store(request: pytest.FixtureRequest) -> list[str]:
+    """The arguments every node of one cluster takes: ``--broker`` (and ``--inbox``) on
+    the session's Redis, or on a new RabbitMQ exchange and a new PostgreSQL database."""
+    if request.param == "redis":
+        return ["--broker", request.getfixturevalue("redis_server").url]
+    rabbit = request.getfixturevalue("rabbit_server")
+    database = request.getfixturevalue("postgres_db")
+    return ["--broker", rabbit.url(), "--inbox", database.url]

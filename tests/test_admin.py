@@ -43,12 +43,13 @@ async def call(
         return reply.status, await reply.json()
 
 
-async def two_nodes(start: StartServer, redis: RedisServer) -> tuple[TidingsServer, TidingsServer]:
+async def two_nodes(
+    start: StartServer, shared: RedisServer | list[str]
+) -> tuple[TidingsServer, TidingsServer]:
+    """Nodes A and B on one Redis, or on what ``shared_store`` names (conftest.py)."""
+    args = ["--broker", shared.url] if isinstance(shared, RedisServer) else shared
     a, b = await asyncio.gather(
-        *(
-            start("--broker", redis.url, "--node-id", name, "--api-key", API_KEY)
-            for name in ("A", "B")
-        )
+        *(start(*args, "--node-id", name, "--api-key", API_KEY) for name in ("A", "B"))
     )
     return a, b
 
@@ -83,9 +84,9 @@ async def node_ids(server: TidingsServer) -> list[str]:
 
 
 async def test_nodes_lists_every_node_and_a_killed_one_leaves(
-    tidings_server: StartServer, redis_server: RedisServer, js_client: JsClientFactory
+    tidings_server: StartServer, shared_store: list[str], js_client: JsClientFactory
 ) -> None:
-    a, b = await two_nodes(tidings_server, redis_server)
+    a, b = await two_nodes(tidings_server, shared_store)
     await session(js_client, b, "42", "/user/42/message", "/topic/news")
     for asked in (a, b):
         assert await node_ids(asked) == ["A", "B"]
@@ -103,7 +104,8 @@ async def test_nodes_lists_every_node_and_a_killed_one_leaves(
     assert record["users_online"] == 1
     assert record["channels"] == 2  # u:42 and t:news
     assert record["subscriptions"] == 2
-    assert record["broker"] == {"kind": "redis", "ready": True}
+    kind = shared_store[1].partition(":")[0]
+    assert record["broker"] == {"kind": kind, "ready": True}
     assert record["version"] and record["uptime_s"] >= 0
     assert record["pid"] == b.proc.pid
     for rate in ("published_per_s", "messages_in_per_s", "messages_out_per_s"):
@@ -130,9 +132,9 @@ async def test_a_clean_stop_leaves_the_list_at_once(
 
 
 async def test_sessions_and_disconnect_across_nodes_leave_a_bystander_connected(
-    tidings_server: StartServer, redis_server: RedisServer, js_client: JsClientFactory
+    tidings_server: StartServer, shared_store: list[str], js_client: JsClientFactory
 ) -> None:
-    a, b = await two_nodes(tidings_server, redis_server)
+    a, b = await two_nodes(tidings_server, shared_store)
     on_a = await session(js_client, a, "42", "/user/42/message")
     on_b = await session(js_client, b, "42", "/user/queue/alerts", "/topic/news")
     bystander = await session(js_client, a, "43", "/user/43/message", "/topic/news")
@@ -225,9 +227,9 @@ async def test_inbox_deletion_is_seen_from_the_other_node(
 
 
 async def test_channels_and_users_online_cluster_wide(
-    tidings_server: StartServer, redis_server: RedisServer, js_client: JsClientFactory
+    tidings_server: StartServer, shared_store: list[str], js_client: JsClientFactory
 ) -> None:
-    a, b = await two_nodes(tidings_server, redis_server)
+    a, b = await two_nodes(tidings_server, shared_store)
     await session(js_client, a, "1", "/topic/news")
     await session(js_client, a, "2", "/topic/news")
     await session(js_client, b, "1", "/topic/news", "/topic/sports", "/user/1/message")

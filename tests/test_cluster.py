@@ -166,11 +166,15 @@ async def test_killed_pubsub_connection_is_noticed_and_delivery_resumes(
 
 
 async def test_presence_is_cluster_wide_and_a_killed_node_stops_counting(
-    tidings_server: StartServer, js_client: JsClientFactory, redis_server: Any
+    tidings_server: StartServer, js_client: JsClientFactory, shared_store: list[str]
 ) -> None:
+    # On Redis, or in PostgreSQL beside RabbitMQ (inbox/pg_presence.py, issue 20).
     ttl = 3.0
-    a, b = await cluster(
-        tidings_server, redis_server.url, "A", "B", extra=("--presence-ttl", str(ttl))
+    a, b = await asyncio.gather(
+        *(
+            tidings_server(*shared_store, "--node-id", name, "--presence-ttl", str(ttl))
+            for name in "AB"
+        )
     )
     await session(js_client, a, "50")
     await session(js_client, a, "51")

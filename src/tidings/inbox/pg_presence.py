@@ -1,4 +1,4 @@
-"""Presence and the SockJS session directory in PostgreSQL (issue 20).
+"""Presence, the node registry and the SockJS session directory in PostgreSQL (issue 20).
 
 On ``--broker amqp:// --inbox postgresql://`` there is no Redis to hold what the Redis
 broker keeps in expiring keys, so both live in the inbox's database, as rows with an
@@ -8,6 +8,7 @@ expiry (``pg_migrations/0003_presence.sql``), through the inbox's connection poo
   session (``<node>|<session>`` of a user) that its node refreshes every ``ttl / 3``.
   The changes of one loop turn are one statement, and writes leave one at a time in the
   order they were made, so a session's removal never overtakes its entry.
+- ``PostgresRegistry``: ``registry.py``'s node records (the admin routes' cluster view).
 - ``PostgresDirectory``: ``server/sockjs_relay.py``'s ``Directory`` (session → owner,
   node liveness), so SockJS works behind a round-robin balancer on this combination.
 
@@ -26,6 +27,7 @@ import asyncpg
 from tidings.errors import BrokerUnavailable
 from tidings.inbox.postgresql import PostgresInbox
 from tidings.presence import LocalSessions, UserPresence
+from tidings.registry import RECORD_TTL_S
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +196,10 @@ class PostgresPresence(LocalSessions):
             online = {row[0] for row in await conn.fetch(_QUERY, users)}
         return {user: user in online for user in users}
 
+    def node_registry(self) -> PostgresRegistry:
+        """The node registry in the same database (server/admin.py)."""
+        return PostgresRegistry(self.inbox)
+
     def session_directory(self) -> PostgresDirectory:
         """The SockJS session directory in the same database (server/sockjs.py)."""
         return PostgresDirectory(self.inbox)
@@ -276,3 +282,35 @@ class PostgresDirectory:
             session_id,
             owner,
         )
+
+
+class PostgresRegistry:
+    """Node records in ``tidings.nodes`` with per-row expiry (``registry.Registry``)."""
+
+    def __init__(self, inbox: PostgresInbox, *, ttl_s: float = RECORD_TTL_S) -> None:
+        self.inbox = inbox
+        self.ttl_s = ttl_s
+
+    async def write(self, node_id: str, record: bytes) -> None:
+        """Store the record, and drop those that expired (nodes that died)."""
+        async with self.inbox.connection() as conn:
+            await conn.execute(
+                "WITH gone AS (DELETE FROM tidings.nodes WHERE expires_at < clock_timestamp())"
+                " INSERT INTO tidings.nodes VALUES ($1, $2, clock_timestamp()"
+                " + make_interval(secs => $3)) ON CONFLICT (node_id)"
+                " DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at",
+                node_id,
+                record,
+                self.ttl_s,
+            )
+
+    async def remove(self, node_id: str) -> None:
+        async with self.inbox.connection() as conn:
+            await conn.execute("DELETE FROM tidings.nodes WHERE node_id = $1", node_id)
+
+    async def records(self) -> dict[str, bytes]:
+        async with self.inbox.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT node_id, record FROM tidings.nodes WHERE expires_at > clock_timestamp()"
+            )
+        return {row[0]: bytes(row[1]) for row in rows}

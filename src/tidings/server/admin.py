@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -52,10 +52,13 @@ _USER_RULE = (
 
 
 def registry_for(server: SessionContext) -> Registry:
-    """The registry on the node's broker: Redis for a Redis URL (Sentinel too), else in process (and
-    redis-py is not even imported: a memory-broker node starts faster without it)."""
+    """The registry on the node's broker: Redis for a Redis URL (Sentinel too), the PostgreSQL
+    inbox's database beside RabbitMQ, else in process (and redis-py is not even imported:
+    a memory-broker node starts faster without it)."""
     if urlsplit(server.config.broker).scheme not in REDIS_SCHEMES:
-        return MemoryRegistry()
+        # RabbitMQ routing, PostgreSQL storage: the records are in the inbox's database.
+        from_database = getattr(server.node.presence, "node_registry", None)
+        return MemoryRegistry() if from_database is None else cast("Registry", from_database())
     from tidings.brokers.redis import RedisBroker  # noqa: PLC0415 - the redis branch only
     from tidings.brokers.redis_registry import RedisRegistry  # noqa: PLC0415
 

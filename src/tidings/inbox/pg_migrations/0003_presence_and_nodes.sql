@@ -1,5 +1,5 @@
--- Presence and the SockJS session directory on PostgreSQL (issue 20): what the Redis
--- broker keeps in expiring keys, for --broker amqp:// --inbox postgresql://.
+-- Presence, the node registry and the SockJS session directory on PostgreSQL (issue 20):
+-- what the Redis broker keeps in expiring keys, for --broker amqp:// --inbox postgresql://.
 -- Rows carry their expiry; the owning node pushes it forward (presence every ttl / 3,
 -- the directory as sockjs_relay.py does), reads ignore expired rows, and every node
 -- deletes expired ones now and then. A node that dies stops refreshing: its rows stop
@@ -13,6 +13,13 @@ CREATE TABLE tidings.presence (
     PRIMARY KEY (user_name, member)
 );
 CREATE INDEX presence_expires ON tidings.presence (expires_at);
+
+-- Every live node's latest record (registry.py; server/admin.py writes it every 2 s).
+CREATE TABLE tidings.nodes (
+    node_id    text PRIMARY KEY,
+    record     bytea NOT NULL,
+    expires_at timestamptz NOT NULL
+);
 
 -- Which node owns which SockJS session, and which nodes are alive (server/sockjs_relay.py).
 CREATE TABLE tidings.sockjs_sessions (
