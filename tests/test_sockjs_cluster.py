@@ -21,10 +21,12 @@ from .conftest import JsClientFactory, StartServer, TidingsServer
 from .sockjs_support import RawHttp, XhrSession, connect_frame, messages_of, parse_stomp, stomp
 
 
-async def two_nodes(start: StartServer, redis_url: str, *extra: str) -> list[TidingsServer]:
+async def two_nodes(start: StartServer, shared: list[str], *extra: str) -> list[TidingsServer]:
+    """Nodes A and B on ``shared_store``'s arguments (conftest.py): one Redis, or RabbitMQ
+    with the session directory in the PostgreSQL inbox's database (issue 20)."""
     # One after the other: a node started while the other still starts could be handed
     # the same free port.
-    return [await start("--broker", redis_url, "--node-id", name, *extra) for name in "AB"]
+    return [await start(*shared, "--node-id", name, *extra) for name in "AB"]
 
 
 def session_url(node: TidingsServer, session_id: str) -> str:
@@ -68,9 +70,9 @@ async def test_directory_owner_claim_release_and_takeover(redis_server: Any) -> 
 
 
 async def test_every_request_of_a_session_may_land_on_either_node(
-    tidings_server: StartServer, redis_server: Any
+    tidings_server: StartServer, shared_store: list[str]
 ) -> None:
-    a, b = await two_nodes(tidings_server, redis_server.url)
+    a, b = await two_nodes(tidings_server, shared_store)
     session_id = uuid.uuid4().hex
     async with aiohttp.ClientSession() as http:
         on_a = XhrSession(http, session_url(a, session_id))
@@ -122,9 +124,9 @@ async def test_every_request_of_a_session_may_land_on_either_node(
 
 
 async def test_a_client_gone_behind_the_relaying_node_interrupts_the_session(
-    tidings_server: StartServer, redis_server: Any
+    tidings_server: StartServer, shared_store: list[str]
 ) -> None:
-    a, b = await two_nodes(tidings_server, redis_server.url)
+    a, b = await two_nodes(tidings_server, shared_store)
     session_id = uuid.uuid4().hex
     async with aiohttp.ClientSession() as http:
         on_a = XhrSession(http, session_url(a, session_id))
@@ -140,9 +142,9 @@ async def test_a_client_gone_behind_the_relaying_node_interrupts_the_session(
 
 
 async def test_the_sessions_of_a_stopped_node_are_taken_over(
-    tidings_server: StartServer, redis_server: Any
+    tidings_server: StartServer, shared_store: list[str]
 ) -> None:
-    a, b = await two_nodes(tidings_server, redis_server.url)
+    a, b = await two_nodes(tidings_server, shared_store)
     session_id = uuid.uuid4().hex
     async with aiohttp.ClientSession() as http:
         on_a = XhrSession(http, session_url(a, session_id))
@@ -180,12 +182,13 @@ def session_requests(log: list[dict[str, str]]) -> dict[str, list[dict[str, str]
 async def test_sockjs_behind_nginx_round_robin(
     tidings_server: StartServer,
     js_client: JsClientFactory,
-    redis_server: Any,
+    shared_store: list[str],
     nginx_proxy: Any,
 ) -> None:
     """The acceptance test: xhr-polling and xhr-streaming sessions through nginx round
-    robin over two nodes (no stickiness) send and receive 200 messages each, in order."""
-    nodes = await two_nodes(tidings_server, redis_server.url, "--send-allow", "/topic/chat/**")
+    robin over two nodes (no stickiness) send and receive 200 messages each, in order;
+    on Redis, and on RabbitMQ + PostgreSQL (issue 20)."""
+    nodes = await two_nodes(tidings_server, shared_store, "--send-allow", "/topic/chat/**")
     proxy = await nginx_proxy([node.port for node in nodes])
     count = 200
     seen: set[str] = set()  # session ids
