@@ -266,11 +266,15 @@ def test_memory_broker_refuses_workers() -> None:
 async def test_seed_scenario_behind_nginx_round_robin(
     tidings_server: StartServer,
     js_client: JsClientFactory,
-    redis_server: Any,
+    shared_store: list[str],
     nginx_proxy: Any,
 ) -> None:
-    """The seed's diagram: clients and back end both go through nginx to two nodes."""
-    nodes = await cluster(tidings_server, redis_server.url, "A", "B")
+    """The seed's diagram: clients and back end both go through nginx to two nodes; on
+    Redis, and on RabbitMQ + PostgreSQL (issue 20, acceptance 1). Besides WebSocket
+    clients, the article's front end: legacy stompjs over SockJS, no sticky sessions."""
+    nodes = await asyncio.gather(
+        *(tidings_server(*shared_store, "--node-id", name) for name in "AB")
+    )
     proxy = await nginx_proxy([node.port for node in nodes])
     clients = []
     landed = set()
@@ -280,6 +284,12 @@ async def test_seed_scenario_behind_nginx_round_robin(
         await client.subscribe("me", "/user/42/message")
         clients.append(client)
     assert landed == {"A", "B"}
+    for transport in ("xhr-streaming", "xhr-polling"):
+        url = f"{proxy.http_url}/publicServer"
+        client = await js_client("legacy", url, transport=transport)
+        assert (await client.connect(login="42", timeout=10.0))["transport"] == transport
+        await client.subscribe("me", "/user/42/message")
+        clients.append(client)
     bodies = [f"seed-{n}" for n in range(10)]
     async with aiohttp.ClientSession() as http:
         for body in bodies:
@@ -288,9 +298,12 @@ async def test_seed_scenario_behind_nginx_round_robin(
                 assert (reply.status, await reply.text()) == (200, "发送成功")
     for client in clients:
         await expect_bodies(client, bodies)
-    # The publishes themselves were spread over both nodes too.
+    # The publishes themselves were spread over both nodes too, and so were the SockJS
+    # sessions' requests (/publicServer/<server>/<session>/<transport>).
     posts = [r for r in proxy.requests() if r["uri"] == "/pushToOneTest"]
     assert len({r["upstream_addr"] for r in posts}) == 2
+    sockjs = [r for r in proxy.requests() if r["uri"].count("/") == 4]
+    assert len({r["upstream_addr"] for r in sockjs}) == 2, sockjs
     # And nothing more arrives: a sentinel published last is each session's next message.
     async with aiohttp.ClientSession() as http:
         seed = {"code": "1", "form": "admin", "to": "42", "content": "last"}
