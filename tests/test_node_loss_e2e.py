@@ -342,11 +342,12 @@ async def run_scenario(
 
 
 async def test_a_node_killed_under_load_loses_nothing(
-    tidings_server: StartServer, redis_server: RedisServer
+    tidings_server: StartServer, shared_store: list[str]
 ) -> None:
-    """Acceptance (d): SIGKILL one of two nodes mid-stream."""
+    """Acceptance (d): SIGKILL one of two nodes mid-stream; on Redis, and on RabbitMQ +
+    PostgreSQL (issue 20, item 5)."""
     a, b = await asyncio.gather(
-        *(tidings_server("--broker", redis_server.url, "--node-id", n) for n in ("A", "B"))
+        *(tidings_server(*shared_store, "--node-id", n) for n in ("A", "B"))
     )
     urls = [node.ws_url("/publicServer") for node in (a, b)]
     readers = [
@@ -362,7 +363,8 @@ async def test_a_node_killed_under_load_loses_nothing(
         lanes = [[a.http_url, b.http_url], [b.http_url, a.http_url]]
         await run_scenario(readers, back_end, lanes, kill, b.http_url)
 
-    report = check_screens("node SIGKILL", readers, back_end)
+    store = "rabbitmq+postgresql" if "--inbox" in shared_store else "redis"
+    report = check_screens(f"node SIGKILL ({store})", readers, back_end)
     moved_in = max(itertools.chain.from_iterable(r.moved_in for r in readers))
     print(f"sessions resubscribed on the other node within {moved_in * 1000:.0f} ms")
     for reader in readers:  # only the killed node's sessions moved, and to the other
