@@ -43,9 +43,17 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 
 SCENARIO_SYSTEMS = {
-    "s1": ["tidings", "tidings-memory", "socketio-node", "python-socketio", "rabbitmq"],
+    "s1": [
+        "tidings",
+        "tidings-amqp-pg",
+        "tidings-memory",
+        "socketio-node",
+        "python-socketio",
+        "rabbitmq",
+    ],
     "s2": [
         "tidings",
+        "tidings-amqp-pg",
         "tidings-batch",
         "tidings-direct",
         "socketio-node",
@@ -296,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             for key in SCENARIO_SYSTEMS[scenario]:
                 if key not in systems and ALL[key].family not in systems:
                     continue
-                if key == "rabbitmq" and not RabbitCluster.available():
+                if key in ("rabbitmq", "tidings-amqp-pg") and not RabbitCluster.available():
                     continue
                 if time.monotonic() - started > budget_s:
                     data["results"][scenario][key] = {"error": "skipped: time budget spent"}

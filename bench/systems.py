@@ -47,6 +47,8 @@ class Deployment:
     publisher: dict[str, Any]
     uses_redis: bool
     stop: Callable[[], None]
+    services: dict[str, int] = field(default_factory=dict)
+    """Other processes of the deployment to meter, by name (tidings-amqp-pg's RabbitMQ)."""
 
     def client_spec(self, destination: str, **extra: Any) -> dict[str, Any]:
         spec: dict[str, Any] = {
@@ -62,7 +64,7 @@ class Deployment:
         pids = {f"server-{i + 1}": proc.pid for i, proc in enumerate(self.servers)}
         if self.uses_redis:
             pids["redis"] = ctx.redis_pid
-        return pids
+        return {**pids, **self.services}
 
 
 @dataclass(frozen=True)
@@ -115,10 +117,12 @@ def _tidings(
 
     def deploy(ctx: Context, nodes: int) -> Deployment:
         url = ctx.redis_url if broker == "redis" else "memory://"
+        backing = _amqp_pg(ctx) if broker == "amqp-pg" else None
+        store = backing.args if backing else ["--broker", url]
 
         def start(index: int, port: int) -> Proc:
             argv = [ctx.python, "-m", "tidings", "serve", "--host", "127.0.0.1"]
-            argv += ["--port", str(port), "--broker", url, "--node-id", f"bench-{index + 1}"]
+            argv += ["--port", str(port), *store, "--node-id", f"bench-{index + 1}"]
             argv += ["--log-level", "warning"]
             if workers > 1:
                 argv += ["--workers", str(workers)]
@@ -134,7 +138,12 @@ def _tidings(
         def ready(proc: Proc, port: int) -> None:
             wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc)
 
-        procs, ports = _start_nodes(ctx, nodes, start, ready)
+        try:
+            procs, ports = _start_nodes(ctx, nodes, start, ready)
+        except BaseException:
+            if backing:
+                backing.stop()
+            raise
         publisher: dict[str, Any] = {
             "kind": "http",
             "targets": [{"port": port} for port in ports],
@@ -164,10 +173,60 @@ def _tidings(
             user_dest="/user/{u}/message",
             publisher=publisher,
             uses_redis=broker == "redis",
-            stop=_stopper(ctx, procs),
+            stop=_then(_stopper(ctx, procs), backing.stop) if backing else _stopper(ctx, procs),
+            services=backing.services if backing else {},
         )
 
     return deploy
+
+
+@dataclass
+class _Backing:
+    """Private services the nodes share instead of Redis: their ``serve`` arguments, the
+    processes to meter, and how to stop them."""
+
+    args: list[str]
+    services: dict[str, int]
+    stop: Callable[[], None]
+
+
+def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        try:
+            first()
+        finally:
+            second()
+
+    return both
+
+
+def _amqp_pg(ctx: Context) -> _Backing:
+    """A private RabbitMQ node (AMQP only) and a private PostgreSQL (fsync off, the schema
+    migrated; tests/postgres_fixture.py), both on the server core like the other systems'
+    servers (issue 20). RabbitMQ's process is metered; PostgreSQL's work is spread over
+    one backend process per connection, not metered."""
+    import asyncio  # noqa: PLC0415
+
+    from tests.postgres_fixture import PgCluster  # noqa: PLC0415 - bench-only dependency
+
+    rabbit = RabbitCluster(
+        ctx.reg, ctx.work_dir / f"rabbit-{free_port()}", ctx.log_dir, web_stomp=False
+    )
+    postgres = PgCluster(wrap=("taskset", "-c", SERVER_CORE))
+    try:
+        (node,) = rabbit.start(1)
+        postgres.start()
+        database = asyncio.run(postgres.database())
+    except BaseException:
+        rabbit.stop()
+        postgres.remove()
+        raise
+    amqp = f"amqp://guest:guest@127.0.0.1:{node.amqp_port}/?exchange=bench"
+    return _Backing(
+        ["--broker", amqp, "--inbox", database.url],
+        {"rabbitmq": node.proc.pid} if node.proc else {},
+        _then(rabbit.stop, postgres.remove),
+    )
 
 
 def _socketio_node(ctx: Context, nodes: int) -> Deployment:
@@ -301,6 +360,13 @@ TIDINGS_WORKERS = System(
     _tidings("redis", workers=3),
     family="tidings",
 )
+TIDINGS_AMQP_PG = System(
+    "tidings-amqp-pg",
+    "Tidings (RabbitMQ routing, PostgreSQL inbox)",
+    "python -m tidings serve --broker amqp://… --inbox postgresql://… (a private RabbitMQ "
+    "and a private PostgreSQL, fsync off, on the server core); publishes: HTTP API",
+    _tidings("amqp-pg"),
+)
 TIDINGS_MEMORY = System(
     "tidings-memory",
     "Tidings (memory broker)",
@@ -335,6 +401,7 @@ ALL = {
         TIDINGS_DIRECT,
         TIDINGS_BATCH,
         TIDINGS_WORKERS,
+        TIDINGS_AMQP_PG,
         TIDINGS_MEMORY,
         SOCKETIO_NODE,
         PYTHON_SOCKETIO,

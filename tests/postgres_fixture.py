@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -59,7 +59,9 @@ def _version(path: str) -> int:
 class PgCluster:
     """One ``postgres`` process on ``self.port``; superuser ``postgres``, trust auth."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, wrap: Sequence[str] = ()) -> None:
+        self.wrap = list(wrap)
+        """A command the server runs under, e.g. ``taskset -c 0`` (bench/systems.py)."""
         self.bin = _bin_dir()
         self.dir = Path(tempfile.mkdtemp(prefix="tidings-pg-"))
         self.data = self.dir / "data"
@@ -95,7 +97,7 @@ class PgCluster:
         args = [arg for key, value in settings.items() for arg in ("-c", f"{key}={value}")]
         with (self.dir / "postgres.log").open("ab") as log:
             self._proc = subprocess.Popen(
-                [str(self.bin / "postgres"), "-D", str(self.data), *args],
+                [*self.wrap, str(self.bin / "postgres"), "-D", str(self.data), *args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.dir, **self._as,
             )  # fmt: skip
