@@ -145,6 +145,8 @@ class PostgresPresence(LocalSessions):
                 gone_members.append(self._member_prefix + session)
             for session in set(added).difference(removed):
                 rows[user, self._member_prefix + session] = None
+        if not rows and not gone_users:
+            return
         async with self._writing, self.inbox.connection() as conn:
             await conn.execute(
                 _WRITE,
