@@ -97,6 +97,7 @@ async def test_migrate_creates_the_schema_once(pg_cluster: PgCluster) -> None:
             "channels",
             "idempotency",
             "messages",
+            "nodes",
             "outbox",
             "presence",
             "read_floors",
