@@ -48,6 +48,7 @@ SCENARIO_SYSTEMS = {
         "tidings",
         "tidings-batch",
         "tidings-direct",
+        "tidings-cluster",
         "socketio-node",
         "python-socketio",
         "rabbitmq",

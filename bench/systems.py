@@ -18,6 +18,7 @@ from bench.procs import (
     wait_http_ok,
     wait_port,
 )
+from bench.redis_cluster import RedisCluster
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -47,6 +48,10 @@ class Deployment:
     publisher: dict[str, Any]
     uses_redis: bool
     stop: Callable[[], None]
+    redis_pids: dict[str, int] | None = None
+    """The Redis processes to meter, by name (None: the context's one Redis)."""
+    redis_calls: Callable[[], dict[str, dict[str, int]]] | None = None
+    """Each Redis master's ``INFO commandstats`` call counts now (a cluster's spread)."""
 
     def client_spec(self, destination: str, **extra: Any) -> dict[str, Any]:
         spec: dict[str, Any] = {
@@ -60,7 +65,9 @@ class Deployment:
 
     def meter_pids(self, ctx: Context) -> dict[str, int]:
         pids = {f"server-{i + 1}": proc.pid for i, proc in enumerate(self.servers)}
-        if self.uses_redis:
+        if self.redis_pids is not None:
+            pids.update(self.redis_pids)
+        elif self.uses_redis:
             pids["redis"] = ctx.redis_pid
         return pids
 
@@ -114,7 +121,19 @@ def _tidings(
     is ``--workers N`` (N node processes on one port, children of the one started)."""
 
     def deploy(ctx: Context, nodes: int) -> Deployment:
-        url = ctx.redis_url if broker == "redis" else "memory://"
+        cluster = _start_cluster(ctx) if broker == "redis-cluster" else None
+        try:
+            return _deploy(ctx, nodes, cluster)
+        except BaseException:
+            if cluster is not None:
+                cluster.stop()
+            raise
+
+    def _deploy(ctx: Context, nodes: int, cluster: RedisCluster | None) -> Deployment:
+        url = {"redis": ctx.redis_url, "memory": "memory://"}.get(broker)
+        if cluster is not None:
+            url = cluster.url
+        assert url is not None
 
         def start(index: int, port: int) -> Proc:
             argv = [ctx.python, "-m", "tidings", "serve", "--host", "127.0.0.1"]
@@ -150,11 +169,11 @@ def _tidings(
                 "python": ctx.python,
                 "script": str(BENCH_DIR / "peers" / "tidings_publisher.py"),
                 "env": ctx.tidings_env,
-                "redis": ctx.redis_url,
+                "redis": url,
                 "topicRoom": "t:bench",
                 "userRoom": "u:{u}",
             }
-        return Deployment(
+        deployment = Deployment(
             system=f"tidings-{broker}",
             servers=procs,
             proto="stomp",
@@ -163,11 +182,45 @@ def _tidings(
             topic_dest="/topic/bench",
             user_dest="/user/{u}/message",
             publisher=publisher,
-            uses_redis=broker == "redis",
+            uses_redis=broker != "memory",
             stop=_stopper(ctx, procs),
         )
+        if cluster is not None:
+            cluster_nodes = _adopt(ctx, cluster)
+            deployment.redis_pids = {f"redis-{i + 1}": p.pid for i, p in enumerate(cluster_nodes)}
+            deployment.redis_calls = lambda: {
+                f"redis-{cluster.ports.index(port) + 1}": calls
+                for port, calls in cluster.calls().items()
+            }
+            stop_nodes = deployment.stop
+
+            def stop() -> None:
+                stop_nodes()
+                for node in cluster_nodes:
+                    ctx.reg.stop(node)
+                cluster.stop()
+
+            deployment.stop = stop
+        return deployment
 
     return deploy
+
+
+def _start_cluster(ctx: Context) -> RedisCluster:
+    """3 masters, no replicas, on the server core like the single Redis."""
+    workdir = ctx.work_dir / f"cluster-{free_port()}"
+    workdir.mkdir(parents=True)
+    cluster = RedisCluster(workdir, core=SERVER_CORE)
+    cluster.start()
+    return cluster
+
+
+def _adopt(ctx: Context, cluster: RedisCluster) -> list[Proc]:
+    """The cluster's nodes in the registry (stopped on ^C like every other process)."""
+    return [
+        ctx.reg.adopt(Proc(f"redis-{i + 1}-{port}", popen, popen.pid, None))
+        for i, (port, popen) in enumerate(cluster.processes.items())
+    ]
 
 
 def _socketio_node(ctx: Context, nodes: int) -> Deployment:
@@ -301,6 +354,14 @@ TIDINGS_WORKERS = System(
     _tidings("redis", workers=3),
     family="tidings",
 )
+TIDINGS_CLUSTER = System(
+    "tidings-cluster",
+    "Tidings (Redis Cluster broker, 3 masters)",
+    "python -m tidings serve --broker redis+cluster://… on a Redis Cluster of 3 masters (no "
+    "replicas), all on the server core like the single Redis; publishes: POST /api/v1/… "
+    "(HTTP keep-alive)",
+    _tidings("redis-cluster"),
+)
 TIDINGS_MEMORY = System(
     "tidings-memory",
     "Tidings (memory broker)",
@@ -335,6 +396,7 @@ ALL = {
         TIDINGS_DIRECT,
         TIDINGS_BATCH,
         TIDINGS_WORKERS,
+        TIDINGS_CLUSTER,
         TIDINGS_MEMORY,
         SOCKETIO_NODE,
         PYTHON_SOCKETIO,
