@@ -8,22 +8,27 @@ more, each a JSON string of ``--bytes`` characters, 64 publishes in flight. ``IN
 ``used_memory`` before, after the first pass and after the rest: the first pass's growth per
 user is an inbox with one message, the rest's growth per message is what one more message
 costs. Then the same again with an idempotency key on every publish (a key per message,
-kept ``--idempotency-ttl``, a day by default). Default limits otherwise (1,000 messages per
-inbox, 7 days): nothing is trimmed here.
+kept a day by default). Default limits otherwise (1,000 messages per inbox, 7 days):
+nothing is trimmed here. Last, presence: one connected session for each of ``--users``
+users (``RedisPresence.add``, as a node does at CONNECT; session ids as the server makes
+them), ``used_memory`` growth per session.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import tempfile
 import time
 from pathlib import Path
 
 import redis
+import redis.asyncio
 import uvloop
 
 from bench.procs import Registry, redis_flushall, start_redis
+from tidings.brokers.redis_presence import RedisPresence
 from tidings.publisher import Publisher
 
 IN_FLIGHT = 64
@@ -70,6 +75,28 @@ def measure(url: str, users: int, per_user: int, size: int, idempotent: bool) ->
     }
 
 
+async def connect(url: str, users: int) -> None:
+    """One presence entry per user, as node ``bench-1`` writes them at CONNECT."""
+    client = redis.asyncio.Redis.from_url(url)
+    presence = RedisPresence(client, "bench-1")
+    try:
+        await asyncio.gather(*(presence.add(f"u{u}", secrets.token_hex(8)) for u in range(users)))
+    finally:
+        presence.by_user.clear()  # close() would remove them: keep them to be measured
+        await presence.close()
+        await client.aclose()
+
+
+def presence_bytes(url: str, users: int) -> float:
+    redis_flushall(url)
+    base = used_memory(url)
+    uvloop.run(connect(url, users))
+    with redis.Redis.from_url(url) as client:
+        if client.zcard("tidings:presence:u0") != 1:
+            raise SystemExit("no presence entry for u0")
+    return (used_memory(url) - base) / users
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=10_000)
@@ -98,6 +125,8 @@ def main() -> None:
                     f"| {r['total_mb']:.1f} MiB |",
                     flush=True,
                 )
+            per_session = presence_bytes(url, args.users)
+            print(f"\npresence: {per_session:.0f} B of used_memory per connected session")
         finally:
             reg.stop_all()
 
