@@ -5,7 +5,7 @@ Chromium page on another origin calling it with fetch()."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from json import dumps
 from pathlib import Path
 from typing import Any
@@ -131,21 +131,26 @@ async def test_a_token_reads_no_other_inbox(node: TidingsServer) -> None:
 
 
 @pytest.mark.parametrize(
-    ("credentials", "message"),
+    ("credentials_of", "message"),
     [
-        (None, "send 'Authorization: Bearer <jwt>'"),
-        (user_token("alice", exp=int(time.time()) - 60), "token expired"),
-        (user_token("alice", aud="other"), "token audience not accepted"),
-        (user_token("alice", iss="https://evil.example"), "token issuer not accepted"),
-        (user_token("a/b"), "token sub is not a valid user id"),
-        (token("alice", secret="another-secret-that-is-long-enough-for-hs256"), "signature"),
-        (API_KEY, "malformed token"),
+        # Made when the test runs: a token made at collection could expire before then.
+        (lambda: None, "send 'Authorization: Bearer <jwt>'"),
+        (lambda: user_token("alice", exp=int(time.time()) - 60), "token expired"),
+        (lambda: user_token("alice", aud="other"), "token audience not accepted"),
+        (lambda: user_token("alice", iss="https://evil.example"), "token issuer not accepted"),
+        (lambda: user_token("a/b"), "token sub is not a valid user id"),
+        (
+            lambda: token("alice", secret="another-secret-that-is-long-enough-for-hs256"),
+            "signature",
+        ),
+        (lambda: API_KEY, "malformed token"),
     ],
     ids=["none", "expired", "audience", "issuer", "sub", "signature", "api-key"],
 )
 async def test_bad_credentials_are_401_json(
-    node: TidingsServer, credentials: str | None, message: str
+    node: TidingsServer, credentials_of: Callable[[], str | None], message: str
 ) -> None:
+    credentials = credentials_of()
     for method, path in (("GET", "/api/v1/me/inbox"), ("GET", "/api/v1/me/inbox/unread")):
         status, body, headers = await call(node, method, path, bearer=credentials)
         assert (status, body["error"]) == (401, "unauthorized")
