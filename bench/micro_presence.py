@@ -3,7 +3,8 @@
 A private redis-server and this process share one core (as Tidings and Redis do in S4).
 Each repeat uses a new presence and new users. Per repeat it prints the wall time of the
 adds, this process's CPU time for them, Redis' CPU time for them (from /proc), and for
-one refresh of every user: its CPU time and the longest the loop waited meanwhile:
+one refresh of every user: its CPU time, Redis' CPU time for it and the longest the loop
+waited meanwhile:
 
     .venv/bin/python -m bench.micro_presence [--adds 5000] [--concurrency 100]
 
@@ -59,9 +60,10 @@ async def one_run(url: str, redis_pid: int, run: int, args: argparse.Namespace) 
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
     redis = cpu_s(redis_pid) - redis0
 
-    cpu0 = time.process_time()
+    redis0, cpu0 = cpu_s(redis_pid), time.process_time()
     await presence.refresh() if hasattr(presence, "refresh") else await _old_refresh(presence)
     refresh_cpu = time.process_time() - cpu0
+    refresh_redis = cpu_s(redis_pid) - redis0
     done = asyncio.Event()
     watcher = asyncio.ensure_future(longest_wait(done))
     await asyncio.sleep(0)
@@ -70,7 +72,7 @@ async def one_run(url: str, redis_pid: int, run: int, args: argparse.Namespace) 
     stall = await watcher
     await presence.close()
     await client.aclose()
-    return [wall, cpu, redis, refresh_cpu, stall]
+    return [wall, cpu, redis, refresh_cpu, stall, refresh_redis]
 
 
 async def _old_refresh(presence: RedisPresence) -> None:
@@ -85,11 +87,12 @@ async def main_async(args: argparse.Namespace, url: str, redis_pid: int) -> None
     for run in range(args.repeat):
         row = await one_run(url, redis_pid, run, args)
         rows.append(row)
-        wall, cpu, redis, refresh_cpu, stall = row
+        wall, cpu, redis, refresh_cpu, stall, refresh_redis = row
         print(
             f"run {run}: adds {wall * 1000:.1f} ms wall, {cpu * 1e6 / args.adds:.1f} µs CPU "
             f"and {redis * 1e6 / args.adds:.1f} µs Redis CPU per add; refresh of "
-            f"{args.adds} users {refresh_cpu * 1000:.1f} ms CPU, longest stall "
+            f"{args.adds} users {refresh_cpu * 1000:.1f} ms CPU, Redis "
+            f"{refresh_redis * 1e6 / args.adds:.1f} µs per user, longest stall "
             f"{stall * 1000:.2f} ms",
             flush=True,
         )
@@ -97,7 +100,8 @@ async def main_async(args: argparse.Namespace, url: str, redis_pid: int) -> None
     print(
         f"{args.adds} adds, {args.concurrency} at a time, min of {args.repeat}: "
         f"{best[0] * 1000:.1f} ms wall, {best[1] * 1e6 / args.adds:.1f} µs CPU per add, "
-        f"refresh {best[3] * 1000:.1f} ms CPU, stall {best[4] * 1000:.2f} ms"
+        f"refresh {best[3] * 1000:.1f} ms CPU ({best[5] * 1e6 / args.adds:.1f} µs Redis CPU "
+        f"per user), stall {best[4] * 1000:.2f} ms"
     )
 
 

@@ -18,6 +18,7 @@ COLORS = {
     "tidings-direct": "#0a3069",
     "tidings-batch": "#8250df",
     "tidings-memory": "#58a6ff",
+    "tidings-amqp-pg": "#6e7781",
     "socketio-node": "#2da44e",
     "python-socketio": "#bf8700",
     "rabbitmq": "#cf222e",
@@ -27,6 +28,7 @@ SHORT = {
     "tidings-direct": "Tidings (Redis), direct",
     "tidings-batch": "Tidings (Redis), HTTP batched",
     "tidings-memory": "Tidings (memory)",
+    "tidings-amqp-pg": "Tidings (RabbitMQ + PostgreSQL)",
     "socketio-node": "Node socket.io",
     "python-socketio": "python-socketio",
     "rabbitmq": "RabbitMQ Web-STOMP",
@@ -85,6 +87,18 @@ def _server_cpu(cpu: dict[str, float] | None) -> float | None:
         return None
     values = [v for name, v in cpu.items() if name.startswith("server-")]
     return sum(values) if values else None
+
+
+def _redis_cpu(cpu: dict[str, float] | None) -> float | None:
+    """Every Redis process' CPU % summed (one Redis, or a cluster's masters)."""
+    values = [v for name, v in (cpu or {}).items() if name.startswith("redis")]
+    return sum(values) if values else None
+
+
+def _redis_cpus(cpu: dict[str, float]) -> str:
+    """One Redis' CPU, or a cluster's masters' as "a + b + c"."""
+    names = sorted(name for name in cpu if name.startswith("redis"))
+    return " + ".join(pct(cpu[name]) for name in names) if names else pct(None)
 
 
 def _lat(result: Result | None, key: str) -> float | None:
@@ -617,6 +631,10 @@ def _s2(data: Result) -> list[str]:
             )
             total = _server_cpu(cpu) or 0.0
             per_msg = f"{total / 100 * 1e6 / x['achievedRate']:.0f} µs"
+            redis = _redis_cpu(cpu)
+            redis_per_msg = (
+                f"{redis / 100 * 1e6 / x['achievedRate']:.0f} µs" if redis is not None else "–"
+            )
             rows.append(
                 [
                     _label(data, key),
@@ -631,7 +649,8 @@ def _s2(data: Result) -> list[str]:
                     ms(_lat(x, "max")),
                     servers,
                     per_msg,
-                    pct(cpu.get("redis")),
+                    _redis_cpus(cpu),
+                    redis_per_msg,
                     pct(cpu.get("loadgen")),
                     pct(cpu.get("publisher")),
                 ]
@@ -651,6 +670,7 @@ def _s2(data: Result) -> list[str]:
             "server CPU (node 1 + node 2)",
             "server CPU per message",
             "Redis CPU",
+            "Redis CPU per message",
             "loadgen CPU",
             "publisher CPU",
         ],
@@ -663,9 +683,12 @@ def _s2(data: Result) -> list[str]:
         "and the inbox script call; Tidings' direct publisher and the others: reading it "
         "from Redis or AMQP), routing it and delivering it. Tidings' direct publisher, the "
         "Socket.IO emitters and python-socketio's write-only manager do their encoding in "
-        "the back end's process (here the load generator or the publisher helper, on core 1).",
+        "the back end's process (here the load generator or the publisher helper, on core 1). "
+        "Redis CPU per message likewise: every Redis process' CPU (a cluster's masters "
+        "summed) over the messages published.",
         "",
     ]
+    lines += _s2_spread(data)
     rates = list(next((r["rates"] for r in s2.values() if _ok(r)), {}))
     for key, path in TIDINGS_S2_PATHS:
         lines += _ratio_lines(
@@ -677,6 +700,38 @@ def _s2(data: Result) -> list[str]:
             base_key=key,
         )
     return lines + _errors(data, "s2")
+
+
+SPREAD_COMMANDS = ("evalsha", "eval", "spublish", "publish")
+"""The commands whose per-master counts show how S2's publishes spread over a cluster."""
+
+
+def _s2_spread(data: Result) -> list[str]:
+    """Per-master command counts (``INFO commandstats``) of S2 runs on a Redis Cluster."""
+    rows = []
+    for key, r in data["results"].get("s2", {}).items():
+        if not _ok(r):
+            continue
+        for rate, x in r["rates"].items():
+            calls: dict[str, dict[str, int]] = x.get("redisCalls") or {}
+            for command in SPREAD_COMMANDS:
+                counts = {name: c.get(command, 0) for name, c in calls.items()}
+                total = sum(counts.values())
+                if not total:
+                    continue
+                shares = ", ".join(
+                    f"{name} {n:,} ({100 * n / total:.1f}%)" for name, n in counts.items()
+                )
+                rows.append([_label(data, key), f"{int(rate):,}", command, f"{total:,}", shares])
+    if not rows:
+        return []
+    lines = [
+        "How the publishes spread over the cluster's masters: each master's `INFO "
+        "commandstats` calls, read before and after each window (the drain included):",
+        "",
+    ]
+    lines += _table(["system", "target msg/s", "command", "calls", "per master"], rows)
+    return [*lines, ""]
 
 
 def _ratio_lines(

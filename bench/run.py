@@ -56,6 +56,7 @@ SCENARIO_SYSTEMS = {
         "tidings-amqp-pg",
         "tidings-batch",
         "tidings-direct",
+        "tidings-cluster",
         "socketio-node",
         "python-socketio",
         "rabbitmq",

@@ -200,6 +200,7 @@ def s2_per_user(ctx: Context, lg: LoadGen, system: System, sz: Sizes) -> dict[st
         )
         runs: dict[str, Any] = {}
         for index, rate in enumerate(sz.s2_rates):
+            before = dep.redis_calls() if dep.redis_calls else None
             result = lg.call(
                 "rate",
                 timeout=sz.s2_seconds + drain / 1000 + 60,
@@ -213,11 +214,27 @@ def s2_per_user(ctx: Context, lg: LoadGen, system: System, sz: Sizes) -> dict[st
                 meterPids=pids,
             )
             result["memory"] = _memory(dep)
+            if dep.redis_calls and before is not None:
+                result["redisCalls"] = _calls_between(before, dep.redis_calls())
             runs[str(rate)] = result
             time.sleep(0.5)
         return {"users": n, "nodes": 2, "rates": runs}
     finally:
         _teardown(ctx, lg, dep)
+
+
+def _calls_between(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    """Each Redis master's commands called between two ``INFO commandstats`` readings."""
+    return {
+        name: {
+            command: calls - before.get(name, {}).get(command, 0)
+            for command, calls in sorted(counts.items())
+            if calls > before.get(name, {}).get(command, 0)
+        }
+        for name, counts in sorted(after.items())
+    }
 
 
 # -- S3 + S4: connection storm, then idle sessions -----------------------------------------

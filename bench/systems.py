@@ -18,6 +18,7 @@ from bench.procs import (
     wait_http_ok,
     wait_port,
 )
+from bench.redis_cluster import RedisCluster
 
 BENCH_DIR = Path(__file__).resolve().parent
 
@@ -47,6 +48,10 @@ class Deployment:
     publisher: dict[str, Any]
     uses_redis: bool
     stop: Callable[[], None]
+    redis_pids: dict[str, int] | None = None
+    """The Redis processes to meter, by name (None: the context's one Redis)."""
+    redis_calls: Callable[[], dict[str, dict[str, int]]] | None = None
+    """Each Redis master's ``INFO commandstats`` call counts now (a cluster's spread)."""
     services: dict[str, int] = field(default_factory=dict)
     """Other processes of the deployment to meter, by name (tidings-amqp-pg's RabbitMQ)."""
 
@@ -62,7 +67,9 @@ class Deployment:
 
     def meter_pids(self, ctx: Context) -> dict[str, int]:
         pids = {f"server-{i + 1}": proc.pid for i, proc in enumerate(self.servers)}
-        if self.uses_redis:
+        if self.redis_pids is not None:
+            pids.update(self.redis_pids)
+        elif self.uses_redis:
             pids["redis"] = ctx.redis_pid
         return {**pids, **self.services}
 
@@ -116,9 +123,28 @@ def _tidings(
     is ``--workers N`` (N node processes on one port, children of the one started)."""
 
     def deploy(ctx: Context, nodes: int) -> Deployment:
-        url = ctx.redis_url if broker == "redis" else "memory://"
+        cluster = _start_cluster(ctx) if broker == "redis-cluster" else None
         backing = _amqp_pg(ctx) if broker == "amqp-pg" else None
-        store = backing.args if backing else ["--broker", url]
+        try:
+            return _deploy(ctx, nodes, cluster, backing)
+        except BaseException:
+            if cluster is not None:
+                cluster.stop()
+            if backing is not None:
+                backing.stop()
+            raise
+
+    def _deploy(
+        ctx: Context, nodes: int, cluster: RedisCluster | None, backing: _Backing | None
+    ) -> Deployment:
+        url = {"redis": ctx.redis_url, "memory": "memory://"}.get(broker)
+        if cluster is not None:
+            url = cluster.url
+        if backing is not None:
+            store = backing.args
+        else:
+            assert url is not None
+            store = ["--broker", url]
 
         def start(index: int, port: int) -> Proc:
             argv = [ctx.python, "-m", "tidings", "serve", "--host", "127.0.0.1"]
@@ -138,12 +164,7 @@ def _tidings(
         def ready(proc: Proc, port: int) -> None:
             wait_http_ok(f"http://127.0.0.1:{port}/healthz", proc)
 
-        try:
-            procs, ports = _start_nodes(ctx, nodes, start, ready)
-        except BaseException:
-            if backing:
-                backing.stop()
-            raise
+        procs, ports = _start_nodes(ctx, nodes, start, ready)
         publisher: dict[str, Any] = {
             "kind": "http",
             "targets": [{"port": port} for port in ports],
@@ -159,11 +180,11 @@ def _tidings(
                 "python": ctx.python,
                 "script": str(BENCH_DIR / "peers" / "tidings_publisher.py"),
                 "env": ctx.tidings_env,
-                "redis": ctx.redis_url,
+                "redis": url,
                 "topicRoom": "t:bench",
                 "userRoom": "u:{u}",
             }
-        return Deployment(
+        deployment = Deployment(
             system=f"tidings-{broker}",
             servers=procs,
             proto="stomp",
@@ -172,10 +193,27 @@ def _tidings(
             topic_dest="/topic/bench",
             user_dest="/user/{u}/message",
             publisher=publisher,
-            uses_redis=broker == "redis",
+            uses_redis=broker not in ("memory", "amqp-pg"),
             stop=_then(_stopper(ctx, procs), backing.stop) if backing else _stopper(ctx, procs),
             services=backing.services if backing else {},
         )
+        if cluster is not None:
+            cluster_nodes = _adopt(ctx, cluster)
+            deployment.redis_pids = {f"redis-{i + 1}": p.pid for i, p in enumerate(cluster_nodes)}
+            deployment.redis_calls = lambda: {
+                f"redis-{cluster.ports.index(port) + 1}": calls
+                for port, calls in cluster.calls().items()
+            }
+            stop_nodes = deployment.stop
+
+            def stop() -> None:
+                stop_nodes()
+                for node in cluster_nodes:
+                    ctx.reg.stop(node)
+                cluster.stop()
+
+            deployment.stop = stop
+        return deployment
 
     return deploy
 
@@ -227,6 +265,23 @@ def _amqp_pg(ctx: Context) -> _Backing:
         {"rabbitmq": node.proc.pid} if node.proc else {},
         _then(rabbit.stop, postgres.remove),
     )
+
+
+def _start_cluster(ctx: Context) -> RedisCluster:
+    """3 masters, no replicas, on the server core like the single Redis."""
+    workdir = ctx.work_dir / f"cluster-{free_port()}"
+    workdir.mkdir(parents=True)
+    cluster = RedisCluster(workdir, core=SERVER_CORE)
+    cluster.start()
+    return cluster
+
+
+def _adopt(ctx: Context, cluster: RedisCluster) -> list[Proc]:
+    """The cluster's nodes in the registry (stopped on ^C like every other process)."""
+    return [
+        ctx.reg.adopt(Proc(f"redis-{i + 1}-{port}", popen, popen.pid, None))
+        for i, (port, popen) in enumerate(cluster.processes.items())
+    ]
 
 
 def _socketio_node(ctx: Context, nodes: int) -> Deployment:
@@ -367,6 +422,14 @@ TIDINGS_AMQP_PG = System(
     "and a private PostgreSQL, fsync off, on the server core); publishes: HTTP API",
     _tidings("amqp-pg"),
 )
+TIDINGS_CLUSTER = System(
+    "tidings-cluster",
+    "Tidings (Redis Cluster broker, 3 masters)",
+    "python -m tidings serve --broker redis+cluster://… on a Redis Cluster of 3 masters (no "
+    "replicas), all on the server core like the single Redis; publishes: POST /api/v1/… "
+    "(HTTP keep-alive)",
+    _tidings("redis-cluster"),
+)
 TIDINGS_MEMORY = System(
     "tidings-memory",
     "Tidings (memory broker)",
@@ -402,6 +465,7 @@ ALL = {
         TIDINGS_BATCH,
         TIDINGS_WORKERS,
         TIDINGS_AMQP_PG,
+        TIDINGS_CLUSTER,
         TIDINGS_MEMORY,
         SOCKETIO_NODE,
         PYTHON_SOCKETIO,
