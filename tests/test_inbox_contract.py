@@ -383,12 +383,15 @@ class TestHistory:
     async def test_a_publish_trims_by_age_and_the_id_sets_forget(self, make: Make) -> None:
         # Nothing reads the inbox between its messages aging out and the next publish: the
         # publish trims them itself, and the user's id sets forget them there and then.
-        s = await make(max_age_s=0.5)
+        s = await make(max_age_s=1.5)
+        loop = asyncio.get_running_loop()
+        start = loop.time()  # before the messages' ages start
         old = await publish_n(s.inbox, "u:3", 2)
         await s.other.ack("3", [old[0]])
+        # Within their 1.5 s (a publish behind a replica's WAIT can take a while).
         assert (await s.other.mark_read("3", ids=[old[1]])).unread == 1
         # Older than max_age_s, while the inbox (kept max_age_s + 1 s after a write) stays.
-        await asyncio.sleep(0.7)
+        await asyncio.sleep(start + 1.7 - loop.time())
         new = await s.inbox.publish(msg("u:3", "new"))
         assert await stored_state(s, "3") == (1, 0, 0)  # looked at before any read trims
         assert await s.other.unread("3") == 1
@@ -697,7 +700,7 @@ class TestReadState:
             await s.inbox.delete("6", up_to="junk")
 
     async def test_read_ids_of_an_expired_inbox_do_not_count(self, make: Make) -> None:
-        s = await make(max_age_s=0.3)
+        s = await make(max_age_s=1.0)  # time for the calls below, behind a WAIT too
         old = await publish_n(s.inbox, "u:6", 2)
         await asyncio.sleep(0.15)  # the clock: the read state must outlive the inbox
         assert (await s.inbox.mark_read("6", ids=[old[1]])).unread == 1
