@@ -116,5 +116,7 @@ class StompWs:
         return error
 
     async def close(self) -> None:
-        await self.ws.close()
-        await self.session.close()
+        try:
+            await self.ws.close()
+        finally:  # also when cancelled meanwhile: an unclosed session warns, and warnings fail
+            await self.session.close()

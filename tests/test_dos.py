@@ -104,27 +104,38 @@ def test_timeouts_have_bounded_defaults() -> None:
 
 async def test_a_crlf_frame_flood_does_not_stall_the_node(node: Node) -> None:
     """3 WebSocket messages of 256 KB of tiny CR LF frames stalled a node ~6.5 s, and
-    /healthz with it; they now take about as long as LF frames (well under a second)."""
+    /healthz with it, where LF frames took 0.07 s; they now take about as long as LF
+    frames. Measured against LF frames on the same node just before, not against a fixed
+    time, so that a busy machine (the suite's other workers) slows both alike."""
     async with raw(node) as client:
-        await flood_crlf_frames(node, client)
+        lf_health_s, lf_flood_s = await flood_frames(node, client, b"\n")
+    async with raw(node) as client:
+        health_s, flood_s = await flood_frames(node, client, b"\r\n")
+    bound = 4 * lf_flood_s + 1.0
+    assert health_s < bound, (
+        f"/healthz took {health_s:.2f} s behind the flood (LF: {lf_health_s:.2f})"
+    )
+    assert flood_s < bound, f"the flood took {flood_s:.2f} s (LF: {lf_flood_s:.2f} s)"
 
 
-async def flood_crlf_frames(node: Node, raw: Raw) -> None:
+async def flood_frames(node: Node, raw: Raw, eol: bytes) -> tuple[float, float]:
+    """Seconds until /healthz answered and until the flood's last frame was handled."""
     await raw.handshake()
     await raw.send(masked_frame(CONNECT))
     await raw.expect("CONNECTED")
-    frames = b"ACK\r\nid:x\r\n\r\n\0" * (256 * 1024 // 14)
+    frame = b"ACK" + eol + b"id:x" + eol + eol + b"\0"
+    frames = frame * (256 * 1024 // len(frame))
     flood = masked_frame(frames, OP_BINARY) * 3
-    receipt = masked_frame(b"ACK\r\nid:x\r\nreceipt:flood-done\r\n\r\n\0", OP_BINARY)
+    receipt = masked_frame(
+        b"ACK" + eol + b"id:x" + eol + b"receipt:flood-done" + eol * 2 + b"\0", OP_BINARY
+    )
     started = time.monotonic()
     await raw.send(flood + receipt)
     async with aiohttp.ClientSession() as http, http.get(node.url("/healthz")) as reply:
         assert reply.status == 200
     health_s = time.monotonic() - started
     await raw.expect("RECEIPT", receipt_id="flood-done")
-    flood_s = time.monotonic() - started
-    assert health_s < 2.5, f"/healthz took {health_s:.2f} s behind the flood"
-    assert flood_s < 5.0, f"the flood took {flood_s:.2f} s"
+    return health_s, time.monotonic() - started
 
 
 # -- memory: pings never read ----------------------------------------------------------------
