@@ -385,13 +385,13 @@ class TestHistory:
         # publish trims them itself, and the user's id sets forget them there and then.
         s = await make(max_age_s=1.5)
         loop = asyncio.get_running_loop()
-        start = loop.time()  # before the messages' ages start
         old = await publish_n(s.inbox, "u:3", 2)
+        stored_by = loop.time()  # both messages' ages started before this
         await s.other.ack("3", [old[0]])
         # Within their 1.5 s (a publish behind a replica's WAIT can take a while).
         assert (await s.other.mark_read("3", ids=[old[1]])).unread == 1
         # Older than max_age_s, while the inbox (kept max_age_s + 1 s after a write) stays.
-        await asyncio.sleep(start + 1.7 - loop.time())
+        await asyncio.sleep(stored_by + 1.7 - loop.time())
         new = await s.inbox.publish(msg("u:3", "new"))
         assert await stored_state(s, "3") == (1, 0, 0)  # looked at before any read trims
         assert await s.other.unread("3") == 1
