@@ -48,7 +48,6 @@ import contextlib
 import hashlib
 import itertools
 import logging
-import random
 from functools import partial
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -60,7 +59,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from tidings.brokers import AMQP_SCHEMES
-from tidings.brokers.base import ContinuityHandler, MessageHandler
+from tidings.brokers.base import ContinuityHandler, MessageHandler, reconnect_delay
 from tidings.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -564,9 +563,7 @@ class AmqpBroker:
             log.exception("broker continuity handler failed")
 
     def _backoff(self, failures: int) -> float:
-        """Capped exponential delay before reconnect attempt ``failures``, with jitter."""
-        delay = min(self._backoff_max_s, self._backoff_initial_s * 2.0 ** (failures - 1))
-        return delay * random.uniform(0.5, 1.0)
+        return reconnect_delay(failures, self._backoff_initial_s, self._backoff_max_s)
 
 
 def _allowance(base_s: float, binds: int) -> float:

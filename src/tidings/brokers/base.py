@@ -8,6 +8,7 @@ drops.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Protocol
 
@@ -44,3 +45,10 @@ class Broker(Protocol):
     @property
     def ready(self) -> bool:
         """True while publishes and subscriptions can succeed."""
+
+
+def reconnect_delay(failures: int, initial_s: float, max_s: float) -> float:
+    """Capped exponential delay before reconnect attempt ``failures``, with jitter (the
+    Redis and AMQP brokers' reconnect loops)."""
+    delay = min(max_s, initial_s * 2.0 ** (failures - 1))
+    return delay * random.uniform(0.5, 1.0)

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 import secrets
 from collections import deque
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from tidings import redis_cluster, redis_sentinel
-from tidings.brokers.base import ContinuityHandler, MessageHandler
+from tidings.brokers.base import ContinuityHandler, MessageHandler, reconnect_delay
 from tidings.brokers.redis_pubsub import PubSubConnection
 from tidings.errors import BrokerUnavailable
 from tidings.redis_connect import connection_params, open_connection
@@ -466,9 +465,7 @@ class RedisBroker:
             log.exception("broker continuity handler failed")
 
     def _backoff(self, failures: int) -> float:
-        """Capped exponential delay before reconnect attempt ``failures``, with jitter."""
-        delay = min(self._backoff_max_s, self._backoff_initial_s * 2.0 ** (failures - 1))
-        return delay * random.uniform(0.5, 1.0)
+        return reconnect_delay(failures, self._backoff_initial_s, self._backoff_max_s)
 
     # -- probe -----------------------------------------------------------------------
 
