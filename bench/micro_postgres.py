@@ -1,7 +1,7 @@
 """Micro-benchmark of the PostgreSQL inbox (issue 20): publishes per second, and the
 driver it is built on, asyncpg against psycopg 3 (docs/decisions.md).
 
-    python -m bench.micro_postgres [--messages 5000] [--concurrency 1,50]
+    python -m bench.micro_postgres [--messages 5000] [--concurrency 1,50] [--only channels]
 
 A private PostgreSQL cluster (tests/postgres_fixture.py: fsync off, as the tests run
 it), a fresh database for each measurement, this process on uvloop:
@@ -10,6 +10,10 @@ it), a fresh database for each measurement, this process on uvloop:
   publishers at a time spread over 100 users (1: one after the other), on the memory
   broker (no advisory lock) and as on a shared broker (the advisory lock per channel
   held until the announcement is out; the announcement itself goes to a memory broker).
+* **channels** (S2's shape): ``--messages`` publishes, each to a user of its own (a
+  channel with no history), ``concurrency`` at a time, with the cross-node advisory lock
+  (as on ``--broker amqp://``); messages/s, and each publish's latency (its call to its
+  return) p50 and p99.
 * **driver**: the same ``tidings.store`` call (no advisory lock) through an asyncpg pool
   and through a psycopg ``AsyncConnectionPool`` (psycopg 3 with its C speedups, if
   installed: it is not a dependency of Tidings), so only the driver differs.
@@ -60,6 +64,31 @@ async def timed(calls: int, concurrency: int, call: Callable[[int], Awaitable[ob
 
 def message(i: int) -> Message:
     return Message("", f"u:{i % USERS}", "/message", b'{"n": %d, "text": "hello"}' % i)
+
+
+async def bench_channels(cluster: PgCluster, calls: int, concurrency: int) -> str:
+    """Every publish to a channel of its own, with the advisory lock; latency per call."""
+    database = await cluster.database()
+    broker = MemoryBroker()
+    await broker.start(lambda channel, payload: None)
+    inbox = PostgresInbox(database.url, broker, InboxLimits(), sweep_interval_s=0)
+    inbox._cross_node = True  # as on a shared broker
+    await inbox.start()
+    latencies: list[float] = []
+
+    async def call(i: int) -> None:
+        start = time.perf_counter()
+        await inbox.publish(Message("", f"u:s2-{i}", "/message", b'{"n": %d}' % i))
+        latencies.append(time.perf_counter() - start)
+
+    try:
+        result = await timed(calls, concurrency, call)
+    finally:
+        await inbox.close()
+        await database.drop()
+    latencies.sort()
+    p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+    return f"{result}  p50 {p50 * 1000:6.1f} ms  p99 {p99 * 1000:6.1f} ms"
 
 
 async def bench_inbox(cluster: PgCluster, calls: int, concurrency: int, shared: bool) -> str:
@@ -157,10 +186,15 @@ async def bench_outbox(cluster: PgCluster, calls: int, rate: float = 0.0) -> str
     )
 
 
-async def main(calls: int, concurrencies: list[int]) -> None:
+async def main(calls: int, concurrencies: list[int], only: str | None) -> None:
     cluster = PgCluster()
     cluster.start()
     try:
+        if only == "channels":
+            for concurrency in concurrencies:
+                result = await bench_channels(cluster, calls, concurrency)
+                print(f"channels, {concurrency:3d} at a time: {result}")
+            return
         for concurrency in concurrencies:
             print(f"-- {calls} publishes, {concurrency} at a time, over {USERS} users")
             for shared in (False, True):
@@ -169,6 +203,7 @@ async def main(calls: int, concurrencies: list[int]) -> None:
                 print(f"inbox ({label}):   {result}")
             print(f"store via asyncpg:  {await bench_asyncpg(cluster, calls, concurrency)}")
             print(f"store via psycopg:  {await bench_psycopg(cluster, calls, concurrency)}")
+            print(f"channels of their own: {await bench_channels(cluster, calls, concurrency)}")
         print(
             f"-- outbox, {calls} transactions of one message: {await bench_outbox(cluster, calls)}"
         )
@@ -181,6 +216,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--concurrency", default="1,50")
+    parser.add_argument(
+        "--only", choices=["channels"], help="only the many-channels measurement (S2's shape)"
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    uvloop.run(main(args.messages, levels))
+    uvloop.run(main(args.messages, levels, args.only))

@@ -506,3 +506,112 @@ async def test_rabbitmq_restart_with_a_postgresql_inbox_loses_nothing(
         broker=rabbit_server.url(),
         node_args=["--inbox", postgres_db.url],
     )
+
+
+async def pg_nodes(
+    database: PgDatabase, redis_url: str, count: int, channels: list[str]
+) -> tuple[list[PostgresInbox], list[RedisBroker], Heard]:
+    """``count`` inboxes (nodes) announcing on Redis brokers of their own, the advisory
+    lock per channel taken as on any shared broker; and what a subscriber of ``channels``
+    heard."""
+    heard = Heard()
+    brokers = [RedisBroker(redis_url) for _ in range(count + 1)]
+    await brokers[0].start(heard)
+    for channel in channels:
+        await brokers[0].subscribe(channel)
+    inboxes = []
+    for broker in brokers[1:]:
+        await broker.start(lambda channel, payload: None)
+        inbox = PostgresInbox(database.url, broker, InboxLimits(), pool_size=4, outbox_poll_s=0)
+        await inbox.start()
+        inboxes.append(inbox)
+    return inboxes, brokers, heard
+
+
+async def test_two_nodes_group_commit_publishes_to_many_channels_in_order(
+    postgres_db: PgDatabase, redis_server: RedisServer
+) -> None:
+    # 800 publishes submitted at once, alternately on two nodes, over 40 channels: each
+    # node stores them in batches (one statement each) whose channels overlap the other
+    # node's. Every message is stored and announced once, each channel's announcements
+    # in id order, each node's publishes of a channel in the order submitted; no batch
+    # waits for ever on another's locks.
+    channels = [f"u:g{n}" for n in range(40)]
+    inboxes, brokers, heard = await pg_nodes(postgres_db, redis_server.url, 2, channels)
+    try:
+        sent = [
+            (i % 2, Message("", channels[i * 7 % 40], "/message", b"m%d" % i)) for i in range(800)
+        ]
+        async with asyncio.timeout(60):
+            ids = await asyncio.gather(*(inboxes[node].submit(m) for node, m in sent))
+            await heard.at_least(800, within=30)
+        # Ids are per channel: (channel, id) is what names a message.
+        announced = {
+            (channel, split_announcement(payload)[0]): Message.decode(
+                split_announcement(payload)[1]
+            ).body
+            for channel, payload in heard
+        }
+        assert len(announced) == 800 == len(heard)  # once each
+        sent_ids = [(m.channel, i) for i, (_, m) in zip(ids, sent, strict=True)]
+        assert [announced[key] for key in sent_ids] == [m.body for _, m in sent]
+        for channel in channels:
+            order = [split_announcement(p)[0] for c, p in heard if c == channel]
+            assert [id_key(i) for i in order if i] == sorted(id_key(i) for i in order if i)
+            for node in range(2):
+                mine = [
+                    i
+                    for i, (n, m) in zip(ids, sent, strict=True)
+                    if (n, m.channel) == (node, channel)
+                ]
+                assert mine == sorted(mine, key=id_key), (channel, node)
+        # Grouped: far fewer statements than publishes on each node.
+        assert all(0 < inbox._group.batches < 400 for inbox in inboxes)
+    finally:
+        await close_all(inboxes, brokers)
+
+
+async def test_a_message_the_database_refuses_fails_alone_in_its_batch(
+    postgres_db: PgDatabase, redis_server: RedisServer
+) -> None:
+    # One message of a batch is refused (a trigger of the application's): the batch's
+    # transaction rolls back, each is stored again alone, the others succeed and are
+    # announced, and no channel's advisory lock stays held (another node publishes to
+    # each of them at once after).
+    conn = await postgres_db.connect()
+    try:
+        await conn.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " IF position('refused'::bytea IN NEW.body) > 0 THEN"
+            " RAISE EXCEPTION 'refused by a trigger'; END IF; RETURN NEW; END $$;"
+            "CREATE TRIGGER refuse BEFORE INSERT ON tidings.messages"
+            " FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    finally:
+        await conn.close()
+    channels = [f"u:r{n}" for n in range(20)]
+    inboxes, brokers, heard = await pg_nodes(postgres_db, redis_server.url, 2, channels)
+    try:
+        bodies = [b"refused" if n == 7 else b"fine" for n in range(20)]
+        outcomes = await asyncio.gather(
+            *(
+                inboxes[0].submit(Message("", channel, "/message", body))
+                for channel, body in zip(channels, bodies, strict=True)
+            ),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[7], asyncpg.PostgresError)
+        assert "refused by a trigger" in str(outcomes[7])
+        assert all(isinstance(o, str) for n, o in enumerate(outcomes) if n != 7), outcomes
+        assert inboxes[0]._group.batches < 20  # they went together first
+        await heard.at_least(19)
+        assert sorted(c for c, _ in heard) == sorted(c for c in channels if c != "u:r7")
+        async with asyncio.timeout(10):  # every lock was released
+            again = await asyncio.gather(
+                *(inboxes[1].publish(Message("", c, "/message", b"again")) for c in channels)
+            )
+        assert len(again) == 20
+        await heard.at_least(39)
+        assert sorted(c for c, _ in heard[19:]) == sorted(channels)
+    finally:
+        await close_all(inboxes, brokers)

@@ -14,9 +14,10 @@ Every node with a PostgreSQL inbox drains the table:
   announcements in id order), the rows deleted; commit, then announce. A node that dies
   before its commit leaves the rows to the next drainer: stored and delivered once.
 
-Rows are taken in ``n`` order and stored grouped by channel, channels in name order
-(every drainer takes the channels' locks in one order: no deadlock), each channel's rows
-in ``n`` order. A row whose body breaks the publish rules (the SQL functions check them
+Rows are taken in ``n`` order and stored in one ``tidings.store_many`` (as the group
+commit of HTTP publishes does: every advisory lock first, in key order, then the rows
+grouped by channel, channels in name order: no deadlock), each channel's rows in ``n``
+order. A row whose body breaks the publish rules (the SQL functions check them
 first, so only a row written by hand) is logged and deleted, never retried forever.
 """
 
@@ -121,6 +122,7 @@ class OutboxDrainer:
                     rows = await conn.fetch(_TAKE, BATCH)
                     if not rows:
                         return 0
+                    entries: list[tuple[Message, str | None, int | None]] = []
                     for row in sorted(rows, key=lambda r: (r["channel"], r["n"])):
                         try:
                             message = outbox_message(row["channel"], row["body"])
@@ -128,10 +130,13 @@ class OutboxDrainer:
                             log.error("outbox row %d dropped: %s", row["n"], exc)
                             continue
                         lock = self._lock_key(message.channel)
-                        key = row["idempotency_key"]
-                        inbox_id, stored, pending = await inbox.store(conn, message, key, lock)
+                        entries.append((message, row["idempotency_key"], lock))
+                    stored = await inbox.store_many(conn, entries) if entries else []
+                    for (message, _, _), (inbox_id, fresh, pending) in zip(
+                        entries, stored, strict=True
+                    ):
                         times, messages = due.get(message.channel) or (0, pending)
-                        if stored:
+                        if fresh:
                             messages.append(message.stored_as(inbox_id))
                         due[message.channel] = (times + 1, messages)  # later pending: ours
                     await conn.execute(
@@ -142,7 +147,8 @@ class OutboxDrainer:
                 for channel, (_, messages) in due.items():
                     announced[channel] = await inbox.announce(channel, messages)
             finally:
-                # Session-level locks outlive a rollback too: always released here.
+                # Session-level locks outlive a rollback too: always released here (those
+                # of a store_many that failed, by the pool's reset: asyncpg unlocks all).
                 for channel, (times, _) in due.items():
                     lock = self._lock_key(channel)
                     await inbox.release(conn, channel, announced.get(channel), lock, times)

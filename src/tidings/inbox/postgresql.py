@@ -54,6 +54,10 @@ MAX_BIGINT = 2**63 - 1
 """Ids are stored as two bigints; a bound beyond (an id never given out) is clamped."""
 POOL_SIZE = 10
 """Connections per node (asyncpg pool): publishes of different channels in parallel."""
+BATCHES = 8
+"""Publish batches in flight at a time (group commit), each on a pooled connection."""
+MAX_BATCH = 200
+"""Publishes stored in one statement at most."""
 SWEEP_INTERVAL_S = 30.0
 SWEEP_BATCH = 500
 COMMAND_TIMEOUT_S = 10.0
@@ -96,6 +100,21 @@ def _decode(ms: int, seq: int, body: bytes) -> Message:
     return Message.decode(body, f"{ms}-{seq}")
 
 
+def _stored(row: Any) -> tuple[str, bool, list[Message]]:
+    """A ``tidings.store`` row: the id, whether it was stored now, and the channel's
+    messages stored before it but never announced."""
+    pending = [
+        _decode(ms, seq, body)
+        for ms, seq, body in zip(row["pend_ms"], row["pend_seq"], row["pend_body"], strict=True)
+    ]
+    return f"{row['id_ms']}-{row['id_seq']}", bool(row["stored"]), pending
+
+
+def _encoded(message: Message) -> bytes:
+    """What ``tidings.messages.body`` holds: the message with an empty id."""
+    return (dataclasses.replace(message, id="") if message.id else message).encode()
+
+
 def lock_key(channel: str) -> int:
     """The advisory lock of ``channel``'s announcements (a signed 64-bit key)."""
     digest = zlib.crc32(channel.encode()) | (len(channel) << 32)
@@ -123,6 +142,86 @@ class _ChannelLocks:
                 self._locks[channel] = (lock, users - 1)
 
 
+@dataclasses.dataclass(slots=True)
+class _Publish:
+    """A publish waiting for its batch: its channel's advisory lock key (None: no lock)."""
+
+    message: Message
+    key: str | None
+    lock: int | None
+    future: asyncio.Future[str]
+
+
+class _GroupCommit:
+    """Group commit: the publishes submitted while the batches in flight are busy (or in
+    one loop turn) go together as the next batch, up to ``max_batch`` messages; at most
+    ``batches`` batches at a time, each on a connection of its own. One publish alone
+    goes at once, as a batch of one."""
+
+    def __init__(self, inbox: PostgresInbox, *, batches: int, max_batch: int) -> None:
+        self._inbox = inbox
+        self._batches = batches
+        self._max_batch = max_batch
+        self._waiting: list[_Publish] = []
+        self._running: set[asyncio.Task[None]] = set()
+        self._scheduled = False
+        self.batches = 0
+        """Batches stored so far (each one statement, one transaction)."""
+
+    def add(self, message: Message, key: str | None) -> asyncio.Future[str]:
+        loop = asyncio.get_running_loop()
+        lock = lock_key(message.channel) if self._inbox._cross_node else None
+        publish = _Publish(message, key, lock, loop.create_future())
+        self._waiting.append(publish)
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._start)  # after this loop turn: its publishes go together
+        return publish.future
+
+    def _start(self) -> None:
+        self._scheduled = False
+        while self._waiting and len(self._running) < self._batches:
+            batch = self._waiting[: self._max_batch]
+            del self._waiting[: self._max_batch]
+            task = asyncio.create_task(self._run(batch), name="tidings-pg-batch")
+            self._running.add(task)
+
+    async def _run(self, batch: list[_Publish]) -> None:
+        try:
+            self.batches += 1
+            await self._inbox._store_batch(batch)
+        except _BatchRefused:
+            # One message the database refuses fails alone: each again, one by one.
+            for publish in batch:
+                await self._settle([publish])
+        except BaseException as exc:
+            _fail(batch, exc)
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._running.discard(asyncio.current_task())
+            if self._waiting and not self._scheduled:
+                self._start()
+
+    async def _settle(self, batch: list[_Publish]) -> None:
+        try:
+            await self._inbox._store_batch(batch)
+        except Exception as exc:
+            _fail(batch, exc)
+
+
+class _BatchRefused(Exception):
+    """``tidings.store_many`` of more than one message failed, not for unavailability
+    (or in a deadlock the database broke): nothing was stored (one transaction), so each
+    is tried alone."""
+
+
+def _fail(batch: Sequence[_Publish], exc: BaseException) -> None:
+    for publish in batch:
+        if not publish.future.done():
+            publish.future.set_exception(exc)
+
+
 class PostgresInbox:
     """User inboxes and topic histories in PostgreSQL, announced on ``broker``."""
 
@@ -134,6 +233,7 @@ class PostgresInbox:
         *,
         migrate: bool = False,
         pool_size: int = POOL_SIZE,
+        batches: int = BATCHES,
         sweep_interval_s: float = SWEEP_INTERVAL_S,
         outbox_poll_s: float = POLL_INTERVAL_S,
     ) -> None:
@@ -150,6 +250,7 @@ class PostgresInbox:
         # One node on the memory broker: announcements of one channel are ordered here.
         self._cross_node = not isinstance(broker, MemoryBroker)
         self._channels = _ChannelLocks()
+        self._group = _GroupCommit(self, batches=min(batches, pool_size), max_batch=MAX_BATCH)
         self._pool: asyncpg.Pool | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # The transactional outbox (pg_outbox.py); 0: this node does not drain it.
@@ -216,18 +317,99 @@ class PostgresInbox:
         return asyncio.ensure_future(self._publish(message, idempotency_key))
 
     async def _publish(self, message: Message, idempotency_key: str | None) -> str:
-        channel = message.channel
-        lock = lock_key(channel) if self._cross_node else None
-        async with self._channels.hold(channel), self.connection() as conn:
-            inbox_id, stored, pending = await self.store(conn, message, idempotency_key, lock)
-            announced = None
+        async with self._channels.hold(message.channel):
+            return await self._group.add(message, idempotency_key)
+
+    async def _store_batch(self, batch: Sequence[_Publish]) -> None:
+        """Store ``batch`` in one transaction (``tidings.store_many``), announce its
+        messages (each channel's in order, the channels together), release its channels'
+        advisory locks in one more round trip, then resolve each publish's future."""
+        batch = sorted(batch, key=lambda p: p.message.channel)  # rows locked in name order
+        async with self.connection() as conn:
             try:
-                due = [*pending, message.stored_as(inbox_id)] if stored else pending
-                announced = await self.announce(channel, due)
+                stored = await self.store_many(conn, [(p.message, p.key, p.lock) for p in batch])
+            except asyncpg.PostgresError as exc:
+                retry = not isinstance(exc, _UNAVAILABLE) or isinstance(
+                    exc, asyncpg.exceptions.TransactionRollbackError
+                )
+                if len(batch) == 1 or not retry:
+                    raise
+                raise _BatchRefused from exc  # its advisory locks go with the pool's reset
+            # Per channel, in the order stored: the messages to announce, the
+            # never-announced ones first (a later message's pending ones repeat them).
+            due: dict[str, list[Message]] = {}
+            ids = []
+            for publish, (inbox_id, fresh, pending) in zip(batch, stored, strict=True):
+                channel = publish.message.channel
+                ids.append(inbox_id)
+                if channel not in due:
+                    due[channel] = pending
+                if fresh:
+                    due[channel].append(publish.message.stored_as(inbox_id))
+            announced: dict[str, str | None] = {}
+            try:
+                if len(due) == 1:
+                    [(channel, messages)] = due.items()
+                    announced[channel] = await self.announce(channel, messages)
+                else:
+                    channels = list(due)
+                    outcomes = await asyncio.gather(
+                        *(self.announce(channel, due[channel]) for channel in channels)
+                    )
+                    announced = dict(zip(channels, outcomes, strict=True))
             finally:
-                if lock is not None:
-                    await self.release(conn, channel, announced, lock)
-        return inbox_id
+                if self._cross_node:
+                    await self._release_many(conn, batch, announced)
+        for publish, inbox_id in zip(batch, ids, strict=True):
+            if not publish.future.done():
+                publish.future.set_result(inbox_id)
+
+    async def store_many(
+        self, conn: Any, entries: Sequence[tuple[Message, str | None, int | None]]
+    ) -> list[tuple[str, bool, list[Message]]]:
+        """``store`` of each (message, idempotency key, lock) in one statement
+        (``tidings.store_many``: every advisory lock first, in key order), in the order
+        given, which is to be channel-name order (row locks in one order)."""
+        if len(entries) == 1:  # the same, without the arrays' cost
+            return [await self.store(conn, *entries[0])]
+        rows = await conn.fetch(
+            "SELECT * FROM tidings.store_many($1::text[], $2::text[], $3::bytea[],"
+            " $4::integer[], $5::text[], $6::bigint[], $7, $8, $9)",
+            [message.channel for message, _, _ in entries],
+            [message.destination for message, _, _ in entries],
+            [_encoded(message) for message, _, _ in entries],
+            [self._max_len(message.channel) for message, _, _ in entries],
+            [key for _, key, _ in entries],
+            [lock for _, _, lock in entries],
+            self._max_age_ms,
+            self._ttl_ms,
+            self._key_ttl_ms,
+        )
+        return [_stored(row) for row in rows]
+
+    async def _release_many(
+        self, conn: Any, batch: Sequence[_Publish], announced: Mapping[str, str | None]
+    ) -> None:
+        """``release`` of every publish of ``batch`` in one round trip."""
+        if len(batch) == 1:
+            publish = batch[0]
+            assert publish.lock is not None
+            last = announced.get(publish.message.channel)
+            return await self.release(conn, publish.message.channel, last, publish.lock)
+        bounds = [
+            _bound(last) if (last := announced.get(p.message.channel)) else (None, None)
+            for p in batch
+        ]
+        await conn.execute(
+            "SELECT tidings.announced_many($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])",
+            [p.message.channel for p in batch],
+            [b[0] for b in bounds],
+            [b[1] for b in bounds],
+            [p.lock for p in batch],
+        )
+
+    def _max_len(self, channel: str) -> int:
+        return self._limits.max_messages if channel.startswith("u:") else self._limits.topic_history
 
     async def store(
         self, conn: Any, message: Message, idempotency_key: str | None, lock: int | None
@@ -237,28 +419,19 @@ class PostgresInbox:
         before it that were never announced (their publisher died or its broker failed
         in between: to announce first). With ``lock``, the channel's advisory lock is
         held on return: the caller announces, then calls ``release``."""
-        channel = message.channel
-        limit = (
-            self._limits.max_messages if channel.startswith("u:") else self._limits.topic_history
-        )
-        encoded = (dataclasses.replace(message, id="") if message.id else message).encode()
         row = await conn.fetchrow(
             "SELECT * FROM tidings.store($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            channel,
+            message.channel,
             message.destination,
-            encoded,
-            limit,
+            _encoded(message),
+            self._max_len(message.channel),
             self._max_age_ms,
             self._ttl_ms,
             idempotency_key,
             self._key_ttl_ms,
             lock,
         )
-        pending = [
-            _decode(ms, seq, body)
-            for ms, seq, body in zip(row["pend_ms"], row["pend_seq"], row["pend_body"], strict=True)
-        ]
-        return f"{row['id_ms']}-{row['id_seq']}", bool(row["stored"]), pending
+        return _stored(row)
 
     async def announce(self, channel: str, messages: Sequence[Message]) -> str | None:
         """Announce committed messages in order; returns the id of the last one announced
