@@ -15,7 +15,7 @@
 // that falls behind shows up in the latency (no coordinated omission).
 
 import { spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import readline from "node:readline";
 
@@ -30,9 +30,37 @@ function nowUs() {
   return t[0] * 1e6 + t[1] / 1e3;
 }
 
-// CPU time (utime + stime, clock ticks) of some processes, to report % of one core over
-// exactly the measured window. `pids` maps a name to a pid; "loadgen" is this process.
+// CPU time (clock ticks) of some processes, to report % of one core over exactly the
+// measured window. `pids` maps a name to a pid; "loadgen" is this process. Each counts with
+// its whole process tree (a PostgreSQL cluster's backends are the postmaster's children):
+// utime + stime of every live process in it, plus cutime + cstime (children that ended and
+// were reaped, such as a closed connection's backend).
 let clkTck = 100;
+function treeTicks(pid) {
+  let ticks = 0;
+  const todo = [pid];
+  while (todo.length) {
+    const current = todo.pop();
+    let stat;
+    try {
+      stat = readFileSync(`/proc/${current}/stat`, "latin1");
+    } catch (error) {
+      if (current === pid) throw error;
+      continue; // a child that ended meanwhile: its parent's cutime has it
+    }
+    const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    ticks += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+    try {
+      for (const task of readdirSync(`/proc/${current}/task`)) {
+        const children = readFileSync(`/proc/${current}/task/${task}/children`, "latin1");
+        for (const child of children.split(" ")) if (child) todo.push(Number(child));
+      }
+    } catch {
+      // ended meanwhile
+    }
+  }
+  return ticks;
+}
 function readTicks(pids) {
   const out = {};
   // Busy and total jiffies of each core (proc(5) /proc/stat), to show what else ran.
@@ -45,9 +73,7 @@ function readTicks(pids) {
   }
   for (const [name, pid] of Object.entries(pids || {})) {
     try {
-      const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
-      const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      out[name] = Number(f[11]) + Number(f[12]);
+      out[name] = treeTicks(pid);
     } catch {
       out[name] = null;
     }

@@ -49,6 +49,24 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def tree_ticks(pid: int) -> int:
+    """CPU of ``pid``'s whole process tree in clock ticks: utime + stime + cutime + cstime
+    of each live process (a child that ended and was reaped is in its parent's cutime),
+    as loadgen.mjs meters every process it is given (a PostgreSQL cluster's backends are
+    the postmaster's children). OSError if ``pid`` itself is gone."""
+    total = 0
+    for current in tree_pids(pid):
+        try:
+            with open(f"/proc/{current}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            if current == pid:
+                raise
+            continue
+        total += sum(int(v) for v in fields[11:15])
+    return total
+
+
 def status_kb(pid: int, key: str) -> int:
     """A ``kB`` field of /proc/pid/status (VmRSS, VmHWM), or 0 if the process is gone."""
     try:
@@ -195,7 +213,8 @@ def wait_http_ok(url: str, proc: Proc, within: float = 30.0) -> None:
 
 
 class Meter:
-    """CPU (% of one core) and RSS of some processes between ``start`` and ``stop``."""
+    """CPU (% of one core, each with its process tree) and RSS of some processes between
+    ``start`` and ``stop``."""
 
     def __init__(self, procs: dict[str, int]) -> None:
         self.procs = {name: pid for name, pid in procs.items() if pid}
@@ -222,7 +241,7 @@ class Meter:
 
 def _ticks_or_zero(pid: int) -> int:
     try:
-        return cpu_ticks(pid)
+        return tree_ticks(pid)
     except OSError:
         return 0
 
@@ -249,10 +268,15 @@ def core_busy(seconds: float) -> dict[str, float]:
     }
 
 
+BACKING = ("redis", "rabbitmq", "postgresql")
+"""The names (prefixes) under which the servers that back a system's nodes are metered."""
+
+
 def interference(cpu: dict[str, float]) -> dict[str, float]:
     """CPU on each core used by processes the bench did not start, from a loadgen
-    ``cpuPct`` (servers and Redis run on core 0; the loadgen and publisher on core 1)."""
-    ours0 = sum(v for k, v in cpu.items() if k.startswith(("server-", "redis")))
+    ``cpuPct`` (servers and what backs them, Redis or RabbitMQ and PostgreSQL with their
+    process trees, run on core 0; the loadgen and publisher on core 1)."""
+    ours0 = sum(v for k, v in cpu.items() if k.startswith(("server-", *BACKING)))
     ours1 = sum(v for k, v in cpu.items() if k in ("loadgen", "publisher"))
     out = {}
     if "core0" in cpu and cpu["core0"] is not None:

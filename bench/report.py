@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.procs import interference
+from bench.procs import BACKING, interference
 
 PEERS = ["socketio-node", "python-socketio", "rabbitmq"]
 COLORS = {
@@ -90,14 +90,15 @@ def _server_cpu(cpu: dict[str, float] | None) -> float | None:
 
 
 def _redis_cpu(cpu: dict[str, float] | None) -> float | None:
-    """Every Redis process' CPU % summed (one Redis, or a cluster's masters)."""
-    values = [v for name, v in (cpu or {}).items() if name.startswith("redis")]
+    """Every backing server's CPU % summed: one Redis, a cluster's masters, or RabbitMQ
+    and PostgreSQL (each with its process tree)."""
+    values = [v for name, v in (cpu or {}).items() if name.startswith(BACKING)]
     return sum(values) if values else None
 
 
 def _redis_cpus(cpu: dict[str, float]) -> str:
-    """One Redis' CPU, or a cluster's masters' as "a + b + c"."""
-    names = sorted(name for name in cpu if name.startswith("redis"))
+    """One Redis' CPU, or a cluster's masters' (RabbitMQ's, PostgreSQL's) as "a + b"."""
+    names = sorted(name for name in cpu if name.startswith(BACKING))
     return " + ".join(pct(cpu[name]) for name in names) if names else pct(None)
 
 
@@ -685,7 +686,8 @@ def _s2(data: Result) -> list[str]:
         "Socket.IO emitters and python-socketio's write-only manager do their encoding in "
         "the back end's process (here the load generator or the publisher helper, on core 1). "
         "Redis CPU per message likewise: every Redis process' CPU (a cluster's masters "
-        "summed) over the messages published.",
+        "summed; for RabbitMQ + PostgreSQL, RabbitMQ's node and then the PostgreSQL cluster, "
+        "the postmaster with all its backends) over the messages published.",
         "",
     ]
     lines += _s2_spread(data)

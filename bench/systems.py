@@ -241,8 +241,8 @@ def _then(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
 def _amqp_pg(ctx: Context) -> _Backing:
     """A private RabbitMQ node (AMQP only) and a private PostgreSQL (fsync off, the schema
     migrated; tests/postgres_fixture.py), both on the server core like the other systems'
-    servers (issue 20). RabbitMQ's process is metered; PostgreSQL's work is spread over
-    one backend process per connection, not metered."""
+    servers (issue 20). Both are metered with their process trees: RabbitMQ's node and
+    PostgreSQL's postmaster with its backends (one process per connection)."""
     import asyncio  # noqa: PLC0415
 
     from tests.postgres_fixture import PgCluster  # noqa: PLC0415 - bench-only dependency
@@ -260,9 +260,12 @@ def _amqp_pg(ctx: Context) -> _Backing:
         postgres.remove()
         raise
     amqp = f"amqp://guest:guest@127.0.0.1:{node.amqp_port}/?exchange=bench"
+    services = {"rabbitmq": node.proc.pid} if node.proc else {}
+    if postgres.pid is not None:
+        services["postgresql"] = postgres.pid
     return _Backing(
         ["--broker", amqp, "--inbox", database.url],
-        {"rabbitmq": node.proc.pid} if node.proc else {},
+        services,
         _then(rabbit.stop, postgres.remove),
     )
 

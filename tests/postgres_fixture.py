@@ -77,6 +77,11 @@ class PgCluster:
     def url(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while it runs (its backends are its children)."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> None:
         if not self.data.exists():
             subprocess.run(
