@@ -615,3 +615,25 @@ async def test_a_message_the_database_refuses_fails_alone_in_its_batch(
         assert sorted(c for c, _ in heard[19:]) == sorted(channels)
     finally:
         await close_all(inboxes, brokers)
+
+
+async def test_publishes_to_one_channel_go_together_in_submission_order(
+    postgres_db: PgDatabase, redis_server: RedisServer
+) -> None:
+    # 300 publishes to one topic submitted at once: the channel is in one batch at a time,
+    # and what waits meanwhile goes as the next batch, so they take far fewer statements
+    # than publishes; ids follow the submission order, each announced once, in order.
+    inboxes, brokers, heard = await pg_nodes(postgres_db, redis_server.url, 1, ["t:busy"])
+    try:
+        messages = [Message("", "t:busy", "/topic/busy", b"m%d" % i) for i in range(300)]
+        ids = await asyncio.gather(*(inboxes[0].submit(m) for m in messages))
+        assert ids == sorted(ids, key=id_key) and len(set(ids)) == 300
+        await heard.at_least(300)
+        announced = [split_announcement(payload) for _, payload in heard]
+        assert [inbox_id for inbox_id, _ in announced] == ids
+        assert [Message.decode(encoded).body for _, encoded in announced] == [
+            m.body for m in messages
+        ]
+        assert inboxes[0]._group.batches < 100
+    finally:
+        await close_all(inboxes, brokers)

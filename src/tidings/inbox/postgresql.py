@@ -13,12 +13,16 @@ the broker announces it (``"<id> <message>"``, as ``split_announcement`` reads).
 announcement that fails after the commit does not fail the publish: the message is
 stored, and the node-side catch-up (tidings.catchup) delivers it from here.
 
+Publishes go by group commit (``_GroupCommit``): those a node has waiting are stored in
+one statement, one transaction (``tidings.store_many``, each message by ``tidings.store``),
+then announced, then their locks released in one more round trip.
+
 Announcements of one channel must leave in id order, or a subscriber's de-duplication
-(one comparison of ids) would drop the earlier one. Within a node, publishes to one
-channel run one after the other (``_ChannelLocks``, in submission order); across nodes
-sharing a broker, ``tidings.store`` takes a session-level advisory lock per channel
-that is released only once the announcement is out. On the memory broker (one node)
-that lock is not needed and not taken.
+(one comparison of ids) would drop the earlier one. Within a node, a channel is in one
+batch at a time and its publishes keep their submission order; across nodes sharing a
+broker, ``tidings.store`` takes a session-level advisory lock per channel that is
+released only once the announcement is out. On the memory broker (one node) that lock
+is not needed and not taken.
 
 Every node also drains the transactional outbox (``tidings.publish_to_user`` and
 ``publish_to_topic``, ``pg_outbox.py``) into the inbox.
@@ -121,27 +125,6 @@ def lock_key(channel: str) -> int:
     return digest - 2**63 if digest >= 2**63 else digest
 
 
-class _ChannelLocks:
-    """One asyncio lock per channel with publishes in flight (FIFO: submission order)."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, channel: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(channel) or (asyncio.Lock(), 0)
-        self._locks[channel] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[channel]
-            if users == 1:
-                del self._locks[channel]
-            else:
-                self._locks[channel] = (lock, users - 1)
-
-
 @dataclasses.dataclass(slots=True)
 class _Publish:
     """A publish waiting for its batch: its channel's advisory lock key (None: no lock)."""
@@ -156,7 +139,12 @@ class _GroupCommit:
     """Group commit: the publishes submitted while the batches in flight are busy (or in
     one loop turn) go together as the next batch, up to ``max_batch`` messages; at most
     ``batches`` batches at a time, each on a connection of its own. One publish alone
-    goes at once, as a batch of one."""
+    goes at once, as a batch of one.
+
+    A channel is in one batch at a time: its publishes submitted meanwhile wait, and go
+    together, in submission order, in the next batch after that one is announced. So a
+    node stores and announces each channel's publishes in the order submitted, and many
+    publishes to one channel (a busy topic) take one round trip, not one each."""
 
     def __init__(self, inbox: PostgresInbox, *, batches: int, max_batch: int) -> None:
         self._inbox = inbox
@@ -164,6 +152,8 @@ class _GroupCommit:
         self._max_batch = max_batch
         self._waiting: list[_Publish] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._busy: set[str] = set()
+        """Channels with publishes in a batch in flight."""
         self._scheduled = False
         self.batches = 0
         """Batches stored so far (each one statement, one transaction)."""
@@ -181,8 +171,15 @@ class _GroupCommit:
     def _start(self) -> None:
         self._scheduled = False
         while self._waiting and len(self._running) < self._batches:
-            batch = self._waiting[: self._max_batch]
-            del self._waiting[: self._max_batch]
+            batch: list[_Publish] = []
+            rest: list[_Publish] = []
+            for publish in self._waiting:
+                free = publish.message.channel not in self._busy
+                (batch if free and len(batch) < self._max_batch else rest).append(publish)
+            if not batch:
+                return  # every waiting channel is in a batch in flight: its end starts more
+            self._waiting = rest
+            self._busy.update(publish.message.channel for publish in batch)
             task = asyncio.create_task(self._run(batch), name="tidings-pg-batch")
             self._running.add(task)
 
@@ -200,6 +197,7 @@ class _GroupCommit:
                 raise
         finally:
             self._running.discard(asyncio.current_task())
+            self._busy.difference_update(publish.message.channel for publish in batch)
             if self._waiting and not self._scheduled:
                 self._start()
 
@@ -249,7 +247,6 @@ class PostgresInbox:
         self._key_ttl_ms = max(1, int(limits.idempotency_ttl_s * 1000))
         # One node on the memory broker: announcements of one channel are ordered here.
         self._cross_node = not isinstance(broker, MemoryBroker)
-        self._channels = _ChannelLocks()
         self._group = _GroupCommit(self, batches=min(batches, pool_size), max_batch=MAX_BATCH)
         self._pool: asyncpg.Pool | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -317,8 +314,7 @@ class PostgresInbox:
         return asyncio.ensure_future(self._publish(message, idempotency_key))
 
     async def _publish(self, message: Message, idempotency_key: str | None) -> str:
-        async with self._channels.hold(message.channel):
-            return await self._group.add(message, idempotency_key)
+        return await self._group.add(message, idempotency_key)
 
     async def _store_batch(self, batch: Sequence[_Publish]) -> None:
         """Store ``batch`` in one transaction (``tidings.store_many``), announce its

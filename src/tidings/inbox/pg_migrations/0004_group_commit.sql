@@ -10,9 +10,9 @@
 -- smaller ones, and no row), and the caller orders the messages by channel name, the
 -- order every statement of several channels locks their rows in (tidings.history).
 -- Each message's tidings.store takes its lock once more, so that each message holds it
--- once on return (the extra hold of the first loop is dropped at the end). Two messages
--- of one channel are stored in turn, and the second one's pend_* repeat the first's (the
--- caller announces those once).
+-- once on return (the extra hold of the first loop is dropped at the end). The messages
+-- of one channel are next to each other, stored in turn; pend_* come with the first of
+-- them only (a later one's would repeat those and the batch's own earlier messages).
 CREATE FUNCTION tidings.store_many(
     p_channels text[], p_destinations text[], p_bodies bytea[], p_max_lens integer[],
     p_keys text[], p_locks bigint[], p_max_age_ms bigint, p_ttl_ms bigint,
@@ -22,15 +22,21 @@ CREATE FUNCTION tidings.store_many(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_lock bigint;
+    v_first boolean;
 BEGIN
     FOR v_lock IN SELECT DISTINCT l FROM unnest(p_locks) AS l WHERE l IS NOT NULL ORDER BY l
     LOOP
         PERFORM pg_advisory_lock(v_lock);
     END LOOP;
     FOR i IN 1..coalesce(array_length(p_channels, 1), 0) LOOP
-        RETURN QUERY SELECT * FROM tidings.store(
-            p_channels[i], p_destinations[i], p_bodies[i], p_max_lens[i], p_max_age_ms,
-            p_ttl_ms, p_keys[i], p_key_ttl_ms, p_locks[i]);
+        v_first := i = 1 OR p_channels[i] IS DISTINCT FROM p_channels[i - 1];
+        RETURN QUERY SELECT s.id_ms, s.id_seq, s.stored,
+                CASE WHEN v_first THEN s.pend_ms ELSE '{}' END,
+                CASE WHEN v_first THEN s.pend_seq ELSE '{}' END,
+                CASE WHEN v_first THEN s.pend_body ELSE '{}' END
+            FROM tidings.store(
+                p_channels[i], p_destinations[i], p_bodies[i], p_max_lens[i], p_max_age_ms,
+                p_ttl_ms, p_keys[i], p_key_ttl_ms, p_locks[i]) s;
     END LOOP;
     FOR v_lock IN SELECT DISTINCT l FROM unnest(p_locks) AS l WHERE l IS NOT NULL LOOP
         PERFORM pg_advisory_unlock(v_lock);
