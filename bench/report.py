@@ -1211,9 +1211,11 @@ def markdown(data: Result, made: dict[str, str]) -> str:
 KEPT_SECTIONS = (
     "## Catch-up and safety net (issue 13)",
     "## Client → back end (app webhook)",
+    "## PostgreSQL inbox (bench/micro_postgres.py)",
 )
 """Sections other benchmarks write into this page (bench/micro_catchup.py, and by hand from
-bench/micro_app_webhook.py): a full run keeps them, from their heading to the next one."""
+bench/micro_app_webhook.py and bench/micro_postgres.py): a full run keeps them, from their
+heading to the next one."""
 
 
 def kept_sections(previous: str) -> str:
