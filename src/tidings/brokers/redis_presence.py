@@ -158,9 +158,10 @@ def _chunks(
 
 
 async def _answered(writes: list[asyncio.Future[Any]]) -> None:
-    """Once every write is answered: the first failure, if any."""
+    """Once every write is answered: the first failure, if any (a write cancelled, as
+    on a cluster connection that closes, is not one: it never raises out of here)."""
     for result in await asyncio.gather(*writes, return_exceptions=True):
-        if isinstance(result, BaseException):
+        if isinstance(result, Exception):
             raise result
 
 
