@@ -92,7 +92,7 @@ class StoredPresence(LocalSessions, ABC):
     def _write(self, changes: Sequence[tuple[str, Changes]]) -> Awaitable[None]:
         """Write ``changes``: the removals, and the entries not removed in the same turn.
         Writes leave in the order of the calls, so a removal never overtakes its entry;
-        a failed one raises BrokerUnavailable."""
+        a failed one raises (BrokerUnavailable, or the store's own error)."""
 
     @abstractmethod
     async def refresh(self) -> None:
