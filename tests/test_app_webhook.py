@@ -38,12 +38,17 @@ async def node_for(tidings_server: StartServer, back_end: BackEnd, *args: str) -
     return await tidings_server("--app-webhook", back_end.url, "--app-webhook-token", TOKEN, *args)
 
 
+@pytest.fixture
+async def node(tidings_server: StartServer, back_end: BackEnd) -> TidingsServer:
+    """A node on the back end, with its options' defaults."""
+    return await node_for(tidings_server, back_end)
+
+
 @pytest.mark.parametrize("lib", JS_LIBS)
 async def test_a_spring_page_sends_to_app_and_gets_the_reply(
-    lib: str, tidings_server: StartServer, back_end: BackEnd, js_client: JsClientFactory
+    lib: str, node: TidingsServer, back_end: BackEnd, js_client: JsClientFactory
 ) -> None:
     """stompClient.send('/app/hello', {}, body) + subscribe('/user/queue/reply')."""
-    node = await node_for(tidings_server, back_end)
     client = await js_client(lib, node.ws_url())
     await client.connect(login="42")
     await client.subscribe("reply", "/user/queue/reply")
@@ -63,14 +68,13 @@ async def test_a_spring_page_sends_to_app_and_gets_the_reply(
 
 
 async def test_an_answer_may_publish_and_its_receipt_comes_after_it(
-    tidings_server: StartServer, back_end: BackEnd, js_client: JsClientFactory
+    node: TidingsServer, back_end: BackEnd, js_client: JsClientFactory
 ) -> None:
     async def publish_to_friend(call: dict[str, Any]) -> web.StreamResponse:
         item = {"user": "7", "body": f"{call['user']} says {call['body']}"}
         return web.json_response({"reply": "sent", "publish": [item]})
 
     back_end.handler = publish_to_friend
-    node = await node_for(tidings_server, back_end)
     sender = await js_client("stompjs7", node.ws_url())
     friend = await js_client("stompjs7", node.ws_url())
     await sender.connect(login="42")

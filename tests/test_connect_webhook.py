@@ -48,6 +48,12 @@ async def node_for(tidings_server: StartServer, back_end: BackEnd, *args: str) -
     )
 
 
+@pytest.fixture
+async def node(tidings_server: StartServer, back_end: BackEnd) -> TidingsServer:
+    """A node on the back end, with its options' defaults."""
+    return await node_for(tidings_server, back_end)
+
+
 async def publish(node: TidingsServer, user: str, body: str) -> None:
     url = f"http://127.0.0.1:{node.port}/api/v1/users/{user}/messages"
     async with aiohttp.ClientSession() as http, http.post(url, json={"body": body}) as reply:
@@ -56,9 +62,8 @@ async def publish(node: TidingsServer, user: str, body: str) -> None:
 
 @pytest.mark.parametrize("lib", JS_LIBS)
 async def test_the_back_end_admits_a_session_as_the_user_it_names(
-    lib: str, tidings_server: StartServer, back_end: BackEnd, js_client: JsClientFactory
+    lib: str, node: TidingsServer, back_end: BackEnd, js_client: JsClientFactory
 ) -> None:
-    node = await node_for(tidings_server, back_end)
     client = await js_client(lib, node.ws_url())
     connected = await client.connect({"x-app-session": "cookie-1"}, login="ada", passcode="right")
     assert connected["headers"]["user-name"] == "ada"
@@ -79,9 +84,8 @@ async def test_the_back_end_admits_a_session_as_the_user_it_names(
 
 
 async def test_a_sockjs_session_is_named_too(
-    tidings_server: StartServer, back_end: BackEnd, js_client: JsClientFactory
+    node: TidingsServer, back_end: BackEnd, js_client: JsClientFactory
 ) -> None:
-    node = await node_for(tidings_server, back_end)
     url = f"http://127.0.0.1:{node.port}/publicServer"
     client = await js_client("stompjs7", url, transport="xhr-streaming")
     connected = await client.connect(login="7", passcode="right")
