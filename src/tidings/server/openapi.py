@@ -73,7 +73,8 @@ _IDEMPOTENCY_KEY = {
 }
 _IDEMPOTENCY_DESCRIPTION = (
     "Idempotency key (as the Idempotency-Key header): a retried publish with the same key"
-    " within 24 h is stored once and answers the first id. Text without control characters."
+    " within the server's --inbox-idempotency-ttl (24 h by default) is stored once and"
+    " answers the first id. Text without control characters."
 )
 _IDEMPOTENCY_FIELD = _IDEMPOTENCY_KEY | {
     "type": ["string", "null"],
