@@ -7,8 +7,7 @@ Tidings); the clients are the real npm ones, as a Spring page would use them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -17,66 +16,39 @@ from aiohttp import web
 
 from tidings.app_webhook import AppWebhook, Failure
 
-from .conftest import JsClientFactory, StartServer, TidingsServer, free_port
+from .conftest import JsClientFactory, StartServer, TidingsServer
 from .jsclient import JS_LIBS
+from .webhook_back_end import BackEnd, serve_back_end
 
 TOKEN = "webhook-secret"
-Handler = Callable[[dict[str, Any]], Awaitable[web.StreamResponse]]
 
 
-@dataclass
-class BackEnd:
-    """The application's webhook: answers with ``handler``, records every call."""
-
-    url: str
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    authorizations: list[str | None] = field(default_factory=list)
-    handler: Handler | None = None
-    in_flight: int = 0
-    most_in_flight: int = 0
-    busy_at: int = 0  # ``busy`` is set once this many calls are in flight at once
-    busy: asyncio.Event = field(default_factory=asyncio.Event)
+async def reply_hello(call: dict[str, Any]) -> web.StreamResponse:
+    """A back end that replies to the sender with who sent what."""
+    return web.json_response({"reply": {"hello": call["user"], "said": call["body"]}})
 
 
 @pytest.fixture
 async def back_end() -> AsyncIterator[BackEnd]:
-    port = free_port()
-    state = BackEnd(f"http://127.0.0.1:{port}/stomp-app")
-
-    async def hook(request: web.Request) -> web.StreamResponse:
-        call = await request.json()
-        state.calls.append(call)
-        state.authorizations.append(request.headers.get("Authorization"))
-        state.in_flight += 1
-        state.most_in_flight = max(state.most_in_flight, state.in_flight)
-        if state.busy_at and state.in_flight >= state.busy_at:
-            state.busy.set()
-        try:
-            if state.handler is not None:
-                return await state.handler(call)
-            return web.json_response({"reply": {"hello": call["user"], "said": call["body"]}})
-        finally:
-            state.in_flight -= 1
-
-    app = web.Application()
-    app.router.add_post("/stomp-app", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield state
-    await runner.cleanup()
+    async with serve_back_end("/stomp-app", reply_hello) as state:
+        yield state
 
 
 async def node_for(tidings_server: StartServer, back_end: BackEnd, *args: str) -> TidingsServer:
     return await tidings_server("--app-webhook", back_end.url, "--app-webhook-token", TOKEN, *args)
 
 
+@pytest.fixture
+async def node(tidings_server: StartServer, back_end: BackEnd) -> TidingsServer:
+    """A node on the back end, with its options' defaults."""
+    return await node_for(tidings_server, back_end)
+
+
 @pytest.mark.parametrize("lib", JS_LIBS)
 async def test_a_spring_page_sends_to_app_and_gets_the_reply(
-    lib: str, tidings_server: StartServer, back_end: BackEnd, js_client: JsClientFactory
+    lib: str, node: TidingsServer, back_end: BackEnd, js_client: JsClientFactory
 ) -> None:
     """stompClient.send('/app/hello', {}, body) + subscribe('/user/queue/reply')."""
-    node = await node_for(tidings_server, back_end)
     client = await js_client(lib, node.ws_url())
     await client.connect(login="42")
     await client.subscribe("reply", "/user/queue/reply")
@@ -96,14 +68,13 @@ async def test_a_spring_page_sends_to_app_and_gets_the_reply(
 
 
 async def test_an_answer_may_publish_and_its_receipt_comes_after_it(
-    tidings_server: StartServer, back_end: BackEnd, js_client: JsClientFactory
+    node: TidingsServer, back_end: BackEnd, js_client: JsClientFactory
 ) -> None:
     async def publish_to_friend(call: dict[str, Any]) -> web.StreamResponse:
         item = {"user": "7", "body": f"{call['user']} says {call['body']}"}
         return web.json_response({"reply": "sent", "publish": [item]})
 
     back_end.handler = publish_to_friend
-    node = await node_for(tidings_server, back_end)
     sender = await js_client("stompjs7", node.ws_url())
     friend = await js_client("stompjs7", node.ws_url())
     await sender.connect(login="42")
@@ -135,12 +106,9 @@ async def test_failures_go_to_user_queue_errors_and_the_session_stays(
     back_end: BackEnd,
     js_client: JsClientFactory,
 ) -> None:
-    released = asyncio.Event()
-
     async def fail(call: dict[str, Any]) -> web.StreamResponse:
         if answer is None:
-            await released.wait()  # longer than the node waits
-            return web.json_response({})
+            return await back_end.hang(call)  # longer than the node waits
         return answer
 
     back_end.handler = fail
@@ -150,7 +118,7 @@ async def test_failures_go_to_user_queue_errors_and_the_session_stays(
     await client.subscribe("errors", "/user/queue/errors")
     await client.send("/app/x", "body", headers={"receipt": "r1"})
     failure = orjson.loads((await client.expect("message", subscription="errors"))["body"])
-    released.set()
+    back_end.released.set()
     assert failure["error"] == error and failure["destination"] == "/app/x"
     assert failure["receipt"] == "r1" and failure["message"]
     if error == "webhook_status":

@@ -7,8 +7,7 @@ the clients are the real npm ones, over a WebSocket and over SockJS.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -22,21 +21,10 @@ from tidings.errors import AuthError
 from .conftest import JsClientFactory, StartServer, TidingsServer, free_port
 from .jsclient import JS_LIBS
 from .test_cli import run_cli
+from .webhook_back_end import BackEnd, answer_with, serve_back_end
 
 TOKEN = "connect-hook-secret"
 SECRET_IN_BODY = "internal-detail-never-shown"
-Handler = Callable[[dict[str, Any]], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class BackEnd:
-    """The application's connect webhook: answers with ``handler``, records every call."""
-
-    url: str
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    authorizations: list[str | None] = field(default_factory=list)
-    handler: Handler | None = None
-    released: asyncio.Event = field(default_factory=asyncio.Event)  # hung calls may end
 
 
 async def admit_by_login(call: dict[str, Any]) -> web.StreamResponse:
@@ -49,23 +37,8 @@ async def admit_by_login(call: dict[str, Any]) -> web.StreamResponse:
 
 @pytest.fixture
 async def back_end() -> AsyncIterator[BackEnd]:
-    port = free_port()
-    state = BackEnd(f"http://127.0.0.1:{port}/connect")
-
-    async def hook(request: web.Request) -> web.StreamResponse:
-        call = await request.json()
-        state.calls.append(call)
-        state.authorizations.append(request.headers.get("Authorization"))
-        return await (state.handler or admit_by_login)(call)
-
-    app = web.Application()
-    app.router.add_post("/connect", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield state
-    state.released.set()
-    await runner.cleanup()
+    async with serve_back_end("/connect", admit_by_login) as state:
+        yield state
 
 
 async def node_for(tidings_server: StartServer, back_end: BackEnd, *args: str) -> TidingsServer:
@@ -73,6 +46,12 @@ async def node_for(tidings_server: StartServer, back_end: BackEnd, *args: str) -
         *("--auth", "webhook", "--connect-webhook", back_end.url),
         *("--connect-webhook-token", TOKEN, *args),
     )
+
+
+@pytest.fixture
+async def node(tidings_server: StartServer, back_end: BackEnd) -> TidingsServer:
+    """A node on the back end, with its options' defaults."""
+    return await node_for(tidings_server, back_end)
 
 
 async def publish(node: TidingsServer, user: str, body: str) -> None:
@@ -83,9 +62,8 @@ async def publish(node: TidingsServer, user: str, body: str) -> None:
 
 @pytest.mark.parametrize("lib", JS_LIBS)
 async def test_the_back_end_admits_a_session_as_the_user_it_names(
-    lib: str, tidings_server: StartServer, back_end: BackEnd, js_client: JsClientFactory
+    lib: str, node: TidingsServer, back_end: BackEnd, js_client: JsClientFactory
 ) -> None:
-    node = await node_for(tidings_server, back_end)
     client = await js_client(lib, node.ws_url())
     connected = await client.connect({"x-app-session": "cookie-1"}, login="ada", passcode="right")
     assert connected["headers"]["user-name"] == "ada"
@@ -106,21 +84,13 @@ async def test_the_back_end_admits_a_session_as_the_user_it_names(
 
 
 async def test_a_sockjs_session_is_named_too(
-    tidings_server: StartServer, back_end: BackEnd, js_client: JsClientFactory
+    node: TidingsServer, back_end: BackEnd, js_client: JsClientFactory
 ) -> None:
-    node = await node_for(tidings_server, back_end)
     url = f"http://127.0.0.1:{node.port}/publicServer"
     client = await js_client("stompjs7", url, transport="xhr-streaming")
     connected = await client.connect(login="7", passcode="right")
     assert connected["headers"]["user-name"] == "7"
     assert back_end.calls[0]["transport"] == "sockjs"
-
-
-def answer_with(status: int, body: bytes) -> Handler:
-    async def handler(call: dict[str, Any]) -> web.StreamResponse:
-        return web.Response(status=status, body=body, content_type="application/json")
-
-    return handler
 
 
 @pytest.mark.parametrize(
@@ -153,12 +123,8 @@ async def test_anything_but_a_user_refuses_the_session_saying_what_failed(
     js_client: JsClientFactory,
 ) -> None:
     status, body, message = case
-
-    async def hang(call: dict[str, Any]) -> web.StreamResponse:
-        await back_end.released.wait()  # the node gives up long before
-        return web.json_response({"user": "late"})
-
-    back_end.handler = hang if status is None else answer_with(status, body)
+    # The node gives up on a hanging back end long before it answers.
+    back_end.handler = back_end.hang if status is None else answer_with(status, body)
     node = await node_for(tidings_server, back_end, "--connect-webhook-timeout", "0.5")
     client = await js_client("stompjs7", node.ws_url())
     await client.command("connect", headers={"login": "ada", "passcode": "x"}, heartbeat=[0, 0])
@@ -196,34 +162,27 @@ async def test_calls_are_bounded_per_node_and_wait_within_the_timeout(
     tidings_server: StartServer, back_end: BackEnd, js_client: JsClientFactory
 ) -> None:
     """--connect-webhook-concurrency 1: a second CONNECT waits for the first call's end."""
-    gate, called = asyncio.Event(), asyncio.Event()
-    in_flight = most = 0
+    gate = asyncio.Event()
 
     async def gated(call: dict[str, Any]) -> web.StreamResponse:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
-        called.set()
-        try:
-            await gate.wait()
-            return web.json_response({"user": call["headers"]["login"]})
-        finally:
-            in_flight -= 1
+        await gate.wait()
+        return web.json_response({"user": call["headers"]["login"]})
 
     back_end.handler = gated
+    back_end.busy_at = 1
     node = await node_for(tidings_server, back_end, "--connect-webhook-concurrency", "1")
     first = await js_client("stompjs7", node.ws_url())
     second = await js_client("stompjs7", node.ws_url())
     await first.command("connect", headers={"login": "a"}, heartbeat=[0, 0])
     await second.command("connect", headers={"login": "b"}, heartbeat=[0, 0])
     async with asyncio.timeout(5):
-        await called.wait()
+        await back_end.busy.wait()
     await second.expect_none("connected", within=0.3)
     assert len(back_end.calls) == 1
     gate.set()
     assert (await first.expect("connected"))["headers"]["user-name"] == "a"
     assert (await second.expect("connected"))["headers"]["user-name"] == "b"
-    assert most == 1
+    assert back_end.most_in_flight == 1
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from tidings.inbox.postgresql import PostgresInbox
 from tidings.server.sockjs_relay import NODE_TTL_S
 
 from .postgres_fixture import PgDatabase
+from .presence_contract import add_and_remove_in_one_turn, claim_release_and_take_over
 
 TTL_S = 15.0
 
@@ -84,13 +85,7 @@ async def test_a_removal_never_overtakes_its_entry(
     nodes: tuple[PostgresPresence, PostgresPresence], db: asyncpg.Connection
 ) -> None:
     a, _ = nodes
-    await a.add("u", "old")
-    # Added and removed in one loop turn: nothing of it is left.
-    add = asyncio.ensure_future(a.add("u", "gone"))
-    await asyncio.sleep(0)  # the add is queued, not written
-    a.remove("u", "gone")
-    a.remove("u", "old")
-    await add
+    await add_and_remove_in_one_turn(a, "u")  # nothing of it is left
     # Removed in the next turn, while the add's write may still be in flight.
     await asyncio.gather(a.add("u", "next"), _remove_soon(a, "u", "next"))
     await asyncio.gather(*a._writes)
@@ -143,18 +138,8 @@ async def test_the_directory_claims_releases_and_takes_over(
     inbox: PostgresInbox, db: asyncpg.Connection
 ) -> None:
     directory = PostgresDirectory(inbox)
-    await directory.beat("A")
-    assert await directory.owner("s1", "A") == "A"  # nobody held it: claimed
-    assert await directory.owner("s1", "B") == "A"  # A is alive and holds it
-    assert await directory.live_owner("s1") == "A"
-    assert await directory.alive("A") and not await directory.alive("B")
-    await directory.release("s1", "B")  # not B's to release
-    assert await directory.live_owner("s1") == "A"
-    await directory.gone("A")  # A stopped: its sessions are up for grabs
-    assert await directory.live_owner("s1") is None
-    assert await directory.owner("s1", "B") == "B"
-    await directory.release("s1", "B")
-    assert await directory.live_owner("s1") is None
+    await claim_release_and_take_over(directory)
+    assert await db.fetchval("SELECT count(*) FROM tidings.sockjs_nodes") == 0
     await directory.beat("B")
     left = await db.fetchval(
         "SELECT extract(epoch FROM expires_at - clock_timestamp()) FROM tidings.sockjs_nodes"

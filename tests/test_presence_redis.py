@@ -25,6 +25,7 @@ from tidings.redis_cluster import cluster_client, slot_of
 from tidings.redis_keys import KeyLayout
 
 from .cluster_fixture import ClusterServer
+from .presence_contract import add_and_remove_in_one_turn
 from .redis_fixture import RedisServer
 
 TTL_S = 15.0
@@ -141,13 +142,7 @@ async def test_add_returns_once_stored_and_one_turn_is_one_script_call(
 async def test_a_removal_never_overtakes_its_entry(
     presence: RedisPresence, admin: RedisClient
 ) -> None:
-    await presence.add("u", "old")
-    # Added and removed in one loop turn: the removal is written after the entry.
-    add = asyncio.ensure_future(presence.add("u", "gone"))
-    await asyncio.sleep(0)  # the add is queued, not written
-    presence.remove("u", "gone")
-    presence.remove("u", "old")
-    await add
+    await add_and_remove_in_one_turn(presence, "u")  # the removal is written after the entry
     assert await members(admin, "u") == {}
     assert await presence.query(["u"]) == {"u": False}
     assert presence.by_user == {}

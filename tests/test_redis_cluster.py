@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import pytest
 import redis
@@ -161,12 +162,43 @@ async def test_a_stale_slot_map_is_followed_by_moved(
         await scripts.close()
 
 
-def node_ids(cluster: RedisCluster, *ports: int) -> dict[int, str]:
-    out = {}
-    for port in ports:
+@dataclass(frozen=True)
+class Migration:
+    """A slot half-way from the master at ``source`` to the one at ``target``."""
+
+    slot: int
+    source: int
+    target: int
+    target_id: str  # the target's node id (CLUSTER MYID)
+
+
+def node_id(cluster: RedisCluster, port: int) -> str:
+    with cluster.client(port) as client:
+        return str(client.execute_command("CLUSTER", "MYID").decode())
+
+
+def begin_migration(cluster: RedisCluster, key: str) -> Migration:
+    """Start moving ``key``'s slot to another master, as redis-cli --cluster does: the
+    target IMPORTING it, then the source MIGRATING it (no key moved yet)."""
+    slot, source = slot_of(key), owner(cluster, key)
+    target = next(port for port in cluster.masters() if port != source)
+    migration = Migration(slot, source, target, node_id(cluster, target))
+    with cluster.client(target) as client:
+        client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", node_id(cluster, source))
+    with cluster.client(source) as client:
+        client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", migration.target_id)
+    return migration
+
+
+def end_migration(cluster: RedisCluster, migration: Migration) -> None:
+    """Every master learns that the target owns the slot: the target first, as redis-cli
+    --cluster does."""
+    rest = (port for port in cluster.masters() if port != migration.target)
+    for port in [migration.target, *rest]:
         with cluster.client(port) as client:
-            out[port] = client.execute_command("CLUSTER", "MYID").decode()
-    return out
+            client.execute_command(
+                "CLUSTER", "SETSLOT", migration.slot, "NODE", migration.target_id
+            )
 
 
 async def test_a_publish_to_a_migrating_slot_follows_ask_and_tryagain(
@@ -178,27 +210,21 @@ async def test_a_publish_to_a_migrating_slot_follows_ask_and_tryagain(
     the new owner, once."""
     _, inbox, _ = node
     stream = "tidings:inbox:{u:asked}"
-    slot, source = slot_of(stream), owner(cluster, stream)
-    target = next(port for port in cluster.masters() if port != source)
-    ids = node_ids(cluster, source, target)
-    with cluster.client(target) as client:
-        client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
-    with cluster.client(source) as client:
-        client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+    migration = begin_migration(cluster, stream)
+    with cluster.client(migration.source) as client:
         asks_before = _errorstat(client, "ASK")
-    publish = asyncio.ensure_future(inbox.publish(msg("u:asked", "asked")))
-    await asyncio.sleep(0.15)  # a few rounds of ASK, ASKING + TRYAGAIN, wait
-    assert not publish.done()
-    with cluster.client(source) as client:
-        assert _errorstat(client, "ASK") > asks_before
-    for port in [target, *(p for p in cluster.masters() if p != target)]:
-        with cluster.client(port) as client:  # the migration ends: the target owns the slot
-            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+        publish = asyncio.ensure_future(inbox.publish(msg("u:asked", "asked")))
+        # a few rounds of ASK, ASKING + TRYAGAIN, wait: the publish waits for the migration
+        await eventually(
+            lambda: _errorstat(client, "ASK") >= asks_before + 3, what="three rounds of ASK"
+        )
+        assert not publish.done()
+    end_migration(cluster, migration)
     inbox_id = await asyncio.wait_for(publish, 5)
-    with cluster.client(target) as client:
+    with cluster.client(migration.target) as client:
         assert [entry[0].decode() for entry in client.xrange(stream)] == [inbox_id]
-    with cluster.client(source) as client:
-        assert client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    with cluster.client(migration.source) as client:
+        assert client.execute_command("CLUSTER", "COUNTKEYSINSLOT", migration.slot) == 0
 
 
 def _errorstat(client: redis.Redis, code: str) -> int:
@@ -217,23 +243,18 @@ async def test_a_slot_moving_away_resubscribes_where_it_lives_now(
     broker.on_continuity(reports.append)
     await broker.subscribe("u:moving")
     live = "tidings:{u:moving}"
-    slot, source = slot_of(live), owner(cluster, live)
-    target = next(port for port in cluster.masters() if port != source)
-    ids = node_ids(cluster, source, target)
-    with cluster.client(target) as client:
-        client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
-    with cluster.client(source) as client:
-        client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
-        keys = client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100)
+    migration = begin_migration(cluster, live)
+    with cluster.client(migration.source) as client:
+        keys = client.execute_command("CLUSTER", "GETKEYSINSLOT", migration.slot, 100)
         if keys:
-            client.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
-    for port in cluster.masters():  # the new owner first, as redis-cli --cluster does
-        with cluster.client(port) as client:
-            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+            client.execute_command(
+                "MIGRATE", "127.0.0.1", migration.target, "", 0, 5000, "KEYS", *keys
+            )
+    end_migration(cluster, migration)
     await eventually(lambda: False in reports, what="the break reported")
     await eventually(lambda: reports[-1] is True and broker.ready, what="heard again")
-    assert owner(cluster, live) == target
-    with cluster.client(target) as client:
+    assert owner(cluster, live) == migration.target
+    with cluster.client(migration.target) as client:
         assert live.encode() in client.pubsub_shardchannels()
     inbox_id = await inbox.publish(msg("u:moving", "after the move"))
     await eventually(lambda: bool(got.on("u:moving")), what="delivery from the new owner")

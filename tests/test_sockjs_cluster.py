@@ -18,6 +18,7 @@ import orjson
 from tidings.server.sockjs_relay import NODE_TTL_S, Directory
 
 from .conftest import JsClientFactory, StartServer, TidingsServer
+from .presence_contract import claim_release_and_take_over
 from .sockjs_support import RawHttp, XhrSession, connect_frame, messages_of, parse_stomp, stomp
 
 
@@ -51,17 +52,7 @@ async def test_directory_owner_claim_release_and_takeover(redis_server: Any) -> 
     client = redis_server.client()
     try:
         directory = Directory(client, prefix="test:")
-        await directory.beat("A")
-        assert await directory.owner("s1", "A") == "A"  # nobody held it: claimed
-        assert await directory.owner("s1", "B") == "A"  # A is alive and holds it
-        assert await directory.live_owner("s1") == "A"
-        await directory.release("s1", "B")  # not B's to release
-        assert await directory.live_owner("s1") == "A"
-        await directory.gone("A")  # A stopped: its sessions are up for grabs
-        assert await directory.live_owner("s1") is None
-        assert await directory.owner("s1", "B") == "B"
-        await directory.release("s1", "B")
-        assert await directory.live_owner("s1") is None
+        await claim_release_and_take_over(directory)
         assert await client.ttl("test:node:A") == -2
         await directory.beat("B")
         assert 0 < await client.ttl("test:node:B") <= NODE_TTL_S
