@@ -192,7 +192,8 @@ class _GroupCommit:
             for publish in batch:
                 await self._settle([publish])
         except BaseException as exc:
-            _fail(batch, exc)
+            if not _fail(batch, exc):
+                log.warning("postgresql inbox: a batch's release failed: %s", exc)
             if not isinstance(exc, Exception):
                 raise
         finally:
@@ -205,7 +206,8 @@ class _GroupCommit:
         try:
             await self._inbox._store_batch(batch)
         except Exception as exc:
-            _fail(batch, exc)
+            if not _fail(batch, exc):
+                log.warning("postgresql inbox: a batch's release failed: %s", exc)
 
 
 class _BatchRefused(Exception):
@@ -214,10 +216,14 @@ class _BatchRefused(Exception):
     is tried alone."""
 
 
-def _fail(batch: Sequence[_Publish], exc: BaseException) -> None:
+def _fail(batch: Sequence[_Publish], exc: BaseException) -> bool:
+    """Fail the publishes of ``batch`` not yet done; whether there was any."""
+    failed = False
     for publish in batch:
         if not publish.future.done():
             publish.future.set_exception(exc)
+            failed = True
+    return failed
 
 
 class PostgresInbox:
@@ -318,8 +324,10 @@ class PostgresInbox:
 
     async def _store_batch(self, batch: Sequence[_Publish]) -> None:
         """Store ``batch`` in one transaction (``tidings.store_many``), announce its
-        messages (each channel's in order, the channels together), release its channels'
-        advisory locks in one more round trip, then resolve each publish's future."""
+        messages (each channel's in order, the channels together), resolve each publish's
+        future, then release the channels' advisory locks in one more round trip (a
+        release that fails is logged: the locks go with the connection's reset or end,
+        and the announcements left unrecorded are made again by the next publish)."""
         batch = sorted(batch, key=lambda p: p.message.channel)  # rows locked in name order
         async with self.connection() as conn:
             try:
@@ -353,12 +361,14 @@ class PostgresInbox:
                         *(self.announce(channel, due[channel]) for channel in channels)
                     )
                     announced = dict(zip(channels, outcomes, strict=True))
+                # Stored and announced: the publishes return now, while the channels stay
+                # in this batch (and their advisory locks held) until released.
+                for publish, inbox_id in zip(batch, ids, strict=True):
+                    if not publish.future.done():
+                        publish.future.set_result(inbox_id)
             finally:
                 if self._cross_node:
                     await self._release_many(conn, batch, announced)
-        for publish, inbox_id in zip(batch, ids, strict=True):
-            if not publish.future.done():
-                publish.future.set_result(inbox_id)
 
     async def store_many(
         self, conn: Any, entries: Sequence[tuple[Message, str | None, int | None]]
