@@ -22,14 +22,18 @@ import orjson
 import pytest
 
 from .sockjs_support import (
+    ANOTHER_CONNECTION,
     Node,
     RawHttp,
     XhrSession,
     connect_frame,
+    holding,
     messages_of,
     node_fixture,
+    once_released,
     parse_stomp,
     publish,
+    refused,
     running_node,
     sockjs_frames,
     stomp,
@@ -343,16 +347,26 @@ async def test_a_simple_session(node: Node, http: aiohttp.ClientSession) -> None
 async def test_a_second_receiving_request_gets_another_connection_still_open(
     node: Node, http: aiohttp.ClientSession
 ) -> None:
-    url = node.session_url()
-    await post(http, url + "/xhr")
-    waiting = asyncio.create_task(post(http, url + "/xhr"))
-    await asyncio.sleep(0.25)
-    status, _, body = await post(http, url + "/xhr")
-    assert (status, body) == (200, b'c[2010,"Another connection still open"]\n')
+    session = XhrSession(http, node.session_url())
+    await session.open()
+    await session.connect("u2")
+    second: list[bytes] = []
+
+    async def another() -> bytes:
+        second.append(await session.receive())
+        return second[-1]
+
+    waiting = await holding(session.receive, another, lambda: send_receipt(session, "wake"))
+    assert second[-1] == b'c[2010,"Another connection still open"]\n'
     # The first poll kept its place: it gets what is sent next.
-    await post(http, url + "/xhr_send", orjson.dumps([connect_frame("u2")]))
-    status, _, body = await waiting
-    assert body.startswith(b'a["CONNECTED')
+    await send_receipt(session, "next")
+    frame = parse_stomp(messages_of((await waiting).decode())[0])
+    assert frame is not None and frame.headers["receipt-id"] == "next"
+
+
+async def send_receipt(session: XhrSession, receipt: str) -> None:
+    """A frame the session answers with a RECEIPT: it ends a waiting poll."""
+    await session.send(stomp("SEND", {"destination": "/topic/x", "receipt": receipt}))
 
 
 async def test_a_closed_session_serves_its_close_frame_until_it_expires(
@@ -1045,14 +1059,31 @@ async def test_an_aborted_receiving_request_interrupts_the_session(
     session = XhrSession(http, url)
     await session.open()
     await session.connect(user)
-    raw = await RawHttp.open(node.port)
     path = url.removeprefix(node.http_url) + "/" + transport
-    await raw.send_request("POST", path)  # a poll answers only when there is something
-    await asyncio.sleep(0.2)
-    assert (await session.post(transport))[1].endswith(b'c[2010,"Another connection still open"]\n')
-    await raw.close()  # the client goes away while its request waits
-    await asyncio.sleep(0.2)
-    _, body = await session.post(transport)
+    raws: list[RawHttp] = []
+
+    async def hold() -> bytes:  # a request whose client goes away while it waits
+        raws.append(await RawHttp.open(node.port))
+        await raws[-1].send_request("POST", path)
+        return await raws[-1].reader.readuntil(ANOTHER_CONNECTION)  # if it lost the race
+
+    async def another() -> bytes:
+        return (await session.post(transport))[1]
+
+    if transport == "xhr_streaming":
+        # A stream shows it holds the place: what is sent next reaches it, and it stays.
+        raws.append(await RawHttp.open(node.port))
+        await raws[-1].send_request("POST", path)
+        await send_receipt(session, "held")
+        async with asyncio.timeout(5):
+            await raws[-1].reader.readuntil(b"receipt-id:held")
+        assert refused(await another())
+    else:
+        waiting = await holding(hold, another, lambda: send_receipt(session, "wake"))
+        waiting.cancel()
+    for raw in raws:
+        await raw.close()  # the client goes away while its request waits
+    body = await once_released(another)
     assert body.endswith((b"o\n", b'c[1002,"Connection interrupted"]\n'))
     assert not await presence(node, http, user)
 
