@@ -378,7 +378,7 @@ async def test_a_closed_session_serves_its_close_frame_until_it_expires(
     await session.send(stomp("DISCONNECT"))
     for _ in range(3):
         assert await session.poll() == 'c[1000,"client disconnected"]'
-    await asyncio.sleep(SESSION_TIMEOUT + 0.5)
+    await asyncio.sleep(SESSION_TIMEOUT + 0.5)  # the clock: past the timeout (a lower bound)
     assert await session.poll() == "o"  # expired and forgotten: a new session
 
 
@@ -406,6 +406,8 @@ async def test_a_session_expires_after_the_timeout_without_a_receiving_request(
     await session.open()
     await session.connect(user)
     assert await presence(node, http, user)
+    # The clock is the subject: half the timeout, a send, then past the timeout (lower
+    # bounds from the last poll's end: a loaded machine only adds to them).
     await asyncio.sleep(SESSION_TIMEOUT / 2)
     assert (await session.post("xhr_send", b'["\\n"]'))[0] == 204  # sending does not renew
     await asyncio.sleep(SESSION_TIMEOUT / 2 + 0.3)
@@ -421,12 +423,14 @@ async def test_a_session_lives_while_a_request_receives(
     await session.open()
     await session.connect(user)
     waiting = asyncio.create_task(session.poll())
-    await asyncio.sleep(SESSION_TIMEOUT * 2)
+    await asyncio.sleep(SESSION_TIMEOUT * 2)  # the clock: twice the timeout, still receiving
     await session.send(stomp("SEND", {"destination": "/topic/x", "receipt": "r"}))
     assert "RECEIPT" in await waiting
+    ended = asyncio.get_running_loop().time()  # the timeout restarted before this
     assert await presence(node, http, user)
-    # ... and for the timeout after it ended.
-    await asyncio.sleep(SESSION_TIMEOUT * 0.6)
+    # ... and for the timeout after it ended (the clock is the subject; it runs from the
+    # poll's end, the presence call included).
+    await asyncio.sleep(max(0.0, ended + SESSION_TIMEOUT * 0.6 - asyncio.get_running_loop().time()))
     await session.send(stomp("SEND", {"destination": "/topic/x", "receipt": "r2"}))
     assert (await session.expect("RECEIPT")).headers["receipt-id"] == "r2"
 
