@@ -20,7 +20,13 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import redis.asyncio
 
+from tidings.publisher import Publisher
+from tidings.redis_cluster import slot_of
+from tidings.redis_keys import KeyLayout
+
+from .cluster_fixture import RedisCluster
 from .conftest import StartServer, TidingsServer
 from .message_log import MessageLog
 from .ports import free_port
@@ -98,6 +104,15 @@ def spring_json(to: str, content: str) -> bytes:
     return orjson.dumps({"code": "1", "content": content, "form": "admin", "to": to})
 
 
+async def stop_reading(tasks: list[asyncio.Task[None]], logs: list[MessageLog]) -> None:
+    """Stop the sessions' readers and close the sessions."""
+    for task in tasks:
+        task.cancel()
+    for log in logs:
+        with contextlib.suppress(Exception):
+            await log.client.close()
+
+
 async def test_e_mixed_cluster_behind_round_robin_loses_nothing_and_shows_nothing_twice(
     tidings_server: StartServer,
     redis_server: RedisServer,
@@ -157,11 +172,7 @@ async def test_e_mixed_cluster_behind_round_robin_loses_nothing_and_shows_nothin
                 await asyncio.gather(*(reader.done.wait() for reader in readers))
     finally:
         await redis.aclose()
-        for task in tasks:
-            task.cancel()
-        for reader in readers:
-            with contextlib.suppress(Exception):
-                await reader.client.close()
+        await stop_reading(tasks, readers)
 
     received = Counter(itertools.chain.from_iterable(r.bodies for r in readers))
     lost = sum((accepted - received).values())
@@ -300,3 +311,102 @@ async def test_legacy_messages_are_stored_once_for_offline_users_resume_and_unre
         assert frame.body == b"live" and frame.get("tidings-id")
     finally:
         await client.close()
+
+
+CLUSTER_USERS = 6  # their channels fall on all three masters (asserted)
+
+
+async def test_the_bridge_on_a_redis_cluster_stores_once_and_reaches_both_sides(
+    tidings_server: StartServer, cluster: RedisCluster, spring_instance: StartSpring
+) -> None:
+    """``--legacy-channel`` with ``--broker redis+cluster://``: two Tidings nodes and a
+    Spring instance on the cluster (Spring on another master than the one its legacy
+    PUBLISHes go to: a cluster forwards PUBLISH to every node). A legacy ``{code, form,
+    to, content}`` PUBLISH, a repeated one included, is stored once in the user's inbox
+    (on the master of its slot, the claim beside it) and delivered once to each of the
+    user's sessions, on both nodes and on Spring; a Tidings publish reaches the Spring
+    instance through the bridge and the Tidings sessions once, from a node or from the
+    direct publisher given ``legacy_channel``."""
+    nodes = [
+        await tidings_server("--broker", cluster.url, "--node-id", name, *LEGACY)
+        for name in ("A", "B")
+    ]
+    spring = await spring_instance(f"redis://127.0.0.1:{cluster.masters()[2]}/0")
+    users = [f"c{n}" for n in range(CLUSTER_USERS)]
+    layout = KeyLayout(cluster=True)
+    masters = {cluster.owner(slot_of(layout.stream(f"u:{user}"))) for user in users}
+    assert len(masters) == 3, masters  # the users' slots are spread over every master
+    logs: list[MessageLog] = []
+    for user in users:
+        for side, url in (
+            ("A", nodes[0].ws_url("/publicServer")),
+            ("B", nodes[1].ws_url("/publicServer")),
+            ("spring", spring.http_url.replace("http", "ws") + "/publicServer"),
+        ):
+            client = await StompWs.open(url)
+            connected = await client.connect(login=user)
+            assert ("SpringStandIn" in (connected.get("server") or "")) == (side == "spring")
+            await client.subscribe("sub-0", f"/user/{user}/message")  # live once it returns
+            logs.append(MessageLog(user, client, END, side))
+    tasks = [asyncio.create_task(log.run()) for log in logs]
+    expected: dict[str, Counter[str]] = {user: Counter() for user in users}
+    raw_count = tidings_count = 0
+    legacy = redis.asyncio.Redis(port=cluster.masters()[0])  # Spring's side, on another master
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            Publisher.from_url(cluster.url, legacy_channel=CHANNEL) as direct,
+        ):
+            for n in range(3):
+                for i, user in enumerate(users):
+                    body = f"raw{n}-{user}"
+                    await legacy.publish(CHANNEL, spring_json(user, body))
+                    expected[user][body] += 1
+                    raw_count += 1
+                    if n == 1:  # the very same JSON again: a second message, as on Spring
+                        await legacy.publish(CHANNEL, spring_json(user, body))
+                        expected[user][body] += 1
+                        raw_count += 1
+                    body = f"tidings{n}-{user}"
+                    push = {"code": "1", "form": "admin", "to": user, "content": body}
+                    node = nodes[(n + i) % 2]
+                    async with http.post(f"{node.http_url}/pushToOneTest", json=push) as reply:
+                        assert (reply.status, await reply.text()) == (200, "发送成功")
+                    expected[user][body] += 1
+                    tidings_count += 1
+                    body = f"direct{n}-{user}"  # the direct publisher, bridged as well
+                    await direct.to_user(user, body)
+                    expected[user][body] += 1
+                    tidings_count += 1
+            for user in users:
+                push = {"code": "1", "form": "admin", "to": user, "content": END}
+                async with http.post(f"{nodes[1].http_url}/pushToOneTest", json=push) as reply:
+                    assert reply.status == 200
+                tidings_count += 1
+            for log in logs:
+                log.expected = expected[log.user]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DELIVERY_TIMEOUT_S):
+                    await asyncio.gather(*(log.done.wait() for log in logs))
+            stored = {}
+            for user in users:
+                async with http.get(f"{nodes[0].http_url}/api/v1/users/{user}/inbox") as reply:
+                    stored[user] = Counter(m["body"] for m in (await reply.json())["messages"])
+    finally:
+        await legacy.aclose()
+        await stop_reading(tasks, logs)
+
+    seen = {(log.user, log.side): Counter(log.bodies) for log in logs}
+    assert [log.ended for log in logs] == [""] * len(logs)
+    assert [(log.user, log.side) for log in logs if not log.end_seen] == []
+    for (user, side), bodies_seen in seen.items():
+        assert bodies_seen == expected[user], (user, side)  # each once, none lost
+    for user in users:
+        assert stored[user] == expected[user] + Counter([END]), user  # stored once
+    outcomes = [legacy_outcomes(await node.metrics()) for node in nodes]
+    # Each node sees every message of the channel: one of them stores a legacy one, the
+    # other finds it stored; the Tidings ones come back to both, marked as their own.
+    assert sum(o.get("stored", 0) for o in outcomes) == raw_count, outcomes
+    assert sum(o.get("stored_elsewhere", 0) for o in outcomes) == raw_count, outcomes
+    assert sum(o.get("own", 0) for o in outcomes) == 2 * tidings_count, outcomes
+    assert sum(o.get("malformed", 0) + o.get("failed", 0) for o in outcomes) == 0, outcomes

@@ -75,6 +75,16 @@ def test_version(flag: str) -> None:
         (["--broker", "amqp://h/?exchange="], {}, "argument --broker: ?exchange= must name"),
         ([], {"TIDINGS_APIKEY": "k"}, "unknown environment variable TIDINGS_APIKEY (did you"),
         ([], {"TIDINGS_HEAD_TIMEOUT": "-1"}, "TIDINGS_HEAD_TIMEOUT: must be a positive number"),
+        (
+            ["--inbox-idempotency-ttl", "0"],
+            {},
+            "argument --inbox-idempotency-ttl: must be a positive number, got 0.0",
+        ),
+        (
+            [],
+            {"TIDINGS_INBOX_IDEMPOTENCY_TTL": "a day"},
+            "TIDINGS_INBOX_IDEMPOTENCY_TTL: expected a number, got 'a day'",
+        ),
         (["--config", "/nonexistent/tidings.toml"], {}, "cannot read config file"),
         (
             ["--sockjs-test-services", "--auth", "jwt", "--jwt-secret", JWT_SECRET],
@@ -90,7 +100,7 @@ def test_version(flag: str) -> None:
     ids=[
         *("port", "log-level", "size", "broker", "amqp-without-inbox", "amqp-exchange"),
         "env-typo",
-        *("env-timeout", "config-missing"),
+        *("env-timeout", "idempotency-ttl", "env-idempotency-ttl", "config-missing"),
         *("test-services-with-jwt", "test-services-endpoint"),
     ],
 )

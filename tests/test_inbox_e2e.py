@@ -360,6 +360,64 @@ async def test_idempotent_publish_stores_once(
     assert [m["body"] for m in stored] == ["once", "field"]
 
 
+IDEMPOTENCY_TTL_S = 1.0
+
+
+@pytest.fixture(params=[*BROKERS, "postgresql"])
+def store_args(request: pytest.FixtureRequest) -> list[str]:
+    """Where a node keeps its inboxes: in memory, in Redis, in PostgreSQL (memory broker)."""
+    if request.param == "redis":
+        return ["--broker", request.getfixturevalue("redis_server").url]
+    if request.param == "postgresql":
+        return ["--inbox", request.getfixturevalue("postgres_db").url]
+    return []
+
+
+async def test_a_key_is_remembered_for_the_inbox_idempotency_ttl(
+    store_args: list[str], tidings_server: StartServer, http: Any
+) -> None:
+    """``--inbox-idempotency-ttl 1``: a repeat of a key within the second gets the first
+    id and stores nothing; once the second has passed the key stores again (and is
+    remembered again). Each repeat is judged by when it was sent and answered, so a slow
+    machine blurs no verdict: answered before the first was sent + 1 s, it must be the
+    first's; sent after the first was answered + 1 s, it must be new."""
+    node = await tidings_server("--inbox-idempotency-ttl", str(IDEMPOTENCY_TTL_S), *store_args)
+    url = f"{node.http_url}/api/v1/users/42/messages"
+    loop = asyncio.get_running_loop()
+
+    async def keyed() -> tuple[float, str, float]:
+        """(sent, id, answered) of one publish with the key."""
+        sent = loop.time()
+        async with http.post(url, json={"body": "b"}, headers={"Idempotency-Key": "k"}) as r:
+            assert r.status == 202, await r.text()
+            inbox_id: str = (await r.json())["id"]
+        return sent, inbox_id, loop.time()
+
+    start, first, first_answered = await keyed()
+    _, repeat, answered = await keyed()
+    assert answered - start < IDEMPOTENCY_TTL_S, "two publishes took the whole TTL"
+    assert repeat == first
+    expired = first_answered + IDEMPOTENCY_TTL_S + 0.05  # + the clocks' grain
+    deadline = start + IDEMPOTENCY_TTL_S + 10
+    while True:
+        sent, inbox_id, answered = await keyed()
+        if answered < start + IDEMPOTENCY_TTL_S:
+            assert inbox_id == first, "a repeat within the TTL was stored again"
+        if sent >= expired:
+            assert inbox_id != first, "the key outlived its TTL"
+        if inbox_id != first:
+            break
+        assert answered < deadline, "the key was never forgotten"
+        await asyncio.sleep(0.05)  # a poll interval
+    assert answered >= start + IDEMPOTENCY_TTL_S, "the key was forgotten before its TTL"
+    assert id_key(inbox_id) > id_key(first)
+    _, again, _ = await keyed()
+    assert again == inbox_id  # remembered anew
+    async with http.get(f"{node.http_url}/api/v1/users/42/inbox") as reply:
+        stored = (await reply.json())["messages"]
+    assert [m["id"] for m in stored] == [first, inbox_id]
+
+
 @pytest.mark.parametrize("kind", BROKERS)
 async def test_retention_trims_and_reports_a_resume_gap(
     kind: str, tidings_server: StartServer, redis_server: Any, http: aiohttp.ClientSession

@@ -13,6 +13,7 @@ import pytest
 
 from tidings.cli import OPTIONS, _build, config_from_options, resolve_options
 from tidings.config import Config
+from tidings.inbox.base import InboxLimits
 from tidings.logs import JsonFormatter, RateLimited
 from tidings.options import OptionError, Resolved, load_toml, redact_url, resolve
 
@@ -134,6 +135,7 @@ def test_an_empty_environment_variable_counts_as_unset() -> None:
         ),
         ("broker = 'redis+sentinel://h:1/'", "broker: expected the master's name as the path"),
         ("inbox-replica-timeout = 0", "inbox-replica-timeout: must be between 1 and 10000"),
+        ("inbox-idempotency-ttl = 0", "inbox-idempotency-ttl: must be a positive number, got 0"),
         ("log-level = 'loud'", "log-level: expected one of debug, info, warning, error"),
         ("endpoint = ['stomp']", "endpoint: expected a path like /stomp, got 'stomp'"),
         ("sockjs-disable-transport = ['carrier-pigeon']", "expected one of websocket,"),
@@ -182,7 +184,11 @@ def test_an_unreadable_or_invalid_file_is_one_line(tmp_path: Path) -> None:
         (["--auth", "jwt", "--jwt-secret", "short"], {}, "--jwt-secret: HS256 secret must be"),
         ([], {"TIDINGS_JWT_SECRET": "x" * 40}, "TIDINGS_JWT_SECRET is set but --auth is 'none'"),
         (["--workers", "2"], {}, "--workers N needs a shared broker"),
-        (["--legacy-channel", "c"], {}, "--legacy-channel needs a redis:// broker"),
+        (
+            ["--legacy-channel", "c"],
+            {},
+            "--legacy-channel needs a Redis broker",
+        ),
         (["--inbox-min-replicas", "1"], {}, "--inbox-min-replicas needs a Redis broker"),
         (["--broker", "amqp://h/"], {}, "--broker amqp:// routes .* needs an inbox store"),
         (["--auth", "jwt", "--jwt-public-key", "/nonexistent.pem"], {}, "cannot read"),
@@ -296,3 +302,14 @@ def test_sentinel_broker_and_replica_options_reach_the_config() -> None:
     assert made.broker == url
     assert (made.inbox.min_replicas, made.inbox.replica_timeout_s) == (1, 0.25)
     assert config([], {}).inbox.min_replicas == 0
+
+
+def test_the_idempotency_ttl_reaches_the_inbox_limits_from_every_source(tmp_path: Path) -> None:
+    path = write(tmp_path, "inbox-idempotency-ttl = 3600\n")
+    assert config([]).inbox.idempotency_ttl_s == 24 * 3600.0
+    assert config(["--config", path]).inbox.idempotency_ttl_s == 3600.0
+    env = {"TIDINGS_INBOX_IDEMPOTENCY_TTL": "600"}
+    assert config(["--config", path], env).inbox.idempotency_ttl_s == 600.0
+    assert config(["--inbox-idempotency-ttl", "0.5", "--config", path], env).inbox == InboxLimits(
+        idempotency_ttl_s=0.5
+    )

@@ -94,7 +94,7 @@ OPTIONS: tuple[Option, ...] = (
         Integer(1),
         _CONFIG.workers,
         "node processes sharing the port (the kernel spreads connections over them); "
-        "more than 1 needs a redis:// broker",
+        "more than 1 needs a shared broker (Redis or RabbitMQ)",
         "listen",
     ),
     # -- broker
@@ -144,7 +144,8 @@ OPTIONS: tuple[Option, ...] = (
         "webSocketMsgPush), both ways: the {code, form, to, content} JSON it publishes "
         "there is stored in the inbox of `to` and delivered as POST /pushToOneTest does, "
         "and user messages to /message published to Tidings are also published there "
-        "for its instances; needs a redis:// broker",
+        "for its instances; needs a Redis broker (redis://, redis+sentinel:// or "
+        "redis+cluster://)",
         "broker",
     ),
     Option(
@@ -449,6 +450,15 @@ OPTIONS: tuple[Option, ...] = (
         "inbox",
     ),
     Option(
+        "inbox-idempotency-ttl",
+        Seconds(),
+        _INBOX.idempotency_ttl_s,
+        "seconds an idempotency key (Idempotency-Key, a message's id field) is remembered "
+        "per user or topic: a publish repeating it within this stores nothing and gets the "
+        "first id; on Redis each key holds ~165 B meanwhile",
+        "inbox",
+    ),
+    Option(
         "topic-history",
         Integer(0),
         _INBOX.topic_history,
@@ -714,6 +724,7 @@ def config_from_options(values: Resolved) -> Config:
         inbox=InboxLimits(
             max_messages=v["inbox-max-messages"],
             max_age_s=v["inbox-max-age"],
+            idempotency_ttl_s=v["inbox-idempotency-ttl"],
             topic_history=v["topic-history"],
             min_replicas=v["inbox-min-replicas"],
             replica_timeout_s=v["inbox-replica-timeout"] / 1000,
@@ -792,16 +803,20 @@ def check_config(config: Config, values: Resolved) -> None:
         )
     if config.workers > 1 and not (shared or amqp):
         raise OptionError(
-            "--workers N needs a shared broker (--broker redis://...): with memory:// each "
-            "worker would be a separate island and messages would not cross between them"
+            "--workers N needs a shared broker (--broker redis://... or amqp://...): with "
+            "memory:// each worker would be a separate island and messages would not cross "
+            "between them"
         )
     if config.legacy_channel and not shared:
-        raise OptionError("--legacy-channel needs a redis:// broker")
+        raise OptionError(
+            "--legacy-channel needs a Redis broker (redis://, redis+sentinel:// or "
+            "redis+cluster://)"
+        )
     check_inbox(config)
     if config.inbox.min_replicas and not shared:
         raise OptionError(
-            "--inbox-min-replicas needs a Redis broker (redis:// or redis+sentinel://): "
-            "memory:// has no replicas"
+            "--inbox-min-replicas needs a Redis broker (redis://, redis+sentinel:// or "
+            "redis+cluster://): memory:// has no replicas"
         )
 
 

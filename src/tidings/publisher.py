@@ -39,8 +39,9 @@ class Publisher:
     """Publishes to users and topics of the Tidings nodes on one Redis.
 
     ``limits`` and ``max_message_bytes`` must be the nodes' (``--inbox-max-messages``,
-    ``--inbox-max-age``, ``--topic-history``, ``--max-message-bytes``): they decide what is
-    kept and what is refused. Every publish returns the message's inbox id once Redis
+    ``--inbox-max-age``, ``--topic-history``, ``--inbox-idempotency-ttl``,
+    ``--max-message-bytes``): they decide what is kept, for how long a key is remembered,
+    and what is refused. Every publish returns the message's inbox id once Redis
     stored it, raises InvalidPublish (a ValueError) for bad input, with nothing stored,
     and BrokerUnavailable when Redis did not take it.
     """
@@ -116,8 +117,8 @@ class Publisher:
         A string goes out as ``text/plain;charset=UTF-8``, any other JSON value as
         ``application/json;charset=UTF-8``, unless ``content_type`` says otherwise.
         ``headers`` become extra MESSAGE headers. A second publish with the same
-        ``idempotency_key`` (per user, within ``limits.idempotency_ttl_s``: a day by
-        default) stores nothing and returns the first id.
+        ``idempotency_key`` (per user, within ``limits.idempotency_ttl_s``, the nodes'
+        ``--inbox-idempotency-ttl``: a day by default) stores nothing and returns the first id.
         """
         message = publish_rules.user_message(
             user,

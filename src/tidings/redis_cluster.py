@@ -36,7 +36,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
@@ -44,6 +44,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from tidings import redis_urls
 from tidings.errors import BrokerUnavailable
 from tidings.inbox.resp import ErrorReply, Redirect, Replicas, ScriptConnection
 from tidings.redis_connect import bulk, pack
@@ -86,9 +87,7 @@ def is_cluster_url(url: str) -> bool:
 
 def parse(url: str) -> ClusterUrl:
     """The parts of a cluster URL; ValueError saying what is wrong (never the password)."""
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES:
-        raise ValueError(f"expected a redis+cluster:// URL, got a {parts.scheme}:// one")
+    parts = redis_urls.split(url, SCHEMES)
     userinfo, at, hosts = parts.netloc.rpartition("@")
     username = password = None
     if at:
@@ -96,14 +95,10 @@ def parse(url: str) -> ClusterUrl:
         username, password = unquote(name) or None, unquote(secret) if colon else None
     if not hosts:
         raise ValueError("expected the nodes as host:port[,host:port...]")
-    nodes = tuple(_host_port(item) for item in hosts.split(","))
+    nodes = redis_urls.host_ports(hosts, DEFAULT_PORT, "the nodes")
     if parts.path.strip("/") not in ("", "0"):
         raise ValueError("a Redis Cluster has only db 0: give no path (or /0)")
-    query: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in _QUERY_KEYS:
-            raise ValueError(f"unknown parameter {key!r}: expected one of {sorted(_QUERY_KEYS)}")
-        query[key] = value
+    query = redis_urls.query(parts, _QUERY_KEYS)
     tls = parts.scheme == "rediss+cluster"
     ssl = {key: value for key, value in query.items() if key.startswith("ssl_")}
     if ssl and not tls:
@@ -115,16 +110,6 @@ def parse(url: str) -> ClusterUrl:
         tls=tls,
         ssl=ssl,
     )
-
-
-def _host_port(item: str) -> tuple[str, int]:
-    host, colon, port = item.rpartition(":") if not item.endswith("]") else (item, "", "")
-    if not colon:
-        host, port = item, str(DEFAULT_PORT)
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected the nodes as host:port[,host:port...], got {item!r}")
-    return host, int(port)
 
 
 def cluster_client(url: str, **settings: Any) -> RedisCluster:

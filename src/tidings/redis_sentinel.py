@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 from redis.asyncio.sentinel import (
@@ -41,6 +41,8 @@ from redis.asyncio.sentinel import (
     SentinelManagedSSLConnection,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
+
+from tidings import redis_urls
 
 SCHEMES = ("redis+sentinel", "rediss+sentinel")
 """The URL schemes of a Sentinel-managed Redis (``rediss``: TLS)."""
@@ -72,23 +74,17 @@ def is_sentinel_url(url: str) -> bool:
 
 def parse(url: str) -> SentinelUrl:
     """The parts of a Sentinel URL; ValueError saying what is wrong (never the password)."""
-    parts = urlsplit(url)
-    if parts.scheme not in SCHEMES:
-        raise ValueError(f"expected a redis+sentinel:// URL, got a {parts.scheme}:// one")
+    parts = redis_urls.split(url, SCHEMES)
     if "@" in parts.netloc:
         raise ValueError(
             "give the master's password as ?password= and the sentinels' as "
             "?sentinel_password=, not before the hosts"
         )
-    sentinels = tuple(_host_port(item) for item in parts.netloc.split(","))
+    sentinels = redis_urls.host_ports(parts.netloc, DEFAULT_PORT, "sentinels")
     master = unquote(parts.path.strip("/"))
     if not master or "/" in master:
         raise ValueError("expected the master's name as the path: .../<master-name>")
-    query: dict[str, str] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key not in _QUERY_KEYS:
-            raise ValueError(f"unknown parameter {key!r}: expected one of {sorted(_QUERY_KEYS)}")
-        query[key] = value
+    query = redis_urls.query(parts, _QUERY_KEYS)
     db = query.get("db", "0")
     if not db.isdigit():
         raise ValueError(f"db must be a number, got {db!r}")
@@ -102,16 +98,6 @@ def parse(url: str) -> SentinelUrl:
         sentinel_password=query.get("sentinel_password") or None,
         tls=parts.scheme == "rediss+sentinel",
     )
-
-
-def _host_port(item: str) -> tuple[str, int]:
-    host, colon, port = item.rpartition(":") if not item.endswith("]") else (item, "", "")
-    if not colon:
-        host, port = item, str(DEFAULT_PORT)
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"expected sentinels as host:port[,host:port...], got {item!r}")
-    return host, int(port)
 
 
 class CheckedMasterConnection(SentinelManagedConnection):

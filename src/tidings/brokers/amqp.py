@@ -59,7 +59,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from tidings.brokers import AMQP_SCHEMES
-from tidings.brokers.base import ContinuityHandler, MessageHandler, reconnect_delay
+from tidings.brokers.base import LinkState, MessageHandler, ReconnectingBroker
 from tidings.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,12 @@ class _Link:
             )
 
 
-class AmqpBroker:
-    """Broker on RabbitMQ: a direct exchange, one exclusive queue per node."""
+class AmqpBroker(ReconnectingBroker):
+    """Broker on RabbitMQ: a direct exchange, one exclusive queue per node.
+
+    Ready (``ReconnectingBroker``) while connected with every wanted channel bound; lost
+    when the connection, a channel or the consumer ends.
+    """
 
     def __init__(
         self,
@@ -162,24 +166,18 @@ class AmqpBroker:
         backoff_max_s: float = 1.0,
     ) -> None:
         self._url, self.exchange = split_url(url)
-        self.reconnects = 0
-        """Times the connection was re-established after a loss."""
         self.received = 0
         """Messages handed to the handler."""
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
+        self._state = LinkState(
+            log, "rabbitmq", "rabbitmq connection", backoff_initial_s, backoff_max_s
+        )
         # Routing key -> channel name, for every channel subscribed and not unsubscribed.
         self._routes: dict[str, str] = {}
         # Routing key -> the Queue.Bind of subscribe() in flight (None once BindOk came,
         # else why it failed); concurrent subscribers of one channel share it.
         self._binding: dict[str, _Pending] = {}
         self._handler: MessageHandler | None = None
-        self._continuity: ContinuityHandler | None = None
         self._link: _Link | None = None
-        self._ready = False
-        self._ever_ready = False
-        self._became_ready = asyncio.Event()
-        self._closed = False
         self._task: asyncio.Task[None] | None = None
         # (Un)binds of this loop turn in call order, for _flush: (key, pending) to bind,
         # (key, None) to unbind.
@@ -199,34 +197,24 @@ class AmqpBroker:
         If RabbitMQ cannot be reached within START_TIMEOUT_S this returns anyway, not
         ready, and keeps reconnecting in the background.
         """
-        if self._closed:
+        if self._state.closed:
             raise BrokerUnavailable("amqp broker is closed")
         if self._task is not None:
             return
         self._handler = handler
         self._task = asyncio.create_task(self._run(), name="tidings-amqp")
-        try:
-            await asyncio.wait_for(self._became_ready.wait(), START_TIMEOUT_S)
-        except TimeoutError:
-            log.warning("amqp broker not ready after %.1fs; still reconnecting", START_TIMEOUT_S)
+        await self._state.wait_ready(START_TIMEOUT_S)
 
     async def close(self) -> None:
         """Stop the task and close the connection; no handler call after this returns."""
-        if self._closed:
-            return
-        self._closed = True
+        if not self._state.close():
+            return  # closed already
         self._handler = None
         task, self._task = self._task, None
         for running in [*self._applying, *([task] if task is not None else [])]:
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
-        self._became_ready.set()  # lets a start() that is still waiting return
-
-    def on_continuity(self, handler: ContinuityHandler | None) -> None:
-        """``handler(False)`` when the connection (or its consumer) is lost,
-        ``handler(True)`` once a new queue holds every channel's binding."""
-        self._continuity = handler
 
     async def subscribe(self, channel: str) -> None:
         """Return once RabbitMQ has bound the channel's key to this node's queue
@@ -240,7 +228,7 @@ class AmqpBroker:
         if key in self._routes:
             pending = self._binding.get(key)
             if pending is None:
-                if not self._ready:
+                if not self._state.ready:
                     raise BrokerUnavailable("amqp unavailable: not connected")
                 return  # bound on the current connection
         else:
@@ -265,7 +253,7 @@ class AmqpBroker:
 
     async def publish(self, channel: str, payload: bytes) -> None:
         """Publish and wait for RabbitMQ's confirm; BrokerUnavailable unless it acked."""
-        if self._closed or self._handler is None:
+        if self._state.closed or self._handler is None:
             raise BrokerUnavailable("amqp broker is not running")
         link = self._link
         if link is None or link.publisher is None or link.publisher.is_closed:
@@ -352,18 +340,13 @@ class AmqpBroker:
             if not isinstance(exc, _ERRORS):
                 raise
 
-    @property
-    def ready(self) -> bool:
-        """True while connected with every wanted channel bound."""
-        return self._ready
-
     # -- subscriptions ---------------------------------------------------------------
 
     def _live(self) -> None:
         """BrokerUnavailable unless connected, ready, and the consuming channel open."""
         link = self._link
         consumer = link.consumer if link is not None else None
-        if not self._ready or consumer is None or consumer.is_closed:
+        if not self._state.ready or consumer is None or consumer.is_closed:
             raise BrokerUnavailable("amqp unavailable: not connected")
 
     def _queue_operation(self, key: str, pending: _Pending | None) -> None:
@@ -447,27 +430,19 @@ class AmqpBroker:
 
     async def _run(self) -> None:
         """Own the connection: connect, serve, and on loss reconnect, forever."""
-        failures = 0
         while True:
             link = _Link(aiormq.Connection(self._url))
             try:
                 await self._connect(link)
-                failures = 0
                 await self._serve(link)
             except _ERRORS as exc:
-                if not self._ever_ready and failures == 0:
-                    log.warning("rabbitmq unreachable: %s (retrying in the background)", exc)
-                elif self._ready or failures == 0:
-                    log.warning("rabbitmq connection lost: %s", exc)
-                else:
-                    log.debug("rabbitmq reconnect failed: %s", exc)
+                self._state.failed(exc)
             except Exception:
                 log.exception("amqp connection task failed unexpectedly")
             finally:
                 self._lost()
                 await link.close()
-            failures += 1
-            await asyncio.sleep(self._backoff(failures))
+            await asyncio.sleep(self._state.backoff())
 
     async def _connect(self, link: _Link) -> None:
         """Connect, declare the exchange and a new queue, consume it, bind every wanted
@@ -498,13 +473,7 @@ class AmqpBroker:
             for key in wanted:
                 if key not in self._routes:
                     await consumer.queue_unbind(link.queue, self.exchange, routing_key=key)
-        self._ready = True
-        self._became_ready.set()
-        if self._ever_ready:
-            self.reconnects += 1
-            log.info("rabbitmq reconnected (%d reconnects)", self.reconnects)
-        self._ever_ready = True
-        self._report_continuity(True)
+        self._state.up()
 
     async def _serve(self, link: _Link) -> None:
         """Return (raising why) once the connection, a channel or the consumer ends."""
@@ -542,28 +511,13 @@ class AmqpBroker:
 
     def _lost(self) -> None:
         """Forget the connection: not ready, continuity broken, binds in flight fail."""
-        if self._ready:
-            self._report_continuity(False)
-        self._ready = False
-        self._became_ready.clear()
+        self._state.down()
         self._link = None
         binding, self._binding = self._binding, {}
         for key, pending in binding.items():
             self._routes.pop(key, None)
             if not pending.done():
                 pending.set_result("lost with the connection")
-
-    def _report_continuity(self, hearing: bool) -> None:
-        handler = self._continuity
-        if handler is None or self._closed:
-            return
-        try:
-            handler(hearing)
-        except Exception:
-            log.exception("broker continuity handler failed")
-
-    def _backoff(self, failures: int) -> float:
-        return reconnect_delay(failures, self._backoff_initial_s, self._backoff_max_s)
 
 
 def _allowance(base_s: float, binds: int) -> float:

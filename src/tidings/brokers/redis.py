@@ -41,7 +41,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 
 from tidings import redis_cluster, redis_sentinel
-from tidings.brokers.base import ContinuityHandler, MessageHandler, reconnect_delay
+from tidings.brokers.base import LinkState, MessageHandler, ReconnectingBroker
 from tidings.brokers.redis_pubsub import PubSubConnection
 from tidings.errors import BrokerUnavailable
 from tidings.redis_connect import connection_params, open_connection
@@ -121,11 +121,14 @@ class _Deaf(Exception):
     """The subscriber connection stopped returning our probes: treat it as lost."""
 
 
-class RedisBroker:
+class RedisBroker(ReconnectingBroker):
     """Broker on Redis pub/sub: one Redis channel per logical channel, ``prefix + name``.
 
     ``raw_channels`` (e.g. the legacy Spring channel ``webSocketMsgPush``) are subscribed
     verbatim for the broker's whole life and reach the handler under their raw name.
+
+    Ready (``ReconnectingBroker``) while the subscriber connection is up, has confirmed
+    every channel's SUBSCRIBE and hears its probes; lost when it breaks or goes deaf.
     """
 
     def __init__(
@@ -143,8 +146,6 @@ class RedisBroker:
         """The command client; also for the node's own keys (presence)."""
         self.layout = KeyLayout(prefix, cluster=isinstance(self.redis, RedisCluster))
         """The names of each channel's keys (``tidings.redis_keys``)."""
-        self.reconnects = 0
-        """Times the subscriber connection was re-established after a loss."""
         self.received = 0
         """Messages handed to the handler."""
 
@@ -153,8 +154,9 @@ class RedisBroker:
         self._raw_keys = {name.encode(): name for name in raw_channels}
         self._probe_interval_s = probe_interval_s
         self._probe_timeout_s = probe_timeout_s
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
+        self._state = LinkState(
+            log, "redis", "redis subscriber connection", backoff_initial_s, backoff_max_s
+        )
 
         # Redis channel -> name given to the handler, for everything we want delivered:
         # the raw channels and every logical channel subscribed and not unsubscribed.
@@ -166,13 +168,8 @@ class RedisBroker:
         # (b"SUBSCRIBE", key, waiter) or (b"UNSUBSCRIBE", key, None).
         self._pending: list[tuple[bytes, bytes, _Waiter | None]] = []
         self._handler: MessageHandler | None = None
-        self._continuity: ContinuityHandler | None = None
         self._link: Subscriber | None = None  # the subscriber connection, once set up
-        self._ready = False
-        self._ever_ready = False
-        self._became_ready = asyncio.Event()
         self._deaf_at: asyncio.Timeout | None = None  # pushed forward by each probe
-        self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
 
     def _command_client(self, url: str) -> RedisClient:
@@ -191,7 +188,7 @@ class RedisBroker:
         If Redis cannot be reached within START_TIMEOUT_S this returns anyway, not
         ready, and keeps reconnecting in the background.
         """
-        if self._closed:
+        if self._state.closed:
             raise BrokerUnavailable("redis broker is closed")
         if self._tasks:
             return
@@ -200,16 +197,12 @@ class RedisBroker:
             asyncio.create_task(self._run_subscriber(), name="tidings-redis-subscriber"),
             asyncio.create_task(self._run_probe(), name="tidings-redis-probe"),
         ]
-        try:
-            await asyncio.wait_for(self._became_ready.wait(), START_TIMEOUT_S)
-        except TimeoutError:
-            log.warning("redis broker not ready after %.1fs; still reconnecting", START_TIMEOUT_S)
+        await self._state.wait_ready(START_TIMEOUT_S)
 
     async def close(self) -> None:
         """Stop both tasks, close both connections; no handler call after this returns."""
-        if self._closed:
-            return
-        self._closed = True
+        if not self._state.close():
+            return  # closed already
         self._handler = None
         for task in self._tasks:
             task.cancel()
@@ -219,15 +212,9 @@ class RedisBroker:
         self._tasks = []
         link = self._link
         self._lost()
-        self._became_ready.set()  # lets a start() that is still waiting return
         if link is not None:
             link.close()
         await self.redis.aclose()
-
-    def on_continuity(self, handler: ContinuityHandler | None) -> None:
-        """``handler(False)`` when the subscriber connection is lost (or goes deaf),
-        ``handler(True)`` when a new one has confirmed every channel's SUBSCRIBE."""
-        self._continuity = handler
 
     async def subscribe(self, channel: str) -> None:
         """Return once Redis has confirmed the subscription (idempotent).
@@ -241,7 +228,7 @@ class RedisBroker:
         if key in self._routes:
             waiters = self._waiters.get(key)
             if not waiters:
-                if not self._ready:
+                if not self._state.ready:
                     raise BrokerUnavailable("redis unavailable: subscriber not connected")
                 return  # confirmed on the current connection
             waiter = waiters[-1]
@@ -264,17 +251,12 @@ class RedisBroker:
 
     async def publish(self, channel: str, payload: bytes) -> None:
         """PUBLISH on the command connection; BrokerUnavailable unless Redis took it."""
-        if self._closed or self._handler is None:
+        if self._state.closed or self._handler is None:
             raise BrokerUnavailable("redis broker is not running")
         try:
             await self.redis.publish(self._key(channel), payload)
         except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
-
-    @property
-    def ready(self) -> bool:
-        """True while the subscriber connection is up, subscribed and hearing its probes."""
-        return self._ready
 
     # -- subscriber connection -------------------------------------------------------
 
@@ -284,7 +266,7 @@ class RedisBroker:
     def _live_link(self) -> Subscriber:
         """The subscriber connection if it can take a command now, else BrokerUnavailable."""
         link = self._link
-        if not self._ready or link is None or not link.is_open:
+        if not self._state.ready or link is None or not link.is_open:
             raise BrokerUnavailable("redis unavailable: subscriber not connected")
         return link
 
@@ -338,29 +320,20 @@ class RedisBroker:
     async def _run_subscriber(self) -> None:
         """Own the subscriber connection: connect, serve, and on loss reconnect, until
         closed. (``close`` cancels this task; a cancellation a client library turned into
-        a connection error must not keep it reconnecting: it also checks ``_closed``.)"""
-        failures = 0
-        while not self._closed:
+        a connection error must not keep it reconnecting: it also checks ``closed``.)"""
+        while not self._state.closed:
             link = self._new_link()
             try:
                 await self._connect(link)
                 await self._serve(link)
             except (BrokerUnavailable, RedisError, OSError, TimeoutError, _Deaf) as exc:
-                if not self._ever_ready and failures == 0:
-                    log.warning("redis unreachable: %s (retrying in the background)", exc)
-                elif self._ready or failures == 0:
-                    log.warning("redis subscriber connection lost: %s", exc)
-                else:
-                    log.debug("redis reconnect failed: %s", exc)
+                self._state.failed(exc)
             except Exception:
                 log.exception("redis subscriber failed unexpectedly")
             finally:
-                if self._ready:
-                    failures = 0
                 self._lost()
                 link.close()
-            failures += 1
-            await asyncio.sleep(self._backoff(failures))
+            await asyncio.sleep(self._state.backoff())
 
     def _new_link(self) -> Subscriber:
         return PubSubConnection(self._on_message, self._on_subscribed, self._on_pong)
@@ -431,22 +404,11 @@ class RedisBroker:
                 waiter.set_result(None)
 
     def _on_pong(self) -> None:
-        if self._ready:
-            return
-        self._ready = True
-        self._became_ready.set()
-        if self._ever_ready:
-            self.reconnects += 1
-            log.info("redis subscriber reconnected (%d reconnects)", self.reconnects)
-        self._ever_ready = True
-        self._report_continuity(True)
+        self._state.up()
 
     def _lost(self) -> None:
         """Forget the subscriber connection: not ready, pending subscribes fail."""
-        if self._ready:
-            self._report_continuity(False)
-        self._ready = False
-        self._became_ready.clear()
+        self._state.down()
         self._link = None
         self._pending = []  # queued SUBSCRIBEs' waiters are in _waiters too
         waiters, self._waiters = self._waiters, {}
@@ -455,23 +417,11 @@ class RedisBroker:
                 if not waiter.done():
                     waiter.set_result("lost with the connection")
 
-    def _report_continuity(self, hearing: bool) -> None:
-        handler = self._continuity
-        if handler is None or self._closed:
-            return
-        try:
-            handler(hearing)
-        except Exception:
-            log.exception("broker continuity handler failed")
-
-    def _backoff(self, failures: int) -> float:
-        return reconnect_delay(failures, self._backoff_initial_s, self._backoff_max_s)
-
     # -- probe -----------------------------------------------------------------------
 
     async def _run_probe(self) -> None:
         """Publish to our private probe channel; ``_serve`` notices if nothing comes back."""
-        while not self._closed:
+        while not self._state.closed:
             await asyncio.sleep(self._probe_interval_s)
             try:
                 await self._publish_probe()

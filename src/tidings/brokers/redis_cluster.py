@@ -61,7 +61,7 @@ class RedisClusterBroker(RedisBroker):
 
     async def publish(self, channel: str, payload: bytes) -> None:
         """SPUBLISH through the cluster client; BrokerUnavailable unless Redis took it."""
-        if self._closed or self._handler is None:
+        if self._state.closed or self._handler is None:
             raise BrokerUnavailable("redis broker is not running")
         try:
             await self.redis.spublish(self._key(channel), payload)

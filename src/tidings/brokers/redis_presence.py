@@ -18,10 +18,9 @@ together), and queries go through redis-py's cluster pipeline, split per master.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,7 +30,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from tidings.errors import BrokerUnavailable
 from tidings.inbox.redis import script_connection
-from tidings.presence import LocalSessions, UserPresence
+from tidings.presence import Changes, StoredPresence, UserPresence
 from tidings.redis_cluster import slot_of
 from tidings.redis_keys import KeyLayout
 
@@ -60,9 +59,6 @@ end
 return #KEYS
 """
 
-_Changes = tuple[list[str], list[str]]
-"""One user's sessions to add and to remove."""
-
 
 @contextmanager
 def _redis_errors() -> Iterator[None]:
@@ -72,7 +68,7 @@ def _redis_errors() -> Iterator[None]:
         raise BrokerUnavailable(f"redis unavailable: {exc}") from exc
 
 
-class RedisPresence(LocalSessions):
+class RedisPresence(StoredPresence):
     """Presence entries in Redis sorted sets with per-member expiry (see module docstring)."""
 
     def __init__(
@@ -83,83 +79,30 @@ class RedisPresence(LocalSessions):
         prefix: str = "tidings:",
         ttl_s: float = 15.0,
     ) -> None:
-        super().__init__(node_id)
+        super().__init__(node_id, ttl_s)
         self._redis = redis  # reads
         self._writer = script_connection(redis, WRITE_SCRIPT)
         self._layout = KeyLayout(prefix, cluster=isinstance(redis, RedisCluster))
-        self._member_prefix = node_id + "|"
-        self.ttl_s = ttl_s
-        self._refresher: asyncio.Task[None] | None = None
-        self._changes: dict[str, _Changes] = {}  # this loop turn's, by user
-        self._stored: list[asyncio.Future[None]] = []  # add()s waiting for them
-        self._closed = False
-
-    async def start(self) -> None:
-        self._closed = False
-        self._refresher = asyncio.create_task(self._refresh_forever())
 
     async def close(self) -> None:
-        self._closed = True
-        self._flush()  # this turn's changes first: the removals below come after them
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-        # Best effort: remove our entries so a clean shutdown reads offline at once.
-        entries: list[tuple[str, _Changes]] = [
-            (user, ([], list(sessions))) for user, sessions in self.by_user.items()
-        ]
-        writes = [self._submit(chunk) for chunk in _chunks(entries)]
-        await asyncio.gather(*writes, return_exceptions=True)  # failed: they expire
+        await super().close()
         await self._writer.close()
-        self.by_user.clear()
 
-    async def add(self, user: str, session_id: str) -> None:
-        """Written with the other changes of this loop turn (a CONNECT storm sends one
-        script call per turn, not one per session); returns once it is stored."""
-        self.add_local(user, session_id)
-        if self._closed:
-            return
-        self._user_changes(user)[0].append(session_id)
-        stored = asyncio.get_running_loop().create_future()
-        self._stored.append(stored)
-        await stored
+    def _write(self, changes: Sequence[tuple[str, Changes]]) -> Awaitable[None]:
+        """Script calls of WRITE_CHUNK users, sent now (StoredPresence._write)."""
+        return _answered([self._submit(chunk) for chunk in _chunks(changes)])
 
-    def remove(self, user: str, session_id: str) -> None:
-        super().remove(user, session_id)
-        if not self._closed:
-            self._user_changes(user)[1].append(session_id)
-
-    def _user_changes(self, user: str) -> _Changes:
-        changes = self._changes.get(user)
-        if changes is None:
-            if not self._changes:
-                asyncio.get_running_loop().call_soon(self._flush)
-            changes = self._changes[user] = ([], [])
-        return changes
-
-    def _flush(self) -> None:
-        """Send this turn's changes; the add()s return when Redis has run them all."""
-        changes, self._changes = self._changes, {}
-        stored, self._stored = self._stored, []
-        if not changes:
-            return  # flushed already, by close()
-        writes = [self._submit(chunk) for chunk in _chunks(list(changes.items()))]
-        release = _Release(stored, writes)
-        for write in writes:
-            write.add_done_callback(release)
-
-    def _submit(self, changes: Sequence[tuple[str, _Changes]]) -> asyncio.Future[Any]:
+    def _submit(self, changes: Sequence[tuple[str, Changes]]) -> asyncio.Future[Any]:
         """One script call for ``changes`` (on a cluster, one per slot); its future fails
         with BrokerUnavailable."""
         if not self._layout.cluster:
             return self._submit_one(changes)
-        by_slot: dict[int, list[tuple[str, _Changes]]] = {}
+        by_slot: dict[int, list[tuple[str, Changes]]] = {}
         for change in changes:
             by_slot.setdefault(slot_of(self._key(change[0])), []).append(change)
         return asyncio.gather(*[self._submit_one(group) for group in by_slot.values()])
 
-    def _submit_one(self, changes: Sequence[tuple[str, _Changes]]) -> asyncio.Future[Any]:
+    def _submit_one(self, changes: Sequence[tuple[str, Changes]]) -> asyncio.Future[Any]:
         now = time.time()
         keys: list[str] = []
         args: list[str | int] = [repr(now + self.ttl_s), repr(now), int(self.ttl_s) + 1]
@@ -178,7 +121,7 @@ class RedisPresence(LocalSessions):
         users = list(self.by_user)
         for start in range(0, len(users), WRITE_CHUNK):
             # The sessions as they are now: one removed meanwhile is not written back.
-            chunk: list[tuple[str, _Changes]] = [
+            chunk: list[tuple[str, Changes]] = [
                 (user, (list(sessions), []))
                 for user in users[start : start + WRITE_CHUNK]
                 if (sessions := self.by_user.get(user))
@@ -188,14 +131,6 @@ class RedisPresence(LocalSessions):
             except BrokerUnavailable as exc:
                 log.warning("presence refresh failed (the next one retries): %s", exc)
                 return
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.ttl_s / 3)
-            try:
-                await self.refresh()
-            except Exception:  # never let the refresher die: entries would expire
-                log.exception("presence refresh failed")
 
     async def get(self, user: str) -> UserPresence:
         with _redis_errors():
@@ -217,32 +152,17 @@ class RedisPresence(LocalSessions):
 
 
 def _chunks(
-    changes: Sequence[tuple[str, _Changes]],
-) -> Iterable[Sequence[tuple[str, _Changes]]]:
+    changes: Sequence[tuple[str, Changes]],
+) -> Iterable[Sequence[tuple[str, Changes]]]:
     return (changes[start : start + WRITE_CHUNK] for start in range(0, len(changes), WRITE_CHUNK))
 
 
-class _Release:
-    """The done-callback of a flush's writes: once every one is answered, the flush's
-    add()s return, stored or not, and a failure is logged once."""
-
-    __slots__ = ("_stored", "_waiting", "_writes")
-
-    def __init__(self, stored: list[asyncio.Future[None]], writes: list[asyncio.Future[Any]]):
-        self._stored = stored
-        self._writes = writes
-        self._waiting = len(writes)
-
-    def __call__(self, _: asyncio.Future[Any]) -> None:
-        self._waiting -= 1
-        if self._waiting:
-            return
-        for future in self._stored:
-            if not future.done():
-                future.set_result(None)
-        failed = [w.exception() for w in self._writes if not w.cancelled() and w.exception()]
-        if failed:
-            log.warning("presence write failed (the next refresh retries): %s", failed[0])
+async def _answered(writes: list[asyncio.Future[Any]]) -> None:
+    """Once every write is answered: the first failure, if any (a write cancelled, as
+    on a cluster connection that closes, is not one: it never raises out of here)."""
+    for result in await asyncio.gather(*writes, return_exceptions=True):
+        if isinstance(result, Exception):
+            raise result
 
 
 def _text(member: object) -> str:

@@ -19,14 +19,14 @@ may disagree. Reads ignore expired rows; refreshes delete them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Sequence
 
 import asyncpg
 
 from tidings.errors import BrokerUnavailable
 from tidings.inbox.postgresql import PostgresInbox
-from tidings.presence import LocalSessions, UserPresence
+from tidings.presence import Changes, StoredPresence, UserPresence
 from tidings.registry import RECORD_TTL_S
 
 log = logging.getLogger(__name__)
@@ -51,91 +51,17 @@ _QUERY = (
     " WHERE user_name = ANY($1::text[]) AND expires_at > clock_timestamp()"
 )
 
-_Changes = tuple[list[str], list[str]]
-"""One user's sessions to add and to remove."""
 
-
-class PostgresPresence(LocalSessions):
+class PostgresPresence(StoredPresence):
     """Presence rows in ``tidings.presence`` with per-row expiry (module docstring)."""
 
     def __init__(self, inbox: PostgresInbox, node_id: str, *, ttl_s: float = 15.0) -> None:
-        super().__init__(node_id)
+        super().__init__(node_id, ttl_s)
         self.inbox = inbox
-        self.ttl_s = ttl_s
-        self._member_prefix = node_id + "|"
-        self._changes: dict[str, _Changes] = {}  # this loop turn's, by user
-        self._stored: list[asyncio.Future[None]] = []  # add()s waiting for them
         self._writing = asyncio.Lock()  # FIFO: writes leave in the order they were made
-        self._writes: set[asyncio.Task[None]] = set()
-        self._refresher: asyncio.Task[None] | None = None
-        self._closed = False
 
-    async def start(self) -> None:
-        self._closed = False
-        self._refresher = asyncio.create_task(self._refresh_forever(), name="tidings-presence")
-
-    async def close(self) -> None:
-        self._closed = True
-        self._flush()
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-        await asyncio.gather(*self._writes, return_exceptions=True)
-        # Best effort: a clean shutdown reads offline at once (else the rows expire).
-        entries: list[tuple[str, _Changes]] = [
-            (user, ([], list(sessions))) for user, sessions in self.by_user.items()
-        ]
-        with contextlib.suppress(BrokerUnavailable):
-            await self._write(entries)
-        self.by_user.clear()
-
-    async def add(self, user: str, session_id: str) -> None:
-        """Written with the other changes of this loop turn; returns once it is stored
-        (or its write failed: logged, and the next refresh writes it again)."""
-        self.add_local(user, session_id)
-        if self._closed:
-            return
-        self._user_changes(user)[0].append(session_id)
-        stored = asyncio.get_running_loop().create_future()
-        self._stored.append(stored)
-        await stored
-
-    def remove(self, user: str, session_id: str) -> None:
-        super().remove(user, session_id)
-        if not self._closed:
-            self._user_changes(user)[1].append(session_id)
-
-    def _user_changes(self, user: str) -> _Changes:
-        changes = self._changes.get(user)
-        if changes is None:
-            if not self._changes:
-                asyncio.get_running_loop().call_soon(self._flush)
-            changes = self._changes[user] = ([], [])
-        return changes
-
-    def _flush(self) -> None:
-        changes, self._changes = self._changes, {}
-        stored, self._stored = self._stored, []
-        if changes:
-            task = asyncio.create_task(self._write_then_release(list(changes.items()), stored))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
-
-    async def _write_then_release(
-        self, changes: list[tuple[str, _Changes]], stored: list[asyncio.Future[None]]
-    ) -> None:
-        try:
-            await self._write(changes)
-        except (BrokerUnavailable, asyncpg.PostgresError) as exc:
-            log.warning("presence write failed (the next refresh retries): %s", exc)
-        finally:
-            for future in stored:
-                if not future.done():
-                    future.set_result(None)
-
-    async def _write(self, changes: list[tuple[str, _Changes]]) -> None:
-        """One statement: the removals, and the entries not removed in the same turn."""
+    async def _write(self, changes: Sequence[tuple[str, Changes]]) -> None:
+        """One statement (StoredPresence._write)."""
         rows: dict[tuple[str, str], None] = {}
         gone_users: list[str] = []
         gone_members: list[str] = []
@@ -162,7 +88,7 @@ class PostgresPresence(LocalSessions):
         delete expired rows; the first failure is logged and ends this round."""
         entries = [(user, list(sessions)) for user, sessions in self.by_user.items()]
         try:
-            chunk: list[tuple[str, _Changes]] = []
+            chunk: list[tuple[str, Changes]] = []
             size = 0
             for user, sessions in entries:
                 # The sessions as they are now: one removed meanwhile is not written back.
@@ -178,14 +104,6 @@ class PostgresPresence(LocalSessions):
                 await conn.execute(_SWEEP)
         except (BrokerUnavailable, asyncpg.PostgresError) as exc:
             log.warning("presence refresh failed (the next one retries): %s", exc)
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.ttl_s / 3)
-            try:
-                await self.refresh()
-            except Exception:  # never let the refresher die: entries would expire
-                log.exception("presence refresh failed")
 
     async def get(self, user: str) -> UserPresence:
         async with self.inbox.connection() as conn:

@@ -22,7 +22,7 @@ from tidings.publish_rules import (
 )
 from tidings.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from tidings.server.openapi_admin import admin_inbox_delete, admin_paths, admin_schemas
-from tidings.server.openapi_me import ME_SECURITY_SCHEME, me_paths
+from tidings.server.openapi_me import INBOX_PAGE_PARAMETERS, ME_SECURITY_SCHEME, me_paths
 
 __all__ = ["OPENAPI_VERSION", "RESERVED_HEADERS", "openapi_document"]
 
@@ -73,7 +73,8 @@ _IDEMPOTENCY_KEY = {
 }
 _IDEMPOTENCY_DESCRIPTION = (
     "Idempotency key (as the Idempotency-Key header): a retried publish with the same key"
-    " within 24 h is stored once and answers the first id. Text without control characters."
+    " within the server's --inbox-idempotency-ttl (24 h by default) is stored once and"
+    " answers the first id. Text without control characters."
 )
 _IDEMPOTENCY_FIELD = _IDEMPOTENCY_KEY | {
     "type": ["string", "null"],
@@ -220,19 +221,7 @@ def _inbox_listing() -> Json:
         "InboxPage",
         statuses=("400", "401", "403", "503"),
     )
-    operation["parameters"] += [
-        {
-            "name": "after",
-            "in": "query",
-            "description": "Inbox id to list after; `0` (default) lists from the oldest.",
-            "schema": _INBOX_ID | {"default": "0"},
-        },
-        {
-            "name": "limit",
-            "in": "query",
-            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-        },
-    ]
+    operation["parameters"] += INBOX_PAGE_PARAMETERS
     return operation
 
 

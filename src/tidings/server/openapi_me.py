@@ -25,6 +25,21 @@ _USER_PARAMETER = {
     " (403 otherwise).",
     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_NAME, "pattern": USER_PATTERN},
 }
+INBOX_PAGE_PARAMETERS = [
+    {
+        "name": "after",
+        "in": "query",
+        "description": "Inbox id (`<ms>-<seq>`, STOMP `tidings-id`) to list after; `0`"
+        " (default) lists from the oldest.",
+        "schema": {"type": "string", "pattern": INBOX_ID_PATTERN, "default": "0"},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+]
+"""A page of an inbox listing: this ``/me/inbox`` and openapi.py's ``/users/{user}/inbox``."""
 _CORS = (
     " A browser page may call it from any `--allowed-origin`: the answer then carries"
     " `Access-Control-Allow-Origin` with that origin (403 for another origin)."
@@ -66,20 +81,7 @@ def _inbox() -> Json:
         "As `GET /api/v1/users/{user}/inbox`, for the user the caller's credentials name.",
         {"200": {"description": "One page.", "content": _json("InboxPage")}},
     )
-    operation["parameters"] = [
-        _USER_PARAMETER,
-        {
-            "name": "after",
-            "in": "query",
-            "description": "Inbox id to list after; `0` (default) lists from the oldest.",
-            "schema": {"type": "string", "pattern": INBOX_ID_PATTERN, "default": "0"},
-        },
-        {
-            "name": "limit",
-            "in": "query",
-            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-        },
-    ]
+    operation["parameters"] = [_USER_PARAMETER, *INBOX_PAGE_PARAMETERS]
     return operation
 
 
