@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -231,8 +232,21 @@ class JsClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
+    async def round_trip(self, *, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """A SUBSCRIBE and UNSUBSCRIBE, each confirmed by a RECEIPT: whatever the server sent
+        this session before it answered them has arrived (one connection, in order). The
+        marker for "nothing more arrives" when the server's side is done."""
+        marker = f"round-trip-{uuid.uuid4().hex[:8]}"
+        await self.subscribe(marker, f"/topic/{marker}", timeout=timeout)
+        await self.unsubscribe(marker, timeout=timeout)
+
     async def expect_none(self, event: str, *, within: float = 0.3, **match: Any) -> None:
-        """Assert that no matching `event` arrives within `within` seconds (this one waits)."""
+        """Assert that no matching `event` arrives within `within` seconds (this one waits).
+
+        A bounded wait: for what no marker can rule out (something another process might
+        still start); after ``round_trip()`` it checks what has already arrived, with
+        ``within=0``.
+        """
         await asyncio.sleep(within)
         found = self._take(event, match)
         if found is not None:

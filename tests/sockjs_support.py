@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,6 +190,60 @@ def connect_frame(user: str, heartbeat: str = "0,0") -> str:
     return stomp("CONNECT", {"accept-version": "1.2", "login": user, "heart-beat": heartbeat})
 
 
+ANOTHER_CONNECTION = b'c[2010,"Another connection still open"]'
+RELEASE_TIMEOUT = 5.0
+HOLD_ATTEMPTS = 6
+RETRY_INTERVAL = 0.05
+
+
+def refused(body: bytes) -> bool:
+    """A receiving request's answer says another one holds the session's place."""
+    return body.rstrip().endswith(ANOTHER_CONNECTION)
+
+
+async def once_released(receive: Callable[[], Awaitable[bytes]]) -> bytes:
+    """What a receiving request gets once no other request holds the session's place.
+
+    While the holder is there each try is refused with 2010, which changes nothing; the
+    first answer that is not a refusal is returned.
+    """
+    deadline = asyncio.get_running_loop().time() + RELEASE_TIMEOUT
+    while refused(body := await receive()):
+        assert asyncio.get_running_loop().time() < deadline, "the place is still held"
+        await asyncio.sleep(RETRY_INTERVAL)  # a poll interval, not synchronisation
+    return body
+
+
+async def holding(
+    hold: Callable[[], Awaitable[bytes]],
+    other: Callable[[], Awaitable[bytes]],
+    wake: Callable[[], Awaitable[object]],
+) -> asyncio.Task[bytes]:
+    """A receiving request (``hold``) left waiting, proven to hold the session's place:
+    ``other``, made while it waits, is refused with 2010. Returns the waiting request.
+
+    Nothing the server sends tells when a waiting request has been attached, so the two
+    race. If ``other`` won the place (``hold`` refused), ``wake`` makes the session send
+    something, which ends ``other``, and the race runs again with ``other`` started later:
+    a back-off, not a fixed wait; it gives up after ``HOLD_ATTEMPTS`` tries.
+    """
+    head_start = 0.0
+    for _ in range(HOLD_ATTEMPTS):
+        held = asyncio.create_task(hold())
+        await asyncio.sleep(head_start)  # a back-off between tries, not synchronisation
+        second = asyncio.create_task(other())
+        done, _ = await asyncio.wait({held, second}, return_when=asyncio.FIRST_COMPLETED)
+        if second in done:
+            assert refused(second.result()), second.result()
+            assert not held.done() or not refused(held.result()), held.result()
+            return held
+        assert refused(held.result()), held.result()  # ``other`` holds the place
+        await wake()
+        assert not refused(await second)
+        head_start = max(RETRY_INTERVAL, 2 * head_start)
+    raise AssertionError(f"the waiting request lost the race {HOLD_ATTEMPTS} times")
+
+
 class XhrSession:
     """A SockJS session driven over xhr-polling, as sockjs-client does."""
 
@@ -209,10 +263,14 @@ class XhrSession:
         status, body = await self.post("xhr_send", orjson.dumps(list(messages)))
         assert (status, body) == (204, b""), (status, body)
 
-    async def poll(self) -> str:
+    async def receive(self) -> bytes:
+        """One xhr poll's body."""
         status, body = await self.post("xhr")
         assert status == 200
-        return body.decode().removesuffix("\n")
+        return body
+
+    async def poll(self) -> str:
+        return (await self.receive()).decode().removesuffix("\n")
 
     async def expect(self, command: str, timeout: float = 5.0) -> Frame:  # noqa: ASYNC109
         """Poll until a STOMP frame with this command arrives (skipping heart-beats)."""

@@ -123,9 +123,9 @@ async def test_failures_go_to_user_queue_errors_and_the_session_stays(
     assert failure["receipt"] == "r1" and failure["message"]
     if error == "webhook_status":
         assert failure["status"] == 500
-    await client.expect_none("receipt", within=0.2)  # a failed SEND is not confirmed
     back_end.handler = None  # the back end is fine again: the same session goes on
-    await client.subscribe("reply", "/user/queue/reply")
+    await client.subscribe("reply", "/user/queue/reply")  # its receipt comes after r1's
+    await client.expect_none("receipt", within=0)  # a failed SEND is not confirmed
     await client.send("/app/x", "ok")
     assert orjson.loads((await client.expect("message", subscription="reply"))["body"])
 
@@ -155,6 +155,7 @@ async def test_calls_are_bounded_per_node_and_per_session_and_nothing_is_dropped
         await client.send("/app/work", str(n))
     async with asyncio.timeout(10):
         await back_end.busy.wait()
+    # A bounded wait: no event tells that the node will not make one more call.
     await client.expect_none("message", within=0.3)
     assert back_end.most_in_flight == bound
     gate.set()

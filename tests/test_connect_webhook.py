@@ -177,6 +177,7 @@ async def test_calls_are_bounded_per_node_and_wait_within_the_timeout(
     await second.command("connect", headers={"login": "b"}, heartbeat=[0, 0])
     async with asyncio.timeout(5):
         await back_end.busy.wait()
+    # A bounded wait: no event tells that the node will not make the second call now.
     await second.expect_none("connected", within=0.3)
     assert len(back_end.calls) == 1
     gate.set()

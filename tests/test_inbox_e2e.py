@@ -126,8 +126,11 @@ async def run_resume_scenario(
     published: dict[str, list[str]] = defaultdict(list)
     rng = random.Random(4)
     alive = list(nodes)
+    accepted = 0
+    a_third_accepted = asyncio.Event()  # the node is killed mid-stream, from then on
 
     async def publisher(worker: int) -> None:
+        nonlocal accepted
         for n in range(worker, messages, 20):
             user = f"u{rng.randrange(users)}"
             node = alive[n % len(alive)]
@@ -135,14 +138,18 @@ async def run_resume_scenario(
                 published[user].append(await publish(http, node, user, f"{user}:{n}"))
             except (AssertionError, aiohttp.ClientError):
                 assert node not in alive, "a live node refused a publish"
+            else:
+                accepted += 1
+                if accepted >= messages // 3:
+                    a_third_accepted.set()
 
     async def chaos() -> None:
         while True:
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the pace of the drops, not synchronisation
             await rng.choice(list(readers.values())).drop()
 
     async def killer() -> None:
-        await asyncio.sleep(1.0)
+        await a_third_accepted.wait()
         victim = nodes[0]
         alive.remove(victim)
         victim.proc.kill()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import uuid
 from typing import Any
 
 import aiohttp
@@ -199,6 +200,19 @@ class Heard(list[tuple[str, bytes]]):
                 self._more.clear()
                 await self._more.wait()
 
+    async def all_committed(self, app: asyncpg.Connection) -> None:
+        """Wait until everything the outbox holds now has been heard: a marker committed
+        after it (on ``t:news``) is drained and announced after it, in commit order. The
+        marker is then taken off the list, and must have been the last thing heard."""
+        marker = f"end {uuid.uuid4().hex}"
+        await app.fetchval("SELECT tidings.publish_to_topic('news', to_jsonb($1::text))", marker)
+        async with asyncio.timeout(10.0):
+            while not any(marker.encode() in payload for _, payload in self):
+                self._more.clear()
+                await self._more.wait()
+        channel, payload = self.pop()
+        assert channel == "t:news" and marker.encode() in payload, "heard after the marker"
+
 
 async def outbox_nodes(
     database: PgDatabase, redis_url: str, count: int, **kwargs: Any
@@ -244,7 +258,7 @@ async def test_outbox_delivers_a_committed_transaction_and_nothing_of_a_rolled_b
             await app.fetchval("SELECT tidings.publish_to_user('7', '{\"order\": 2}', 'o-2')")
             await app.fetchval("SELECT tidings.publish_to_topic('news', '\"hello\"')")
         await heard.at_least(2)
-        await asyncio.sleep(0.3)  # anything more would come now (the poll interval is 1 s)
+        await heard.all_committed(app)  # nothing more: neither order 1 nor a repeat
         assert sorted(channel for channel, _ in heard) == ["t:news", "u:7"]
         by_channel = {channel: split_announcement(payload) for channel, payload in heard}
         user_id, encoded = by_channel["u:7"]
@@ -298,14 +312,14 @@ async def test_two_nodes_drain_the_outbox_exactly_once_in_order(
                         "SELECT tidings.publish_to_user('7', to_jsonb($1::text))", f"m{t * 10 + i}"
                     )
         await heard.at_least(600, within=30)
-        await asyncio.sleep(0.3)
+        await heard.all_committed(app)  # no repeat of any of the 600
         ids = [split_announcement(payload)[0] for _, payload in heard]
         bodies = [Message.decode(split_announcement(payload)[1]).body for _, payload in heard]
         assert len(heard) == 600 and len(set(ids)) == 600  # once each
         assert [id_key(i) for i in ids if i] == sorted(id_key(i) for i in ids if i)
         assert bodies == [f"m{n}".encode() for n in range(600)]  # in commit order
         assert all(inbox.outbox.drained > 0 for inbox in inboxes)  # both took a share
-        assert sum(inbox.outbox.drained for inbox in inboxes) == 600
+        assert sum(inbox.outbox.drained for inbox in inboxes) == 600 + 1  # and the marker
         history = await inboxes[1].history("u:7", "0", limit=1000)
         assert [m.message.id for m in history.messages] == ids
     finally:
@@ -364,7 +378,7 @@ async def test_redis_restart_with_a_postgresql_inbox_loses_nothing(
     # mid-stream. Publishes keep being stored meanwhile; the catch-up delivers them.
     async def restart() -> None:
         await redis_server.stop()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the outage: its length is the scenario, not a wait
         await redis_server.start()
 
     await run_scenario(

@@ -29,6 +29,8 @@ from .cluster_fixture import RedisCluster, running_cluster
 
 USERS = 30
 RECOVERY_TIMEOUT_S = 30.0
+PUBLISHED_FIRST = 20  # accepted per user before the kill
+PUBLISHED_AFTER = 10  # and after the recovery
 
 
 @pytest.fixture
@@ -73,9 +75,17 @@ async def test_a_master_killed_while_publishing_loses_no_accepted_message(
             accepted[user].append(inbox_id)
             n += 1
 
+    def each_accepted(more_than: dict[str, int]) -> bool:
+        return all(len(accepted[user]) > more_than[user] for user in users)
+
+    loop = asyncio.get_running_loop()
     tasks = [asyncio.create_task(publish_to(user)) for user in users]
     try:
-        await asyncio.sleep(1.0)
+        # Publishing is under way for every user when the master dies.
+        deadline = loop.time() + RECOVERY_TIMEOUT_S
+        while not each_accepted(dict.fromkeys(users, PUBLISHED_FIRST)):
+            assert loop.time() < deadline, "publishes never got under way"
+            await asyncio.sleep(0.05)
         victim = cluster.owner(slot_of(layout.stream(users[0])))
         assert victim is not None
         hit = [u for u in users if cluster.owner(slot_of(layout.stream(u))) == victim]
@@ -83,7 +93,6 @@ async def test_a_master_killed_while_publishing_loses_no_accepted_message(
         killed_at = time.monotonic()
         cluster.kill(victim)
 
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + RECOVERY_TIMEOUT_S
         slot = slot_of(layout.stream(users[0]))
         while cluster.owner(slot) == victim:  # as a live master sees it
@@ -95,7 +104,11 @@ async def test_a_master_killed_while_publishing_loses_no_accepted_message(
             assert loop.time() < deadline, "publishes to the killed master's slots never resumed"
             await asyncio.sleep(0.05)
         recovered_s = time.monotonic() - killed_at
-        await asyncio.sleep(0.5)
+        # ... and goes on for every user once it has recovered.
+        at_recovery = {user: len(accepted[user]) + PUBLISHED_AFTER for user in users}
+        while not each_accepted(at_recovery):
+            assert loop.time() < deadline, "publishes did not go on after the recovery"
+            await asyncio.sleep(0.05)
     finally:
         stop.set()
         await asyncio.gather(*tasks)

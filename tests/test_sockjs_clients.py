@@ -91,6 +91,7 @@ async def test_stomp_heartbeats_over_sockjs(
     heart-beats must travel as messages."""
     user = uuid.uuid4().hex[:12]
     client = await connect(js_client, "stompjs7", node, transport, user, heartbeat=(300, 300))
+    # The clock is the subject: over four times the client's 600 ms limit with no close.
     await asyncio.sleep(2.5)
     assert client.events_of("closed") == []
     assert await post_json(node, f"/api/v1/users/{user}/messages", {"body": "still here"}) == 202

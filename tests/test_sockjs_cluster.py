@@ -19,7 +19,16 @@ from tidings.server.sockjs_relay import NODE_TTL_S, Directory
 
 from .conftest import JsClientFactory, StartServer, TidingsServer
 from .presence_contract import claim_release_and_take_over
-from .sockjs_support import RawHttp, XhrSession, connect_frame, messages_of, parse_stomp, stomp
+from .sockjs_support import (
+    RawHttp,
+    XhrSession,
+    connect_frame,
+    holding,
+    messages_of,
+    once_released,
+    parse_stomp,
+    stomp,
+)
 
 
 async def two_nodes(start: StartServer, shared: list[str], *extra: str) -> list[TidingsServer]:
@@ -73,13 +82,16 @@ async def test_every_request_of_a_session_may_land_on_either_node(
         reply = await on_b.poll()  # relayed poll
         assert node_of(messages_of(reply)[0]) == "A"
         await on_a.send(stomp("SUBSCRIBE", {"id": "s", "destination": "/user/42/message"}))
-        # A poll relayed by B waits on A, and gets what is published later.
-        waiting = asyncio.create_task(on_b.poll())
-        await asyncio.sleep(0.3)
-        # ... and holds the session's one receiving place, on A too.
-        assert await on_a.poll() == 'c[2010,"Another connection still open"]'
+        # A poll relayed by B waits on A and holds the session's one receiving place, on A
+        # too (a poll on A is refused with 2010) ...
+        waiting = await holding(
+            on_b.receive,
+            on_a.receive,
+            lambda: publish(b, "/api/v1/users/42/messages", "wake"),
+        )
+        # ... and gets what is published later.
         await publish(b, "/api/v1/users/42/messages", "through B")
-        frame = parse_stomp(messages_of(await waiting)[0])
+        frame = parse_stomp(messages_of((await waiting).decode())[0])
         assert frame is not None and frame.body == "through B"
 
         # Streaming through B, sending through A.
@@ -123,13 +135,16 @@ async def test_a_client_gone_behind_the_relaying_node_interrupts_the_session(
         on_a = XhrSession(http, session_url(a, session_id))
         await on_a.open()
         await on_a.connect("9")
+        await on_a.subscribe("s", "/user/9/message")
         raw = await RawHttp.open(b.port)
         status, _ = await raw.request("POST", f"/stomp/000/{session_id}/xhr_streaming")
         assert status == 200
-        await raw.reader.readexactly(2049)
+        await raw.reader.readexactly(2049)  # B's prelude: A may not have the request yet
+        await publish(a, "/api/v1/users/9/messages", "held")
+        async with asyncio.timeout(5):
+            await raw.reader.readuntil(b"held")  # now A streams to it
         await raw.close()  # the client goes away; B notices within a second and tells A
-        await asyncio.sleep(1.5)
-        assert await on_a.poll() == 'c[1002,"Connection interrupted"]'
+        assert await once_released(on_a.receive) == b'c[1002,"Connection interrupted"]\n'
 
 
 async def test_the_sessions_of_a_stopped_node_are_taken_over(

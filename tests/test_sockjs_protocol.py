@@ -22,14 +22,18 @@ import orjson
 import pytest
 
 from .sockjs_support import (
+    ANOTHER_CONNECTION,
     Node,
     RawHttp,
     XhrSession,
     connect_frame,
+    holding,
     messages_of,
     node_fixture,
+    once_released,
     parse_stomp,
     publish,
+    refused,
     running_node,
     sockjs_frames,
     stomp,
@@ -343,16 +347,26 @@ async def test_a_simple_session(node: Node, http: aiohttp.ClientSession) -> None
 async def test_a_second_receiving_request_gets_another_connection_still_open(
     node: Node, http: aiohttp.ClientSession
 ) -> None:
-    url = node.session_url()
-    await post(http, url + "/xhr")
-    waiting = asyncio.create_task(post(http, url + "/xhr"))
-    await asyncio.sleep(0.25)
-    status, _, body = await post(http, url + "/xhr")
-    assert (status, body) == (200, b'c[2010,"Another connection still open"]\n')
+    session = XhrSession(http, node.session_url())
+    await session.open()
+    await session.connect("u2")
+    second: list[bytes] = []
+
+    async def another() -> bytes:
+        second.append(await session.receive())
+        return second[-1]
+
+    waiting = await holding(session.receive, another, lambda: send_receipt(session, "wake"))
+    assert second[-1] == b'c[2010,"Another connection still open"]\n'
     # The first poll kept its place: it gets what is sent next.
-    await post(http, url + "/xhr_send", orjson.dumps([connect_frame("u2")]))
-    status, _, body = await waiting
-    assert body.startswith(b'a["CONNECTED')
+    await send_receipt(session, "next")
+    frame = parse_stomp(messages_of((await waiting).decode())[0])
+    assert frame is not None and frame.headers["receipt-id"] == "next"
+
+
+async def send_receipt(session: XhrSession, receipt: str) -> None:
+    """A frame the session answers with a RECEIPT: it ends a waiting poll."""
+    await session.send(stomp("SEND", {"destination": "/topic/x", "receipt": receipt}))
 
 
 async def test_a_closed_session_serves_its_close_frame_until_it_expires(
@@ -364,7 +378,7 @@ async def test_a_closed_session_serves_its_close_frame_until_it_expires(
     await session.send(stomp("DISCONNECT"))
     for _ in range(3):
         assert await session.poll() == 'c[1000,"client disconnected"]'
-    await asyncio.sleep(SESSION_TIMEOUT + 0.5)
+    await asyncio.sleep(SESSION_TIMEOUT + 0.5)  # the clock: past the timeout (a lower bound)
     assert await session.poll() == "o"  # expired and forgotten: a new session
 
 
@@ -392,6 +406,8 @@ async def test_a_session_expires_after_the_timeout_without_a_receiving_request(
     await session.open()
     await session.connect(user)
     assert await presence(node, http, user)
+    # The clock is the subject: half the timeout, a send, then past the timeout (lower
+    # bounds from the last poll's end: a loaded machine only adds to them).
     await asyncio.sleep(SESSION_TIMEOUT / 2)
     assert (await session.post("xhr_send", b'["\\n"]'))[0] == 204  # sending does not renew
     await asyncio.sleep(SESSION_TIMEOUT / 2 + 0.3)
@@ -407,12 +423,14 @@ async def test_a_session_lives_while_a_request_receives(
     await session.open()
     await session.connect(user)
     waiting = asyncio.create_task(session.poll())
-    await asyncio.sleep(SESSION_TIMEOUT * 2)
+    await asyncio.sleep(SESSION_TIMEOUT * 2)  # the clock: twice the timeout, still receiving
     await session.send(stomp("SEND", {"destination": "/topic/x", "receipt": "r"}))
     assert "RECEIPT" in await waiting
+    ended = asyncio.get_running_loop().time()  # the timeout restarted before this
     assert await presence(node, http, user)
-    # ... and for the timeout after it ended.
-    await asyncio.sleep(SESSION_TIMEOUT * 0.6)
+    # ... and for the timeout after it ended (the clock is the subject; it runs from the
+    # poll's end, the presence call included).
+    await asyncio.sleep(max(0.0, ended + SESSION_TIMEOUT * 0.6 - asyncio.get_running_loop().time()))
     await session.send(stomp("SEND", {"destination": "/topic/x", "receipt": "r2"}))
     assert (await session.expect("RECEIPT")).headers["receipt-id"] == "r2"
 
@@ -1045,14 +1063,31 @@ async def test_an_aborted_receiving_request_interrupts_the_session(
     session = XhrSession(http, url)
     await session.open()
     await session.connect(user)
-    raw = await RawHttp.open(node.port)
     path = url.removeprefix(node.http_url) + "/" + transport
-    await raw.send_request("POST", path)  # a poll answers only when there is something
-    await asyncio.sleep(0.2)
-    assert (await session.post(transport))[1].endswith(b'c[2010,"Another connection still open"]\n')
-    await raw.close()  # the client goes away while its request waits
-    await asyncio.sleep(0.2)
-    _, body = await session.post(transport)
+    raws: list[RawHttp] = []
+
+    async def hold() -> bytes:  # a request whose client goes away while it waits
+        raws.append(await RawHttp.open(node.port))
+        await raws[-1].send_request("POST", path)
+        return await raws[-1].reader.readuntil(ANOTHER_CONNECTION)  # if it lost the race
+
+    async def another() -> bytes:
+        return (await session.post(transport))[1]
+
+    if transport == "xhr_streaming":
+        # A stream shows it holds the place: what is sent next reaches it, and it stays.
+        raws.append(await RawHttp.open(node.port))
+        await raws[-1].send_request("POST", path)
+        await send_receipt(session, "held")
+        async with asyncio.timeout(5):
+            await raws[-1].reader.readuntil(b"receipt-id:held")
+        assert refused(await another())
+    else:
+        waiting = await holding(hold, another, lambda: send_receipt(session, "wake"))
+        waiting.cancel()
+    for raw in raws:
+        await raw.close()  # the client goes away while its request waits
+    body = await once_released(another)
     assert body.endswith((b"o\n", b'c[1002,"Connection interrupted"]\n'))
     assert not await presence(node, http, user)
 

@@ -34,7 +34,7 @@ import aiohttp
 import orjson
 import pytest
 
-from .sockjs_support import Node, RawHttp, node_fixture
+from .sockjs_support import Node, RawHttp, holding, node_fixture, once_released
 from .test_sockjs_protocol import (
     HTMLFILE_HEAD,
     assert_cors,
@@ -109,16 +109,32 @@ def assert_ended(message: aiohttp.WSMessage) -> None:
     ), message
 
 
-async def waiting_poll(node: Node, url: str) -> RawHttp:
+async def waiting_poll(node: Node, http: aiohttp.ClientSession, url: str) -> RawHttp:
     """A receiving ``xhr`` request left waiting, as the suite's ``old_POST_async``.
 
-    Nothing the server sends tells when a poll has been attached; the suite waits 0.25 s,
-    and so does this.
+    Nothing the server sends tells when a poll has been attached; the suite waits 0.25 s.
+    This proves it instead: a second poll is refused with 2010 (``holding``; if the second
+    one won the race, an echoed message ends it and the race runs again).
     """
-    raw = await RawHttp.open(node.port)
-    await raw.send_request("POST", url.removeprefix(node.http_url) + "/xhr")
-    await asyncio.sleep(0.25)
-    return raw
+    path = url.removeprefix(node.http_url) + "/xhr"
+    raws: list[RawHttp] = []
+
+    async def hold() -> bytes:
+        raws.append(await RawHttp.open(node.port))
+        await raws[-1].send_request("POST", path)
+        return await raws[-1].reader.readuntil(ANOTHER.encode())  # if it lost the race
+
+    async def another() -> bytes:
+        return (await post(http, url + "/xhr"))[2]
+
+    async def wake() -> None:
+        assert (await post(http, url + "/xhr_send", b'["wake"]'))[0] == 204
+
+    waiting = await holding(hold, another, wake)
+    waiting.cancel()
+    for lost in raws[:-1]:
+        await lost.close()
+    return raws[-1]
 
 
 # == Static URLs ==================================================================================
@@ -304,7 +320,7 @@ async def test_protocol_simple_session(node: Node, http: aiohttp.ClientSession) 
     assert (await post(http, url + "/xhr"))[::2] == (200, b'a["a"]\n')
     assert (await post(http, node.url(ECHO + "/000/bad_session/xhr_send"), b'["a"]'))[0] == 404
     # "The server must not allow two receiving connections to wait on a single session."
-    first = await waiting_poll(node, url)
+    first = await waiting_poll(node, http, url)
     try:
         assert (await post(http, url + "/xhr"))[::2] == (200, ANOTHER.encode() + b"\n")
     finally:
@@ -894,12 +910,16 @@ async def test_handling_close_abort_xhr_streaming(node: Node, http: aiohttp.Clie
 async def test_handling_close_abort_xhr_polling(node: Node, http: aiohttp.ClientSession) -> None:
     url = session(node)
     assert (await post(http, url + "/xhr"))[2] == b"o\n"
-    first = await waiting_poll(node, url)
+    first = await waiting_poll(node, http, url)
     try:
         assert (await post(http, url + "/xhr"))[2] == ANOTHER.encode() + b"\n"
     finally:
         await first.close()
-    assert (await post(http, url + "/xhr"))[2] in INTERRUPTED_OR_NEW
+
+    async def receive() -> bytes:
+        return (await post(http, url + "/xhr"))[2]
+
+    assert await once_released(receive) in INTERRUPTED_OR_NEW
 
 
 # == HTTP 1.0 and 1.1 =============================================================================
