@@ -200,18 +200,38 @@ class Heard(list[tuple[str, bytes]]):
                 self._more.clear()
                 await self._more.wait()
 
-    async def all_committed(self, app: asyncpg.Connection) -> None:
+    async def all_committed(self, app: asyncpg.Connection) -> str:
         """Wait until everything the outbox holds now has been heard: a marker committed
-        after it (on ``t:news``) is drained and announced after it, in commit order. The
-        marker is then taken off the list, and must have been the last thing heard."""
-        marker = f"end {uuid.uuid4().hex}"
-        await app.fetchval("SELECT tidings.publish_to_topic('news', to_jsonb($1::text))", marker)
+        after it on each channel heard (``u:7`` and ``t:news``) is announced after that
+        channel's earlier messages (one channel's announcements keep commit order; those
+        of different channels drained in one batch go out side by side, so one marker
+        says nothing of another channel). The markers are then taken off the list, and
+        each must have been the last thing heard on its channel. Returns the id of the
+        marker stored in ``u:7``'s inbox."""
+        marker = f"end {uuid.uuid4().hex}".encode()
+        async with app.transaction():
+            await app.fetchval(
+                "SELECT tidings.publish_to_user('7', to_jsonb($1::text))", marker.decode()
+            )
+            await app.fetchval(
+                "SELECT tidings.publish_to_topic('news', to_jsonb($1::text))", marker.decode()
+            )
+        channels = {"u:7", "t:news"}
         async with asyncio.timeout(10.0):
-            while not any(marker.encode() in payload for _, payload in self):
+            while {channel for channel, payload in self if marker in payload} != channels:
                 self._more.clear()
                 await self._more.wait()
-        channel, payload = self.pop()
-        assert channel == "t:news" and marker.encode() in payload, "heard after the marker"
+        for channel in channels:
+            last = [payload for heard, payload in self if heard == channel][-1]
+            assert marker in last, f"heard on {channel} after its marker"
+        [inbox_id] = [
+            split_announcement(payload)[0]
+            for channel, payload in self
+            if channel == "u:7" and marker in payload
+        ]
+        self[:] = [(channel, payload) for channel, payload in self if marker not in payload]
+        assert inbox_id is not None
+        return inbox_id
 
 
 async def outbox_nodes(
@@ -258,7 +278,7 @@ async def test_outbox_delivers_a_committed_transaction_and_nothing_of_a_rolled_b
             await app.fetchval("SELECT tidings.publish_to_user('7', '{\"order\": 2}', 'o-2')")
             await app.fetchval("SELECT tidings.publish_to_topic('news', '\"hello\"')")
         await heard.at_least(2)
-        await heard.all_committed(app)  # nothing more: neither order 1 nor a repeat
+        marker = await heard.all_committed(app)  # nothing more: neither order 1 nor a repeat
         assert sorted(channel for channel, _ in heard) == ["t:news", "u:7"]
         by_channel = {channel: split_announcement(payload) for channel, payload in heard}
         user_id, encoded = by_channel["u:7"]
@@ -267,7 +287,7 @@ async def test_outbox_delivers_a_committed_transaction_and_nothing_of_a_rolled_b
         assert (message.body, message.content_type) == (b'{"order":2}', APPLICATION_JSON)
         assert Message.decode(by_channel["t:news"][1]).destination == "/topic/news"
         history = await inboxes[0].history("u:7", "0", limit=10)
-        assert [m.message.id for m in history.messages] == [user_id]
+        assert [m.message.id for m in history.messages] == [user_id, marker]
         assert await app.fetchval("SELECT count(*) FROM tidings.outbox") == 0
         # The idempotency key holds across the outbox and the API alike.
         again = await inboxes[0].publish(message, idempotency_key="o-2")
@@ -312,16 +332,16 @@ async def test_two_nodes_drain_the_outbox_exactly_once_in_order(
                         "SELECT tidings.publish_to_user('7', to_jsonb($1::text))", f"m{t * 10 + i}"
                     )
         await heard.at_least(600, within=30)
-        await heard.all_committed(app)  # no repeat of any of the 600
+        marker = await heard.all_committed(app)  # no repeat of any of the 600
         ids = [split_announcement(payload)[0] for _, payload in heard]
         bodies = [Message.decode(split_announcement(payload)[1]).body for _, payload in heard]
         assert len(heard) == 600 and len(set(ids)) == 600  # once each
         assert [id_key(i) for i in ids if i] == sorted(id_key(i) for i in ids if i)
         assert bodies == [f"m{n}".encode() for n in range(600)]  # in commit order
         assert all(inbox.outbox.drained > 0 for inbox in inboxes)  # both took a share
-        assert sum(inbox.outbox.drained for inbox in inboxes) == 600 + 1  # and the marker
+        assert sum(inbox.outbox.drained for inbox in inboxes) == 600 + 2  # and the markers
         history = await inboxes[1].history("u:7", "0", limit=1000)
-        assert [m.message.id for m in history.messages] == ids
+        assert [m.message.id for m in history.messages] == [*ids, marker]
     finally:
         await app.close()
         await close_all(inboxes, brokers)
