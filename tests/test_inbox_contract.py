@@ -700,13 +700,15 @@ class TestReadState:
             await s.inbox.delete("6", up_to="junk")
 
     async def test_read_ids_of_an_expired_inbox_do_not_count(self, make: Make) -> None:
-        s = await make(max_age_s=1.0)  # time for the calls below, behind a WAIT too
+        # 3 s: the publishes and the read below must fit in it, behind a replica's WAIT
+        # beside the suite's other workers (1 s ran out on a Sentinel subject once).
+        s = await make(max_age_s=3.0)
         old = await publish_n(s.inbox, "u:6", 2)
         await asyncio.sleep(0.15)  # the clock: the read state must outlive the inbox
         assert (await s.inbox.mark_read("6", ids=[old[1]])).unread == 1
         # Untouched (every call would trim it by age), the inbox expires before the read
         # ids do; watch it without calling the inbox.
-        await eventually(lambda: not_stored(s, "u:6"), within=5, what="inbox expired")
+        await eventually(lambda: not_stored(s, "u:6"), within=10, what="inbox expired")
         await publish_n(s.inbox, "u:6", 2)
         assert await s.other.unread("6") == 2
 

@@ -347,6 +347,42 @@ async def test_two_nodes_drain_the_outbox_exactly_once_in_order(
         await close_all(inboxes, brokers)
 
 
+async def test_a_drainer_leaves_a_channel_whose_earlier_row_another_drainer_holds(
+    postgres_db: PgDatabase, redis_server: Any
+) -> None:
+    # This node drains by hand (outbox_poll_s=0); another drainer, played by a
+    # connection of the test, took u:7's first row and has not committed. u:7's second
+    # row must wait for it (stored first, it would get the earlier id), t:news goes on.
+    inboxes, brokers, heard = await outbox_nodes(postgres_db, redis_server.url, 1, outbox_poll_s=0)
+    [inbox] = inboxes
+    app = await postgres_db.connect()
+    other = await postgres_db.connect()
+    try:
+        for body in ("first", "second"):
+            await app.fetchval("SELECT tidings.publish_to_user('7', to_jsonb($1::text))", body)
+        await app.fetchval("SELECT tidings.publish_to_topic('news', '\"news\"')")
+        async with other.transaction():
+            await other.fetchval("SELECT n FROM tidings.outbox ORDER BY n LIMIT 1 FOR UPDATE")
+            assert await inbox.outbox.drain_batch() == 1  # t:news only
+            assert await inbox.outbox.drain_batch() == -1  # u:7's second still waits
+            await heard.at_least(1)
+            assert [channel for channel, _ in heard] == ["t:news"]
+        # The other drainer gave its row back: both go, in order.
+        assert await inbox.outbox.drain_batch() == 2
+        await heard.at_least(3)
+        bodies = [
+            Message.decode(split_announcement(payload)[1]).body
+            for channel, payload in heard
+            if channel == "u:7"
+        ]
+        assert bodies == [b"first", b"second"]
+        assert await app.fetchval("SELECT count(*) FROM tidings.outbox") == 0
+    finally:
+        await app.close()
+        await other.close()
+        await close_all(inboxes, brokers)
+
+
 async def test_outbox_wakes_on_notify_and_polls_when_it_cannot_listen(
     postgres_db: PgDatabase, redis_server: Any
 ) -> None:

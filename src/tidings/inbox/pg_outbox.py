@@ -17,8 +17,11 @@ Every node with a PostgreSQL inbox drains the table:
 Rows are taken in ``n`` order and stored in one ``tidings.store_many`` (as the group
 commit of HTTP publishes does: every advisory lock first, in key order, then the rows
 grouped by channel, channels in name order: no deadlock), each channel's rows in ``n``
-order. A row whose body breaks the publish rules (the SQL functions check them
-first, so only a row written by hand) is logged and deleted, never retried forever.
+order. Two drainers keep that order between them: a channel whose earlier row another
+drainer holds (taken, not yet committed) is left to a later batch, so its rows are
+never stored before that drainer's, whichever of them takes the advisory lock first.
+A row whose body breaks the publish rules (the SQL functions check them first, so only
+a row written by hand) is logged and deleted, never retried forever.
 """
 
 from __future__ import annotations
@@ -44,9 +47,19 @@ log = logging.getLogger(__name__)
 CHANNEL = "tidings_outbox"
 BATCH = 100
 POLL_INTERVAL_S = 1.0
+BEHIND_RETRY_S = 0.005
+"""How soon a drainer that had to leave every row it took tries again."""
+# The oldest rows no other drainer holds, each with whether an earlier row of its
+# channel is still in the outbox and not among them: held by another drainer that has
+# not committed yet. Such a channel is left for this batch (its rows must be stored
+# after that drainer's, in n order, whichever takes the channel's advisory lock first).
 _TAKE = (
-    "SELECT n, channel, body::text AS body, idempotency_key FROM tidings.outbox"
-    " ORDER BY n LIMIT $1 FOR UPDATE SKIP LOCKED"
+    "WITH taken AS (SELECT n, channel, body, idempotency_key FROM tidings.outbox"
+    " ORDER BY n LIMIT $1 FOR UPDATE SKIP LOCKED)"
+    " SELECT n, channel, body::text AS body, idempotency_key,"
+    " EXISTS (SELECT 1 FROM tidings.outbox o WHERE o.channel = t.channel AND o.n < t.n"
+    " AND o.n NOT IN (SELECT n FROM taken)) AS behind"
+    " FROM taken t"
 )
 
 
@@ -98,8 +111,9 @@ class OutboxDrainer:
         while True:
             await self._listen()
             try:
-                while await self.drain_batch():
-                    pass
+                while taken := await self.drain_batch():
+                    if taken < 0:  # every row was behind another drainer's
+                        await asyncio.sleep(BEHIND_RETRY_S)  # a poll: its commit has no event
             except BrokerUnavailable as exc:
                 log.info("outbox drain failed, retrying: %s", exc)
             except Exception:
@@ -110,7 +124,8 @@ class OutboxDrainer:
 
     async def drain_batch(self) -> int:
         """Take, store and delete up to BATCH rows in one transaction, then announce
-        them; returns how many rows were taken."""
+        them; returns how many rows were stored (or dropped as invalid), -1 if every row
+        taken was left behind another drainer's, 0 if there were none."""
         inbox = self._inbox
         async with inbox.connection() as conn:
             # Per channel, in the order stored: how many times its lock was taken, and
@@ -123,6 +138,10 @@ class OutboxDrainer:
                     if not rows:
                         return 0
                     entries: list[tuple[Message, str | None, int | None]] = []
+                    left = {row["channel"] for row in rows if row["behind"]}
+                    rows = [row for row in rows if row["channel"] not in left]
+                    if not rows:
+                        return -1
                     for row in sorted(rows, key=lambda r: (r["channel"], r["n"])):
                         try:
                             message = outbox_message(row["channel"], row["body"])
