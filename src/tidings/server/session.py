@@ -338,6 +338,11 @@ class StompSession:
         sub = LocalSubscription(self, event.subscription_id, event.destination, target, event.ack)
         if resume_after is not None or offline:
             sub.replay_buffer = []  # live messages wait here until the replay is sent
+        if resume_after is not None:
+            # The client has it and all before: an announcement of an older message that
+            # comes late (a PostgreSQL inbox announces after the commit, and again for a
+            # publisher that died between) must not reach it a second time.
+            sub.last_order = id_key(resume_after)
         try:
             await self.server.node.subscribe(sub)
         except BrokerUnavailable:
