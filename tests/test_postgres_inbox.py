@@ -30,6 +30,7 @@ from .rabbit_fixture import RabbitServer
 from .redis_fixture import RedisServer
 from .test_catchup_e2e import run_scenario
 from .test_cli import run_cli
+from .test_inbox_contract import eventually
 from .test_inbox_e2e import run_resume_scenario
 
 
@@ -494,6 +495,45 @@ async def test_a_message_whose_publisher_died_before_announcing_goes_out_first(
     finally:
         await inbox.close()
         await listener.close()
+        await publisher.close()
+
+
+async def test_a_new_channel_starts_its_catch_up_before_what_is_not_announced_yet(
+    postgres_db: PgDatabase, redis_server: RedisServer
+) -> None:
+    # A node that subscribes a channel starts its catch-up at last_ids and drops live
+    # announcements at or below it. A message committed but still on its way to the broker
+    # (or whose publisher died there) must stay above that start, or its announcement (or
+    # the safety net's read) would be taken for delivered.
+    publisher = RedisBroker(redis_server.url)
+    await publisher.start(lambda channel, payload: None)
+    inbox = PostgresInbox(postgres_db.url, publisher, InboxLimits(), pool_size=2)
+    await inbox.start()
+    dying = await postgres_db.connect()
+    try:
+        assert await inbox.last_ids(["u:8"]) == {"u:8": None}
+        announced = await inbox.publish(Message("", "u:8", "/message", b"announced"))
+        assert await inbox.last_ids(["u:8"]) == {"u:8": announced}
+        row = await dying.fetchrow(
+            "SELECT * FROM tidings.store('u:8', '/message', $1, 1000, 60000, 61000, NULL, 1, $2)",
+            Message("", "u:8", "/message", b"on its way").encode(),
+            lock_key("u:8"),
+        )
+        committed = f"{row['id_ms']}-{row['id_seq']}"
+        assert id_key(committed) > id_key(announced)
+        assert await inbox.last_ids(["u:8"]) == {"u:8": announced}  # not `committed`
+        assert await inbox.behind({"u:8": announced}) == ["u:8"]  # the safety net reads it
+        dying.terminate()  # its publisher died: the next publish announces it first
+        after = await inbox.publish(Message("", "u:8", "/message", b"after"))
+
+        # The publish returns before its release records the announcement: until then the
+        # start stays older (safe: what follows it passes). Then it is the newest id.
+        async def recorded() -> bool:
+            return await inbox.last_ids(["u:8"]) == {"u:8": after}
+
+        await eventually(recorded, within=5, what="the release recorded")
+    finally:
+        await inbox.close()
         await publisher.close()
 
 
