@@ -512,8 +512,17 @@ async def test_a_new_channel_starts_its_catch_up_before_what_is_not_announced_ye
     dying = await postgres_db.connect()
     try:
         assert await inbox.last_ids(["u:8"]) == {"u:8": None}
+
+        async def recorded(inbox_id: str) -> None:
+            # A publish returns before its release records the announcement: until then
+            # the start stays older (safe: what follows it passes).
+            async def check() -> bool:
+                return await inbox.last_ids(["u:8"]) == {"u:8": inbox_id}
+
+            await eventually(check, within=5, what=f"{inbox_id} recorded as announced")
+
         announced = await inbox.publish(Message("", "u:8", "/message", b"announced"))
-        assert await inbox.last_ids(["u:8"]) == {"u:8": announced}
+        await recorded(announced)
         row = await dying.fetchrow(
             "SELECT * FROM tidings.store('u:8', '/message', $1, 1000, 60000, 61000, NULL, 1, $2)",
             Message("", "u:8", "/message", b"on its way").encode(),
@@ -525,13 +534,7 @@ async def test_a_new_channel_starts_its_catch_up_before_what_is_not_announced_ye
         assert await inbox.behind({"u:8": announced}) == ["u:8"]  # the safety net reads it
         dying.terminate()  # its publisher died: the next publish announces it first
         after = await inbox.publish(Message("", "u:8", "/message", b"after"))
-
-        # The publish returns before its release records the announcement: until then the
-        # start stays older (safe: what follows it passes). Then it is the newest id.
-        async def recorded() -> bool:
-            return await inbox.last_ids(["u:8"]) == {"u:8": after}
-
-        await eventually(recorded, within=5, what="the release recorded")
+        await recorded(after)
     finally:
         await inbox.close()
         await publisher.close()
