@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tidings.message import id_key
+from tidings.message import Message, id_key
 from tidings.stomp.frames import Frame
 
 from .conftest import JsClientFactory, StartServer, TidingsServer
@@ -462,6 +462,39 @@ async def test_retention_trims_and_reports_a_resume_gap(
         receipt = await client.expect("RECEIPT", **{"receipt-id": "r2"})
         assert receipt.get("tidings-gap") is None
         assert (await client.expect("MESSAGE", subscription="t")).get("tidings-id") == ids[8]
+    finally:
+        await client.close()
+
+
+async def test_a_resumed_subscription_never_gets_what_it_resumed_after(
+    tidings_server: StartServer, redis_server: Any, http: aiohttp.ClientSession
+) -> None:
+    # An announcement can come late or twice (a PostgreSQL inbox announces after its
+    # commit, and again for a publisher that died before announcing): one of a message at
+    # or before the resume id must not reach the subscription, whose client has it. The
+    # repeat is injected on Redis right after the SUBSCRIBE's receipt, before the node's
+    # own catch-up start is read (50 ms after the subscribe), so only the subscription's
+    # de-duplication stands in its way.
+    (node,) = await start_nodes("redis", 1, tidings_server, redis_server)
+    old = [await publish(http, node, "43", f"m{n}") for n in range(2)]
+    client = await StompWs.open(node.ws_url())
+    try:
+        await client.connect(login="43")
+        await client.send_frame(
+            "SUBSCRIBE",
+            {
+                "id": "s",
+                "destination": "/user/43/message",
+                "receipt": "r",
+                "tidings-resume-after": old[1],
+            },
+        )
+        await client.expect("RECEIPT", **{"receipt-id": "r"})
+        repeat = Message("", "u:43", "/message", b"m0, announced again")
+        assert await redis_server.publish("tidings:u:43", f"{old[0]} ".encode() + repeat.encode())
+        new = await publish(http, node, "43", "m2")
+        message = await client.expect("MESSAGE")
+        assert (message.get("tidings-id"), message.body) == (new, b"m2")
     finally:
         await client.close()
 
