@@ -81,8 +81,12 @@ def test_time_is_linear_in_the_sends() -> None:
             budget.admit(channel, 10, now)
         return time.perf_counter() - started
 
-    benign = timed([(channels[i % 100], 0.0) for i in range(2 * n)])
-    expiring = timed(
-        [(channel, 0.0) for channel in channels] + [(f"t:x{i}", 100.0 + i) for i in range(n)]
-    )
+    benign_sends = [(channels[i % 100], 0.0) for i in range(2 * n)]
+    expiring_sends = [(channel, 0.0) for channel in channels] + [
+        (f"t:x{i}", 100.0 + i) for i in range(n)
+    ]
+    # The best of 3 each: one run can lose the core to the suite's other workers (once
+    # 0.93 s against 0.084 s; about 3x when quiet); a walk that grows is slow in every run.
+    benign = min(timed(benign_sends) for _ in range(3))
+    expiring = min(timed(expiring_sends) for _ in range(3))
     assert expiring < 10 * benign, (expiring, benign)
