@@ -317,10 +317,7 @@ class PostgresInbox:
         in the order they were submitted."""
         self._check_open()
         user_of(message.channel)  # ValueError now for a channel that is not an inbox's
-        return asyncio.ensure_future(self._publish(message, idempotency_key))
-
-    async def _publish(self, message: Message, idempotency_key: str | None) -> str:
-        return await self._group.add(message, idempotency_key)
+        return self._group.add(message, idempotency_key)
 
     async def _store_batch(self, batch: Sequence[_Publish]) -> None:
         """Store ``batch`` in one transaction (``tidings.store_many``), announce its
