@@ -480,16 +480,7 @@ async def test_a_resumed_subscription_never_gets_what_it_resumed_after(
     client = await StompWs.open(node.ws_url())
     try:
         await client.connect(login="43")
-        await client.send_frame(
-            "SUBSCRIBE",
-            {
-                "id": "s",
-                "destination": "/user/43/message",
-                "receipt": "r",
-                "tidings-resume-after": old[1],
-            },
-        )
-        await client.expect("RECEIPT", **{"receipt-id": "r"})
+        await client.subscribe("s", "/user/43/message", **{"tidings-resume-after": old[1]})
         repeat = Message("", "u:43", "/message", b"m0, announced again")
         assert await redis_server.publish("tidings:u:43", f"{old[0]} ".encode() + repeat.encode())
         new = await publish(http, node, "43", "m2")

@@ -462,6 +462,18 @@ async def test_killed_pubsub_connections_with_a_postgresql_inbox_lose_nothing(
     )
 
 
+async def store_unannounced(conn: asyncpg.Connection, channel: str, body: bytes) -> str:
+    """What a publisher does before it announces: ``tidings.store`` under the channel's
+    advisory lock (held by ``conn`` until it ends); returns the id."""
+    row = await conn.fetchrow(
+        "SELECT * FROM tidings.store($1, '/message', $2, 1000, 60000, 61000, NULL, 1, $3)",
+        channel,
+        Message("", channel, "/message", body).encode(),
+        lock_key(channel),
+    )
+    return f"{row['id_ms']}-{row['id_seq']}"
+
+
 async def test_a_message_whose_publisher_died_before_announcing_goes_out_first(
     postgres_db: PgDatabase, redis_server: RedisServer
 ) -> None:
@@ -477,14 +489,8 @@ async def test_a_message_whose_publisher_died_before_announcing_goes_out_first(
     await inbox.start()
     dying = await postgres_db.connect()
     try:
-        orphan = Message("", "u:7", "/message", b"orphan")
-        row = await dying.fetchrow(
-            "SELECT * FROM tidings.store('u:7', '/message', $1, 1000, 60000, 61000, NULL, 1, $2)",
-            orphan.encode(),
-            lock_key("u:7"),
-        )
+        orphan_id = await store_unannounced(dying, "u:7", b"orphan")
         dying.terminate()  # gone without announcing; its advisory lock goes with it
-        orphan_id = f"{row['id_ms']}-{row['id_seq']}"
         new_id = await inbox.publish(Message("", "u:7", "/message", b"next"))
         await heard.at_least(2)
         again = await inbox.publish(Message("", "u:7", "/message", b"after"))
@@ -523,12 +529,7 @@ async def test_a_new_channel_starts_its_catch_up_before_what_is_not_announced_ye
 
         announced = await inbox.publish(Message("", "u:8", "/message", b"announced"))
         await recorded(announced)
-        row = await dying.fetchrow(
-            "SELECT * FROM tidings.store('u:8', '/message', $1, 1000, 60000, 61000, NULL, 1, $2)",
-            Message("", "u:8", "/message", b"on its way").encode(),
-            lock_key("u:8"),
-        )
-        committed = f"{row['id_ms']}-{row['id_seq']}"
+        committed = await store_unannounced(dying, "u:8", b"on its way")
         assert id_key(committed) > id_key(announced)
         assert await inbox.last_ids(["u:8"]) == {"u:8": announced}  # not `committed`
         assert await inbox.behind({"u:8": announced}) == ["u:8"]  # the safety net reads it
